@@ -1,0 +1,150 @@
+//! [`MaskSpec`], the generic [`MaskUdf`] adapter and [`mask_udf`].
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{exec_err, Result, ScalarValue};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+
+use crate::constant::ConstantMask;
+use crate::date_trunc::{DateTruncMask, TruncUnit};
+use crate::encrypt::EncryptMask;
+use crate::error::UdfError;
+use crate::hash::HashMask;
+use crate::key::MaskKey;
+use crate::null::NullMask;
+use crate::regex_replace::RegexMask;
+use crate::round::RoundMask;
+use crate::show::ShowMask;
+
+/// A masking method with its parameters, as a policy states it.
+#[derive(Debug, Clone)]
+pub enum MaskSpec {
+    /// NULL of the column's type.
+    Null,
+    /// A constant text; the column becomes Utf8.
+    Constant(String),
+    /// Keyed HMAC-SHA256 token.
+    Hash(MaskKey),
+    /// Deterministic AES-256-GCM with a synthetic nonce.
+    Encrypt(MaskKey),
+    /// Regex replace.
+    Regex {
+        /// The pattern.
+        pattern: String,
+        /// The replacement (`$1` style groups allowed).
+        replacement: String,
+    },
+    /// Keep the first n characters, `*` for the rest.
+    ShowFirst(usize),
+    /// Keep the last n characters, `*` for the rest.
+    ShowLast(usize),
+    /// floor(x / width) * width.
+    Round(f64),
+    /// Truncate dates and timestamps.
+    DateTrunc(TruncUnit),
+}
+
+/// One masking method applied to a whole array.
+pub(crate) trait ArrayMask: Debug + Send + Sync + PartialEq + Eq + Hash + 'static {
+    /// Output type for a (non-dictionary) input type.
+    fn return_type(&self, input: &DataType) -> Result<DataType>;
+    /// Masks every value of `input` (never a dictionary); NULL stays NULL.
+    fn mask(&self, input: &ArrayRef) -> Result<ArrayRef>;
+}
+
+/// Builds the UDF for a mask. Parameters are checked here (regex syntax,
+/// width > 0), so a policy that cannot run fails when it is created or
+/// planned, never silently at execution.
+pub fn mask_udf(spec: MaskSpec) -> std::result::Result<ScalarUDF, UdfError> {
+    Ok(match spec {
+        MaskSpec::Null => wrap("veil_mask_null".into(), NullMask),
+        MaskSpec::Constant(text) => wrap("veil_mask_constant".into(), ConstantMask::new(text)),
+        MaskSpec::Hash(key) => wrap(format!("veil_hash[{}]", key.handle()), HashMask::new(key)?),
+        MaskSpec::Encrypt(key) => wrap(
+            format!("veil_encrypt[{}]", key.handle()),
+            EncryptMask::new(key)?,
+        ),
+        MaskSpec::Regex {
+            pattern,
+            replacement,
+        } => wrap(
+            "veil_mask_regex".into(),
+            RegexMask::new(pattern, replacement)?,
+        ),
+        MaskSpec::ShowFirst(n) => wrap("veil_show_first".into(), ShowMask::first(n)),
+        MaskSpec::ShowLast(n) => wrap("veil_show_last".into(), ShowMask::last(n)),
+        MaskSpec::Round(width) => wrap("veil_round".into(), RoundMask::new(width)?),
+        MaskSpec::DateTrunc(unit) => wrap("veil_date_trunc".into(), DateTruncMask::new(unit)),
+    })
+}
+
+fn wrap<M: ArrayMask>(name: String, mask: M) -> ScalarUDF {
+    ScalarUDF::new_from_impl(MaskUdf {
+        name,
+        mask,
+        signature: Signature::any(1, Volatility::Immutable),
+    })
+}
+
+/// Adapts an [`ArrayMask`] to DataFusion: scalars, dictionaries and NULL type.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct MaskUdf<M> {
+    name: String,
+    mask: M,
+    signature: Signature,
+}
+
+impl<M: ArrayMask> MaskUdf<M> {
+    fn apply(&self, input: &ArrayRef) -> Result<ArrayRef> {
+        if input.data_type() == &DataType::Null {
+            return Ok(Arc::clone(input));
+        }
+        if let Some(dict) = input.as_any_dictionary_opt() {
+            // Mask each distinct value once; the keys are reused as they are.
+            let values = self.mask.mask(dict.values())?;
+            return Ok(dict.with_values(values));
+        }
+        self.mask.mask(input)
+    }
+}
+
+impl<M: ArrayMask> ScalarUDFImpl for MaskUdf<M> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        match arg_types {
+            [DataType::Null] => Ok(DataType::Null),
+            [DataType::Dictionary(k, v)] => Ok(DataType::Dictionary(
+                k.clone(),
+                Box::new(self.mask.return_type(v)?),
+            )),
+            [t] => self.mask.return_type(t),
+            _ => exec_err!("{} takes exactly one argument", self.name),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [arg] = args.args.as_slice() else {
+            return exec_err!("{} takes exactly one argument", self.name);
+        };
+        match arg {
+            ColumnarValue::Array(a) => Ok(ColumnarValue::Array(self.apply(a)?)),
+            ColumnarValue::Scalar(s) => {
+                let out = self.apply(&s.to_array()?)?;
+                Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
+            }
+        }
+    }
+}
