@@ -1,1 +1,19 @@
-//! x
+//! Veil's engine: catalog, policy evaluation, governed planning and keys.
+//!
+//! No network code lives here; every governance behaviour is testable
+//! in-process through [`Engine`] and [`Session`].
+
+pub mod catalog;
+pub mod condition;
+pub mod engine;
+pub mod error;
+pub mod governance;
+pub mod keys;
+pub mod model;
+pub mod policy;
+pub mod principal;
+pub mod statement;
+pub mod store;
+
+pub use engine::{Engine, QueryOutput, Session};
+pub use error::{ErrorKind, Result, VeilError};

@@ -1,0 +1,121 @@
+//! The per-statement catalog a principal sees: catalog `veil`, one schema
+//! per data-source schema, holding only the sources the principal is
+//! subscribed to. `information_schema`, `SHOW TABLES` and Flight metadata all
+//! read this, so an unsubscribed source is absent everywhere; naming one in
+//! a query gives a permission-denied error that names it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::error::{DataFusionError, Result as DfResult};
+
+use crate::error::{Result, VeilError};
+use crate::governance::GovernedTable;
+use crate::model::{CatalogSnapshot, DataSource};
+use crate::policy::subscription;
+use crate::principal::Principal;
+
+/// The catalog name outside projects.
+pub const CATALOG: &str = "veil";
+
+/// Parquet listing options used for every source.
+pub fn parquet_options() -> ListingOptions {
+    ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet")
+}
+
+/// The Arrow schema stored with a source.
+pub fn source_schema(source: &DataSource) -> Result<SchemaRef> {
+    let schema: Schema = serde_json::from_str(&source.arrow_schema).map_err(|e| {
+        VeilError::Internal(format!("stored schema of {} is corrupt: {e}", source.full_name()))
+    })?;
+    Ok(Arc::new(schema))
+}
+
+/// The raw (ungoverned) table of a source. Only the governance rule uses it.
+pub fn raw_table(source: &DataSource) -> Result<Arc<dyn TableProvider>> {
+    let url = ListingTableUrl::parse(&source.location)?;
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(parquet_options())
+        .with_schema(source_schema(source)?);
+    Ok(Arc::new(ListingTable::try_new(config)?))
+}
+
+/// Catalog `veil` for one principal.
+#[derive(Debug, Default)]
+pub struct VeilCatalog {
+    schemas: BTreeMap<String, Arc<VeilSchema>>,
+}
+
+/// One schema of [`VeilCatalog`].
+#[derive(Debug, Default)]
+pub struct VeilSchema {
+    tables: BTreeMap<String, Arc<dyn TableProvider>>,
+    denied: BTreeMap<String, String>,
+}
+
+impl VeilCatalog {
+    /// Builds the catalog of sources visible to `p`.
+    pub fn build(snapshot: &CatalogSnapshot, p: &Principal) -> Result<Self> {
+        let mut schemas: BTreeMap<String, VeilSchema> = BTreeMap::new();
+        for source in snapshot.sources.values() {
+            let schema = schemas.entry(source.schema.clone()).or_default();
+            match subscription(p, source)? {
+                Ok(()) => {
+                    let table = GovernedTable::new(source.full_name(), raw_table(source)?);
+                    schema.tables.insert(source.table.clone(), Arc::new(table));
+                }
+                Err(reason) => {
+                    schema.denied.insert(source.table.clone(), reason);
+                }
+            }
+        }
+        Ok(Self {
+            schemas: schemas.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+        })
+    }
+}
+
+impl CatalogProvider for VeilCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        self.schemas
+            .iter()
+            .filter(|(_, s)| !s.tables.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        self.schemas
+            .get(name)
+            .map(|s| Arc::clone(s) as Arc<dyn SchemaProvider>)
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for VeilSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.tables.keys().cloned().collect()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if let Some(t) = self.tables.get(name) {
+            return Ok(Some(Arc::clone(t)));
+        }
+        if let Some(reason) = self.denied.get(name) {
+            return Err(DataFusionError::from(VeilError::PermissionDenied(reason.clone())));
+        }
+        Ok(None)
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.tables.contains_key(name)
+    }
+}
+

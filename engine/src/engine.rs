@@ -1,0 +1,539 @@
+//! [`Engine`] (catalog store, keys, cached snapshot) and [`Session`], the
+//! single entry point for every statement a client sends.
+//!
+//! ```text
+//! Session::execute(sql)
+//!   ├─ governance statement? ─► statement::exec (rights checked, one transaction + audit)
+//!   └─ SQL ─► per-statement SessionContext (catalog of subscribed sources,
+//!             governance analyzer for this principal and snapshot)
+//!             ─► logical plan ─► verify (no DDL, DML, COPY, SET) ─► stream
+//! ```
+//! A new context is built for every statement from the current snapshot, so
+//! a policy, subscription or attribute change takes effect on the next
+//! statement of every open session.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use datafusion::arrow::array::{RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList};
+use datafusion::common::ParamValues;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder};
+use datafusion::logical_expr::{LogicalPlan, Statement};
+use datafusion::optimizer::{Analyzer, Optimizer};
+use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::prelude::{SessionConfig, SessionContext, SQLOptions};
+use rand::distr::{Alphanumeric, SampleString};
+
+use crate::catalog::{VeilCatalog, CATALOG};
+use crate::error::{Result, VeilError};
+use crate::governance::leakproof::{LiftUnsafeFilters, SecureFilterPushdown};
+use crate::governance::rule::AppliedPolicies;
+use crate::governance::{GovernanceContext, GovernanceRule, GovernedQueryPlanner};
+use crate::keys::MasterKey;
+use crate::model::{CatalogSnapshot, Permission, User};
+use crate::principal::Principal;
+use crate::statement;
+use crate::store::{AuditEntry, CatalogStore, Change, SqliteStore};
+
+/// Execution options a session may `SET`; every other option is refused
+/// because it could change what the governance layer relies on.
+pub const SETTABLE_OPTIONS: &[&str] = &[
+    "datafusion.execution.batch_size",
+    "datafusion.execution.target_partitions",
+    "datafusion.execution.time_zone",
+    "datafusion.sql_parser.enable_ident_normalization",
+];
+
+/// The governed query engine.
+#[derive(Debug)]
+pub struct Engine {
+    store: Arc<dyn CatalogStore>,
+    keys: MasterKey,
+    snapshot: RwLock<Arc<CatalogSnapshot>>,
+    write_lock: Mutex<()>,
+    runtime: Arc<RuntimeEnv>,
+    base_dir: PathBuf,
+}
+
+/// A statement's result: its schema and a stream of batches.
+pub struct QueryOutput {
+    /// Result schema.
+    pub schema: SchemaRef,
+    /// The batches.
+    pub stream: SendableRecordBatchStream,
+}
+
+impl std::fmt::Debug for QueryOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QueryOutput({:?})", self.schema)
+    }
+}
+
+impl QueryOutput {
+    /// A result made of ready batches.
+    pub fn from_batches(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<Self> {
+        Ok(Self {
+            stream: Box::pin(MemoryStream::try_new(batches, Arc::clone(&schema), None)?),
+            schema,
+        })
+    }
+
+    /// The one-row `status` result of a statement that changes something.
+    pub fn status(text: &str) -> Result<Self> {
+        let schema = status_schema();
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(StringArray::from(vec![text]))],
+        )?;
+        Self::from_batches(schema, vec![batch])
+    }
+
+    /// Collects every batch.
+    pub async fn collect(self) -> Result<Vec<RecordBatch>> {
+        use futures::TryStreamExt;
+        Ok(self.stream.try_collect().await?)
+    }
+}
+
+/// Schema of the status row.
+pub fn status_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("status", DataType::Utf8, false)]))
+}
+
+/// Hashes a password with argon2id.
+pub fn hash_password(password: &str) -> Result<String> {
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
+        .map_err(|e| VeilError::Internal(format!("salt: {e}")))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| VeilError::Internal(format!("password hashing failed: {e}")))
+}
+
+impl Engine {
+    /// Opens the engine on a data directory: `catalog.sqlite`, `keys/`.
+    pub fn open(data_dir: &Path) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            VeilError::InvalidArgument(format!("cannot create data dir {}: {e}", data_dir.display()))
+        })?;
+        let keys = MasterKey::load_or_create(data_dir)?;
+        let store = SqliteStore::open(&data_dir.join("catalog.sqlite"), keys.audit_key())?;
+        Self::new(Arc::new(store), keys)
+    }
+
+    /// An engine over any store.
+    pub fn new(store: Arc<dyn CatalogStore>, keys: MasterKey) -> Result<Arc<Self>> {
+        let snapshot = store.load()?;
+        Ok(Arc::new(Self {
+            store,
+            keys,
+            snapshot: RwLock::new(Arc::new(snapshot)),
+            write_lock: Mutex::new(()),
+            runtime: Arc::new(RuntimeEnv::default()),
+            base_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        }))
+    }
+
+    /// The master key (for deriving signing keys at the transport).
+    pub fn keys(&self) -> &MasterKey {
+        &self.keys
+    }
+
+    /// The catalog store.
+    pub fn store(&self) -> &Arc<dyn CatalogStore> {
+        &self.store
+    }
+
+    /// Directory relative data-source locations resolve against.
+    pub fn base_dir(&self) -> &Path {
+        &self.base_dir
+    }
+
+    /// The current catalog snapshot (reloaded when another writer changed it).
+    pub fn snapshot(&self) -> Result<Arc<CatalogSnapshot>> {
+        let version = self.store.version()?;
+        {
+            let cached = self
+                .snapshot
+                .read()
+                .map_err(|_| VeilError::Internal("snapshot lock poisoned".into()))?;
+            if cached.version == version {
+                return Ok(Arc::clone(&cached));
+            }
+        }
+        let fresh = Arc::new(self.store.load()?);
+        if let Ok(mut w) = self.snapshot.write() {
+            *w = Arc::clone(&fresh);
+        }
+        Ok(fresh)
+    }
+
+    /// Applies catalog changes with their audit record, serialized with
+    /// every other governance write of this process.
+    pub(crate) fn apply(&self, changes: &[Change], audit: &AuditEntry) -> Result<()> {
+        let _guard = self
+            .write_lock
+            .lock()
+            .map_err(|_| VeilError::Internal("write lock poisoned".into()))?;
+        self.store.apply(changes, audit)?;
+        Ok(())
+    }
+
+    /// Serializes a read-check-write sequence of governance changes.
+    pub(crate) fn write_guard(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+        self.write_lock
+            .lock()
+            .map_err(|_| VeilError::Internal("write lock poisoned".into()))
+    }
+
+    pub(crate) fn apply_locked(&self, changes: &[Change], audit: &AuditEntry) -> Result<()> {
+        self.store.apply(changes, audit)?;
+        Ok(())
+    }
+
+    /// First start: creates `admin` with every permission when the catalog
+    /// has no user. Returns the generated password when one was generated.
+    pub fn bootstrap_admin(&self, password: Option<String>) -> Result<Option<String>> {
+        if !self.snapshot()?.users.is_empty() {
+            return Ok(None);
+        }
+        let generated = password.is_none();
+        let password =
+            password.unwrap_or_else(|| Alphanumeric.sample_string(&mut rand::rng(), 24));
+        let admin = User {
+            name: "admin".into(),
+            password_hash: Some(hash_password(&password)?),
+            groups: Default::default(),
+            attributes: Default::default(),
+            permissions: Permission::ALL.into_iter().collect(),
+        };
+        self.apply(
+            &[Change::PutUser(admin)],
+            &AuditEntry {
+                actor: "system".into(),
+                impersonated: None,
+                action: "CreateUser".into(),
+                object: "admin".into(),
+                detail: r#"{"bootstrap":true}"#.into(),
+                outcome: "ok".into(),
+            },
+        )?;
+        Ok(generated.then_some(password))
+    }
+
+    /// Checks a user name and password; audits failures.
+    pub fn authenticate(&self, user: &str, password: &str) -> Result<User> {
+        let snapshot = self.snapshot()?;
+        let ok = snapshot.users.get(user).and_then(|u| {
+            let hash = u.password_hash.as_ref()?;
+            let parsed = PasswordHash::new(hash).ok()?;
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .ok()
+                .map(|_| u.clone())
+        });
+        let outcome = if ok.is_some() { "ok" } else { "error" };
+        self.store.audit(&AuditEntry {
+            actor: user.to_string(),
+            impersonated: None,
+            action: "Authenticate".into(),
+            object: user.to_string(),
+            detail: "{}".into(),
+            outcome: outcome.into(),
+        })?;
+        ok.ok_or_else(|| VeilError::Unauthenticated(format!("invalid user name or password for '{user}'")))
+    }
+
+    /// A session for an authenticated user.
+    pub fn session(self: &Arc<Self>, user: &str) -> Session {
+        Session {
+            engine: Arc::clone(self),
+            user: user.to_string(),
+            impersonated: None,
+            settings: Vec::new(),
+        }
+    }
+}
+
+/// One client's session: identity plus allowed settings.
+#[derive(Debug, Clone)]
+pub struct Session {
+    engine: Arc<Engine>,
+    user: String,
+    impersonated: Option<String>,
+    settings: Vec<(String, String)>,
+}
+
+fn refusal(plan: &LogicalPlan) -> Option<String> {
+    let what = match plan {
+        LogicalPlan::Ddl(d) => format!("DDL ({})", d.name()),
+        LogicalPlan::Dml(d) => format!("{} into {}", d.op, d.table_name),
+        LogicalPlan::Copy(_) => "COPY".to_string(),
+        LogicalPlan::Statement(s) => format!("statement {}", s.name()),
+        _ => return None,
+    };
+    Some(format!(
+        "{what} is not allowed: data is reached only through governed data sources"
+    ))
+}
+
+impl Session {
+    /// The authenticated user.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The user policies are evaluated for.
+    pub fn effective_user(&self) -> &str {
+        self.impersonated.as_deref().unwrap_or(&self.user)
+    }
+
+    /// The impersonated user, if any.
+    pub fn impersonated(&self) -> Option<&str> {
+        self.impersonated.as_deref()
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Act as another user (requires IMPERSONATE_USER); None stops.
+    pub fn impersonate(&mut self, target: Option<&str>) -> Result<()> {
+        let Some(target) = target.filter(|t| !t.is_empty()) else {
+            self.impersonated = None;
+            return Ok(());
+        };
+        let snapshot = self.engine.snapshot()?;
+        let me = self.caller(&snapshot)?;
+        if !me.has(Permission::ImpersonateUser) {
+            return Err(VeilError::PermissionDenied(format!(
+                "{} lacks permission IMPERSONATE_USER needed to impersonate {target}",
+                self.user
+            )));
+        }
+        if !snapshot.users.contains_key(target) {
+            return Err(VeilError::NotFound(format!("user {target} does not exist")));
+        }
+        self.engine.store.audit(&AuditEntry {
+            actor: self.user.clone(),
+            impersonated: Some(target.to_string()),
+            action: "Impersonate".into(),
+            object: target.to_string(),
+            detail: "{}".into(),
+            outcome: "ok".into(),
+        })?;
+        self.impersonated = Some(target.to_string());
+        Ok(())
+    }
+
+    /// The authenticated user's current catalog record.
+    pub(crate) fn caller<'s>(&self, snapshot: &'s CatalogSnapshot) -> Result<&'s User> {
+        snapshot.users.get(&self.user).ok_or_else(|| {
+            VeilError::Unauthenticated(format!("user {} no longer exists", self.user))
+        })
+    }
+
+    /// The effective principal at this snapshot.
+    pub fn principal(&self, snapshot: &CatalogSnapshot) -> Result<Principal> {
+        self.caller(snapshot)?;
+        let user = snapshot.users.get(self.effective_user()).ok_or_else(|| {
+            VeilError::Unauthenticated(format!("user {} no longer exists", self.effective_user()))
+        })?;
+        Ok(Principal::of_user(user))
+    }
+
+    /// Builds the DataFusion context for one statement.
+    pub fn context(&self) -> Result<(SessionContext, Arc<GovernanceContext>)> {
+        let snapshot = self.engine.snapshot()?;
+        let principal = self.principal(&snapshot)?;
+        let catalog = VeilCatalog::build(&snapshot, &principal)?;
+        let gctx = Arc::new(GovernanceContext {
+            principal,
+            snapshot,
+            keys: self.engine.keys.clone(),
+            applied: Mutex::new(Vec::new()),
+        });
+        let mut config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_create_default_catalog_and_schema(false)
+            .with_default_catalog_and_schema(CATALOG, "public");
+        for (k, v) in &self.settings {
+            config.options_mut().set(k, v)?;
+        }
+        let catalogs = MemoryCatalogProviderList::new();
+        catalogs.register_catalog(CATALOG.into(), Arc::new(catalog));
+
+        let mut analyzer_rules = Analyzer::new().rules;
+        let at = analyzer_rules
+            .iter()
+            .position(|r| r.name() == "type_coercion")
+            .unwrap_or(0);
+        analyzer_rules.insert(at, Arc::new(GovernanceRule::new(Arc::clone(&gctx))));
+        let mut optimizer_rules = Optimizer::new().rules;
+        let at = optimizer_rules
+            .iter()
+            .position(|r| r.name() == "push_down_filter")
+            .map(|i| i + 1)
+            .unwrap_or(optimizer_rules.len());
+        optimizer_rules.insert(at, Arc::new(SecureFilterPushdown));
+        optimizer_rules.push(Arc::new(LiftUnsafeFilters));
+
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(Arc::clone(&self.engine.runtime))
+            .with_default_features()
+            .with_catalog_list(Arc::new(catalogs) as Arc<dyn CatalogProviderList>)
+            .with_analyzer_rules(analyzer_rules)
+            .with_optimizer_rules(optimizer_rules)
+            .with_query_planner(Arc::new(GovernedQueryPlanner))
+            .build();
+        Ok((SessionContext::new_with_state(state), gctx))
+    }
+
+    /// Plans SQL into a verified logical plan (no DDL, DML, COPY or SET).
+    async fn logical_plan(&self, ctx: &SessionContext, sql: &str) -> Result<LogicalPlan> {
+        let plan = ctx.state().create_logical_plan(sql).await?;
+        let inner = match &plan {
+            LogicalPlan::Explain(e) => e.plan.as_ref(),
+            LogicalPlan::Analyze(a) => a.input.as_ref(),
+            p => p,
+        };
+        if let Some(why) = refusal(inner) {
+            return Err(VeilError::PermissionDenied(why));
+        }
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)?;
+        Ok(plan)
+    }
+
+    /// The result schema of a statement, without running it (prepared
+    /// statements). Governance statements and SET report an empty schema.
+    pub async fn schema_of(&self, sql: &str) -> Result<SchemaRef> {
+        if statement::parse(sql)?.is_some() {
+            return Ok(Arc::new(Schema::empty()));
+        }
+        let (ctx, _) = self.context()?;
+        if let Some(set) = self.parse_set(&ctx, sql).await? {
+            set?;
+            return Ok(Arc::new(Schema::empty()));
+        }
+        let plan = self.logical_plan(&ctx, sql).await?;
+        // Analyze so that masked types and subscription errors show up now.
+        let analyzed = ctx.state().optimize(&plan)?;
+        Ok(Arc::new(analyzed.schema().as_arrow().clone()))
+    }
+
+    /// Recognizes `SET name = value`; Some(Ok) when it is an allowed option.
+    async fn parse_set(
+        &self,
+        ctx: &SessionContext,
+        sql: &str,
+    ) -> Result<Option<Result<(String, String)>>> {
+        let Ok(plan) = ctx.state().create_logical_plan(sql).await else {
+            return Ok(None);
+        };
+        let LogicalPlan::Statement(Statement::SetVariable(set)) = plan else {
+            return Ok(None);
+        };
+        let name = set.variable.to_ascii_lowercase();
+        if !SETTABLE_OPTIONS.contains(&name.as_str()) {
+            return Ok(Some(Err(VeilError::PermissionDenied(format!(
+                "SET {name} is not allowed; settable options: {}",
+                SETTABLE_OPTIONS.join(", ")
+            )))));
+        }
+        Ok(Some(Ok((name, set.value.to_string()))))
+    }
+
+    /// Runs one statement.
+    pub async fn execute(&mut self, sql: &str) -> Result<QueryOutput> {
+        self.execute_with_params(sql, None).await
+    }
+
+    /// Runs one statement with bound parameters (`$1`, `$2`, ...).
+    pub async fn execute_with_params(
+        &mut self,
+        sql: &str,
+        params: Option<ParamValues>,
+    ) -> Result<QueryOutput> {
+        if let Some(stmt) = statement::parse(sql)? {
+            return statement::exec::execute(self, stmt).await;
+        }
+        let (ctx, gctx) = self.context()?;
+        if let Some(set) = self.parse_set(&ctx, sql).await? {
+            let (name, value) = set?;
+            // Validate the value before keeping it.
+            let mut probe = SessionConfig::new();
+            probe.options_mut().set(&name, &value)?;
+            self.settings.retain(|(k, _)| *k != name);
+            self.settings.push((name, value));
+            return QueryOutput::status("SET");
+        }
+        let result = self.run_query(&ctx, sql, params).await;
+        self.audit_query(sql, &gctx, result.as_ref().err());
+        result
+    }
+
+    async fn run_query(
+        &self,
+        ctx: &SessionContext,
+        sql: &str,
+        params: Option<ParamValues>,
+    ) -> Result<QueryOutput> {
+        let mut plan = self.logical_plan(ctx, sql).await?;
+        if let Some(params) = params {
+            plan = plan.with_param_values(params)?;
+        }
+        let df = ctx.execute_logical_plan(plan).await?;
+        let stream = df.execute_stream().await?;
+        Ok(QueryOutput {
+            schema: stream.schema(),
+            stream,
+        })
+    }
+
+    fn audit_query(&self, sql: &str, gctx: &GovernanceContext, err: Option<&VeilError>) {
+        let applied: Vec<AppliedPolicies> = gctx
+            .applied
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default();
+        let sources: Vec<serde_json::Value> = applied
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "source": a.source,
+                    "row_policies": a.decision.row_filters.iter().map(|r| r.policy.clone()).collect::<Vec<_>>(),
+                    "masks": a.decision.masks.iter().map(|m| serde_json::json!({
+                        "column": m.column, "policy": m.policy, "overridden": m.overridden,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let detail = serde_json::json!({
+            "sql": sql,
+            "sources": sources,
+            "error": err.map(|e| e.to_string()),
+        });
+        let entry = AuditEntry {
+            actor: self.user.clone(),
+            impersonated: self.impersonated.clone(),
+            action: "Query".into(),
+            object: applied.iter().map(|a| a.source.clone()).collect::<Vec<_>>().join(","),
+            detail: detail.to_string(),
+            outcome: if err.is_some() { "error" } else { "ok" }.into(),
+        };
+        if let Err(e) = self.engine.store.audit(&entry) {
+            tracing::error!("audit write failed: {e}");
+        }
+    }
+}

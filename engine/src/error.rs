@@ -1,0 +1,138 @@
+//! Engine errors. Every variant names the object and, for refusals, the
+//! missing right; [`VeilError::kind`] tells the transport which status to use.
+
+use datafusion::error::DataFusionError;
+use thiserror::Error;
+
+/// What kind of failure an error is; maps one-to-one onto gRPC codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Bad credentials or token.
+    Unauthenticated,
+    /// The caller lacks a permission, ownership or subscription.
+    PermissionDenied,
+    /// Malformed statement or bad parameter.
+    InvalidArgument,
+    /// A named object does not exist.
+    NotFound,
+    /// A named object exists already.
+    AlreadyExists,
+    /// The system is not in a state that allows the operation.
+    FailedPrecondition,
+    /// A bug or an unexpected storage failure.
+    Internal,
+}
+
+/// An engine error.
+#[derive(Debug, Error)]
+pub enum VeilError {
+    /// Bad credentials or token.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// A refusal; the text names who, what and the missing right.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// Malformed input.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A named object does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A named object exists already.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// Wrong state for the operation.
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// A policy cannot be applied; the query is denied (fail closed).
+    #[error("policy {policy} cannot be applied, query denied: {reason}")]
+    PolicyFailure {
+        /// The policy's name.
+        policy: String,
+        /// Why it cannot be applied.
+        reason: String,
+    },
+    /// Catalog storage failure.
+    #[error("catalog storage error: {0}")]
+    Store(#[from] rusqlite::Error),
+    /// Query planning or execution failure.
+    #[error("{0}")]
+    DataFusion(Box<DataFusionError>),
+    /// Anything else unexpected.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<DataFusionError> for VeilError {
+    fn from(e: DataFusionError) -> Self {
+        // Unwrap our own errors that travelled through DataFusion.
+        match e {
+            DataFusionError::External(inner) => match inner.downcast::<VeilError>() {
+                Ok(v) => *v,
+                Err(other) => VeilError::DataFusion(Box::new(DataFusionError::External(other))),
+            },
+            DataFusionError::Context(ctx, inner) => match VeilError::from(*inner) {
+                VeilError::DataFusion(d) => {
+                    VeilError::DataFusion(Box::new(DataFusionError::Context(ctx, d)))
+                }
+                v => v,
+            },
+            DataFusionError::Shared(shared) => match std::sync::Arc::try_unwrap(shared) {
+                Ok(inner) => VeilError::from(inner),
+                Err(shared) => VeilError::DataFusion(Box::new(DataFusionError::Shared(shared))),
+            },
+            other => VeilError::DataFusion(Box::new(other)),
+        }
+    }
+}
+
+impl From<datafusion::arrow::error::ArrowError> for VeilError {
+    fn from(e: datafusion::arrow::error::ArrowError) -> Self {
+        VeilError::DataFusion(Box::new(DataFusionError::ArrowError(Box::new(e), None)))
+    }
+}
+
+impl From<VeilError> for DataFusionError {
+    fn from(e: VeilError) -> Self {
+        match e {
+            VeilError::DataFusion(d) => *d,
+            other => DataFusionError::External(Box::new(other)),
+        }
+    }
+}
+
+impl From<veil_udfs::UdfError> for VeilError {
+    fn from(e: veil_udfs::UdfError) -> Self {
+        VeilError::InvalidArgument(e.to_string())
+    }
+}
+
+impl VeilError {
+    /// The transport-independent kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            VeilError::Unauthenticated(_) => ErrorKind::Unauthenticated,
+            VeilError::PermissionDenied(_) => ErrorKind::PermissionDenied,
+            VeilError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            VeilError::NotFound(_) => ErrorKind::NotFound,
+            VeilError::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            VeilError::FailedPrecondition(_) | VeilError::PolicyFailure { .. } => {
+                ErrorKind::FailedPrecondition
+            }
+            VeilError::DataFusion(e) => match e.as_ref() {
+                DataFusionError::SQL(..)
+                | DataFusionError::Plan(_)
+                | DataFusionError::SchemaError(..)
+                | DataFusionError::NotImplemented(_) => ErrorKind::InvalidArgument,
+                DataFusionError::Execution(_) | DataFusionError::ArrowError(..) => {
+                    ErrorKind::InvalidArgument
+                }
+                _ => ErrorKind::Internal,
+            },
+            VeilError::Store(_) | VeilError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// Result alias for the engine.
+pub type Result<T, E = VeilError> = std::result::Result<T, E>;

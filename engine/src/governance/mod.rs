@@ -1,0 +1,33 @@
+//! Governed planning: every scan of a governed source is rewritten, before
+//! optimization, into
+//!
+//! ```text
+//!   Projection [mask(col) AS col, ...]            one projection, masks from raw inputs
+//!     GovernedScan: source (barrier)              evaluates row policies exactly; opaque
+//!       TableScan raw (filters: row policy,       row policy copies are pruning hints only
+//!                      leakproof user conjuncts)
+//! ```
+//!
+//! Guarantees kept here:
+//! - No user expression sees an unmasked value of a masked column: the mask
+//!   projection is the only consumer of raw columns, and the barrier lets no
+//!   predicate on a masked column through (DataFusion's filter pushdown stops
+//!   at the node; [`leakproof::SecureFilterPushdown`] moves only leakproof
+//!   conjuncts on unmasked columns below it, and
+//!   [`leakproof::LiftUnsafeFilters`] lifts back anything else the optimizer
+//!   pushed).
+//! - Row policies are evaluated by the barrier itself, on their own, so no
+//!   user conjunct is ever evaluated on a hidden row.
+//! - The physical barrier hides its input: EXPLAIN shows one opaque node,
+//!   statistics are unknown, no metric counts hidden rows, and physical
+//!   filter pushdown cannot cross it.
+
+pub mod leakproof;
+pub mod node;
+pub mod principal_fns;
+pub mod rule;
+pub mod table;
+
+pub use node::{GovernedQueryPlanner, GovernedScanNode};
+pub use rule::{GovernanceContext, GovernanceRule};
+pub use table::GovernedTable;

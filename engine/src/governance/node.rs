@@ -1,0 +1,315 @@
+//! The governance barrier, logical ([`GovernedScanNode`]) and physical
+//! (`GovernedScanExec`), and the query planner that connects them.
+//!
+//! The logical node sits between a raw scan and the mask projection. It owns
+//! the row-policy predicate and evaluates it by itself, so no user conjunct is
+//! ever evaluated in the same batch pass as the policy. DataFusion's filter
+//! pushdown cannot cross it (every column is in
+//! `prevent_predicate_push_down_columns`); column pruning can
+//! (`necessary_children_exprs`).
+//!
+//! The physical node has no visible children: its input plan is optimized
+//! here and then hidden, so EXPLAIN (any form) shows one opaque line,
+//! statistics are unknown, metrics count only rows that passed the policy,
+//! and physical filter pushdown (including dynamic join filters) cannot reach
+//! the raw scan.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{internal_err, DFSchemaRef, Result};
+use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::session_state::SessionState;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{
+    Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{
+    Boundedness, EmissionType, ReplaceChildrenOptions,
+};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties,
+};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use datafusion::catalog::Session;
+use futures::StreamExt;
+
+/// The logical governance barrier over one raw scan.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GovernedScanNode {
+    /// `schema.table`.
+    pub source: String,
+    /// Raw input (a TableScan, possibly with leakproof filters and pruning).
+    pub input: LogicalPlan,
+    /// The AND of all row policies; None when no row policy applies.
+    pub row_predicate: Option<Expr>,
+    /// Names of masked columns (never leakproof for pushdown).
+    pub masked: Vec<String>,
+    /// Names of the policies applied (for EXPLAIN and audit).
+    pub policies: Vec<String>,
+}
+
+impl GovernedScanNode {
+    /// Wraps the node as a logical plan.
+    pub fn into_plan(self) -> LogicalPlan {
+        LogicalPlan::Extension(Extension {
+            node: Arc::new(self),
+        })
+    }
+
+    /// The node inside a plan, if the plan is one.
+    pub fn from_plan(plan: &LogicalPlan) -> Option<&GovernedScanNode> {
+        match plan {
+            LogicalPlan::Extension(e) => e.node.as_any().downcast_ref::<GovernedScanNode>(),
+            _ => None,
+        }
+    }
+}
+
+impl PartialOrd for GovernedScanNode {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        if self == other {
+            return Some(Ordering::Equal);
+        }
+        match self.source.cmp(&other.source) {
+            Ordering::Equal => None,
+            o => Some(o),
+        }
+    }
+}
+
+impl UserDefinedLogicalNodeCore for GovernedScanNode {
+    fn name(&self) -> &str {
+        "GovernedScan"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        self.input.schema()
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        self.row_predicate.iter().cloned().collect()
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "GovernedScan: {}", self.source)?;
+        if !self.policies.is_empty() {
+            write!(f, " policies=[{}]", self.policies.join(", "))?;
+        }
+        Ok(())
+    }
+
+    fn with_exprs_and_inputs(&self, exprs: Vec<Expr>, inputs: Vec<LogicalPlan>) -> Result<Self> {
+        let Some(input) = inputs.into_iter().next() else {
+            return internal_err!("GovernedScan needs exactly one input");
+        };
+        if exprs.len() != usize::from(self.row_predicate.is_some()) {
+            return internal_err!("GovernedScan row predicate count changed");
+        }
+        Ok(Self {
+            source: self.source.clone(),
+            input,
+            row_predicate: exprs.into_iter().next(),
+            masked: self.masked.clone(),
+            policies: self.policies.clone(),
+        })
+    }
+
+    fn necessary_children_exprs(&self, output_columns: &[usize]) -> Option<Vec<Vec<usize>>> {
+        let schema = self.input.schema();
+        let mut needed: Vec<usize> = output_columns.to_vec();
+        if let Some(p) = &self.row_predicate {
+            for c in p.column_refs() {
+                needed.push(schema.index_of_column(c).ok()?);
+            }
+        }
+        needed.sort_unstable();
+        needed.dedup();
+        Some(vec![needed])
+    }
+}
+
+/// The physical barrier: runs a hidden, already optimized input and keeps
+/// only the rows the row predicate accepts.
+#[derive(Debug)]
+struct GovernedScanExec {
+    source: String,
+    inner: Arc<dyn ExecutionPlan>,
+    predicate: Option<Arc<dyn PhysicalExpr>>,
+    cache: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl GovernedScanExec {
+    fn new(
+        source: String,
+        inner: Arc<dyn ExecutionPlan>,
+        predicate: Option<Arc<dyn PhysicalExpr>>,
+    ) -> Self {
+        let schema = inner.schema();
+        let cache = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            inner.properties().partitioning.clone(),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self {
+            source,
+            inner,
+            predicate,
+            cache,
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+}
+
+impl DisplayAs for GovernedScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "GovernedScanExec: source={}", self.source)
+    }
+}
+
+impl ExecutionPlan for GovernedScanExec {
+    fn name(&self) -> &str {
+        "GovernedScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.cache
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        // Deliberately opaque: nothing outside may inspect or rewrite the raw input.
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if !children.is_empty() {
+            return internal_err!("GovernedScanExec has no replaceable children");
+        }
+        Ok(self)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if !children.is_empty() {
+            return internal_err!("GovernedScanExec has no replaceable children");
+        }
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.inner.execute(partition, context)?;
+        let schema: SchemaRef = self.inner.schema();
+        let predicate = self.predicate.clone();
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let stream = input.map(move |batch| {
+            let batch = batch?;
+            let out = match &predicate {
+                None => batch,
+                Some(p) => {
+                    let mask = p.evaluate(&batch)?.into_array(batch.num_rows())?;
+                    if mask.data_type() != &DataType::Boolean {
+                        return internal_err!("row policy predicate is not boolean");
+                    }
+                    filter_record_batch(&batch, mask.as_boolean())?
+                }
+            };
+            baseline.record_output(out.num_rows());
+            Ok(out)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+}
+
+/// Plans [`GovernedScanNode`]s into the opaque physical barrier.
+#[derive(Debug)]
+struct GovernedScanPlanner;
+
+#[async_trait]
+impl ExtensionPlanner for GovernedScanPlanner {
+    async fn plan_extension(
+        &self,
+        planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        session: &dyn Session,
+        planning_ctx: &PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(node) = node.as_any().downcast_ref::<GovernedScanNode>() else {
+            return Ok(None);
+        };
+        let ([logical], [physical]) = (logical_inputs, physical_inputs) else {
+            return internal_err!("GovernedScan needs exactly one input");
+        };
+        let predicate = match &node.row_predicate {
+            Some(p) => Some(planner.create_physical_expr(p, logical.schema(), session, planning_ctx)?),
+            None => None,
+        };
+        // The input is hidden from the outer physical optimizer, so optimize it here.
+        let mut inner = Arc::clone(physical);
+        if let Some(state) = session.as_any().downcast_ref::<SessionState>() {
+            for rule in state.physical_optimizers() {
+                inner = rule.optimize(inner, session.config_options())?;
+            }
+        }
+        Ok(Some(Arc::new(GovernedScanExec::new(
+            node.source.clone(),
+            inner,
+            predicate,
+        ))))
+    }
+}
+
+/// DataFusion's default planner plus the governance barrier.
+#[derive(Debug, Default)]
+pub struct GovernedQueryPlanner;
+
+#[async_trait]
+impl QueryPlanner for GovernedQueryPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(GovernedScanPlanner)])
+            .create_physical_plan(logical_plan, session)
+            .await
+    }
+}

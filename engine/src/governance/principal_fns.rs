@@ -1,0 +1,133 @@
+//! Principal functions in row-policy predicates, resolved at plan time.
+//!
+//! Row predicates are parsed by DataFusion against the source's schema with
+//! placeholder UDFs for `current_user()`, `has_group('g')`,
+//! `has_attribute('k', 'v')`, `has_purpose('p')` and
+//! `attribute_contains('k', <expr>)`; [`resolve`] then replaces each call by
+//! a literal (or an IN list) for the effective principal. A placeholder that
+//! somehow reached execution fails the query instead of guessing.
+
+use std::sync::{Arc, OnceLock};
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{exec_err, plan_err, DFSchema, Result, ScalarValue};
+use datafusion::execution::{FunctionRegistry, SessionStateBuilder};
+use datafusion::execution::session_state::SessionState;
+use datafusion::logical_expr::{
+    lit, ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility,
+};
+
+use crate::principal::Principal;
+
+const NAMES: [&str; 5] = [
+    "current_user",
+    "has_group",
+    "has_attribute",
+    "has_purpose",
+    "attribute_contains",
+];
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Placeholder {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for Placeholder {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(if self.name == "current_user" {
+            DataType::Utf8
+        } else {
+            DataType::Boolean
+        })
+    }
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        exec_err!("{}() is a policy function and cannot be evaluated here", self.name)
+    }
+}
+
+/// A session state that parses policy predicates (default functions plus the
+/// principal placeholders). Built once.
+pub fn parsing_state() -> &'static SessionState {
+    static STATE: OnceLock<SessionState> = OnceLock::new();
+    STATE.get_or_init(|| {
+        let mut state = SessionStateBuilder::new().with_default_features().build();
+        for name in NAMES {
+            let udf = ScalarUDF::new_from_impl(Placeholder {
+                name,
+                signature: Signature::variadic_any(Volatility::Immutable),
+            });
+            // Registering into a fresh state cannot collide with anything we rely on.
+            let _ = state.register_udf(Arc::new(udf));
+        }
+        state
+    })
+}
+
+/// Parses a row predicate against `schema` (principal functions unresolved).
+pub fn parse_predicate(sql: &str, schema: &DFSchema) -> Result<Expr> {
+    parsing_state().create_logical_expr(sql, schema)
+}
+
+fn lit_str(e: &Expr) -> Option<&str> {
+    match e {
+        Expr::Literal(
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)),
+            _,
+        ) => Some(s),
+        _ => None,
+    }
+}
+
+/// Replaces every principal function in `expr` by its value for `p`.
+pub fn resolve(expr: Expr, p: &Principal) -> Result<Expr> {
+    expr.transform_up(|e| {
+        let Expr::ScalarFunction(f) = &e else {
+            return Ok(Transformed::no(e));
+        };
+        let name = f.func.name();
+        if !NAMES.contains(&name) {
+            return Ok(Transformed::no(e));
+        }
+        let strs: Vec<Option<&str>> = f.args.iter().map(lit_str).collect();
+        let value = match (name, strs.as_slice()) {
+            ("current_user", []) => match &p.user {
+                Some(u) => lit(u.as_str()),
+                None => lit(ScalarValue::Utf8(None)),
+            },
+            ("has_group", [Some(g)]) => lit(p.groups.contains(*g)),
+            ("has_attribute", [Some(k), Some(v)]) => lit(p.has_attribute(k, v)),
+            ("has_purpose", [Some(x)]) => lit(p.purposes.contains(*x)),
+            ("attribute_contains", [Some(k), _]) => {
+                let values: Vec<Expr> = p
+                    .attributes
+                    .get(*k)
+                    .map(|vs| vs.iter().map(|v| lit(v.as_str())).collect())
+                    .unwrap_or_default();
+                if values.is_empty() {
+                    lit(false)
+                } else {
+                    f.args[1].clone().in_list(values, false)
+                }
+            }
+            _ => {
+                return plan_err!(
+                    "wrong arguments to {name}(): principal functions take string literals \
+                     (attribute_contains takes a key and a column expression)"
+                )
+            }
+        };
+        Ok(Transformed::yes(value))
+    })
+    .map(|t| t.data)
+}

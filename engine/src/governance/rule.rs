@@ -1,0 +1,226 @@
+//! The governance analyzer rule: rewrites every scan of a [`GovernedTable`]
+//! into mask projection -> barrier -> raw scan, for one principal.
+//!
+//! The rule instance is built per statement and holds the identity and the
+//! catalog snapshot; nothing comes from `ConfigOptions` (which SQL `SET` can
+//! change). It walks subqueries, keeps output names, and is idempotent: after
+//! the rewrite no `GovernedTable` scan is left, so a second run changes
+//! nothing.
+
+use std::sync::{Arc, Mutex};
+
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::Transformed;
+use datafusion::common::{DFSchema, DataFusionError, Result};
+use datafusion::datasource::provider_as_source;
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
+use datafusion::logical_expr::{
+    Expr, ExprSchemable, LogicalPlan, Projection, TableScan, TableScanBuilder,
+};
+use datafusion::optimizer::AnalyzerRule;
+use veil_udfs::{mask_udf, MaskSpec, TruncUnit};
+
+use super::node::GovernedScanNode;
+use super::principal_fns::{parse_predicate, resolve};
+use super::table::GovernedTable;
+use crate::error::VeilError;
+use crate::keys::MasterKey;
+use crate::model::{CatalogSnapshot, MaskMethod};
+use crate::policy::{decide, Access, SourceDecision};
+use crate::principal::Principal;
+
+/// What one source's rewrite applied, for the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppliedPolicies {
+    /// `schema.table`.
+    pub source: String,
+    /// The decision (masks with winners and overridden, row filters).
+    pub decision: SourceDecision,
+}
+
+/// Everything the rule needs to decide for one principal.
+#[derive(Debug)]
+pub struct GovernanceContext {
+    /// Effective principal.
+    pub principal: Principal,
+    /// Catalog at one policy version.
+    pub snapshot: Arc<CatalogSnapshot>,
+    /// Root of mask keys.
+    pub keys: MasterKey,
+    /// Sources touched and policies applied by the last analysis.
+    pub applied: Mutex<Vec<AppliedPolicies>>,
+}
+
+/// The analyzer rule.
+#[derive(Debug)]
+pub struct GovernanceRule {
+    ctx: Arc<GovernanceContext>,
+}
+
+impl GovernanceRule {
+    /// A rule for one principal and snapshot.
+    pub fn new(ctx: Arc<GovernanceContext>) -> Self {
+        Self { ctx }
+    }
+}
+
+fn policy_failure(policy: &str, reason: impl std::fmt::Display) -> DataFusionError {
+    VeilError::PolicyFailure {
+        policy: policy.to_string(),
+        reason: reason.to_string(),
+    }
+    .into()
+}
+
+impl GovernanceContext {
+    fn mask_spec(&self, source: &str, column: &str, m: &MaskMethod) -> Result<MaskSpec, VeilError> {
+        Ok(match m {
+            MaskMethod::Null => MaskSpec::Null,
+            MaskMethod::Constant(c) => MaskSpec::Constant(c.clone()),
+            MaskMethod::Hash => MaskSpec::Hash(self.keys.column_key(source, column, 1)),
+            MaskMethod::Encrypt => MaskSpec::Encrypt(self.keys.column_key(source, column, 1)),
+            MaskMethod::Regex {
+                pattern,
+                replacement,
+            } => MaskSpec::Regex {
+                pattern: pattern.clone(),
+                replacement: replacement.clone(),
+            },
+            MaskMethod::ShowFirst(n) => MaskSpec::ShowFirst(*n),
+            MaskMethod::ShowLast(n) => MaskSpec::ShowLast(*n),
+            MaskMethod::Round(w) => MaskSpec::Round(*w),
+            MaskMethod::DateTrunc(u) => MaskSpec::DateTrunc(u.parse::<TruncUnit>()?),
+        })
+    }
+
+    /// Rewrites one scan of a governed table.
+    fn rewrite_scan(&self, scan: TableScan, table: &GovernedTable) -> Result<LogicalPlan> {
+        let source = self.ctx_source(table)?;
+        let decision = match decide(&self.principal, &self.snapshot, source)? {
+            Access::Denied(reason) => return Err(VeilError::PermissionDenied(reason).into()),
+            Access::Granted(d) => d,
+        };
+        let raw = LogicalPlan::TableScan(
+            TableScanBuilder::new(
+                scan.table_name.clone(),
+                provider_as_source(Arc::clone(&table.inner)),
+            )
+            .with_projection(scan.projection.clone())
+            .build()?,
+        );
+        let raw_schema: &DFSchema = raw.schema();
+
+        // Row policies, resolved for the principal and type-checked.
+        let mut predicates = Vec::new();
+        let mut applied_rows = Vec::new();
+        for rf in &decision.row_filters {
+            let parsed = match parse_predicate(&rf.predicate, raw_schema) {
+                Ok(p) => p,
+                Err(DataFusionError::SchemaError(..)) if rf.global => continue,
+                Err(e) => return Err(policy_failure(&rf.policy, e)),
+            };
+            let resolved = resolve(parsed, &self.principal).map_err(|e| policy_failure(&rf.policy, e))?;
+            match resolved.get_type(raw_schema) {
+                Ok(t) if t.is_null() || t == datafusion::arrow::datatypes::DataType::Boolean => {}
+                Ok(t) => return Err(policy_failure(&rf.policy, format!("predicate has type {t}, not boolean"))),
+                Err(e) => return Err(policy_failure(&rf.policy, e)),
+            }
+            predicates.push(resolved);
+            applied_rows.push(rf.clone());
+        }
+        let row_predicate = conjunction(predicates);
+
+        // Masks, one UDF per masked column, checked against the column type.
+        let mut exprs = Vec::with_capacity(raw_schema.fields().len());
+        let mut masked = Vec::new();
+        let mut policies: Vec<String> = applied_rows.iter().map(|r| r.policy.clone()).collect();
+        for (qualifier, field) in raw_schema.iter() {
+            let col = Expr::Column(datafusion::common::Column::new(qualifier.cloned(), field.name()));
+            let Some(mask) = decision.mask_of(field.name()) else {
+                exprs.push(col);
+                continue;
+            };
+            let spec = self
+                .mask_spec(&decision.source, field.name(), &mask.method)
+                .map_err(|e| policy_failure(&mask.policy, e))?;
+            let udf = mask_udf(spec).map_err(|e| policy_failure(&mask.policy, e))?;
+            udf.return_type(&[field.data_type().clone()])
+                .map_err(|e| policy_failure(&mask.policy, format!("column {}: {e}", field.name())))?;
+            exprs.push(
+                Expr::ScalarFunction(ScalarFunction::new_udf(Arc::new(udf), vec![col]))
+                    .alias_qualified(qualifier.cloned(), field.name()),
+            );
+            masked.push(field.name().clone());
+            policies.push(mask.policy.clone());
+        }
+        policies.sort();
+        policies.dedup();
+
+        // Pruning hints: the policy conjuncts, pushed into the raw scan.
+        let raw = match (&row_predicate, raw) {
+            (Some(p), LogicalPlan::TableScan(mut s)) => {
+                s.filters = split_conjunction_owned(p.clone());
+                LogicalPlan::TableScan(s)
+            }
+            (_, raw) => raw,
+        };
+        let barrier = GovernedScanNode {
+            source: decision.source.clone(),
+            input: raw,
+            row_predicate,
+            masked,
+            policies,
+        }
+        .into_plan();
+        if let Ok(mut applied) = self.applied.lock() {
+            let mut decision = decision.clone();
+            decision.row_filters = applied_rows;
+            applied.push(AppliedPolicies {
+                source: decision.source.clone(),
+                decision,
+            });
+        }
+        Ok(LogicalPlan::Projection(Projection::try_new(
+            exprs,
+            Arc::new(barrier),
+        )?))
+    }
+
+    fn ctx_source(&self, table: &GovernedTable) -> Result<&crate::model::DataSource> {
+        self.snapshot.sources.get(&table.source).ok_or_else(|| {
+            VeilError::NotFound(format!("data source {} no longer exists", table.source)).into()
+        })
+    }
+}
+
+impl AnalyzerRule for GovernanceRule {
+    fn name(&self) -> &str {
+        "veil_governance"
+    }
+
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
+        let mut rewrote = false;
+        plan.transform_up_with_subqueries(|node| {
+            let node = match node {
+                LogicalPlan::TableScan(scan) => {
+                    return match GovernedTable::from_source(&scan.source) {
+                        Some(table) => {
+                            rewrote = true;
+                            Ok(Transformed::yes(self.ctx.rewrite_scan(scan, &table)?))
+                        }
+                        None => Ok(Transformed::no(LogicalPlan::TableScan(scan))),
+                    };
+                }
+                other => other,
+            };
+            if rewrote {
+                // Masks can change column types: recompute the schemas above.
+                Ok(Transformed::yes(node.recompute_schema()?))
+            } else {
+                Ok(Transformed::no(node))
+            }
+        })
+        .map(|t| t.data)
+    }
+}

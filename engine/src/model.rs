@@ -1,0 +1,360 @@
+//! The catalog's entities: users, permissions, data sources, policies.
+//!
+//! A [`CatalogSnapshot`] is an immutable picture of the whole catalog at one
+//! policy version; policy evaluation and planning read only snapshots.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::VeilError;
+
+/// A global permission (exact names of DESIGN.md section 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[allow(missing_docs)]
+pub enum Permission {
+    ApplicationAdmin,
+    UserAdmin,
+    Audit,
+    CreateDataSource,
+    CreateProject,
+    FetchPolicyInfo,
+    Governance,
+    ImpersonateUser,
+    ProjectManagement,
+}
+
+impl Permission {
+    /// Every permission, in a stable order.
+    pub const ALL: [Permission; 9] = [
+        Permission::ApplicationAdmin,
+        Permission::UserAdmin,
+        Permission::Audit,
+        Permission::CreateDataSource,
+        Permission::CreateProject,
+        Permission::FetchPolicyInfo,
+        Permission::Governance,
+        Permission::ImpersonateUser,
+        Permission::ProjectManagement,
+    ];
+
+    /// The exact name, e.g. `USER_ADMIN`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Permission::ApplicationAdmin => "APPLICATION_ADMIN",
+            Permission::UserAdmin => "USER_ADMIN",
+            Permission::Audit => "AUDIT",
+            Permission::CreateDataSource => "CREATE_DATA_SOURCE",
+            Permission::CreateProject => "CREATE_PROJECT",
+            Permission::FetchPolicyInfo => "FETCH_POLICY_INFO",
+            Permission::Governance => "GOVERNANCE",
+            Permission::ImpersonateUser => "IMPERSONATE_USER",
+            Permission::ProjectManagement => "PROJECT_MANAGEMENT",
+        }
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Permission {
+    type Err = VeilError;
+    fn from_str(s: &str) -> Result<Self, VeilError> {
+        Permission::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                VeilError::InvalidArgument(format!(
+                    "unknown permission '{s}'; expected one of {}",
+                    Permission::ALL.map(|p| p.name()).join(", ")
+                ))
+            })
+    }
+}
+
+/// A user account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// Unique name.
+    pub name: String,
+    /// argon2id PHC string; None when the user has no password.
+    pub password_hash: Option<String>,
+    /// Groups.
+    pub groups: BTreeSet<String>,
+    /// Attributes: key -> set of values.
+    pub attributes: BTreeMap<String, BTreeSet<String>>,
+    /// Global permissions.
+    pub permissions: BTreeSet<Permission>,
+}
+
+impl User {
+    /// Whether the user holds a permission.
+    pub fn has(&self, p: Permission) -> bool {
+        self.permissions.contains(&p)
+    }
+}
+
+/// Who may query a data source at all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Subscription {
+    /// Every authenticated principal.
+    Anyone,
+    /// Principals for whom the condition holds.
+    When(String),
+    /// Only these users.
+    Users(Vec<String>),
+    /// Only owners (the default for a new source).
+    OwnersOnly,
+}
+
+impl fmt::Display for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subscription::Anyone => f.write_str("ANYONE"),
+            Subscription::When(c) => write!(f, "WHEN {c}"),
+            Subscription::Users(u) => write!(f, "USERS ({})", u.join(", ")),
+            Subscription::OwnersOnly => f.write_str("OWNERS ONLY"),
+        }
+    }
+}
+
+/// One column of a source's schema snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnInfo {
+    /// Column name.
+    pub name: String,
+    /// Arrow type, as Arrow's display string (informational).
+    pub data_type: String,
+    /// Tags on the column.
+    pub tags: BTreeSet<String>,
+}
+
+/// A registered data source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataSource {
+    /// Schema part of `schema.table`.
+    pub schema: String,
+    /// Table part of `schema.table`.
+    pub table: String,
+    /// Parquet file, directory or glob URL.
+    pub location: String,
+    /// The Arrow schema at registration, as Arrow IPC-free JSON.
+    pub arrow_schema: String,
+    /// Columns with their tags.
+    pub columns: Vec<ColumnInfo>,
+    /// Owners (user names).
+    pub owners: BTreeSet<String>,
+    /// Subscription policy.
+    pub subscription: Subscription,
+}
+
+impl DataSource {
+    /// `schema.table`.
+    pub fn full_name(&self) -> String {
+        format!("{}.{}", self.schema, self.table)
+    }
+}
+
+/// A masking method with its parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MaskMethod {
+    /// NULL of the column's type.
+    Null,
+    /// A constant text.
+    Constant(String),
+    /// Keyed HMAC-SHA256 token.
+    Hash,
+    /// Deterministic authenticated encryption.
+    Encrypt,
+    /// Regex replace.
+    Regex {
+        /// Pattern.
+        pattern: String,
+        /// Replacement.
+        replacement: String,
+    },
+    /// Keep the first n characters.
+    ShowFirst(usize),
+    /// Keep the last n characters.
+    ShowLast(usize),
+    /// floor(x / width) * width.
+    Round(f64),
+    /// Truncate to 'year', 'month' or 'day'.
+    DateTrunc(String),
+}
+
+impl MaskMethod {
+    /// Precedence rank: lower is more restrictive (NULL first).
+    pub fn rank(&self) -> u8 {
+        match self {
+            MaskMethod::Null => 0,
+            MaskMethod::Constant(_) => 1,
+            MaskMethod::Hash => 2,
+            MaskMethod::Encrypt => 3,
+            MaskMethod::Regex { .. } => 4,
+            MaskMethod::ShowFirst(_) | MaskMethod::ShowLast(_) => 5,
+            MaskMethod::Round(_) => 6,
+            MaskMethod::DateTrunc(_) => 7,
+        }
+    }
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+impl fmt::Display for MaskMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MaskMethod::Null => f.write_str("NULL"),
+            MaskMethod::Constant(c) => write!(f, "CONSTANT {}", quote(c)),
+            MaskMethod::Hash => f.write_str("HASH"),
+            MaskMethod::Encrypt => f.write_str("ENCRYPT"),
+            MaskMethod::Regex {
+                pattern,
+                replacement,
+            } => write!(f, "REGEX {} REPLACE {}", quote(pattern), quote(replacement)),
+            MaskMethod::ShowFirst(n) => write!(f, "SHOW_FIRST {n}"),
+            MaskMethod::ShowLast(n) => write!(f, "SHOW_LAST {n}"),
+            MaskMethod::Round(w) => write!(f, "ROUND {w}"),
+            MaskMethod::DateTrunc(u) => write!(f, "DATE_TRUNC {}", quote(u)),
+        }
+    }
+}
+
+/// When a policy applies, relative to its condition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applicability {
+    /// Always.
+    Always,
+    /// For everyone except principals for whom the condition holds.
+    Unless(String),
+    /// Only for principals for whom the condition holds.
+    For(String),
+}
+
+impl fmt::Display for Applicability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Applicability::Always => Ok(()),
+            Applicability::Unless(c) => write!(f, " UNLESS {c}"),
+            Applicability::For(c) => write!(f, " FOR {c}"),
+        }
+    }
+}
+
+/// What a policy targets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    /// Columns of one source (masking) or the whole source (row; empty list).
+    Source {
+        /// `schema.table`.
+        source: String,
+        /// Columns (masking policies only).
+        columns: Vec<String>,
+    },
+    /// Every column (masking) or every source (row) carrying this tag.
+    Tag(String),
+}
+
+/// A masking or row policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Unique name.
+    pub name: String,
+    /// What it targets.
+    pub target: Target,
+    /// Masking or row.
+    pub rule: PolicyRule,
+    /// UNLESS / FOR.
+    pub applicability: Applicability,
+    /// Who created it.
+    pub created_by: String,
+}
+
+/// The effect of a policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PolicyRule {
+    /// Mask the targeted columns.
+    Mask(MaskMethod),
+    /// Keep only rows where the predicate holds (SQL text).
+    Row(String),
+}
+
+impl Policy {
+    /// Whether this is a global (tag-targeted) policy.
+    pub fn is_global(&self) -> bool {
+        matches!(self.target, Target::Tag(_))
+    }
+
+    /// The statement that recreates this policy (used by SHOW and export).
+    pub fn to_sql(&self) -> String {
+        let target = match (&self.target, &self.rule) {
+            (Target::Tag(t), PolicyRule::Mask(_)) => format!("COLUMNS TAGGED {}", quote(t)),
+            (Target::Tag(t), PolicyRule::Row(_)) => format!("SOURCES TAGGED {}", quote(t)),
+            (Target::Source { source, columns }, PolicyRule::Mask(_)) => {
+                format!("{source} ({})", columns.join(", "))
+            }
+            (Target::Source { source, .. }, PolicyRule::Row(_)) => source.clone(),
+        };
+        match &self.rule {
+            PolicyRule::Mask(m) => format!(
+                "CREATE MASKING POLICY {} ON {target} USING {m}{}",
+                self.name, self.applicability
+            ),
+            PolicyRule::Row(p) => format!(
+                "CREATE ROW POLICY {} ON {target} USING {p}{}",
+                self.name, self.applicability
+            ),
+        }
+    }
+}
+
+/// Whether a column tag is covered by a policy tag (`PII` covers `PII.SSN`).
+pub fn tag_covers(policy_tag: &str, column_tag: &str) -> bool {
+    column_tag.eq_ignore_ascii_case(policy_tag)
+        || (column_tag.len() > policy_tag.len()
+            && column_tag.as_bytes()[policy_tag.len()] == b'.'
+            && column_tag[..policy_tag.len()].eq_ignore_ascii_case(policy_tag))
+}
+
+/// The whole catalog at one policy version.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogSnapshot {
+    /// Bumped by every mutation.
+    pub version: u64,
+    /// Users by name.
+    pub users: BTreeMap<String, User>,
+    /// Sources by `schema.table`.
+    pub sources: BTreeMap<String, DataSource>,
+    /// Policies by name.
+    pub policies: BTreeMap<String, Policy>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_hierarchy() {
+        assert!(tag_covers("PII", "PII"));
+        assert!(tag_covers("PII", "PII.SSN"));
+        assert!(tag_covers("pii", "PII.SSN"));
+        assert!(!tag_covers("PII", "PIIX"));
+        assert!(!tag_covers("PII.SSN", "PII"));
+    }
+
+    #[test]
+    fn permission_names_round_trip() {
+        for p in Permission::ALL {
+            assert_eq!(p.name().parse::<Permission>().ok(), Some(p));
+        }
+        assert!("ROOT".parse::<Permission>().is_err());
+    }
+}

@@ -1,0 +1,49 @@
+//! The parsed form of governance statements.
+
+use crate::model::{Applicability, MaskMethod, Permission, Subscription, Target};
+
+/// One governance statement.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(missing_docs)]
+pub enum GovStatement {
+    CreateUser {
+        name: String,
+        password: Option<String>,
+        groups: Vec<String>,
+        attributes: Vec<(String, Vec<String>)>,
+    },
+    AlterUserAddGroup { user: String, group: String },
+    AlterUserRemoveGroup { user: String, group: String },
+    AlterUserSetAttribute { user: String, key: String, values: Vec<String> },
+    AlterUserUnsetAttribute { user: String, key: String },
+    AlterUserSetPassword { user: String, password: String },
+    GrantPermission { permission: Permission, user: String },
+    RevokePermission { permission: Permission, user: String },
+    DropUser { name: String },
+    CreateDataSource { source: String, location: String },
+    TagColumn { source: String, column: String, tags: Vec<String> },
+    UntagColumn { source: String, column: String, tags: Vec<String> },
+    SetSubscription { source: String, subscription: Subscription },
+    AddOwner { source: String, user: String },
+    DropDataSource { source: String },
+    CreateMaskingPolicy {
+        name: String,
+        target: Target,
+        method: MaskMethod,
+        applicability: Applicability,
+    },
+    CreateRowPolicy {
+        name: String,
+        target: Target,
+        predicate: String,
+        applicability: Applicability,
+    },
+    DropPolicy { name: String },
+    ShowUsers,
+    ShowDataSources,
+    ShowPolicies,
+    ShowPolicyInfo { source: String, as_user: Option<String> },
+    VerifyAudit,
+    /// A statement of the contract that this build does not implement yet.
+    NotYetSupported { statement: String, feature: &'static str },
+}

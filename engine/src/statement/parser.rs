@@ -1,0 +1,541 @@
+//! Parser for governance statements, on top of sqlparser's tokenizer and
+//! expression parser.
+
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::Token;
+
+use super::ast::GovStatement;
+use crate::condition::parse_condition;
+use crate::error::{Result, VeilError};
+use crate::model::{Applicability, MaskMethod, Permission, Subscription, Target};
+
+struct P<'a> {
+    p: Parser<'a>,
+    sql: &'a str,
+}
+
+fn syntax(sql: &str, e: impl std::fmt::Display) -> VeilError {
+    VeilError::InvalidArgument(format!("syntax error in '{}': {e}", sql.trim()))
+}
+
+impl<'a> P<'a> {
+    fn err<T>(&self, e: impl std::fmt::Display) -> Result<T> {
+        Err(syntax(self.sql, e))
+    }
+
+    fn pe<T>(&self, r: Result<T, ParserError>) -> Result<T> {
+        r.map_err(|e| syntax(self.sql, e))
+    }
+
+    fn peek_word(&self, n: usize) -> Option<String> {
+        match self.p.peek_nth_token(n).token {
+            Token::Word(w) => Some(w.value.to_ascii_uppercase()),
+            _ => None,
+        }
+    }
+
+    fn word(&mut self, kw: &str) -> bool {
+        if self.peek_word(0).as_deref() == Some(kw) {
+            self.p.next_token();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn words(&mut self, kws: &[&str]) -> bool {
+        if kws
+            .iter()
+            .enumerate()
+            .all(|(i, k)| self.peek_word(i).as_deref() == Some(*k))
+        {
+            for _ in kws {
+                self.p.next_token();
+            }
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, kw: &str) -> Result<()> {
+        if self.word(kw) {
+            Ok(())
+        } else {
+            let found = self.p.peek_token().token;
+            self.err(format!("expected {kw}, found {found}"))
+        }
+    }
+
+    fn ident(&mut self) -> Result<String> {
+        let r = self.p.parse_identifier();
+        Ok(self.pe(r)?.value)
+    }
+
+    /// `schema.table`.
+    fn source(&mut self) -> Result<String> {
+        let r = self.p.parse_object_name(false);
+        let name = self.pe(r)?;
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .filter_map(|p| p.as_ident().map(|i| i.value.clone()))
+            .collect();
+        match parts.as_slice() {
+            [s, t] => Ok(format!("{s}.{t}")),
+            [c, s, t] if c.eq_ignore_ascii_case("veil") => Ok(format!("{s}.{t}")),
+            _ => self.err(format!("data source name '{name}' must be schema.table")),
+        }
+    }
+
+    fn string(&mut self) -> Result<String> {
+        let r = self.p.parse_literal_string();
+        self.pe(r)
+    }
+
+    fn uint(&mut self) -> Result<u64> {
+        let r = self.p.parse_literal_uint();
+        self.pe(r)
+    }
+
+    fn number(&mut self) -> Result<f64> {
+        let r = self.p.parse_number_value();
+        let v = self.pe(r)?;
+        v.to_string()
+            .parse::<f64>()
+            .or_else(|_| self.err(format!("expected a number, found {v}")))
+    }
+
+    /// `('a', 'b')` or `'a'`.
+    fn strings(&mut self) -> Result<Vec<String>> {
+        if self.p.consume_token(&Token::LParen) {
+            let r = self.p.parse_comma_separated(|p| p.parse_literal_string());
+            let v = self.pe(r)?;
+            let r = self.p.expect_token(&Token::RParen);
+            self.pe(r)?;
+            Ok(v)
+        } else {
+            Ok(vec![self.string()?])
+        }
+    }
+
+    /// `(a, b)` identifiers.
+    fn idents(&mut self) -> Result<Vec<String>> {
+        let r = self.p.expect_token(&Token::LParen);
+        self.pe(r)?;
+        let r = self.p.parse_comma_separated(|p| p.parse_identifier());
+        let v = self.pe(r)?;
+        let r = self.p.expect_token(&Token::RParen);
+        self.pe(r)?;
+        Ok(v.into_iter().map(|i| i.value).collect())
+    }
+
+    /// An expression, returned as its canonical SQL text.
+    fn expr_text(&mut self) -> Result<String> {
+        let r = self.p.parse_expr();
+        Ok(self.pe(r)?.to_string())
+    }
+
+    /// A condition (validated: principal functions only).
+    fn condition(&mut self) -> Result<String> {
+        let text = self.expr_text()?;
+        parse_condition(&text)?;
+        Ok(text)
+    }
+
+    fn applicability(&mut self) -> Result<Applicability> {
+        Ok(if self.word("UNLESS") {
+            Applicability::Unless(self.condition()?)
+        } else if self.word("FOR") {
+            Applicability::For(self.condition()?)
+        } else {
+            Applicability::Always
+        })
+    }
+
+    fn end(&mut self) -> Result<()> {
+        while self.p.consume_token(&Token::SemiColon) {}
+        match self.p.peek_token().token {
+            Token::EOF => Ok(()),
+            t => self.err(format!("unexpected {t} at end of statement")),
+        }
+    }
+
+    fn mask_method(&mut self) -> Result<MaskMethod> {
+        let Some(w) = self.peek_word(0) else {
+            return self.err("expected a masking method");
+        };
+        self.p.next_token();
+        Ok(match w.as_str() {
+            "NULL" => MaskMethod::Null,
+            "CONSTANT" => MaskMethod::Constant(self.string()?),
+            "HASH" => MaskMethod::Hash,
+            "ENCRYPT" => MaskMethod::Encrypt,
+            "REGEX" => {
+                let pattern = self.string()?;
+                self.expect("REPLACE")?;
+                let replacement = self.string()?;
+                MaskMethod::Regex {
+                    pattern,
+                    replacement,
+                }
+            }
+            "SHOW_FIRST" => MaskMethod::ShowFirst(self.uint()? as usize),
+            "SHOW_LAST" => MaskMethod::ShowLast(self.uint()? as usize),
+            "ROUND" => MaskMethod::Round(self.number()?),
+            "DATE_TRUNC" => MaskMethod::DateTrunc(self.string()?.to_ascii_lowercase()),
+            other => {
+                return self.err(format!(
+                    "unknown masking method {other}; expected NULL, CONSTANT, HASH, ENCRYPT, \
+                     REGEX, SHOW_FIRST, SHOW_LAST, ROUND or DATE_TRUNC"
+                ))
+            }
+        })
+    }
+}
+
+/// Parses `sql` as a governance statement; Ok(None) when it is not one
+/// (then it is ordinary SQL for DataFusion).
+pub fn parse(sql: &str) -> Result<Option<GovStatement>> {
+    let dialect = GenericDialect {};
+    let Ok(parser) = Parser::new(&dialect).try_with_sql(sql) else {
+        return Ok(None);
+    };
+    let mut p = P { p: parser, sql };
+    let first = p.peek_word(0).unwrap_or_default();
+    let second = p.peek_word(1).unwrap_or_default();
+    let not_yet = |feature| {
+        Ok(Some(GovStatement::NotYetSupported {
+            statement: sql.trim().to_string(),
+            feature,
+        }))
+    };
+    let stmt = match (first.as_str(), second.as_str()) {
+        ("CREATE", "USER") => {
+            p.words(&["CREATE", "USER"]);
+            let name = p.ident()?;
+            let mut password = None;
+            let mut groups = vec![];
+            let mut attributes = vec![];
+            loop {
+                if p.word("PASSWORD") {
+                    password = Some(p.string()?);
+                } else if p.word("GROUPS") {
+                    groups = p.strings()?;
+                } else if p.word("ATTRIBUTES") {
+                    let r = p.p.expect_token(&Token::LParen);
+                    p.pe(r)?;
+                    loop {
+                        let key = p.ident()?;
+                        let r = p.p.expect_token(&Token::Eq);
+                        p.pe(r)?;
+                        attributes.push((key, p.strings()?));
+                        if !p.p.consume_token(&Token::Comma) {
+                            break;
+                        }
+                    }
+                    let r = p.p.expect_token(&Token::RParen);
+                    p.pe(r)?;
+                } else {
+                    break;
+                }
+            }
+            GovStatement::CreateUser {
+                name,
+                password,
+                groups,
+                attributes,
+            }
+        }
+        ("ALTER", "USER") => {
+            p.words(&["ALTER", "USER"]);
+            let user = p.ident()?;
+            if p.words(&["ADD", "GROUP"]) {
+                GovStatement::AlterUserAddGroup {
+                    user,
+                    group: p.string()?,
+                }
+            } else if p.words(&["REMOVE", "GROUP"]) {
+                GovStatement::AlterUserRemoveGroup {
+                    user,
+                    group: p.string()?,
+                }
+            } else if p.words(&["SET", "ATTRIBUTE"]) {
+                let key = p.ident()?;
+                let r = p.p.expect_token(&Token::Eq);
+                p.pe(r)?;
+                GovStatement::AlterUserSetAttribute {
+                    user,
+                    key,
+                    values: p.strings()?,
+                }
+            } else if p.words(&["UNSET", "ATTRIBUTE"]) {
+                GovStatement::AlterUserUnsetAttribute {
+                    user,
+                    key: p.ident()?,
+                }
+            } else if p.words(&["SET", "PASSWORD"]) {
+                GovStatement::AlterUserSetPassword {
+                    user,
+                    password: p.string()?,
+                }
+            } else {
+                return p.err(
+                    "expected ADD GROUP, REMOVE GROUP, SET ATTRIBUTE, UNSET ATTRIBUTE or SET PASSWORD",
+                );
+            }
+        }
+        ("GRANT" | "REVOKE", "PERMISSION") => {
+            p.p.next_token();
+            p.p.next_token();
+            let permission: Permission = p.ident()?.parse()?;
+            if first == "GRANT" {
+                p.expect("TO")?;
+                GovStatement::GrantPermission {
+                    permission,
+                    user: p.ident()?,
+                }
+            } else {
+                p.expect("FROM")?;
+                GovStatement::RevokePermission {
+                    permission,
+                    user: p.ident()?,
+                }
+            }
+        }
+        ("DROP", "USER") => {
+            p.words(&["DROP", "USER"]);
+            GovStatement::DropUser { name: p.ident()? }
+        }
+        ("DROP", "POLICY") => {
+            p.words(&["DROP", "POLICY"]);
+            GovStatement::DropPolicy { name: p.ident()? }
+        }
+        ("DROP", "DATA") => {
+            p.words(&["DROP", "DATA"]);
+            p.expect("SOURCE")?;
+            GovStatement::DropDataSource {
+                source: p.source()?,
+            }
+        }
+        ("CREATE", "DATA") => {
+            p.words(&["CREATE", "DATA"]);
+            p.expect("SOURCE")?;
+            let source = p.source()?;
+            p.expect("FROM")?;
+            p.expect("PARQUET")?;
+            GovStatement::CreateDataSource {
+                source,
+                location: p.string()?,
+            }
+        }
+        ("ALTER", "DATA") => {
+            p.words(&["ALTER", "DATA"]);
+            p.expect("SOURCE")?;
+            let source = p.source()?;
+            if p.words(&["TAG", "COLUMN"]) {
+                let column = p.ident()?;
+                p.expect("WITH")?;
+                GovStatement::TagColumn {
+                    source,
+                    column,
+                    tags: p.strings()?,
+                }
+            } else if p.words(&["UNTAG", "COLUMN"]) {
+                let column = p.ident()?;
+                let tags = if p.word("WITH") { p.strings()? } else { vec![] };
+                GovStatement::UntagColumn {
+                    source,
+                    column,
+                    tags,
+                }
+            } else if p.words(&["SET", "SUBSCRIPTION"]) {
+                let subscription = if p.word("ANYONE") {
+                    Subscription::Anyone
+                } else if p.word("WHEN") {
+                    Subscription::When(p.condition()?)
+                } else if p.word("USERS") {
+                    Subscription::Users(p.idents()?)
+                } else if p.words(&["OWNERS", "ONLY"]) {
+                    Subscription::OwnersOnly
+                } else {
+                    return p.err("expected ANYONE, WHEN <condition>, USERS (...) or OWNERS ONLY");
+                };
+                GovStatement::SetSubscription {
+                    source,
+                    subscription,
+                }
+            } else if p.words(&["ADD", "OWNER"]) {
+                GovStatement::AddOwner {
+                    source,
+                    user: p.ident()?,
+                }
+            } else {
+                return p.err("expected TAG COLUMN, UNTAG COLUMN, SET SUBSCRIPTION or ADD OWNER");
+            }
+        }
+        ("CREATE", "MASKING") | ("CREATE", "ROW") => {
+            let masking = second == "MASKING";
+            p.p.next_token();
+            p.p.next_token();
+            p.expect("POLICY")?;
+            let name = p.ident()?;
+            p.expect("ON")?;
+            let target = if p.words(&["COLUMNS", "TAGGED"]) {
+                if !masking {
+                    return p.err("row policies target a source or SOURCES TAGGED '<tag>'");
+                }
+                Target::Tag(p.string()?)
+            } else if p.words(&["SOURCES", "TAGGED"]) {
+                if masking {
+                    return p.err("masking policies target COLUMNS TAGGED '<tag>' or source (columns)");
+                }
+                Target::Tag(p.string()?)
+            } else {
+                let source = p.source()?;
+                let columns = if masking { p.idents()? } else { vec![] };
+                Target::Source { source, columns }
+            };
+            p.expect("USING")?;
+            if masking {
+                let method = p.mask_method()?;
+                GovStatement::CreateMaskingPolicy {
+                    name,
+                    target,
+                    method,
+                    applicability: p.applicability()?,
+                }
+            } else {
+                let predicate = p.expr_text()?;
+                GovStatement::CreateRowPolicy {
+                    name,
+                    target,
+                    predicate,
+                    applicability: p.applicability()?,
+                }
+            }
+        }
+        ("SHOW", "USERS") => {
+            p.words(&["SHOW", "USERS"]);
+            GovStatement::ShowUsers
+        }
+        ("SHOW", "POLICIES") => {
+            p.words(&["SHOW", "POLICIES"]);
+            GovStatement::ShowPolicies
+        }
+        ("SHOW", "DATA") => {
+            p.words(&["SHOW", "DATA"]);
+            p.expect("SOURCES")?;
+            GovStatement::ShowDataSources
+        }
+        ("SHOW", "POLICY") => {
+            p.words(&["SHOW", "POLICY"]);
+            p.expect("INFO")?;
+            p.expect("FOR")?;
+            let source = p.source()?;
+            let as_user = if p.words(&["AS", "USER"]) {
+                Some(p.ident()?)
+            } else {
+                None
+            };
+            GovStatement::ShowPolicyInfo { source, as_user }
+        }
+        ("VERIFY", "AUDIT") => {
+            p.words(&["VERIFY", "AUDIT"]);
+            GovStatement::VerifyAudit
+        }
+        ("CREATE", "PURPOSE" | "PROJECT" | "DERIVED")
+        | ("ALTER", "PROJECT")
+        | ("SHOW", "PURPOSES" | "PROJECTS")
+        | ("DESCRIBE", "PROJECT")
+        | ("USE", "PROJECT")
+        | ("APPROVE" | "DENY" | "ACKNOWLEDGE", "PURPOSE") => {
+            return not_yet("projects and purposes");
+        }
+        _ => return Ok(None),
+    };
+    p.end()?;
+    Ok(Some(stmt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(sql: &str) -> GovStatement {
+        parse(sql).unwrap().unwrap_or_else(|| panic!("{sql} not recognized"))
+    }
+
+    #[test]
+    fn design_forms_parse() {
+        assert_eq!(
+            ok("CREATE USER alice PASSWORD 's3cret' GROUPS ('hr', 'analysts') ATTRIBUTES (region = ('EU', 'US'), clearance = 'high')"),
+            GovStatement::CreateUser {
+                name: "alice".into(),
+                password: Some("s3cret".into()),
+                groups: vec!["hr".into(), "analysts".into()],
+                attributes: vec![
+                    ("region".into(), vec!["EU".into(), "US".into()]),
+                    ("clearance".into(), vec!["high".into()])
+                ],
+            }
+        );
+        for sql in [
+            "ALTER USER alice ADD GROUP 'hr'",
+            "ALTER USER alice REMOVE GROUP 'hr'",
+            "ALTER USER alice SET ATTRIBUTE region = ('EU')",
+            "ALTER USER alice UNSET ATTRIBUTE region",
+            "GRANT PERMISSION GOVERNANCE TO alice",
+            "REVOKE PERMISSION GOVERNANCE FROM alice",
+            "DROP USER alice",
+            "CREATE DATA SOURCE hr.employees FROM PARQUET 'testdata/hr/employees.parquet'",
+            "ALTER DATA SOURCE hr.employees TAG COLUMN ssn WITH ('PII.SSN')",
+            "ALTER DATA SOURCE hr.employees SET SUBSCRIPTION WHEN has_group('hr') OR has_purpose('Attrition')",
+            "ALTER DATA SOURCE hr.employees SET SUBSCRIPTION ANYONE",
+            "DROP DATA SOURCE hr.employees",
+            "CREATE MASKING POLICY pii ON COLUMNS TAGGED 'PII' USING HASH UNLESS has_group('hr')",
+            "CREATE MASKING POLICY card ON payments.cards (card_number) USING SHOW_LAST 4 UNLESS has_attribute('clearance', 'high')",
+            "CREATE ROW POLICY eu_only ON sales.orders USING attribute_contains('region', region) UNLESS has_group('global')",
+            "DROP POLICY pii;",
+            "SHOW USERS",
+            "SHOW DATA SOURCES",
+            "SHOW POLICIES",
+            "SHOW POLICY INFO FOR hr.employees AS USER bob",
+            "VERIFY AUDIT",
+        ] {
+            ok(sql);
+        }
+    }
+
+    #[test]
+    fn row_policy_keeps_predicate_and_condition_apart() {
+        match ok("CREATE ROW POLICY eu ON sales.orders USING attribute_contains('region', region) UNLESS has_group('global')") {
+            GovStatement::CreateRowPolicy { predicate, applicability, .. } => {
+                assert_eq!(predicate, "attribute_contains('region', region)");
+                assert_eq!(applicability, Applicability::Unless("has_group('global')".into()));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ordinary_sql_is_not_governance() {
+        for sql in ["SELECT 1", "SHOW TABLES", "DROP TABLE x", "CREATE TABLE t AS SELECT 1", "not sql at all"] {
+            assert!(parse(sql).unwrap().is_none(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = parse("GRANT PERMISSION ROOT TO alice").unwrap_err().to_string();
+        assert!(e.contains("unknown permission 'ROOT'"), "{e}");
+        let e = parse("CREATE MASKING POLICY p ON COLUMNS TAGGED 'PII' USING SCRAMBLE").unwrap_err().to_string();
+        assert!(e.contains("unknown masking method SCRAMBLE"), "{e}");
+        let e = parse("CREATE MASKING POLICY p ON COLUMNS TAGGED 'PII' USING HASH UNLESS salary > 3").unwrap_err().to_string();
+        assert!(e.contains("invalid condition"), "{e}");
+        let e = parse("CREATE DATA SOURCE employees FROM PARQUET 'x'").unwrap_err().to_string();
+        assert!(e.contains("must be schema.table"), "{e}");
+        assert!(parse("CREATE USER bob PASSWORD 'x' extra").is_err());
+    }
+}

@@ -1,0 +1,298 @@
+//! SQLite implementation of [`CatalogStore`] (WAL, versioned migrations).
+//!
+//! Entities are stored one row each, their fields as JSON; the audit log is
+//! hash-chained: each record's MAC is HMAC-SHA256(audit key, previous MAC ||
+//! record content), so an edited, removed or reordered record breaks the chain.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use hmac::{Hmac, Mac};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use sha2::Sha256;
+
+use super::{AuditEntry, AuditRecord, AuditVerification, CatalogStore, Change};
+use crate::error::{Result, VeilError};
+use crate::model::CatalogSnapshot;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    INSERT INTO meta (key, value) VALUES ('policy_version', '0');
+    CREATE TABLE users (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+    CREATE TABLE data_sources (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+    CREATE TABLE policies (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        impersonated TEXT,
+        action TEXT NOT NULL,
+        object TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        mac BLOB NOT NULL
+    );
+"#];
+
+/// The embedded catalog store.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    audit_key: [u8; 32],
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| VeilError::Internal(format!("serialize: {e}")))
+}
+
+fn unjson<T: serde::de::DeserializeOwned>(table: &str, name: &str, s: &str) -> Result<T> {
+    serde_json::from_str(s)
+        .map_err(|e| VeilError::Internal(format!("catalog row {table}.{name} is corrupt: {e}")))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the catalog at `path` and migrates it.
+    /// `audit_key` keys the audit hash chain.
+    pub fn open(path: &Path, audit_key: [u8; 32]) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        Self::init(conn, audit_key)
+    }
+
+    /// An in-memory catalog (tests).
+    pub fn in_memory(audit_key: [u8; 32]) -> Result<Self> {
+        Self::init(Connection::open_in_memory()?, audit_key)
+    }
+
+    fn init(mut conn: Connection, audit_key: [u8; 32]) -> Result<Self> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let applied: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let applied = usize::try_from(applied).unwrap_or(0);
+        if applied > MIGRATIONS.len() {
+            return Err(VeilError::FailedPrecondition(format!(
+                "catalog schema version {applied} is newer than this server ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+            audit_key,
+        })
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
+        self.conn
+            .lock()
+            .map_err(|_| VeilError::Internal("catalog connection lock poisoned".into()))
+    }
+
+    fn mac(&self, prev: &[u8], at: &str, e: &AuditEntry) -> Result<Vec<u8>> {
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.audit_key)
+            .map_err(|_| VeilError::Internal("audit key".into()))?;
+        mac.update(prev);
+        for field in [
+            at,
+            &e.actor,
+            e.impersonated.as_deref().unwrap_or("\u{0}"),
+            &e.action,
+            &e.object,
+            &e.detail,
+            &e.outcome,
+        ] {
+            mac.update(&(field.len() as u64).to_be_bytes());
+            mac.update(field.as_bytes());
+        }
+        Ok(mac.finalize().into_bytes().to_vec())
+    }
+
+    fn append(&self, tx: &Transaction<'_>, e: &AuditEntry) -> Result<()> {
+        let prev: Vec<u8> = tx
+            .query_row("SELECT mac FROM audit ORDER BY id DESC LIMIT 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .unwrap_or_default();
+        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let mac = self.mac(&prev, &at, e)?;
+        tx.execute(
+            "INSERT INTO audit (at, actor, impersonated, action, object, detail, outcome, mac)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![at, e.actor, e.impersonated, e.action, e.object, e.detail, e.outcome, mac],
+        )?;
+        Ok(())
+    }
+}
+
+impl CatalogStore for SqliteStore {
+    fn version(&self) -> Result<u64> {
+        let conn = self.lock()?;
+        let v: String = conn.query_row(
+            "SELECT value FROM meta WHERE key = 'policy_version'",
+            [],
+            |r| r.get(0),
+        )?;
+        v.parse()
+            .map_err(|_| VeilError::Internal("policy_version is not a number".into()))
+    }
+
+    fn load(&self) -> Result<CatalogSnapshot> {
+        let conn = self.lock()?;
+        let tx = conn.unchecked_transaction()?;
+        let version: String = tx.query_row(
+            "SELECT value FROM meta WHERE key = 'policy_version'",
+            [],
+            |r| r.get(0),
+        )?;
+        let mut snap = CatalogSnapshot {
+            version: version.parse().unwrap_or(0),
+            ..Default::default()
+        };
+        let rows = |table: &str| -> Result<Vec<(String, String)>> {
+            let mut stmt = tx.prepare(&format!("SELECT name, body FROM {table}"))?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        };
+        for (name, body) in rows("users")? {
+            snap.users.insert(name.clone(), unjson("users", &name, &body)?);
+        }
+        for (name, body) in rows("data_sources")? {
+            snap.sources
+                .insert(name.clone(), unjson("data_sources", &name, &body)?);
+        }
+        for (name, body) in rows("policies")? {
+            snap.policies
+                .insert(name.clone(), unjson("policies", &name, &body)?);
+        }
+        Ok(snap)
+    }
+
+    fn apply(&self, changes: &[Change], audit: &AuditEntry) -> Result<u64> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction()?;
+        for change in changes {
+            match change {
+                Change::PutUser(u) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO users (name, body) VALUES (?1, ?2)",
+                        params![u.name, json(u)?],
+                    )?;
+                }
+                Change::DeleteUser(n) => {
+                    tx.execute("DELETE FROM users WHERE name = ?1", params![n])?;
+                }
+                Change::PutSource(s) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO data_sources (name, body) VALUES (?1, ?2)",
+                        params![s.full_name(), json(s)?],
+                    )?;
+                }
+                Change::DeleteSource(n) => {
+                    tx.execute("DELETE FROM data_sources WHERE name = ?1", params![n])?;
+                }
+                Change::PutPolicy(p) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO policies (name, body) VALUES (?1, ?2)",
+                        params![p.name, json(p)?],
+                    )?;
+                }
+                Change::DeletePolicy(n) => {
+                    tx.execute("DELETE FROM policies WHERE name = ?1", params![n])?;
+                }
+            }
+        }
+        tx.execute(
+            "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)
+             WHERE key = 'policy_version'",
+            [],
+        )?;
+        self.append(&tx, audit)?;
+        let v: String = tx.query_row(
+            "SELECT value FROM meta WHERE key = 'policy_version'",
+            [],
+            |r| r.get(0),
+        )?;
+        tx.commit()?;
+        Ok(v.parse().unwrap_or(0))
+    }
+
+    fn audit(&self, entry: &AuditEntry) -> Result<()> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction()?;
+        self.append(&tx, entry)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn audit_records(&self) -> Result<Vec<AuditRecord>> {
+        let conn = self.lock()?;
+        let mut stmt = conn.prepare(
+            "SELECT id, at, actor, impersonated, action, object, detail, outcome
+             FROM audit ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(AuditRecord {
+                id: r.get(0)?,
+                at: r.get(1)?,
+                entry: AuditEntry {
+                    actor: r.get(2)?,
+                    impersonated: r.get(3)?,
+                    action: r.get(4)?,
+                    object: r.get(5)?,
+                    detail: r.get(6)?,
+                    outcome: r.get(7)?,
+                },
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn verify_audit(&self) -> Result<AuditVerification> {
+        let conn = self.lock()?;
+        let mut stmt = conn.prepare(
+            "SELECT id, at, actor, impersonated, action, object, detail, outcome, mac
+             FROM audit ORDER BY id",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut prev: Vec<u8> = Vec::new();
+        let mut records = 0;
+        let mut first_broken = None;
+        while let Some(r) = rows.next()? {
+            records += 1;
+            let id: i64 = r.get(0)?;
+            let at: String = r.get(1)?;
+            let entry = AuditEntry {
+                actor: r.get(2)?,
+                impersonated: r.get(3)?,
+                action: r.get(4)?,
+                object: r.get(5)?,
+                detail: r.get(6)?,
+                outcome: r.get(7)?,
+            };
+            let mac: Vec<u8> = r.get(8)?;
+            if first_broken.is_none() && self.mac(&prev, &at, &entry)? != mac {
+                first_broken = Some(id);
+            }
+            prev = mac;
+        }
+        Ok(AuditVerification {
+            records,
+            first_broken,
+        })
+    }
+}
