@@ -33,7 +33,10 @@ pub fn parquet_options() -> ListingOptions {
 /// The Arrow schema stored with a source.
 pub fn source_schema(source: &DataSource) -> Result<SchemaRef> {
     let schema: Schema = serde_json::from_str(&source.arrow_schema).map_err(|e| {
-        VeilError::Internal(format!("stored schema of {} is corrupt: {e}", source.full_name()))
+        VeilError::Internal(format!(
+            "stored schema of {} is corrupt: {e}",
+            source.full_name()
+        ))
     })?;
     Ok(Arc::new(schema))
 }
@@ -109,7 +112,9 @@ impl SchemaProvider for VeilSchema {
             return Ok(Some(Arc::clone(t)));
         }
         if let Some(reason) = self.denied.get(name) {
-            return Err(DataFusionError::from(VeilError::PermissionDenied(reason.clone())));
+            return Err(DataFusionError::from(VeilError::PermissionDenied(
+                reason.clone(),
+            )));
         }
         Ok(None)
     }
@@ -118,4 +123,3 @@ impl SchemaProvider for VeilSchema {
         self.tables.contains_key(name)
     }
 }
-

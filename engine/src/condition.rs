@@ -42,10 +42,20 @@ fn bad(text: &str, why: impl std::fmt::Display) -> VeilError {
     VeilError::InvalidArgument(format!("invalid condition '{text}': {why}"))
 }
 
+/// sqlparser reads `current_user` as a keyword without parentheses; accept
+/// the documented `current_user()` form by rewriting it to that.
+pub fn normalize_current_user(sql: &str) -> std::borrow::Cow<'_, str> {
+    static RE: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
+    match RE.get_or_init(|| regex::Regex::new(r"(?i)\bcurrent_user\s*\(\s*\)").ok()) {
+        Some(re) => re.replace_all(sql, "current_user"),
+        None => std::borrow::Cow::Borrowed(sql),
+    }
+}
+
 /// Parses a condition's SQL text.
 pub fn parse_condition(text: &str) -> Result<Condition> {
     let expr = Parser::new(&GenericDialect {})
-        .try_with_sql(text)
+        .try_with_sql(&normalize_current_user(text))
         .and_then(|mut p| {
             let e = p.parse_expr()?;
             p.expect_token(&datafusion::sql::sqlparser::tokenizer::Token::EOF)?;
@@ -112,7 +122,12 @@ fn compile(e: &Expr, text: &str) -> Result<Condition> {
                     (false, true) => string_lit(left),
                     _ => None,
                 }
-                .ok_or_else(|| bad(text, "only current_user() = '<name>' comparisons are allowed"))?;
+                .ok_or_else(|| {
+                    bad(
+                        text,
+                        "only current_user() = '<name>' comparisons are allowed",
+                    )
+                })?;
                 let c = Condition::UserIn(vec![name]);
                 if *op == BinaryOperator::Eq {
                     c
@@ -230,7 +245,9 @@ mod tests {
     #[test]
     fn synthetic_principal_has_no_name() {
         let p = Principal::default();
-        assert!(!parse_condition("current_user() = 'alice'").unwrap().eval(&p));
+        assert!(!parse_condition("current_user() = 'alice'")
+            .unwrap()
+            .eval(&p));
         assert!(parse_condition("current_user() IS NULL").unwrap().eval(&p));
     }
 

@@ -26,7 +26,7 @@ use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder};
 use datafusion::logical_expr::{LogicalPlan, Statement};
 use datafusion::optimizer::{Analyzer, Optimizer};
 use datafusion::physical_plan::memory::MemoryStream;
-use datafusion::prelude::{SessionConfig, SessionContext, SQLOptions};
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use rand::distr::{Alphanumeric, SampleString};
 
 use crate::catalog::{VeilCatalog, CATALOG};
@@ -102,7 +102,11 @@ impl QueryOutput {
 
 /// Schema of the status row.
 pub fn status_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![Field::new("status", DataType::Utf8, false)]))
+    Arc::new(Schema::new(vec![Field::new(
+        "status",
+        DataType::Utf8,
+        false,
+    )]))
 }
 
 /// Hashes a password with argon2id.
@@ -117,17 +121,25 @@ pub fn hash_password(password: &str) -> Result<String> {
 
 impl Engine {
     /// Opens the engine on a data directory: `catalog.sqlite`, `keys/`.
-    pub fn open(data_dir: &Path) -> Result<Arc<Self>> {
+    /// Relative data-source locations resolve against `base_dir`.
+    pub fn open(data_dir: &Path, base_dir: &Path) -> Result<Arc<Self>> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
-            VeilError::InvalidArgument(format!("cannot create data dir {}: {e}", data_dir.display()))
+            VeilError::InvalidArgument(format!(
+                "cannot create data dir {}: {e}",
+                data_dir.display()
+            ))
         })?;
         let keys = MasterKey::load_or_create(data_dir)?;
         let store = SqliteStore::open(&data_dir.join("catalog.sqlite"), keys.audit_key())?;
-        Self::new(Arc::new(store), keys)
+        Self::new(Arc::new(store), keys, base_dir)
     }
 
     /// An engine over any store.
-    pub fn new(store: Arc<dyn CatalogStore>, keys: MasterKey) -> Result<Arc<Self>> {
+    pub fn new(
+        store: Arc<dyn CatalogStore>,
+        keys: MasterKey,
+        base_dir: &Path,
+    ) -> Result<Arc<Self>> {
         let snapshot = store.load()?;
         Ok(Arc::new(Self {
             store,
@@ -135,7 +147,7 @@ impl Engine {
             snapshot: RwLock::new(Arc::new(snapshot)),
             write_lock: Mutex::new(()),
             runtime: Arc::new(RuntimeEnv::default()),
-            base_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+            base_dir: std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf()),
         }))
     }
 
@@ -173,17 +185,6 @@ impl Engine {
         Ok(fresh)
     }
 
-    /// Applies catalog changes with their audit record, serialized with
-    /// every other governance write of this process.
-    pub(crate) fn apply(&self, changes: &[Change], audit: &AuditEntry) -> Result<()> {
-        let _guard = self
-            .write_lock
-            .lock()
-            .map_err(|_| VeilError::Internal("write lock poisoned".into()))?;
-        self.store.apply(changes, audit)?;
-        Ok(())
-    }
-
     /// Serializes a read-check-write sequence of governance changes.
     pub(crate) fn write_guard(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
         self.write_lock
@@ -191,6 +192,7 @@ impl Engine {
             .map_err(|_| VeilError::Internal("write lock poisoned".into()))
     }
 
+    /// Applies changes with their audit record; the caller holds [`Self::write_guard`].
     pub(crate) fn apply_locked(&self, changes: &[Change], audit: &AuditEntry) -> Result<()> {
         self.store.apply(changes, audit)?;
         Ok(())
@@ -199,12 +201,12 @@ impl Engine {
     /// First start: creates `admin` with every permission when the catalog
     /// has no user. Returns the generated password when one was generated.
     pub fn bootstrap_admin(&self, password: Option<String>) -> Result<Option<String>> {
+        let _guard = self.write_guard()?;
         if !self.snapshot()?.users.is_empty() {
             return Ok(None);
         }
         let generated = password.is_none();
-        let password =
-            password.unwrap_or_else(|| Alphanumeric.sample_string(&mut rand::rng(), 24));
+        let password = password.unwrap_or_else(|| Alphanumeric.sample_string(&mut rand::rng(), 24));
         let admin = User {
             name: "admin".into(),
             password_hash: Some(hash_password(&password)?),
@@ -212,7 +214,7 @@ impl Engine {
             attributes: Default::default(),
             permissions: Permission::ALL.into_iter().collect(),
         };
-        self.apply(
+        self.apply_locked(
             &[Change::PutUser(admin)],
             &AuditEntry {
                 actor: "system".into(),
@@ -246,7 +248,9 @@ impl Engine {
             detail: "{}".into(),
             outcome: outcome.into(),
         })?;
-        ok.ok_or_else(|| VeilError::Unauthenticated(format!("invalid user name or password for '{user}'")))
+        ok.ok_or_else(|| {
+            VeilError::Unauthenticated(format!("invalid user name or password for '{user}'"))
+        })
     }
 
     /// A session for an authenticated user.
@@ -283,6 +287,16 @@ fn refusal(plan: &LogicalPlan) -> Option<String> {
 }
 
 impl Session {
+    /// Sets an execution option directly, bypassing the SQL `SET` allow-list.
+    /// For embedding and tests (e.g. running leak tests with Parquet filter
+    /// pushdown on); clients cannot reach this.
+    pub fn configure(&mut self, name: &str, value: &str) -> Result<()> {
+        SessionConfig::new().options_mut().set(name, value)?;
+        self.settings.retain(|(k, _)| k != name);
+        self.settings.push((name.to_string(), value.to_string()));
+        Ok(())
+    }
+
     /// The authenticated user.
     pub fn user(&self) -> &str {
         &self.user
@@ -502,11 +516,8 @@ impl Session {
     }
 
     fn audit_query(&self, sql: &str, gctx: &GovernanceContext, err: Option<&VeilError>) {
-        let applied: Vec<AppliedPolicies> = gctx
-            .applied
-            .lock()
-            .map(|a| a.clone())
-            .unwrap_or_default();
+        let applied: Vec<AppliedPolicies> =
+            gctx.applied.lock().map(|a| a.clone()).unwrap_or_default();
         let sources: Vec<serde_json::Value> = applied
             .iter()
             .map(|a| {
@@ -528,7 +539,11 @@ impl Session {
             actor: self.user.clone(),
             impersonated: self.impersonated.clone(),
             action: "Query".into(),
-            object: applied.iter().map(|a| a.source.clone()).collect::<Vec<_>>().join(","),
+            object: applied
+                .iter()
+                .map(|a| a.source.clone())
+                .collect::<Vec<_>>()
+                .join(","),
             detail: detail.to_string(),
             outcome: if err.is_some() { "error" } else { "ok" }.into(),
         };

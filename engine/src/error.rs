@@ -71,6 +71,7 @@ impl From<DataFusionError> for VeilError {
                 Ok(v) => *v,
                 Err(other) => VeilError::DataFusion(Box::new(DataFusionError::External(other))),
             },
+            DataFusionError::Diagnostic(_, inner) => VeilError::from(*inner),
             DataFusionError::Context(ctx, inner) => match VeilError::from(*inner) {
                 VeilError::DataFusion(d) => {
                     VeilError::DataFusion(Box::new(DataFusionError::Context(ctx, d)))
@@ -120,6 +121,7 @@ impl VeilError {
                 ErrorKind::FailedPrecondition
             }
             VeilError::DataFusion(e) => match e.as_ref() {
+                DataFusionError::Plan(m) if m.contains("not found") => ErrorKind::NotFound,
                 DataFusionError::SQL(..)
                 | DataFusionError::Plan(_)
                 | DataFusionError::SchemaError(..)

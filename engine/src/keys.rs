@@ -113,7 +113,8 @@ mod tests {
         let k1 = m.column_key("hr.employees", "ssn", 1);
         let k2 = m.column_key("hr.employees", "ssn", 2);
         assert_ne!(k1, k2);
-        assert!(!format!("{k1:?}").contains(&hex::encode(m.derive("veil/mask/col:hr.employees.ssn/v1"))));
+        assert!(!format!("{k1:?}")
+            .contains(&hex::encode(m.derive("veil/mask/col:hr.employees.ssn/v1"))));
     }
 
     #[test]

@@ -216,7 +216,11 @@ mod tests {
             table: "employees".into(),
             location: "x".into(),
             arrow_schema: String::new(),
-            columns: vec![col("name", &[]), col("ssn", &["PII.SSN"]), col("email", &["PII"])],
+            columns: vec![
+                col("name", &[]),
+                col("ssn", &["PII.SSN"]),
+                col("email", &["PII"]),
+            ],
             owners: BTreeSet::from(["owner".to_string()]),
             subscription: Subscription::When("has_group('staff')".into()),
         }
@@ -259,7 +263,9 @@ mod tests {
     fn subscription_owner_and_condition() {
         let snap = snapshot(vec![]);
         let src = source();
-        assert!(matches!(decide(&user("bob", &[]), &snap, &src).unwrap(), Access::Denied(r) if r.contains("bob is not subscribed to hr.employees")));
+        assert!(
+            matches!(decide(&user("bob", &[]), &snap, &src).unwrap(), Access::Denied(r) if r.contains("bob is not subscribed to hr.employees"))
+        );
         granted(decide(&user("bob", &["staff"]), &snap, &src).unwrap());
         granted(decide(&user("owner", &[]), &snap, &src).unwrap());
     }
@@ -267,33 +273,63 @@ mod tests {
     #[test]
     fn tag_hierarchy_precedence_and_unless() {
         let snap = snapshot(vec![
-            mask("pii_hash", Target::Tag("PII".into()), MaskMethod::Hash, Applicability::Unless("has_group('hr')".into())),
-            mask("ssn_null", Target::Source { source: "hr.employees".into(), columns: vec!["ssn".into()] }, MaskMethod::Null, Applicability::Always),
-            mask("z_show", Target::Tag("PII.SSN".into()), MaskMethod::ShowLast(4), Applicability::Always),
+            mask(
+                "pii_hash",
+                Target::Tag("PII".into()),
+                MaskMethod::Hash,
+                Applicability::Unless("has_group('hr')".into()),
+            ),
+            mask(
+                "ssn_null",
+                Target::Source {
+                    source: "hr.employees".into(),
+                    columns: vec!["ssn".into()],
+                },
+                MaskMethod::Null,
+                Applicability::Always,
+            ),
+            mask(
+                "z_show",
+                Target::Tag("PII.SSN".into()),
+                MaskMethod::ShowLast(4),
+                Applicability::Always,
+            ),
         ]);
         let d = granted(decide(&user("bob", &["staff"]), &snap, &source()).unwrap());
         let ssn = d.mask_of("ssn").unwrap();
         assert_eq!(ssn.policy, "ssn_null");
-        assert_eq!(ssn.overridden, vec!["pii_hash".to_string(), "z_show".to_string()]);
+        assert_eq!(
+            ssn.overridden,
+            vec!["pii_hash".to_string(), "z_show".to_string()]
+        );
         assert_eq!(d.mask_of("email").unwrap().method, MaskMethod::Hash);
         assert!(d.mask_of("name").is_none());
 
         // hr is excepted from pii_hash only.
         let d = granted(decide(&user("hana", &["staff", "hr"]), &snap, &source()).unwrap());
         assert!(d.mask_of("email").is_none());
-        assert_eq!(d.mask_of("ssn").unwrap().overridden, vec!["z_show".to_string()]);
+        assert_eq!(
+            d.mask_of("ssn").unwrap().overridden,
+            vec!["z_show".to_string()]
+        );
     }
 
     #[test]
     fn for_applies_only_to_matching_principals_and_rows_are_anded() {
         let row = |n: &str, pred: &str| Policy {
             name: n.into(),
-            target: Target::Source { source: "hr.employees".into(), columns: vec![] },
+            target: Target::Source {
+                source: "hr.employees".into(),
+                columns: vec![],
+            },
             rule: PolicyRule::Row(pred.into()),
             applicability: Applicability::For("has_group('contractors')".into()),
             created_by: "admin".into(),
         };
-        let snap = snapshot(vec![row("r1", "name <> 'x'"), row("r2", "email IS NOT NULL")]);
+        let snap = snapshot(vec![
+            row("r1", "name <> 'x'"),
+            row("r2", "email IS NOT NULL"),
+        ]);
         let d = granted(decide(&user("c", &["staff", "contractors"]), &snap, &source()).unwrap());
         assert_eq!(d.row_filters.len(), 2);
         let d = granted(decide(&user("e", &["staff"]), &snap, &source()).unwrap());

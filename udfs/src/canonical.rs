@@ -73,7 +73,13 @@ where
                     None => f(None)?,
                     Some(v) => {
                         // One encoding for 0.0 / -0.0 and for every NaN.
-                        let v = if v == 0.0 { 0.0 } else if v.is_nan() { f64::NAN } else { v };
+                        let v = if v == 0.0 {
+                            0.0
+                        } else if v.is_nan() {
+                            f64::NAN
+                        } else {
+                            v
+                        };
                         buf.clear();
                         buf.push(b'f');
                         buf.extend_from_slice(&v.to_bits().to_be_bytes());

@@ -95,7 +95,11 @@ impl ArrayMask for DateTruncMask {
                     match DateTime::from_timestamp(secs, 0) {
                         Some(dt) => {
                             let tr = self.datetime(dt.naive_utc()).and_utc().timestamp();
-                            if tr == secs { v - sub } else { tr.saturating_mul($per_sec) }
+                            if tr == secs {
+                                v - sub
+                            } else {
+                                tr.saturating_mul($per_sec)
+                            }
                         }
                         None => v,
                     }
@@ -105,11 +109,12 @@ impl ArrayMask for DateTruncMask {
         }
         Ok(match &t {
             DataType::Date32 => {
-                let out: PrimitiveArray<Date32Type> = input.as_primitive::<Date32Type>().unary(|d| {
-                    NaiveDate::from_num_days_from_ce_opt(d + UNIX_EPOCH_DAYS_FROM_CE)
-                        .map(|nd| self.date(nd).num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE)
-                        .unwrap_or(d)
-                });
+                let out: PrimitiveArray<Date32Type> =
+                    input.as_primitive::<Date32Type>().unary(|d| {
+                        NaiveDate::from_num_days_from_ce_opt(d + UNIX_EPOCH_DAYS_FROM_CE)
+                            .map(|nd| self.date(nd).num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE)
+                            .unwrap_or(d)
+                    });
                 Arc::new(out)
             }
             DataType::Date64 => {
@@ -118,8 +123,12 @@ impl ArrayMask for DateTruncMask {
                 cast(&truncated, &DataType::Date64)?
             }
             DataType::Timestamp(TimeUnit::Second, _) => ts!(TimestampSecondType, 1i64),
-            DataType::Timestamp(TimeUnit::Millisecond, _) => ts!(TimestampMillisecondType, 1_000i64),
-            DataType::Timestamp(TimeUnit::Microsecond, _) => ts!(TimestampMicrosecondType, 1_000_000i64),
+            DataType::Timestamp(TimeUnit::Millisecond, _) => {
+                ts!(TimestampMillisecondType, 1_000i64)
+            }
+            DataType::Timestamp(TimeUnit::Microsecond, _) => {
+                ts!(TimestampMicrosecondType, 1_000_000i64)
+            }
             DataType::Timestamp(TimeUnit::Nanosecond, _) => {
                 ts!(TimestampNanosecondType, 1_000_000_000i64)
             }

@@ -111,7 +111,9 @@ impl ArrayMask for EncryptMask {
                 let (n, body) = sealed.split_at_mut(NONCE_LEN);
                 self.cipher
                     .encrypt_in_place_detached(Nonce::from_slice(n), b"", body)
-                    .map_err(|_| UdfError::InvalidParameters(format!("key {}", self.key.handle())))?
+                    .map_err(|_| {
+                        UdfError::InvalidParameters(format!("key {}", self.key.handle()))
+                    })?
             };
             sealed.extend_from_slice(&tag);
             text.clear();

@@ -99,9 +99,8 @@ impl ArrayMask for HashMask {
                 Some(bytes) => {
                     hex32(&self.tag(bytes), &mut text);
                     // Only ASCII hex digits were written.
-                    let s = std::str::from_utf8(&text).map_err(|e| {
-                        datafusion::error::DataFusionError::Internal(e.to_string())
-                    })?;
+                    let s = std::str::from_utf8(&text)
+                        .map_err(|e| datafusion::error::DataFusionError::Internal(e.to_string()))?;
                     out.append_value(s)
                 }
             }

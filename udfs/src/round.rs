@@ -91,9 +91,10 @@ impl ArrayMask for RoundMask {
         } else {
             let w = self.width;
             let v = cast(input, &DataType::Float64)?;
-            std::sync::Arc::new(unary::<Float64Type, _, Float64Type>(v.as_primitive(), |x| {
-                (x / w).floor() * w
-            }))
+            std::sync::Arc::new(unary::<Float64Type, _, Float64Type>(
+                v.as_primitive(),
+                |x| (x / w).floor() * w,
+            ))
         };
         Ok(cast(&rounded, &out_type)?)
     }

@@ -16,7 +16,10 @@ pub(crate) struct ShowMask {
 
 impl ShowMask {
     pub(crate) fn first(n: usize) -> Self {
-        Self { n, from_start: true }
+        Self {
+            n,
+            from_start: true,
+        }
     }
     pub(crate) fn last(n: usize) -> Self {
         Self {
@@ -28,10 +31,18 @@ impl ShowMask {
 
 /// Writes `s` with all but the kept characters replaced by `*`.
 pub(crate) fn show(s: &str, n: usize, from_start: bool, out: &mut String) {
-    let total = if s.is_ascii() { s.len() } else { s.chars().count() };
+    let total = if s.is_ascii() {
+        s.len()
+    } else {
+        s.chars().count()
+    };
     let keep = n.min(total);
     for (i, c) in s.chars().enumerate() {
-        let kept = if from_start { i < keep } else { i >= total - keep };
+        let kept = if from_start {
+            i < keep
+        } else {
+            i >= total - keep
+        };
         out.push(if kept { c } else { '*' });
     }
 }
@@ -43,7 +54,9 @@ impl ArrayMask for ShowMask {
 
     fn mask(&self, input: &ArrayRef) -> Result<ArrayRef> {
         let per_value = input.get_buffer_memory_size() / input.len().max(1) + 4;
-        map_strings(input, per_value, |s, out| show(s, self.n, self.from_start, out))
+        map_strings(input, per_value, |s, out| {
+            show(s, self.n, self.from_start, out)
+        })
     }
 }
 

@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::Session;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{internal_err, DFSchemaRef, Result};
 use datafusion::execution::context::QueryPlanner;
@@ -37,11 +38,8 @@ use datafusion::physical_plan::execution_plan::{
 };
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties,
-};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
-use datafusion::catalog::Session;
 use futures::StreamExt;
 
 /// The logical governance barrier over one raw scan.
@@ -279,7 +277,9 @@ impl ExtensionPlanner for GovernedScanPlanner {
             return internal_err!("GovernedScan needs exactly one input");
         };
         let predicate = match &node.row_predicate {
-            Some(p) => Some(planner.create_physical_expr(p, logical.schema(), session, planning_ctx)?),
+            Some(p) => {
+                Some(planner.create_physical_expr(p, logical.schema(), session, planning_ctx)?)
+            }
             None => None,
         };
         // The input is hidden from the outer physical optimizer, so optimize it here.

@@ -12,11 +12,10 @@ use std::sync::{Arc, OnceLock};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{exec_err, plan_err, DFSchema, Result, ScalarValue};
-use datafusion::execution::{FunctionRegistry, SessionStateBuilder};
 use datafusion::execution::session_state::SessionState;
+use datafusion::execution::{FunctionRegistry, SessionStateBuilder};
 use datafusion::logical_expr::{
-    lit, ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-    Volatility,
+    lit, ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
 use crate::principal::Principal;
@@ -50,7 +49,10 @@ impl ScalarUDFImpl for Placeholder {
         })
     }
     fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        exec_err!("{}() is a policy function and cannot be evaluated here", self.name)
+        exec_err!(
+            "{}() is a policy function and cannot be evaluated here",
+            self.name
+        )
     }
 }
 
@@ -74,7 +76,7 @@ pub fn parsing_state() -> &'static SessionState {
 
 /// Parses a row predicate against `schema` (principal functions unresolved).
 pub fn parse_predicate(sql: &str, schema: &DFSchema) -> Result<Expr> {
-    parsing_state().create_logical_expr(sql, schema)
+    parsing_state().create_logical_expr(&crate::condition::normalize_current_user(sql), schema)
 }
 
 fn lit_str(e: &Expr) -> Option<&str> {

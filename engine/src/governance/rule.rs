@@ -120,10 +120,16 @@ impl GovernanceContext {
                 Err(DataFusionError::SchemaError(..)) if rf.global => continue,
                 Err(e) => return Err(policy_failure(&rf.policy, e)),
             };
-            let resolved = resolve(parsed, &self.principal).map_err(|e| policy_failure(&rf.policy, e))?;
+            let resolved =
+                resolve(parsed, &self.principal).map_err(|e| policy_failure(&rf.policy, e))?;
             match resolved.get_type(raw_schema) {
                 Ok(t) if t.is_null() || t == datafusion::arrow::datatypes::DataType::Boolean => {}
-                Ok(t) => return Err(policy_failure(&rf.policy, format!("predicate has type {t}, not boolean"))),
+                Ok(t) => {
+                    return Err(policy_failure(
+                        &rf.policy,
+                        format!("predicate has type {t}, not boolean"),
+                    ))
+                }
                 Err(e) => return Err(policy_failure(&rf.policy, e)),
             }
             predicates.push(resolved);
@@ -136,7 +142,10 @@ impl GovernanceContext {
         let mut masked = Vec::new();
         let mut policies: Vec<String> = applied_rows.iter().map(|r| r.policy.clone()).collect();
         for (qualifier, field) in raw_schema.iter() {
-            let col = Expr::Column(datafusion::common::Column::new(qualifier.cloned(), field.name()));
+            let col = Expr::Column(datafusion::common::Column::new(
+                qualifier.cloned(),
+                field.name(),
+            ));
             let Some(mask) = decision.mask_of(field.name()) else {
                 exprs.push(col);
                 continue;
@@ -145,8 +154,9 @@ impl GovernanceContext {
                 .mask_spec(&decision.source, field.name(), &mask.method)
                 .map_err(|e| policy_failure(&mask.policy, e))?;
             let udf = mask_udf(spec).map_err(|e| policy_failure(&mask.policy, e))?;
-            udf.return_type(&[field.data_type().clone()])
-                .map_err(|e| policy_failure(&mask.policy, format!("column {}: {e}", field.name())))?;
+            udf.return_type(&[field.data_type().clone()]).map_err(|e| {
+                policy_failure(&mask.policy, format!("column {}: {e}", field.name()))
+            })?;
             exprs.push(
                 Expr::ScalarFunction(ScalarFunction::new_udf(Arc::new(udf), vec![col]))
                     .alias_qualified(qualifier.cloned(), field.name()),

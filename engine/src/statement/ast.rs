@@ -12,20 +12,63 @@ pub enum GovStatement {
         groups: Vec<String>,
         attributes: Vec<(String, Vec<String>)>,
     },
-    AlterUserAddGroup { user: String, group: String },
-    AlterUserRemoveGroup { user: String, group: String },
-    AlterUserSetAttribute { user: String, key: String, values: Vec<String> },
-    AlterUserUnsetAttribute { user: String, key: String },
-    AlterUserSetPassword { user: String, password: String },
-    GrantPermission { permission: Permission, user: String },
-    RevokePermission { permission: Permission, user: String },
-    DropUser { name: String },
-    CreateDataSource { source: String, location: String },
-    TagColumn { source: String, column: String, tags: Vec<String> },
-    UntagColumn { source: String, column: String, tags: Vec<String> },
-    SetSubscription { source: String, subscription: Subscription },
-    AddOwner { source: String, user: String },
-    DropDataSource { source: String },
+    AlterUserAddGroup {
+        user: String,
+        group: String,
+    },
+    AlterUserRemoveGroup {
+        user: String,
+        group: String,
+    },
+    AlterUserSetAttribute {
+        user: String,
+        key: String,
+        values: Vec<String>,
+    },
+    AlterUserUnsetAttribute {
+        user: String,
+        key: String,
+    },
+    AlterUserSetPassword {
+        user: String,
+        password: String,
+    },
+    GrantPermission {
+        permission: Permission,
+        user: String,
+    },
+    RevokePermission {
+        permission: Permission,
+        user: String,
+    },
+    DropUser {
+        name: String,
+    },
+    CreateDataSource {
+        source: String,
+        location: String,
+    },
+    TagColumn {
+        source: String,
+        column: String,
+        tags: Vec<String>,
+    },
+    UntagColumn {
+        source: String,
+        column: String,
+        tags: Vec<String>,
+    },
+    SetSubscription {
+        source: String,
+        subscription: Subscription,
+    },
+    AddOwner {
+        source: String,
+        user: String,
+    },
+    DropDataSource {
+        source: String,
+    },
     CreateMaskingPolicy {
         name: String,
         target: Target,
@@ -38,12 +81,20 @@ pub enum GovStatement {
         predicate: String,
         applicability: Applicability,
     },
-    DropPolicy { name: String },
+    DropPolicy {
+        name: String,
+    },
     ShowUsers,
     ShowDataSources,
     ShowPolicies,
-    ShowPolicyInfo { source: String, as_user: Option<String> },
+    ShowPolicyInfo {
+        source: String,
+        as_user: Option<String>,
+    },
     VerifyAudit,
     /// A statement of the contract that this build does not implement yet.
-    NotYetSupported { statement: String, feature: &'static str },
+    NotYetSupported {
+        statement: String,
+        feature: &'static str,
+    },
 }

@@ -179,7 +179,9 @@ async fn infer_schema(location: &str) -> Result<datafusion::arrow::datatypes::Sc
         .infer_schema(&ctx.state(), &url)
         .await
         .map_err(|e| {
-            VeilError::InvalidArgument(format!("location '{location}' is not readable Parquet: {e}"))
+            VeilError::InvalidArgument(format!(
+                "location '{location}' is not readable Parquet: {e}"
+            ))
         })?;
     if schema.fields().is_empty() {
         return Err(VeilError::InvalidArgument(format!(
@@ -207,14 +209,22 @@ fn validate_row_predicate(source: &DataSource, predicate: &str, policy: &str) ->
     }
 }
 
-fn validate_mask(source: Option<&DataSource>, columns: &[String], m: &MaskMethod, policy: &str) -> Result<()> {
+fn validate_mask(
+    source: Option<&DataSource>,
+    columns: &[String],
+    m: &MaskMethod,
+    policy: &str,
+) -> Result<()> {
     let udf = mask_udf(probe_spec(m)?)
         .map_err(|e| VeilError::InvalidArgument(format!("masking policy {policy}: {e}")))?;
     let Some(source) = source else { return Ok(()) };
     let schema = source_schema(source)?;
     for c in columns {
         let field = schema.field_with_name(c).map_err(|_| {
-            VeilError::NotFound(format!("column {c} does not exist in {}", source.full_name()))
+            VeilError::NotFound(format!(
+                "column {c} does not exist in {}",
+                source.full_name()
+            ))
         })?;
         udf.return_type(&[field.data_type().clone()]).map_err(|e| {
             VeilError::InvalidArgument(format!("masking policy {policy} on column {c}: {e}"))
@@ -274,7 +284,9 @@ fn plan(
         } => {
             c.require(Permission::UserAdmin, &format!("create user {name}"))?;
             if c.snapshot.users.contains_key(&name) {
-                return Err(VeilError::AlreadyExists(format!("user {name} already exists")));
+                return Err(VeilError::AlreadyExists(format!(
+                    "user {name} already exists"
+                )));
             }
             let user = User {
                 name: name.clone(),
@@ -293,28 +305,38 @@ fn plan(
                 format!("user {name} created"),
             )
         }
-        GovStatement::AlterUserAddGroup { user, group } => alter_user(c, &user, "AddGroup", json!({"group": group}), |u| {
-            u.groups.insert(group.clone());
-        }),
-        GovStatement::AlterUserRemoveGroup { user, group } => alter_user(c, &user, "RemoveGroup", json!({"group": group}), |u| {
-            u.groups.remove(&group);
-        }),
+        GovStatement::AlterUserAddGroup { user, group } => {
+            alter_user(c, &user, "AddGroup", json!({"group": group}), |u| {
+                u.groups.insert(group.clone());
+            })
+        }
+        GovStatement::AlterUserRemoveGroup { user, group } => {
+            alter_user(c, &user, "RemoveGroup", json!({"group": group}), |u| {
+                u.groups.remove(&group);
+            })
+        }
         GovStatement::AlterUserSetAttribute { user, key, values } => alter_user(
             c,
             &user,
             "SetAttribute",
             json!({"key": key, "values": values}),
             |u| {
-                u.attributes.insert(key.clone(), values.iter().cloned().collect());
+                u.attributes
+                    .insert(key.clone(), values.iter().cloned().collect());
             },
         ),
-        GovStatement::AlterUserUnsetAttribute { user, key } => alter_user(c, &user, "UnsetAttribute", json!({"key": key}), |u| {
-            u.attributes.remove(&key);
-        }),
+        GovStatement::AlterUserUnsetAttribute { user, key } => {
+            alter_user(c, &user, "UnsetAttribute", json!({"key": key}), |u| {
+                u.attributes.remove(&key);
+            })
+        }
         GovStatement::AlterUserSetPassword { user, password } => {
             let own = c.session.impersonated().is_none() && c.session.user() == user;
             if !own {
-                c.require(Permission::UserAdmin, &format!("change the password of {user}"))?;
+                c.require(
+                    Permission::UserAdmin,
+                    &format!("change the password of {user}"),
+                )?;
             }
             let mut u = c.user(&user)?.clone();
             u.password_hash = Some(hash_password(&password)?);
@@ -325,22 +347,36 @@ fn plan(
             )
         }
         GovStatement::GrantPermission { permission, user } => {
-            c.require(Permission::UserAdmin, &format!("grant {permission} to {user}"))?;
+            c.require(
+                Permission::UserAdmin,
+                &format!("grant {permission} to {user}"),
+            )?;
             let mut u = c.user(&user)?.clone();
             u.permissions.insert(permission);
             change(
                 vec![Change::PutUser(u)],
-                c.audit("PermissionApplied", &user, json!({"permission": permission.name()})),
+                c.audit(
+                    "PermissionApplied",
+                    &user,
+                    json!({"permission": permission.name()}),
+                ),
                 format!("permission {permission} granted to {user}"),
             )
         }
         GovStatement::RevokePermission { permission, user } => {
-            c.require(Permission::UserAdmin, &format!("revoke {permission} from {user}"))?;
+            c.require(
+                Permission::UserAdmin,
+                &format!("revoke {permission} from {user}"),
+            )?;
             let mut u = c.user(&user)?.clone();
             u.permissions.remove(&permission);
             change(
                 vec![Change::PutUser(u)],
-                c.audit("PermissionRemoved", &user, json!({"permission": permission.name()})),
+                c.audit(
+                    "PermissionRemoved",
+                    &user,
+                    json!({"permission": permission.name()}),
+                ),
                 format!("permission {permission} revoked from {user}"),
             )
         }
@@ -359,9 +395,14 @@ fn plan(
             )
         }
         GovStatement::CreateDataSource { source, .. } => {
-            c.require(Permission::CreateDataSource, &format!("create data source {source}"))?;
+            c.require(
+                Permission::CreateDataSource,
+                &format!("create data source {source}"),
+            )?;
             if c.snapshot.sources.contains_key(&source) {
-                return Err(VeilError::AlreadyExists(format!("data source {source} already exists")));
+                return Err(VeilError::AlreadyExists(format!(
+                    "data source {source} already exists"
+                )));
             }
             let Some((schema, location)) = inferred else {
                 return Err(VeilError::Internal("schema was not inferred".into()));
@@ -392,15 +433,35 @@ fn plan(
                 format!("data source {source} created"),
             )
         }
-        GovStatement::TagColumn { source, column, tags } => {
-            alter_source(c, &source, Permission::Governance, "tag columns of", "TagColumn", json!({"column": column, "tags": tags}), |s| {
+        GovStatement::TagColumn {
+            source,
+            column,
+            tags,
+        } => alter_source(
+            c,
+            &source,
+            Permission::Governance,
+            "tag columns of",
+            "TagColumn",
+            json!({"column": column, "tags": tags}),
+            |s| {
                 let col = find_column(s, &column)?;
                 col.tags.extend(tags.iter().cloned());
                 Ok(())
-            })
-        }
-        GovStatement::UntagColumn { source, column, tags } => {
-            alter_source(c, &source, Permission::Governance, "untag columns of", "UntagColumn", json!({"column": column, "tags": tags}), |s| {
+            },
+        ),
+        GovStatement::UntagColumn {
+            source,
+            column,
+            tags,
+        } => alter_source(
+            c,
+            &source,
+            Permission::Governance,
+            "untag columns of",
+            "UntagColumn",
+            json!({"column": column, "tags": tags}),
+            |s| {
                 let col = find_column(s, &column)?;
                 if tags.is_empty() {
                     col.tags.clear();
@@ -410,26 +471,45 @@ fn plan(
                     }
                 }
                 Ok(())
-            })
-        }
-        GovStatement::SetSubscription { source, subscription } => {
+            },
+        ),
+        GovStatement::SetSubscription {
+            source,
+            subscription,
+        } => {
             if let Subscription::Users(users) = &subscription {
                 for u in users {
                     c.user(u)?;
                 }
             }
             let text = subscription.to_string();
-            alter_source(c, &source, Permission::Governance, "change the subscription policy of", "SetSubscription", json!({"subscription": text}), |s| {
-                s.subscription = subscription.clone();
-                Ok(())
-            })
+            alter_source(
+                c,
+                &source,
+                Permission::Governance,
+                "change the subscription policy of",
+                "SetSubscription",
+                json!({"subscription": text}),
+                |s| {
+                    s.subscription = subscription.clone();
+                    Ok(())
+                },
+            )
         }
         GovStatement::AddOwner { source, user } => {
             c.user(&user)?;
-            alter_source(c, &source, Permission::Governance, "add owners to", "AddOwner", json!({"owner": user}), |s| {
-                s.owners.insert(user.clone());
-                Ok(())
-            })
+            alter_source(
+                c,
+                &source,
+                Permission::Governance,
+                "add owners to",
+                "AddOwner",
+                json!({"owner": user}),
+                |s| {
+                    s.owners.insert(user.clone());
+                    Ok(())
+                },
+            )
         }
         GovStatement::DropDataSource { source } => {
             let s = c.source(&source)?;
@@ -454,26 +534,38 @@ fn plan(
             applicability,
         } => {
             if c.snapshot.policies.contains_key(&name) {
-                return Err(VeilError::AlreadyExists(format!("policy {name} already exists")));
+                return Err(VeilError::AlreadyExists(format!(
+                    "policy {name} already exists"
+                )));
             }
             match &target {
                 Target::Tag(_) => {
-                    c.require(Permission::Governance, &format!("create global masking policy {name}"))?;
+                    c.require(
+                        Permission::Governance,
+                        &format!("create global masking policy {name}"),
+                    )?;
                     validate_mask(None, &[], &method, &name)?;
                 }
                 Target::Source { source, columns } => {
                     let s = c.source(source)?;
-                    c.require_owner_or(s, Permission::Governance, &format!("create masking policy {name}"))?;
+                    c.require_owner_or(
+                        s,
+                        Permission::Governance,
+                        &format!("create masking policy {name}"),
+                    )?;
                     validate_mask(Some(s), columns, &method, &name)?;
                 }
             }
-            put_policy(c, Policy {
-                name,
-                target,
-                rule: PolicyRule::Mask(method),
-                applicability,
-                created_by: c.session.effective_user().to_string(),
-            })
+            put_policy(
+                c,
+                Policy {
+                    name,
+                    target,
+                    rule: PolicyRule::Mask(method),
+                    applicability,
+                    created_by: c.session.effective_user().to_string(),
+                },
+            )
         }
         GovStatement::CreateRowPolicy {
             name,
@@ -482,25 +574,37 @@ fn plan(
             applicability,
         } => {
             if c.snapshot.policies.contains_key(&name) {
-                return Err(VeilError::AlreadyExists(format!("policy {name} already exists")));
+                return Err(VeilError::AlreadyExists(format!(
+                    "policy {name} already exists"
+                )));
             }
             match &target {
                 Target::Tag(_) => {
-                    c.require(Permission::Governance, &format!("create global row policy {name}"))?;
+                    c.require(
+                        Permission::Governance,
+                        &format!("create global row policy {name}"),
+                    )?;
                 }
                 Target::Source { source, .. } => {
                     let s = c.source(source)?;
-                    c.require_owner_or(s, Permission::Governance, &format!("create row policy {name}"))?;
+                    c.require_owner_or(
+                        s,
+                        Permission::Governance,
+                        &format!("create row policy {name}"),
+                    )?;
                     validate_row_predicate(s, &predicate, &name)?;
                 }
             }
-            put_policy(c, Policy {
-                name,
-                target,
-                rule: PolicyRule::Row(predicate),
-                applicability,
-                created_by: c.session.effective_user().to_string(),
-            })
+            put_policy(
+                c,
+                Policy {
+                    name,
+                    target,
+                    rule: PolicyRule::Row(predicate),
+                    applicability,
+                    created_by: c.session.effective_user().to_string(),
+                },
+            )
         }
         GovStatement::DropPolicy { name } => {
             let p = c
@@ -509,7 +613,10 @@ fn plan(
                 .get(&name)
                 .ok_or_else(|| VeilError::NotFound(format!("policy {name} does not exist")))?;
             match &p.target {
-                Target::Tag(_) => c.require(Permission::Governance, &format!("drop global policy {name}"))?,
+                Target::Tag(_) => c.require(
+                    Permission::Governance,
+                    &format!("drop global policy {name}"),
+                )?,
                 Target::Source { source, .. } => {
                     let s = c.source(source)?;
                     c.require_owner_or(s, Permission::Governance, &format!("drop policy {name}"))?;
@@ -541,7 +648,10 @@ fn plan(
                     ]
                 })
                 .collect();
-            Ok(Outcome::Rows(utf8_batch(&["name", "groups", "attributes", "permissions"], rows)?))
+            Ok(Outcome::Rows(utf8_batch(
+                &["name", "groups", "attributes", "permissions"],
+                rows,
+            )?))
         }
         GovStatement::ShowDataSources => {
             let all = c.has(Permission::Governance)?;
@@ -594,7 +704,9 @@ fn plan(
                 let target = match &p.target {
                     Target::Tag(t) => format!("tag {t}"),
                     Target::Source { source, columns } if columns.is_empty() => source.clone(),
-                    Target::Source { source, columns } => format!("{source} ({})", columns.join(", ")),
+                    Target::Source { source, columns } => {
+                        format!("{source} ({})", columns.join(", "))
+                    }
                 };
                 rows.push(vec![
                     p.name.clone(),
@@ -606,33 +718,79 @@ fn plan(
                 ]);
             }
             Ok(Outcome::Rows(utf8_batch(
-                &["name", "kind", "target", "effect", "condition", "created_by"],
+                &[
+                    "name",
+                    "kind",
+                    "target",
+                    "effect",
+                    "condition",
+                    "created_by",
+                ],
                 rows,
             )?))
         }
         GovStatement::ShowPolicyInfo { source, as_user } => {
             let s = c.source(&source)?;
-            c.require_owner_or(s, Permission::FetchPolicyInfo, &format!("see the policies of {source}"))?;
+            c.require_owner_or(
+                s,
+                Permission::FetchPolicyInfo,
+                &format!("see the policies of {source}"),
+            )?;
             let principal = match &as_user {
                 Some(u) => Principal::of_user(c.user(u)?),
                 None => c.session.principal(&c.snapshot)?,
             };
             let who = principal.describe().to_string();
             let rows = match decide(&principal, &c.snapshot, s)? {
-                Access::Denied(reason) => vec![vec![who, "subscription".into(), source.clone(), "denied".into(), reason, String::new()]],
+                Access::Denied(reason) => vec![vec![
+                    who,
+                    "subscription".into(),
+                    source.clone(),
+                    "denied".into(),
+                    reason,
+                    String::new(),
+                ]],
                 Access::Granted(d) => {
-                    let mut rows = vec![vec![who.clone(), "subscription".into(), source.clone(), "granted".into(), s.subscription.to_string(), String::new()]];
+                    let mut rows = vec![vec![
+                        who.clone(),
+                        "subscription".into(),
+                        source.clone(),
+                        "granted".into(),
+                        s.subscription.to_string(),
+                        String::new(),
+                    ]];
                     for m in &d.masks {
-                        rows.push(vec![who.clone(), "mask".into(), m.column.clone(), m.method.to_string(), m.policy.clone(), join(&m.overridden)]);
+                        rows.push(vec![
+                            who.clone(),
+                            "mask".into(),
+                            m.column.clone(),
+                            m.method.to_string(),
+                            m.policy.clone(),
+                            join(&m.overridden),
+                        ]);
                     }
                     for r in &d.row_filters {
-                        rows.push(vec![who.clone(), "row filter".into(), source.clone(), r.predicate.clone(), r.policy.clone(), String::new()]);
+                        rows.push(vec![
+                            who.clone(),
+                            "row filter".into(),
+                            source.clone(),
+                            r.predicate.clone(),
+                            r.policy.clone(),
+                            String::new(),
+                        ]);
                     }
                     rows
                 }
             };
             Ok(Outcome::Rows(utf8_batch(
-                &["principal", "kind", "object", "effect", "policy", "overridden"],
+                &[
+                    "principal",
+                    "kind",
+                    "object",
+                    "effect",
+                    "policy",
+                    "overridden",
+                ],
                 rows,
             )?))
         }
@@ -647,16 +805,23 @@ fn plan(
             let batch = RecordBatch::try_new(
                 Arc::clone(&schema),
                 vec![
-                    Arc::new(StringArray::from(vec![if v.first_broken.is_none() { "ok" } else { "broken" }])),
+                    Arc::new(StringArray::from(vec![if v.first_broken.is_none() {
+                        "ok"
+                    } else {
+                        "broken"
+                    }])),
                     Arc::new(Int64Array::from(vec![v.records])),
                     Arc::new(Int64Array::from(vec![v.first_broken])),
                 ],
             )?;
-            Ok(Outcome::Rows(QueryOutput::from_batches(schema, vec![batch])?))
+            Ok(Outcome::Rows(QueryOutput::from_batches(
+                schema,
+                vec![batch],
+            )?))
         }
-        GovStatement::NotYetSupported { statement, feature } => Err(VeilError::InvalidArgument(format!(
-            "'{statement}': {feature} are not supported by this version of Veil yet"
-        ))),
+        GovStatement::NotYetSupported { statement, feature } => Err(VeilError::InvalidArgument(
+            format!("'{statement}': {feature} are not supported by this version of Veil yet"),
+        )),
     }
 }
 
@@ -706,10 +871,20 @@ fn find_column<'s>(s: &'s mut DataSource, column: &str) -> Result<&'s mut Column
 }
 
 fn put_policy(c: &Ctx<'_>, p: Policy) -> Result<Outcome> {
-    if let crate::model::Applicability::Unless(cond) | crate::model::Applicability::For(cond) = &p.applicability {
+    if let crate::model::Applicability::Unless(cond) | crate::model::Applicability::For(cond) =
+        &p.applicability
+    {
         parse_condition(cond)?;
     }
     let name = p.name.clone();
-    let audit = c.audit("CreatePolicy", &name, serde_json::json!({"policy": p.to_sql()}));
-    change(vec![Change::PutPolicy(p)], audit, format!("policy {name} created"))
+    let audit = c.audit(
+        "CreatePolicy",
+        &name,
+        serde_json::json!({"policy": p.to_sql()}),
+    );
+    change(
+        vec![Change::PutPolicy(p)],
+        audit,
+        format!("policy {name} created"),
+    )
 }

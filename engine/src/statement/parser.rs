@@ -198,6 +198,8 @@ impl<'a> P<'a> {
 /// Parses `sql` as a governance statement; Ok(None) when it is not one
 /// (then it is ordinary SQL for DataFusion).
 pub fn parse(sql: &str) -> Result<Option<GovStatement>> {
+    let normalized = crate::condition::normalize_current_user(sql);
+    let sql: &str = &normalized;
     let dialect = GenericDialect {};
     let Ok(parser) = Parser::new(&dialect).try_with_sql(sql) else {
         return Ok(None);
@@ -389,7 +391,8 @@ pub fn parse(sql: &str) -> Result<Option<GovStatement>> {
                 Target::Tag(p.string()?)
             } else if p.words(&["SOURCES", "TAGGED"]) {
                 if masking {
-                    return p.err("masking policies target COLUMNS TAGGED '<tag>' or source (columns)");
+                    return p
+                        .err("masking policies target COLUMNS TAGGED '<tag>' or source (columns)");
                 }
                 Target::Tag(p.string()?)
             } else {
@@ -464,7 +467,9 @@ mod tests {
     use super::*;
 
     fn ok(sql: &str) -> GovStatement {
-        parse(sql).unwrap().unwrap_or_else(|| panic!("{sql} not recognized"))
+        parse(sql)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{sql} not recognized"))
     }
 
     #[test]
@@ -521,20 +526,35 @@ mod tests {
 
     #[test]
     fn ordinary_sql_is_not_governance() {
-        for sql in ["SELECT 1", "SHOW TABLES", "DROP TABLE x", "CREATE TABLE t AS SELECT 1", "not sql at all"] {
+        for sql in [
+            "SELECT 1",
+            "SHOW TABLES",
+            "DROP TABLE x",
+            "CREATE TABLE t AS SELECT 1",
+            "not sql at all",
+        ] {
             assert!(parse(sql).unwrap().is_none(), "{sql}");
         }
     }
 
     #[test]
     fn errors_name_the_problem() {
-        let e = parse("GRANT PERMISSION ROOT TO alice").unwrap_err().to_string();
+        let e = parse("GRANT PERMISSION ROOT TO alice")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown permission 'ROOT'"), "{e}");
-        let e = parse("CREATE MASKING POLICY p ON COLUMNS TAGGED 'PII' USING SCRAMBLE").unwrap_err().to_string();
+        let e = parse("CREATE MASKING POLICY p ON COLUMNS TAGGED 'PII' USING SCRAMBLE")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown masking method SCRAMBLE"), "{e}");
-        let e = parse("CREATE MASKING POLICY p ON COLUMNS TAGGED 'PII' USING HASH UNLESS salary > 3").unwrap_err().to_string();
+        let e =
+            parse("CREATE MASKING POLICY p ON COLUMNS TAGGED 'PII' USING HASH UNLESS salary > 3")
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("invalid condition"), "{e}");
-        let e = parse("CREATE DATA SOURCE employees FROM PARQUET 'x'").unwrap_err().to_string();
+        let e = parse("CREATE DATA SOURCE employees FROM PARQUET 'x'")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("must be schema.table"), "{e}");
         assert!(parse("CREATE USER bob PASSWORD 'x' extra").is_err());
     }

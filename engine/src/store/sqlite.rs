@@ -133,7 +133,16 @@ impl SqliteStore {
         tx.execute(
             "INSERT INTO audit (at, actor, impersonated, action, object, detail, outcome, mac)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![at, e.actor, e.impersonated, e.action, e.object, e.detail, e.outcome, mac],
+            params![
+                at,
+                e.actor,
+                e.impersonated,
+                e.action,
+                e.object,
+                e.detail,
+                e.outcome,
+                mac
+            ],
         )?;
         Ok(())
     }
@@ -169,7 +178,8 @@ impl CatalogStore for SqliteStore {
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         };
         for (name, body) in rows("users")? {
-            snap.users.insert(name.clone(), unjson("users", &name, &body)?);
+            snap.users
+                .insert(name.clone(), unjson("users", &name, &body)?);
         }
         for (name, body) in rows("data_sources")? {
             snap.sources

@@ -1,0 +1,356 @@
+//! In-process governed behaviour over the demo catalog and real Parquet.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use veil_engine::{Engine, ErrorKind, Session};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+async fn demo() -> (tempfile::TempDir, Arc<Engine>) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), &repo_root()).unwrap();
+    engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
+    let mut admin = engine.session("admin");
+    let script = std::fs::read_to_string(repo_root().join("testdata/demo/setup.sql")).unwrap();
+    for stmt in veil_engine::statement::split_script(&script).unwrap() {
+        admin
+            .execute(&stmt)
+            .await
+            .unwrap_or_else(|e| panic!("{stmt}: {e}"));
+    }
+    (dir, engine)
+}
+
+fn rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
+    let opts = FormatOptions::default().with_null("NULL");
+    let mut out = vec![];
+    for b in batches {
+        let fmts: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
+            .collect();
+        for r in 0..b.num_rows() {
+            out.push(fmts.iter().map(|f| f.value(r).to_string()).collect());
+        }
+    }
+    out
+}
+
+async fn q(s: &mut Session, sql: &str) -> Vec<Vec<String>> {
+    let out = s
+        .execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows(&out.collect().await.unwrap_or_else(|e| panic!("{sql}: {e}")))
+}
+
+async fn err(s: &mut Session, sql: &str) -> veil_engine::VeilError {
+    match s.execute(sql).await {
+        Err(e) => e,
+        Ok(out) => match out.collect().await {
+            Err(e) => e,
+            Ok(b) => panic!("{sql} should fail, got {:?}", rows(&b)),
+        },
+    }
+}
+
+#[tokio::test]
+async fn two_users_see_different_masked_and_filtered_rows() {
+    let (_d, engine) = demo().await;
+    let mut alice = engine.session("alice");
+    let mut bob = engine.session("bob");
+    let sql = "SELECT ssn, email, salary, region FROM hr.employees ORDER BY employee_id LIMIT 3";
+    let a = q(&mut alice, sql).await;
+    let b = q(&mut bob, sql).await;
+    // alice (hr): raw values, every region.
+    assert!(
+        a[0][0].len() == 11 && a[0][0].as_bytes()[3] == b'-',
+        "{a:?}"
+    );
+    assert!(a[0][1].ends_with("@example.com"));
+    // bob: ssn NULL, email a 32-hex token, salary rounded, only US rows.
+    for r in &b {
+        assert_eq!(r[0], "NULL");
+        assert_eq!(r[1].len(), 32);
+        assert!(r[1].chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(r[2].parse::<i64>().unwrap() % 10000 == 0);
+        assert_eq!(r[3], "US");
+    }
+    let all = q(&mut alice, "SELECT count(*) FROM hr.employees").await;
+    let us = q(&mut bob, "SELECT count(*) FROM hr.employees").await;
+    let us_raw = q(
+        &mut alice,
+        "SELECT count(*) FROM hr.employees WHERE region = 'US'",
+    )
+    .await;
+    assert_eq!(all[0][0], "1000");
+    assert_eq!(us, us_raw);
+}
+
+#[tokio::test]
+async fn unsubscribed_source_is_denied_and_invisible() {
+    let (_d, engine) = demo().await;
+    let mut dave = engine.session("dave");
+    let e = err(&mut dave, "SELECT * FROM hr.employees").await;
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    assert!(
+        e.to_string()
+            .contains("dave is not subscribed to hr.employees"),
+        "{e}"
+    );
+    let tables = q(&mut dave, "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema <> 'information_schema'").await;
+    assert_eq!(
+        tables,
+        vec![vec!["sales".to_string(), "transactions".to_string()]]
+    );
+    let show = q(&mut dave, "SHOW TABLES").await;
+    assert!(!show.iter().flatten().any(|c| c == "employees"), "{show:?}");
+}
+
+#[tokio::test]
+async fn masked_values_never_reach_predicates_joins_or_groups() {
+    let (_d, engine) = demo().await;
+    let mut alice = engine.session("alice");
+    let mut bob = engine.session("bob");
+    let ssn = q(
+        &mut alice,
+        "SELECT ssn FROM hr.employees WHERE region = 'US' ORDER BY employee_id LIMIT 1",
+    )
+    .await[0][0]
+        .clone();
+    // A filter on the raw value finds nothing: the filter sees the mask.
+    for sql in [
+        format!("SELECT count(*) FROM hr.employees WHERE ssn = '{ssn}'"),
+        format!("SELECT count(*) FROM hr.employees WHERE ssn LIKE '{}%'", &ssn[..3]),
+        format!("SELECT count(*) FROM (SELECT * FROM hr.employees) t WHERE t.ssn = '{ssn}'"),
+        format!("WITH e AS (SELECT ssn FROM hr.employees) SELECT count(*) FROM e WHERE ssn IN ('{ssn}')"),
+        format!("SELECT count(*) FROM sales.transactions t WHERE EXISTS (SELECT 1 FROM hr.employees e WHERE e.ssn = '{ssn}')"),
+    ] {
+        assert_eq!(q(&mut bob, &sql).await, vec![vec!["0".to_string()]], "{sql}");
+    }
+    // GROUP BY / DISTINCT on a masked column see only tokens or NULLs.
+    let groups = q(&mut bob, "SELECT DISTINCT ssn FROM hr.employees").await;
+    assert_eq!(groups, vec![vec!["NULL".to_string()]]);
+    // Window functions and ORDER BY see the token.
+    let w = q(
+        &mut bob,
+        "SELECT email, row_number() OVER (ORDER BY email) FROM hr.employees ORDER BY email LIMIT 1",
+    )
+    .await;
+    assert_eq!(w[0][0].len(), 32);
+    // Masked keys of two tables never join.
+    let j = q(
+        &mut bob,
+        "SELECT count(*) FROM hr.employees a JOIN hr.employees b ON a.email = b.email",
+    )
+    .await;
+    let n = q(&mut bob, "SELECT count(*) FROM hr.employees").await;
+    assert_eq!(j, n, "self-join on a token is one-to-one");
+}
+
+#[tokio::test]
+async fn row_policy_is_a_barrier_for_failing_predicates() {
+    let (_d, engine) = demo().await;
+    let mut alice = engine.session("alice");
+    let us = q(
+        &mut alice,
+        "SELECT count(*) FROM hr.employees WHERE region = 'US'",
+    )
+    .await;
+    // Divides by zero on every non-US row, all of which bob's row policy hides.
+    let sql = "SELECT count(*) FROM hr.employees \
+               WHERE department <> 'x' AND 1 / CASE WHEN region = 'US' THEN 1 ELSE 0 END = 1";
+    for pushdown in ["false", "true"] {
+        for partitions in ["1", "4"] {
+            for batch in ["1", "8192"] {
+                let mut bob = engine.session("bob");
+                bob.configure("datafusion.execution.parquet.pushdown_filters", pushdown)
+                    .unwrap();
+                bob.configure("datafusion.execution.parquet.reorder_filters", pushdown)
+                    .unwrap();
+                bob.configure("datafusion.execution.target_partitions", partitions)
+                    .unwrap();
+                bob.configure("datafusion.execution.batch_size", batch)
+                    .unwrap();
+                assert_eq!(
+                    q(&mut bob, sql).await,
+                    us,
+                    "pushdown={pushdown} partitions={partitions} batch={batch}"
+                );
+                let cast = "SELECT count(*) FROM hr.employees WHERE CAST(CASE WHEN region = 'US' THEN '1' ELSE 'x' END AS INT) = 1";
+                assert_eq!(q(&mut bob, cast).await, us);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn explain_shows_an_opaque_barrier_and_no_raw_values_or_keys() {
+    let (_d, engine) = demo().await;
+    let mut bob = engine.session("bob");
+    for sql in [
+        "EXPLAIN SELECT email FROM hr.employees WHERE department = 'hr'",
+        "EXPLAIN VERBOSE SELECT email FROM hr.employees WHERE department = 'hr'",
+        "EXPLAIN ANALYZE SELECT email FROM hr.employees WHERE department = 'hr'",
+    ] {
+        let text = q(&mut bob, sql)
+            .await
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(text.contains("GovernedScan"), "{sql}\n{text}");
+        assert!(!text.contains("@example.com"), "{text}");
+        let key = hex::encode(
+            engine
+                .keys()
+                .column_key("hr.employees", "email", 1)
+                .handle()
+                .id
+                .as_bytes(),
+        );
+        assert!(!text.contains(&key));
+        if sql.contains("ANALYZE") {
+            assert!(
+                !text.contains("DataSourceExec"),
+                "physical input must be hidden:\n{text}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn catalog_escapes_are_refused() {
+    let (_d, engine) = demo().await;
+    let mut bob = engine.session("bob");
+    for sql in [
+        "CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '../testdata/hr/employees.parquet'",
+        "SELECT * FROM '../testdata/hr/employees.parquet'",
+        "COPY (SELECT 1) TO '/tmp/x.parquet'",
+        "SET datafusion.execution.parquet.pushdown_filters = true",
+        "CREATE TABLE t AS SELECT * FROM hr.employees",
+        "DROP TABLE hr.employees",
+        "INSERT INTO hr.employees SELECT * FROM hr.employees",
+        "CREATE VIEW v AS SELECT * FROM hr.employees",
+    ] {
+        let e = err(&mut bob, sql).await;
+        assert!(
+            matches!(
+                e.kind(),
+                ErrorKind::PermissionDenied | ErrorKind::InvalidArgument | ErrorKind::NotFound
+            ),
+            "{sql}: {e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn governance_statements_check_rights_and_validate() {
+    let (_d, engine) = demo().await;
+    let mut bob = engine.session("bob");
+    let e = err(&mut bob, "CREATE USER mallory PASSWORD 'x'").await;
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+    assert!(
+        e.to_string().contains("bob lacks permission USER_ADMIN"),
+        "{e}"
+    );
+    let e = err(&mut bob, "DROP POLICY pii_hash").await;
+    assert!(e.to_string().contains("GOVERNANCE"), "{e}");
+    let mut admin = engine.session("admin");
+    let before = engine.snapshot().unwrap().version;
+    for (sql, kind) in [
+        (
+            "CREATE ROW POLICY bad ON hr.employees USING salary + 1",
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "CREATE ROW POLICY bad ON hr.employees USING nope = 1",
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "CREATE MASKING POLICY bad ON hr.employees (name) USING ROUND 10",
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "CREATE MASKING POLICY bad ON hr.employees (nope) USING HASH",
+            ErrorKind::NotFound,
+        ),
+        (
+            "CREATE MASKING POLICY bad ON hr.employees (name) USING REGEX '(' REPLACE 'x'",
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "CREATE DATA SOURCE x.y FROM PARQUET 'testdata/nope.parquet'",
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "CREATE DATA SOURCE x.y FROM PARQUET 'testdata/demo/setup.sql'",
+            ErrorKind::InvalidArgument,
+        ),
+        ("ALTER USER nobody ADD GROUP 'x'", ErrorKind::NotFound),
+        ("CREATE USER bob", ErrorKind::AlreadyExists),
+    ] {
+        let e = err(&mut admin, sql).await;
+        assert_eq!(e.kind(), kind, "{sql}: {e}");
+    }
+    assert_eq!(
+        engine.snapshot().unwrap().version,
+        before,
+        "failed statements change nothing"
+    );
+}
+
+#[tokio::test]
+async fn policy_changes_apply_to_the_next_statement() {
+    let (_d, engine) = demo().await;
+    let mut bob = engine.session("bob");
+    let mut admin = engine.session("admin");
+    assert_eq!(
+        q(&mut bob, "SELECT DISTINCT region FROM hr.employees").await,
+        vec![vec!["US".to_string()]]
+    );
+    q(&mut admin, "ALTER USER bob SET ATTRIBUTE region = ('EU')").await;
+    assert_eq!(
+        q(&mut bob, "SELECT DISTINCT region FROM hr.employees").await,
+        vec![vec!["EU".to_string()]]
+    );
+    q(&mut admin, "ALTER USER bob ADD GROUP 'hr'").await;
+    let r = q(
+        &mut bob,
+        "SELECT count(DISTINCT region), max(length(ssn)) FROM hr.employees",
+    )
+    .await;
+    assert_eq!(r, vec![vec!["3".to_string(), "11".to_string()]]);
+}
+
+#[tokio::test]
+async fn show_policy_info_reports_winner_and_overridden() {
+    let (_d, engine) = demo().await;
+    let mut alice = engine.session("alice");
+    let r = q(&mut alice, "SHOW POLICY INFO FOR hr.employees AS USER bob").await;
+    let ssn = r
+        .iter()
+        .find(|r| r[1] == "mask" && r[2] == "ssn")
+        .expect("ssn row");
+    assert_eq!(ssn[3], "NULL");
+    assert_eq!(ssn[4], "ssn_null");
+    assert_eq!(ssn[5], "pii_hash");
+    assert!(r
+        .iter()
+        .any(|r| r[1] == "row filter" && r[4] == "employees_region"));
+}
+
+#[tokio::test]
+async fn audit_chain_verifies() {
+    let (_d, engine) = demo().await;
+    let mut admin = engine.session("admin");
+    let r = q(&mut admin, "VERIFY AUDIT").await;
+    assert_eq!(r[0][0], "ok");
+    assert!(r[0][1].parse::<i64>().unwrap() > 10);
+}
