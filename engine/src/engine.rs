@@ -446,6 +446,45 @@ impl Session {
         Ok(Arc::new(analyzed.schema().as_arrow().clone()))
     }
 
+    /// Prepares a statement: (result schema, parameter schema). Governance
+    /// statements and SET report empty schemas (they run when executed).
+    pub async fn prepare(&self, sql: &str) -> Result<(SchemaRef, SchemaRef)> {
+        let empty = || Arc::new(Schema::empty());
+        if statement::parse(sql)?.is_some() {
+            return Ok((empty(), empty()));
+        }
+        let (ctx, _) = self.context()?;
+        if let Some(set) = self.parse_set(&ctx, sql).await? {
+            set?;
+            return Ok((empty(), empty()));
+        }
+        let plan = self.logical_plan(&ctx, sql).await?;
+        let mut params: Vec<(usize, Field)> = plan
+            .get_parameter_fields()?
+            .into_iter()
+            .map(|(name, field)| {
+                let pos = name
+                    .trim_start_matches('$')
+                    .parse::<usize>()
+                    .unwrap_or(usize::MAX);
+                let dt = field
+                    .map(|f| f.data_type().clone())
+                    .unwrap_or(DataType::Utf8);
+                (pos, Field::new(name, dt, true))
+            })
+            .collect();
+        params.sort_by_key(|(pos, _)| *pos);
+        let param_schema = Arc::new(Schema::new(
+            params.into_iter().map(|(_, f)| f).collect::<Vec<_>>(),
+        ));
+        let schema = match ctx.state().optimize(&plan) {
+            Ok(p) => p.schema().as_arrow().clone(),
+            Err(e) if param_schema.fields().is_empty() => return Err(e.into()),
+            Err(_) => plan.schema().as_arrow().clone(),
+        };
+        Ok((Arc::new(schema), param_schema))
+    }
+
     /// Recognizes `SET name = value`; Some(Ok) when it is an allowed option.
     async fn parse_set(
         &self,

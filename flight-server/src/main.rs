@@ -1,1 +1,224 @@
-fn main() {}
+//! The `veil` command-line tool.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use veil_engine::{Engine, ErrorKind, Session};
+use veil_flight_server::config::{Config, FileConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "veil",
+    version,
+    about = "Veil: a governed Flight SQL query engine"
+)]
+struct Cli {
+    /// Configuration file (default: ./veil.toml when present).
+    #[arg(long, global = true, env = "VEIL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory: catalog.sqlite, warehouse/, keys/.
+    #[arg(long, global = true, env = "VEIL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the Flight SQL server.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "VEIL_LISTEN")]
+        listen: Option<String>,
+        /// Load the sample data and the demo users and policies.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Run a governance script as admin, idempotently (objects that exist are skipped).
+    Apply {
+        /// The script.
+        file: PathBuf,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the audit hash chain.
+    Verify,
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::FAILURE
+}
+
+/// Where the repository's testdata/ is: the working directory, else the source tree.
+fn demo_root() -> PathBuf {
+    let cwd = PathBuf::from(".");
+    if cwd.join("testdata/demo/setup.sql").exists() {
+        return cwd;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs a script's statements; "already exists" is skipped so reruns are safe.
+async fn apply_script(session: &mut Session, script: &str) -> Result<(usize, usize), String> {
+    let (mut applied, mut skipped) = (0, 0);
+    for stmt in veil_engine::statement::split_script(script).map_err(|e| e.to_string())? {
+        match session.execute(&stmt).await {
+            Ok(out) => {
+                out.collect().await.map_err(|e| format!("{stmt}: {e}"))?;
+                applied += 1;
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => skipped += 1,
+            Err(e) => return Err(format!("{stmt}: {e}")),
+        }
+    }
+    Ok((applied, skipped))
+}
+
+fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(text.as_bytes())
+}
+
+fn open_engine(data_dir: &Path, base: &Path) -> Result<Arc<Engine>, String> {
+    let engine = Engine::open(data_dir, base).map_err(|e| e.to_string())?;
+    let password = std::env::var("VEIL_ADMIN_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
+    if let Some(generated) = engine
+        .bootstrap_admin(password)
+        .map_err(|e| e.to_string())?
+    {
+        let path = data_dir.join("admin-password");
+        write_secret(&path, &generated).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!(
+            "created user admin with password {generated} (also in {})",
+            path.display()
+        );
+    }
+    Ok(engine)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let file = FileConfig::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve { listen, demo } => {
+            let config = Config::resolve(file, listen, cli.data_dir)?;
+            let base = if demo {
+                demo_root()
+            } else {
+                PathBuf::from(".")
+            };
+            let engine = open_engine(&config.data_dir, &base)?;
+            if demo {
+                let script = std::fs::read_to_string(base.join("testdata/demo/setup.sql"))
+                    .map_err(|e| format!("demo setup: {e}"))?;
+                let (applied, skipped) =
+                    apply_script(&mut engine.session("admin"), &script).await?;
+                println!("demo loaded ({applied} statements applied, {skipped} already present)");
+            }
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+            let handle = veil_flight_server::serve(engine, listener).map_err(|e| e.to_string())?;
+            tracing::info!("listening on {}", handle.addr);
+            println!("listening on {}", handle.addr);
+            if demo {
+                println!(
+                    "connect: python -c \"import adbc_driver_flightsql.dbapi as f; \
+                     c = f.connect('grpc://{}', db_kwargs={{'username': 'bob', 'password': 'bob-pw'}}); \
+                     cur = c.cursor(); cur.execute('SELECT * FROM hr.employees LIMIT 5'); print(cur.fetch_arrow_table())\"",
+                    handle.addr
+                );
+                println!("demo users: alice/alice-pw (hr), bob/bob-pw (US analyst), carol/carol-pw (EU analyst), dave/dave-pw (contractor)");
+            }
+            let _ = std::io::stdout().flush();
+            shutdown_signal().await;
+            println!("shutting down");
+            handle.shutdown().await
+        }
+        Command::Apply { file: script } => {
+            let config = Config::resolve(file, None, cli.data_dir)?;
+            let engine = open_engine(&config.data_dir, Path::new("."))?;
+            let text = std::fs::read_to_string(&script)
+                .map_err(|e| format!("{}: {e}", script.display()))?;
+            let (applied, skipped) = apply_script(&mut engine.session("admin"), &text).await?;
+            println!("{applied} statements applied, {skipped} already present");
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let config = Config::resolve(file, None, cli.data_dir)?;
+            let engine = open_engine(&config.data_dir, Path::new("."))?;
+            let v = engine.store().verify_audit().map_err(|e| e.to_string())?;
+            match v.first_broken {
+                None => {
+                    println!("ok: {} records verified", v.records);
+                    Ok(())
+                }
+                Some(id) => Err(format!(
+                    "broken: record {id} of {} fails verification",
+                    v.records
+                )),
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VEIL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}

@@ -1,0 +1,84 @@
+//! Server configuration: `veil.toml`, then `VEIL_*` environment variables,
+//! then command-line flags, each overriding the one before.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./veil-data";
+
+/// The `veil.toml` file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Listen address.
+    pub listen: Option<String>,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Data directory (catalog.sqlite, warehouse/, keys/).
+    pub data_dir: PathBuf,
+}
+
+impl FileConfig {
+    /// Reads a config file; a missing default file is an empty config.
+    pub fn load(path: Option<&Path>) -> Result<Self, String> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from("veil.toml"), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display())),
+            Err(_) if !required => Ok(Self::default()),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+}
+
+impl Config {
+    /// Merges file values with flag/env values (already merged by clap).
+    pub fn resolve(
+        file: FileConfig,
+        listen: Option<String>,
+        data_dir: Option<PathBuf>,
+    ) -> Result<Self, String> {
+        let listen = listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen = listen
+            .parse()
+            .map_err(|e| format!("invalid listen address '{listen}': {e}"))?;
+        let data_dir = data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        Ok(Self { listen, data_dir })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_defaults_fill_in() {
+        let file: FileConfig =
+            toml::from_str("listen = \"127.0.0.1:6000\"\ndata_dir = \"/x\"").unwrap();
+        let c = Config::resolve(file, Some("127.0.0.1:7000".into()), None).unwrap();
+        assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.data_dir, PathBuf::from("/x"));
+        let c = Config::resolve(FileConfig::default(), None, None).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert!(Config::resolve(FileConfig::default(), Some("nope".into()), None).is_err());
+        assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+    }
+}

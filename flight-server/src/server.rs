@@ -1,0 +1,59 @@
+//! Starting and stopping the Flight SQL server on a socket.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use veil_engine::Engine;
+
+use crate::service::VeilFlightSql;
+
+/// Largest Flight message accepted (bigger ones get ResourceExhausted).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A running server.
+#[derive(Debug)]
+pub struct ServeHandle {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl ServeHandle {
+    /// Stops accepting connections and waits for the server to finish.
+    pub async fn shutdown(mut self) -> Result<(), String> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Serves Flight SQL for `engine` on an already bound listener.
+pub fn serve(engine: Arc<Engine>, listener: TcpListener) -> std::io::Result<ServeHandle> {
+    let addr = listener.local_addr()?;
+    let service = FlightServiceServer::new(VeilFlightSql::new(engine))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = rx.await;
+            }),
+    );
+    Ok(ServeHandle {
+        addr,
+        shutdown: Some(tx),
+        task,
+    })
+}

@@ -1,0 +1,524 @@
+//! The Flight SQL service: authenticate, adapt, delegate to the engine.
+//!
+//! Every RPC starts with [`VeilFlightSql::session`], which verifies the
+//! bearer token and applies the per-call headers (`x-veil-impersonate`,
+//! `x-veil-project`). Statement handling lives in `statements`, catalog
+//! metadata in `metadata`.
+
+mod metadata;
+mod statements;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetCrossReference,
+    CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
+    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementQuery,
+    CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
+    TicketStatementQuery,
+};
+use arrow_flight::{
+    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
+    SchemaAsIpc, Ticket,
+};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::ipc::writer::IpcWriteOptions;
+use futures::{Stream, TryStreamExt};
+use prost::Message;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Request, Response, Status, Streaming};
+use veil_engine::{Engine, Session};
+
+use crate::auth::{decode_basic, Sessions};
+use crate::signed::Signer;
+use crate::status::to_status;
+pub use statements::Handle;
+
+/// The stream type of DoGet.
+pub type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
+
+/// Veil's Flight SQL service.
+#[derive(Debug, Clone)]
+pub struct VeilFlightSql {
+    engine: Arc<Engine>,
+    sessions: Arc<Sessions>,
+    signer: Signer,
+}
+
+fn header<'m>(md: &'m MetadataMap, name: &str) -> Option<&'m str> {
+    md.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+fn schema_bytes(schema: &Schema) -> Result<prost::bytes::Bytes, Status> {
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+        .try_into()
+        .map_err(|e: datafusion::arrow::error::ArrowError| Status::internal(e.to_string()))?;
+    Ok(bytes)
+}
+
+fn batch_stream(schema: SchemaRef, batch: RecordBatch) -> DoGetStream {
+    Box::pin(
+        FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(futures::stream::once(async { Ok(batch) }))
+            .map_err(Status::from),
+    )
+}
+
+fn metadata_info<M: ProstMessageExt>(
+    cmd: M,
+    schema: &Schema,
+    descriptor: FlightDescriptor,
+) -> Result<Response<FlightInfo>, Status> {
+    let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(cmd.as_any().encode_to_vec()));
+    let info = FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .with_endpoint(endpoint)
+        .with_descriptor(descriptor);
+    Ok(Response::new(info))
+}
+
+impl VeilFlightSql {
+    /// A service over an engine. Tokens and tickets are signed with a key
+    /// derived from the engine's master key.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        let signer = Signer::new(engine.keys().signing_key());
+        Self {
+            sessions: Arc::new(Sessions::new(Arc::clone(&engine), signer.clone())),
+            engine,
+            signer,
+        }
+    }
+
+    /// Authenticates a call and applies its session headers.
+    fn session(&self, md: &MetadataMap) -> Result<(String, Session), Status> {
+        let (sid, mut session) = self.sessions.authenticate(md)?;
+        apply_headers(&mut session, md)?;
+        Ok((sid, session))
+    }
+}
+
+fn apply_headers(session: &mut Session, md: &MetadataMap) -> Result<(), Status> {
+    if let Some(project) = header(md, "x-veil-project") {
+        if !(project.is_empty() || project.eq_ignore_ascii_case(veil_engine::catalog::CATALOG)) {
+            return Err(Status::failed_precondition(format!(
+                "cannot enter project {project}: projects are not supported by this version of Veil yet"
+            )));
+        }
+    }
+    if let Some(target) = header(md, "x-veil-impersonate") {
+        session.impersonate(Some(target)).map_err(to_status)?;
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for VeilFlightSql {
+    type FlightService = VeilFlightSql;
+
+    async fn do_handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<
+        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
+        let md = request.metadata();
+        let auth = header(md, "authorization")
+            .ok_or_else(|| Status::unauthenticated("Handshake needs Basic credentials"))?;
+        let (user, password) = decode_basic(auth)?;
+        let token = self.sessions.login(&user, &password)?;
+        // Session headers may arrive on the Handshake too.
+        let mut bearer = MetadataMap::new();
+        let value = MetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| Status::internal("token is not a valid header"))?;
+        bearer.insert("authorization", value.clone());
+        let (sid, mut session) = self.sessions.authenticate(&bearer)?;
+        apply_headers(&mut session, md)?;
+        self.sessions.store(&sid, session);
+        let reply = HandshakeResponse {
+            protocol_version: 0,
+            payload: token.into_bytes().into(),
+        };
+        let stream: Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>> =
+            Box::pin(futures::stream::iter(vec![Ok(reply)]));
+        let mut response = Response::new(stream);
+        response.metadata_mut().insert("authorization", value);
+        Ok(response)
+    }
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let (sid, session) = self.session(request.metadata())?;
+        let handle = Handle {
+            sid: sid.clone(),
+            user: session.user().to_string(),
+            sql: query.query,
+            params: None,
+        };
+        let info = self
+            .flight_info(session, &sid, handle, request.into_inner())
+            .await?;
+        Ok(Response::new(info))
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let (sid, session) = self.session(request.metadata())?;
+        let handle = self.open_handle(&session, &cmd.prepared_statement_handle)?;
+        let info = self
+            .flight_info(session, &sid, handle, request.into_inner())
+            .await?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let (_, session) = self.session(request.metadata())?;
+        Ok(Response::new(
+            self.do_get_ticket(session, &ticket.statement_handle)
+                .await?,
+        ))
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let (sid, mut session) = self.session(request.metadata())?;
+        let handle = self.open_handle(&session, &cmd.prepared_statement_handle)?;
+        if handle.sid != sid {
+            return Err(Status::permission_denied(
+                "prepared statement belongs to another session",
+            ));
+        }
+        let out = session.execute(&handle.sql).await.map_err(to_status)?;
+        let batches = out.collect().await.map_err(to_status)?;
+        let schema = batches
+            .first()
+            .map(|b| b.schema())
+            .unwrap_or_else(|| Arc::new(Schema::empty()));
+        let batch = datafusion::arrow::compute::concat_batches(&schema, &batches)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(batch_stream(schema, batch)))
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let (sid, session) = self.session(request.metadata())?;
+        let (dataset, params) = session.prepare(&query.query).await.map_err(to_status)?;
+        let handle = Handle {
+            sid,
+            user: session.user().to_string(),
+            sql: query.query,
+            params: None,
+        };
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: self.sign_handle(&handle)?.into(),
+            dataset_schema: schema_bytes(&dataset)?,
+            parameter_schema: schema_bytes(&params)?,
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        _query: ActionClosePreparedStatementRequest,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<(), Status> {
+        // Handles are self-contained and expire on their own; tickets from
+        // them stay valid for partitions fetched later.
+        self.session(request.metadata())?;
+        Ok(())
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let (_, session) = self.session(request.metadata())?;
+        let handle = self.open_handle(&session, &cmd.prepared_statement_handle)?;
+        let (schema, batches) = Self::read_batches(request).await?;
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(self.bind(handle, schema, &batches)?.into()),
+        })
+    }
+
+    async fn do_put_prepared_statement_update(
+        &self,
+        cmd: CommandPreparedStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let (sid, mut session) = self.session(request.metadata())?;
+        let handle = self.open_handle(&session, &cmd.prepared_statement_handle)?;
+        let (_, batches) = Self::read_batches(request).await?;
+        let n = self.run_update(&mut session, &handle.sql, &batches).await?;
+        self.sessions.store(&sid, session);
+        Ok(n)
+    }
+
+    async fn do_put_statement_update(
+        &self,
+        cmd: CommandStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let (sid, mut session) = self.session(request.metadata())?;
+        let n = self.run_update(&mut session, &cmd.query, &[]).await?;
+        self.sessions.store(&sid, session);
+        Ok(n)
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        cmd: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.session(request.metadata())?;
+        let schema = cmd.clone().into_builder().schema();
+        metadata_info(cmd, &schema, request.into_inner())
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        cmd: CommandGetCatalogs,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.session(request.metadata())?;
+        let mut b = cmd.into_builder();
+        b.append(veil_engine::catalog::CATALOG);
+        let schema = b.schema();
+        let batch = b.build().map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(batch_stream(schema, batch)))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        cmd: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.session(request.metadata())?;
+        let schema = cmd.clone().into_builder().schema();
+        metadata_info(cmd, &schema, request.into_inner())
+    }
+
+    async fn do_get_schemas(
+        &self,
+        cmd: CommandGetDbSchemas,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let (_, session) = self.session(request.metadata())?;
+        let schema = cmd.clone().into_builder().schema();
+        let batch = metadata::db_schemas(&session, cmd).await?;
+        Ok(Response::new(batch_stream(schema, batch)))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        cmd: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.session(request.metadata())?;
+        let schema = cmd.clone().into_builder().schema();
+        metadata_info(cmd, &schema, request.into_inner())
+    }
+
+    async fn do_get_tables(
+        &self,
+        cmd: CommandGetTables,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let (_, session) = self.session(request.metadata())?;
+        let schema = cmd.clone().into_builder().schema();
+        let batch = metadata::tables(&session, cmd).await?;
+        Ok(Response::new(batch_stream(schema, batch)))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        cmd: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.session(request.metadata())?;
+        let schema = cmd.clone().into_builder().schema();
+        metadata_info(cmd, &schema, request.into_inner())
+    }
+
+    async fn do_get_table_types(
+        &self,
+        cmd: CommandGetTableTypes,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.session(request.metadata())?;
+        let mut b = cmd.into_builder();
+        b.append(metadata::TABLE_TYPE);
+        let schema = b.schema();
+        let batch = b.build().map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(batch_stream(schema, batch)))
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        cmd: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.session(request.metadata())?;
+        let info = metadata::SQL_INFO
+            .as_ref()
+            .ok_or_else(|| Status::internal("sql info"))?;
+        let schema = cmd.clone().into_builder(info).schema();
+        metadata_info(cmd, &schema, request.into_inner())
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        cmd: CommandGetSqlInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.session(request.metadata())?;
+        let info = metadata::SQL_INFO
+            .as_ref()
+            .ok_or_else(|| Status::internal("sql info"))?;
+        let b = cmd.into_builder(info);
+        let schema = b.schema();
+        let batch = b.build().map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(batch_stream(schema, batch)))
+    }
+
+    async fn get_flight_info_xdbc_type_info(
+        &self,
+        cmd: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.session(request.metadata())?;
+        let info = metadata::XDBC_INFO
+            .as_ref()
+            .ok_or_else(|| Status::internal("xdbc info"))?;
+        let schema = cmd.clone().into_builder(info).schema();
+        metadata_info(cmd, &schema, request.into_inner())
+    }
+
+    async fn do_get_xdbc_type_info(
+        &self,
+        cmd: CommandGetXdbcTypeInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.session(request.metadata())?;
+        let info = metadata::XDBC_INFO
+            .as_ref()
+            .ok_or_else(|| Status::internal("xdbc info"))?;
+        let b = cmd.into_builder(info);
+        let schema = b.schema();
+        let batch = b.build().map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(batch_stream(schema, batch)))
+    }
+
+    async fn get_flight_info_primary_keys(
+        &self,
+        cmd: CommandGetPrimaryKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.session(request.metadata())?;
+        metadata_info(cmd, &metadata::primary_keys_schema(), request.into_inner())
+    }
+
+    async fn do_get_primary_keys(
+        &self,
+        _cmd: CommandGetPrimaryKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.session(request.metadata())?;
+        let schema = metadata::primary_keys_schema();
+        Ok(Response::new(batch_stream(
+            Arc::clone(&schema),
+            RecordBatch::new_empty(schema),
+        )))
+    }
+
+    async fn get_flight_info_exported_keys(
+        &self,
+        cmd: CommandGetExportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.session(request.metadata())?;
+        metadata_info(cmd, &metadata::foreign_keys_schema(), request.into_inner())
+    }
+
+    async fn do_get_exported_keys(
+        &self,
+        _cmd: CommandGetExportedKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.session(request.metadata())?;
+        let schema = metadata::foreign_keys_schema();
+        Ok(Response::new(batch_stream(
+            Arc::clone(&schema),
+            RecordBatch::new_empty(schema),
+        )))
+    }
+
+    async fn get_flight_info_imported_keys(
+        &self,
+        cmd: CommandGetImportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.session(request.metadata())?;
+        metadata_info(cmd, &metadata::foreign_keys_schema(), request.into_inner())
+    }
+
+    async fn do_get_imported_keys(
+        &self,
+        _cmd: CommandGetImportedKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.session(request.metadata())?;
+        let schema = metadata::foreign_keys_schema();
+        Ok(Response::new(batch_stream(
+            Arc::clone(&schema),
+            RecordBatch::new_empty(schema),
+        )))
+    }
+
+    async fn get_flight_info_cross_reference(
+        &self,
+        cmd: CommandGetCrossReference,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.session(request.metadata())?;
+        metadata_info(cmd, &metadata::foreign_keys_schema(), request.into_inner())
+    }
+
+    async fn do_get_cross_reference(
+        &self,
+        _cmd: CommandGetCrossReference,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.session(request.metadata())?;
+        let schema = metadata::foreign_keys_schema();
+        Ok(Response::new(batch_stream(
+            Arc::clone(&schema),
+            RecordBatch::new_empty(schema),
+        )))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}

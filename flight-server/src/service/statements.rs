@@ -1,0 +1,279 @@
+//! Statements and prepared statements: FlightInfo, tickets, DoGet, DoPut.
+//!
+//! Tickets and prepared handles are signed, self-contained and expiring.
+//! They carry the session, the user, the SQL, bound parameters and the
+//! policy version seen at planning; at DoGet the caller must be that user,
+//! and the statement is planned again so the policies in force now apply.
+//! Governance statements run at GetFlightInfo (the client may never call
+//! DoGet); their rows travel inside the ticket.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::sql::server::PeekableFlightDataStream;
+use arrow_flight::sql::{ProstMessageExt, TicketStatementQuery};
+use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::common::{ParamValues, ScalarValue};
+use futures::{StreamExt, TryStreamExt};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+use veil_engine::{QueryOutput, Session, VeilError};
+
+use super::{DoGetStream, VeilFlightSql};
+use crate::status::to_status;
+
+/// Lifetime of tickets and prepared handles.
+pub const TICKET_TTL_SECS: i64 = 3600;
+
+/// A prepared statement handle's content.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Handle {
+    /// Session id.
+    pub sid: String,
+    /// Authenticated user.
+    pub user: String,
+    /// SQL text.
+    pub sql: String,
+    /// Bound parameters (Arrow IPC stream, base64), if any.
+    pub params: Option<String>,
+}
+
+/// A ticket's content.
+#[derive(Debug, Serialize, Deserialize)]
+struct TicketBody {
+    handle: Handle,
+    impersonated: Option<String>,
+    policy_version: u64,
+    /// Precomputed rows (governance statements), Arrow IPC stream, base64.
+    results: Option<String>,
+}
+
+fn ipc_encode(schema: &Schema, batches: &[RecordBatch]) -> Result<String, Status> {
+    let mut buf = Vec::new();
+    {
+        let mut w =
+            StreamWriter::try_new(&mut buf, schema).map_err(|e| Status::internal(e.to_string()))?;
+        for b in batches {
+            w.write(b).map_err(|e| Status::internal(e.to_string()))?;
+        }
+        w.finish().map_err(|e| Status::internal(e.to_string()))?;
+    }
+    Ok(STANDARD.encode(buf))
+}
+
+fn ipc_decode(text: &str) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
+    let bad = |e: String| Status::invalid_argument(format!("bad embedded batch: {e}"));
+    let raw = STANDARD.decode(text).map_err(|e| bad(e.to_string()))?;
+    let reader = StreamReader::try_new(Cursor::new(raw), None).map_err(|e| bad(e.to_string()))?;
+    let schema = reader.schema();
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    Ok((schema, batches))
+}
+
+/// Parameters of one row of a bound batch.
+fn row_params(batch: &RecordBatch, row: usize) -> Result<ParamValues, Status> {
+    let values = batch
+        .columns()
+        .iter()
+        .map(|c| ScalarValue::try_from_array(c, row))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Status::invalid_argument(format!("bad parameter value: {e}")))?;
+    Ok(ParamValues::from(values))
+}
+
+fn encode_stream(out: QueryOutput) -> DoGetStream {
+    let stream = out
+        .stream
+        .map_err(|e| FlightError::Tonic(Box::new(to_status(VeilError::from(e)))));
+    Box::pin(
+        FlightDataEncoderBuilder::new()
+            .with_schema(out.schema)
+            .build(stream)
+            .map_err(Status::from),
+    )
+}
+
+fn decode_params(params: &Option<String>) -> Result<Option<ParamValues>, Status> {
+    let Some(p) = params else { return Ok(None) };
+    let (_, batches) = ipc_decode(p)?;
+    match batches.iter().find(|b| b.num_rows() > 0) {
+        Some(b) => Ok(Some(row_params(b, 0)?)),
+        None => Ok(None),
+    }
+}
+
+impl VeilFlightSql {
+    /// Plans or (governance) runs a handle and returns its FlightInfo.
+    pub(super) async fn flight_info(
+        &self,
+        mut session: Session,
+        sid: &str,
+        handle: Handle,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, Status> {
+        let version = self.engine.snapshot().map_err(to_status)?.version;
+        let params = decode_params(&handle.params)?;
+        let (prepared, _) = session.prepare(&handle.sql).await.map_err(to_status)?;
+        // Governance statements and SET have no result schema: run them now.
+        let (schema, results) = if prepared.fields().is_empty() {
+            let out = session
+                .execute_with_params(&handle.sql, params)
+                .await
+                .map_err(to_status)?;
+            let schema = Arc::clone(&out.schema);
+            let batches = out.collect().await.map_err(to_status)?;
+            self.sessions.store(sid, session.clone());
+            (Arc::clone(&schema), Some(ipc_encode(&schema, &batches)?))
+        } else {
+            (prepared, None)
+        };
+        let body = TicketBody {
+            handle,
+            impersonated: session.impersonated().map(str::to_string),
+            policy_version: version,
+            results,
+        };
+        let token = self.signer.sign("ticket", &body, TICKET_TTL_SECS)?;
+        let ticket = TicketStatementQuery {
+            statement_handle: token.into_bytes().into(),
+        };
+        let endpoint =
+            FlightEndpoint::new().with_ticket(Ticket::new(ticket.as_any().encode_to_vec()));
+        FlightInfo::new()
+            .try_with_schema(&schema)
+            .map_err(|e| Status::internal(e.to_string()))
+            .map(|i| i.with_endpoint(endpoint).with_descriptor(descriptor))
+    }
+
+    /// Streams a ticket's rows, re-checking the caller and the policies.
+    pub(super) async fn do_get_ticket(
+        &self,
+        mut session: Session,
+        raw: &[u8],
+    ) -> Result<DoGetStream, Status> {
+        let token = std::str::from_utf8(raw)
+            .map_err(|_| Status::unauthenticated("invalid or forged ticket"))?;
+        let body: TicketBody = self.signer.verify("ticket", token)?;
+        if body.handle.user != session.user() {
+            return Err(Status::permission_denied(format!(
+                "ticket was issued to another user, not {}",
+                session.user()
+            )));
+        }
+        if let Some(results) = &body.results {
+            let (schema, batches) = ipc_decode(results)?;
+            return Ok(encode_stream(
+                QueryOutput::from_batches(schema, batches).map_err(to_status)?,
+            ));
+        }
+        if session.impersonated() != body.impersonated.as_deref() {
+            session
+                .impersonate(body.impersonated.as_deref())
+                .map_err(to_status)?;
+        }
+        let params = decode_params(&body.handle.params)?;
+        let out = session
+            .execute_with_params(&body.handle.sql, params)
+            .await
+            .map_err(to_status)?;
+        Ok(encode_stream(out))
+    }
+
+    /// Signs a new handle.
+    pub(super) fn sign_handle(&self, handle: &Handle) -> Result<Vec<u8>, Status> {
+        Ok(self
+            .signer
+            .sign("handle", handle, TICKET_TTL_SECS)?
+            .into_bytes())
+    }
+
+    /// Verifies a handle and that it belongs to the caller.
+    pub(super) fn open_handle(&self, session: &Session, raw: &[u8]) -> Result<Handle, Status> {
+        let token = std::str::from_utf8(raw)
+            .map_err(|_| Status::unauthenticated("invalid or forged handle"))?;
+        let h: Handle = self.signer.verify("handle", token)?;
+        if h.user != session.user() {
+            return Err(Status::permission_denied(format!(
+                "prepared statement belongs to another user, not {}",
+                session.user()
+            )));
+        }
+        Ok(h)
+    }
+
+    /// Reads the parameter batches of a DoPut.
+    pub(super) async fn read_batches(
+        request: tonic::Request<PeekableFlightDataStream>,
+    ) -> Result<(Option<SchemaRef>, Vec<RecordBatch>), Status> {
+        let stream = request.into_inner().map_err(FlightError::from);
+        let mut decoded = FlightRecordBatchStream::new_from_flight_data(stream);
+        let mut batches = vec![];
+        while let Some(b) = decoded.next().await {
+            batches.push(b.map_err(Status::from)?);
+        }
+        let schema = decoded
+            .schema()
+            .cloned()
+            .or_else(|| batches.first().map(|b| b.schema()));
+        Ok((schema, batches))
+    }
+
+    /// Binds parameters into a new handle.
+    pub(super) fn bind(
+        &self,
+        mut handle: Handle,
+        schema: Option<SchemaRef>,
+        batches: &[RecordBatch],
+    ) -> Result<Vec<u8>, Status> {
+        handle.params = match schema {
+            Some(s) if batches.iter().any(|b| b.num_rows() > 0) => Some(ipc_encode(&s, batches)?),
+            _ => None,
+        };
+        self.sign_handle(&handle)
+    }
+
+    /// Runs an update statement once, or once per parameter row; returns the
+    /// rows affected (0 for statements that report none).
+    pub(super) async fn run_update(
+        &self,
+        session: &mut Session,
+        sql: &str,
+        batches: &[RecordBatch],
+    ) -> Result<i64, Status> {
+        let rows: Vec<ParamValues> = batches
+            .iter()
+            .flat_map(|b| (0..b.num_rows()).map(move |r| row_params(b, r)))
+            .collect::<Result<_, _>>()?;
+        let runs: Vec<Option<ParamValues>> = if rows.is_empty() {
+            vec![None]
+        } else {
+            rows.into_iter().map(Some).collect()
+        };
+        let mut count = 0i64;
+        for params in runs {
+            let out = session
+                .execute_with_params(sql, params)
+                .await
+                .map_err(to_status)?;
+            let is_status =
+                out.schema.fields().len() == 1 && out.schema.field(0).name() == "status";
+            let batches = out.collect().await.map_err(to_status)?;
+            if !is_status {
+                count += batches.iter().map(|b| b.num_rows() as i64).sum::<i64>();
+            }
+        }
+        Ok(count)
+    }
+}
