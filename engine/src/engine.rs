@@ -412,7 +412,8 @@ impl Session {
 
     /// Plans SQL into a verified logical plan (no DDL, DML, COPY or SET).
     async fn logical_plan(&self, ctx: &SessionContext, sql: &str) -> Result<LogicalPlan> {
-        let plan = ctx.state().create_logical_plan(sql).await?;
+        let sql = statement::number_placeholders(sql);
+        let plan = ctx.state().create_logical_plan(&sql).await?;
         let inner = match &plan {
             LogicalPlan::Explain(e) => e.plan.as_ref(),
             LogicalPlan::Analyze(a) => a.input.as_ref(),

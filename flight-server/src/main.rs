@@ -159,7 +159,6 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
             let handle = veil_flight_server::serve(engine, listener).map_err(|e| e.to_string())?;
-            tracing::info!("listening on {}", handle.addr);
             println!("listening on {}", handle.addr);
             if demo {
                 println!(

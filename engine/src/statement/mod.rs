@@ -46,3 +46,49 @@ pub fn split_script(script: &str) -> crate::error::Result<Vec<String>> {
     }
     Ok(out)
 }
+
+/// Rewrites JDBC/ODBC-style `?` placeholders to DataFusion's `$1`, `$2`, ...
+/// (string literals and comments are left alone).
+pub fn number_placeholders(sql: &str) -> std::borrow::Cow<'_, str> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    if !sql.contains('?') {
+        return std::borrow::Cow::Borrowed(sql);
+    }
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else {
+        return std::borrow::Cow::Borrowed(sql);
+    };
+    if !tokens.iter().any(|t| matches!(t, Token::Placeholder(p) if p == "?")) {
+        return std::borrow::Cow::Borrowed(sql);
+    }
+    let mut n = 0;
+    let mut out = String::with_capacity(sql.len() + 8);
+    for t in tokens {
+        match t {
+            Token::Placeholder(p) if p == "?" => {
+                n += 1;
+                out.push_str(&format!("${n}"));
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_outside_literals() {
+        assert_eq!(number_placeholders("SELECT ? , '?' , ?"), "SELECT $1 , '?' , $2");
+        assert_eq!(number_placeholders("SELECT 1"), "SELECT 1");
+    }
+
+    #[test]
+    fn scripts_split_on_top_level_semicolons() {
+        let s = split_script("CREATE USER a PASSWORD 'x;y'; -- c;\n;SHOW USERS").unwrap();
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert!(s[0].ends_with("'x;y'"));
+    }
+}
