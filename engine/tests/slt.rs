@@ -1,0 +1,47 @@
+//! Runs testdata/slt/*.slt in-process, one fresh demo catalog per file set.
+
+#[path = "../../testdata/slt/harness.rs"]
+mod harness;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use harness::{Connector, Persona};
+use veil_engine::{Engine, Session};
+
+struct InProcess {
+    engine: Arc<Engine>,
+}
+
+struct InProcessPersona(Session);
+
+#[async_trait]
+impl Connector for InProcess {
+    async fn connect(&self, user: &str) -> Result<Box<dyn Persona>, String> {
+        Ok(Box::new(InProcessPersona(self.engine.session(user))))
+    }
+}
+
+#[async_trait]
+impl Persona for InProcessPersona {
+    async fn run(&mut self, sql: &str) -> Result<Vec<RecordBatch>, String> {
+        let out = self.0.execute(sql).await.map_err(|e| e.to_string())?;
+        out.collect().await.map_err(|e| e.to_string())
+    }
+}
+
+#[tokio::test]
+async fn slt_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let engine = Engine::open(dir.path(), &root).unwrap();
+    engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
+    let mut admin = engine.session("admin");
+    let script = std::fs::read_to_string(root.join("testdata/demo/setup.sql")).unwrap();
+    for stmt in veil_engine::statement::split_script(&script).unwrap() {
+        admin.execute(&stmt).await.unwrap();
+    }
+    harness::run_all(Arc::new(InProcess { engine })).await;
+}
