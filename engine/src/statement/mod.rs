@@ -58,7 +58,10 @@ pub fn number_placeholders(sql: &str) -> std::borrow::Cow<'_, str> {
     let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else {
         return std::borrow::Cow::Borrowed(sql);
     };
-    if !tokens.iter().any(|t| matches!(t, Token::Placeholder(p) if p == "?")) {
+    if !tokens
+        .iter()
+        .any(|t| matches!(t, Token::Placeholder(p) if p == "?"))
+    {
         return std::borrow::Cow::Borrowed(sql);
     }
     let mut n = 0;
@@ -81,7 +84,10 @@ mod tests {
 
     #[test]
     fn placeholders_are_numbered_outside_literals() {
-        assert_eq!(number_placeholders("SELECT ? , '?' , ?"), "SELECT $1 , '?' , $2");
+        assert_eq!(
+            number_placeholders("SELECT ? , '?' , ?"),
+            "SELECT $1 , '?' , $2"
+        );
         assert_eq!(number_placeholders("SELECT 1"), "SELECT 1");
     }
 
