@@ -1,5 +1,7 @@
 //! In-process governed behaviour over the demo catalog and real Parquet.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -1,6 +1,8 @@
 //! Flight SQL over a real socket with the Rust Flight SQL client: the .slt
 //! files through prepared statements, authentication, tickets, metadata.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "../../testdata/slt/harness.rs"]
 mod harness;
 
@@ -139,13 +141,7 @@ async fn tickets_are_bound_to_their_user_and_signed() {
     // Replayed by another user: refused, nothing of bob's rows comes out.
     let err = match carol.do_get(ticket.clone()).await {
         Err(e) => code_of(e),
-        Ok(stream) => code_of(
-            stream
-                .try_collect::<Vec<_>>()
-                .await
-                .err()
-                .expect("must fail"),
-        ),
+        Ok(stream) => code_of(stream.try_collect::<Vec<_>>().await.expect_err("must fail")),
     };
     assert!(err.contains("another user"), "{err}");
     // A forged ticket fails verification.
@@ -157,13 +153,7 @@ async fn tickets_are_bound_to_their_user_and_signed() {
         .await
     {
         Err(e) => code_of(e),
-        Ok(stream) => code_of(
-            stream
-                .try_collect::<Vec<_>>()
-                .await
-                .err()
-                .expect("must fail"),
-        ),
+        Ok(stream) => code_of(stream.try_collect::<Vec<_>>().await.expect_err("must fail")),
     };
     assert!(err.contains("forged"), "{err}");
     // The owner can still use it, and the policy is applied at DoGet.
@@ -214,7 +204,7 @@ async fn errors_carry_the_right_codes() {
         ("SELECT * FROM nope.nothing", Code::NotFound),
     ];
     for (sql, code) in cases {
-        let err = dave.execute(sql.into(), None).await.err().expect(sql);
+        let err = dave.execute(sql.into(), None).await.expect_err(sql);
         let status = match err {
             arrow_flight::error::FlightError::Tonic(s) => *s,
             other => panic!("{sql}: {other}"),

@@ -294,7 +294,7 @@ impl FlightSqlService for VeilFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.session(request.metadata())?;
-        let schema = cmd.clone().into_builder().schema();
+        let schema = cmd.into_builder().schema();
         metadata_info(cmd, &schema, request.into_inner())
     }
 
@@ -359,7 +359,7 @@ impl FlightSqlService for VeilFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.session(request.metadata())?;
-        let schema = cmd.clone().into_builder().schema();
+        let schema = cmd.into_builder().schema();
         metadata_info(cmd, &schema, request.into_inner())
     }
 
@@ -413,7 +413,7 @@ impl FlightSqlService for VeilFlightSql {
         let info = metadata::XDBC_INFO
             .as_ref()
             .ok_or_else(|| Status::internal("xdbc info"))?;
-        let schema = cmd.clone().into_builder(info).schema();
+        let schema = cmd.into_builder(info).schema();
         metadata_info(cmd, &schema, request.into_inner())
     }
 

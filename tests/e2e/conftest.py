@@ -1,0 +1,57 @@
+"""Starts a real `veil serve --demo` on a free loopback port for the session."""
+
+import os
+import pathlib
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _binary() -> pathlib.Path:
+    if os.environ.get("VEIL_BIN"):
+        return pathlib.Path(os.environ["VEIL_BIN"])
+    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    return target / "debug" / "veil"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server():
+    data_dir = tempfile.mkdtemp(prefix="veil-e2e-")
+    port = _free_port()
+    env = dict(os.environ, VEIL_ADMIN_PASSWORD="admin-pw", VEIL_LOG="warn")
+    proc = subprocess.Popen(
+        [str(_binary()), "--data-dir", data_dir, "serve", "--demo", "--listen", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 60
+    seen = []
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                raise RuntimeError("veil exited early:\n" + "".join(seen))
+            continue
+        seen.append(line)
+        if line.startswith("listening on "):
+            break
+    else:
+        proc.kill()
+        raise RuntimeError("veil did not start:\n" + "".join(seen))
+    yield f"grpc://127.0.0.1:{port}"
+    proc.terminate()
+    assert proc.wait(timeout=30) == 0, "veil must shut down cleanly on SIGTERM"

@@ -1,0 +1,104 @@
+"""End-to-end tests with the real Python ADBC Flight SQL driver."""
+
+import warnings
+
+import adbc_driver_flightsql.dbapi as flight_sql
+import adbc_driver_manager
+import polars as pl
+import pytest
+
+warnings.filterwarnings("ignore", message="Cannot disable autocommit")
+
+
+def connect(uri, user, password=None):
+    return flight_sql.connect(
+        uri,
+        db_kwargs={"username": user, "password": password or f"{user}-pw"},
+        autocommit=True,
+    )
+
+
+def rows(conn, sql, params=None):
+    with conn.cursor() as cur:
+        cur.execute(sql, parameters=params)
+        return cur.fetchall()
+
+
+def test_wrong_password_is_unauthenticated(server):
+    with pytest.raises(adbc_driver_manager.Error) as err:
+        with connect(server, "bob", "wrong") as conn:
+            rows(conn, "SELECT 1")
+    assert "UNAUTHENTICATED" in str(err.value)
+
+
+def test_two_users_see_different_masked_and_filtered_rows(server):
+    sql = "SELECT ssn, email, salary, region FROM hr.employees ORDER BY employee_id LIMIT 20"
+    with connect(server, "alice") as a, connect(server, "bob") as b:
+        alice = rows(a, sql)
+        bob = rows(b, sql)
+    assert all(len(r[0]) == 11 for r in alice)
+    assert {r[3] for r in alice} == {"EU", "US", "APAC"}
+    assert all(r[0] is None for r in bob)
+    assert all(len(r[1]) == 32 and "@" not in r[1] for r in bob)
+    assert all(r[2] % 10000 == 0 for r in bob)
+    assert {r[3] for r in bob} == {"US"}
+
+
+def test_bound_parameters(server):
+    with connect(server, "bob") as b, connect(server, "alice") as a:
+        n_bob = rows(b, "SELECT count(*) FROM hr.employees WHERE department = ?", ("hr",))[0][0]
+        n_alice = rows(a, "SELECT count(*) FROM hr.employees WHERE department = ? AND region = ?", ("hr", "US"))[0][0]
+        # Parameters do not get around masks: the raw e-mail matches nothing for bob.
+        email = rows(a, "SELECT email FROM hr.employees WHERE region = 'US' LIMIT 1")[0][0]
+        assert rows(b, "SELECT count(*) FROM hr.employees WHERE email = ?", (email,))[0][0] == 0
+    assert n_bob == n_alice > 0
+
+
+def test_subscription_and_error_codes(server):
+    with connect(server, "dave") as d:
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            rows(d, "SELECT * FROM hr.employees")
+        assert "PERMISSION_DENIED" in str(err.value) or "permission denied" in str(err.value)
+        assert "dave is not subscribed to hr.employees" in str(err.value)
+        objects = d.adbc_get_objects(depth="tables").read_all().to_pylist()
+        tables = [
+            t["table_name"]
+            for cat in objects
+            for schema in cat["catalog_db_schemas"] or []
+            for t in schema["db_schema_tables"] or []
+        ]
+        assert tables == ["transactions"]
+
+
+def test_get_objects_and_table_schema(server):
+    with connect(server, "alice") as a:
+        objects = a.adbc_get_objects(depth="tables").read_all().to_pylist()
+        assert [c["catalog_name"] for c in objects] == ["veil"]
+        schemas = sorted(s["db_schema_name"] for s in objects[0]["catalog_db_schemas"])
+        assert schemas == ["hr", "payments", "sales"]
+        schema = a.adbc_get_table_schema("employees", db_schema_filter="hr")
+        assert "ssn" in schema.names and "salary" in schema.names
+
+
+def test_governance_statements(server):
+    with connect(server, "admin", "admin-pw") as admin:
+        assert rows(admin, "CREATE USER frank PASSWORD 'frank-pw' GROUPS ('staff') ATTRIBUTES (region = ('EU'))") == [
+            ("user frank created",)
+        ]
+        users = [r[0] for r in rows(admin, "SHOW USERS")]
+        assert "frank" in users and "alice" in users
+        policies = {r[0] for r in rows(admin, "SHOW POLICIES")}
+        assert {"pii_hash", "ssn_null", "employees_region"} <= policies
+        assert rows(admin, "VERIFY AUDIT")[0][0] == "ok"
+    with connect(server, "frank") as f:
+        assert {r[0] for r in rows(f, "SELECT DISTINCT region FROM hr.employees")} == {"EU"}
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            rows(f, "GRANT PERMISSION GOVERNANCE TO frank")
+        assert "frank lacks permission USER_ADMIN" in str(err.value)
+
+
+def test_polars_read_database(server):
+    with connect(server, "carol") as c:
+        df = pl.read_database("SELECT region, count(*) AS n FROM sales.transactions GROUP BY region", connection=c)
+    assert df["region"].to_list() == ["EU"]
+    assert df["n"][0] > 0
