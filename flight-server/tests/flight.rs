@@ -225,3 +225,34 @@ async fn errors_carry_the_right_codes() {
         .unwrap();
     assert!(err.to_string().contains("already exists"), "{err}");
 }
+
+#[tokio::test]
+async fn impersonation_needs_the_permission_and_evaluates_as_the_target() {
+    let s = start().await;
+    let mut admin = client(s.handle.addr, "admin", "admin-pw").await.unwrap();
+    admin.set_header("x-veil-impersonate", "bob");
+    let info = admin
+        .execute("SELECT DISTINCT region FROM hr.employees".into(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        harness::rows(&fetch(&mut admin, info).await.unwrap()),
+        vec![vec!["US".to_string()]]
+    );
+    // Impersonating bob never grants admin's rights beyond bob's.
+    let err = admin
+        .execute("CREATE USER zed".into(), None)
+        .await
+        .expect_err("bob lacks USER_ADMIN");
+    assert!(
+        err.to_string().contains("bob lacks permission USER_ADMIN"),
+        "{err}"
+    );
+    let mut bob = client(s.handle.addr, "bob", "bob-pw").await.unwrap();
+    bob.set_header("x-veil-impersonate", "alice");
+    let err = bob
+        .execute("SELECT 1".into(), None)
+        .await
+        .expect_err("bob may not impersonate");
+    assert!(err.to_string().contains("IMPERSONATE_USER"), "{err}");
+}

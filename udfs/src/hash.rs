@@ -56,6 +56,50 @@ impl Hash for HashMask {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// A tiny per-batch memo for low-cardinality columns: at most
+/// [`TokenCache::CAPACITY`] distinct values, looked up linearly. It turns
+/// itself off for the rest of the batch when the first rows show the column
+/// is not low-cardinality, so high-cardinality data pays almost nothing.
+struct TokenCache {
+    entries: Vec<(Vec<u8>, [u8; 32])>,
+    seen: usize,
+    misses: usize,
+    enabled: bool,
+}
+
+impl TokenCache {
+    const CAPACITY: usize = 16;
+    const PROBE: usize = 256;
+
+    fn new() -> Self {
+        Self {
+            entries: Vec::with_capacity(Self::CAPACITY),
+            seen: 0,
+            misses: 0,
+            enabled: true,
+        }
+    }
+
+    fn tag(&mut self, mask: &HashMask, canonical: &[u8]) -> [u8; 32] {
+        if !self.enabled {
+            return mask.tag(canonical);
+        }
+        self.seen += 1;
+        if let Some((_, t)) = self.entries.iter().find(|(k, _)| k.as_slice() == canonical) {
+            return *t;
+        }
+        self.misses += 1;
+        let t = mask.tag(canonical);
+        if self.entries.len() < Self::CAPACITY {
+            self.entries.push((canonical.to_vec(), t));
+        }
+        if self.seen == Self::PROBE && self.misses * 4 > self.seen {
+            self.enabled = false;
+        }
+        t
+    }
+}
+
 /// Writes the first 16 bytes of `tag` as 32 hex chars.
 fn hex32(tag: &[u8; 32], out: &mut [u8; 32]) {
     for (i, b) in tag[..16].iter().enumerate() {
@@ -75,13 +119,14 @@ impl ArrayMask for HashMask {
 
     fn mask(&self, input: &ArrayRef) -> Result<ArrayRef> {
         let len = input.len();
+        let mut cache = TokenCache::new();
         if is_integer(input.data_type()) {
             let mut out = Int64Builder::with_capacity(len);
             for_each_canonical(input, |v| {
                 match v {
                     None => out.append_null(),
                     Some(bytes) => {
-                        let tag = self.tag(bytes);
+                        let tag = cache.tag(self, bytes);
                         let mut first = [0u8; 8];
                         first.copy_from_slice(&tag[..8]);
                         out.append_value((u64::from_be_bytes(first) >> 1) as i64)
@@ -97,7 +142,7 @@ impl ArrayMask for HashMask {
             match v {
                 None => out.append_null(),
                 Some(bytes) => {
-                    hex32(&self.tag(bytes), &mut text);
+                    hex32(&cache.tag(self, bytes), &mut text);
                     // Only ASCII hex digits were written.
                     let s = std::str::from_utf8(&text)
                         .map_err(|e| datafusion::error::DataFusionError::Internal(e.to_string()))?;

@@ -153,3 +153,20 @@ fn integer_and_string_tokens_differ() {
     let dbg = format!("{:?}", key("k", 0xab));
     assert!(dbg.contains("k#v1") && !dbg.contains("171") && !dbg.contains("ab, ab"));
 }
+
+#[test]
+fn low_cardinality_cache_gives_the_same_tokens() {
+    let udf = mask_udf(MaskSpec::Hash(key("k", 1))).unwrap();
+    // Repeating values (cache on) and unique values (cache turns off).
+    let repeating: Vec<Option<String>> = (0..2000)
+        .map(|i| Some(["EU", "US", "APAC"][i % 3].to_string()))
+        .collect();
+    let unique: Vec<Option<String>> = (0..2000).map(|i| Some(format!("v{i}"))).collect();
+    for values in [repeating, unique] {
+        let batch = texts(&invoke(&udf, Arc::new(StringArray::from(values.clone()))));
+        for (i, v) in values.iter().enumerate().step_by(97) {
+            let one = texts(&invoke(&udf, Arc::new(StringArray::from(vec![v.clone()]))));
+            assert_eq!(batch[i], one[0]);
+        }
+    }
+}

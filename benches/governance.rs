@@ -1,0 +1,180 @@
+//! Governance cost benchmarks:
+//! - planning latency of a 3-way join, governed (per-statement context
+//!   included) vs plain DataFusion over the same Parquet files;
+//! - grouping 6M rows by a 3-value column, raw vs HASH-masked.
+//!
+//! `cargo bench -p veil-engine --bench governance`
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use veil_engine::Engine;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn write_low_cardinality(path: &Path, rows: usize) {
+    let file = std::fs::File::create(path).expect("create");
+    let schema = RecordBatch::try_from_iter(vec![
+        (
+            "region",
+            Arc::new(StringArray::from(vec!["EU"])) as ArrayRef,
+        ),
+        ("amount", Arc::new(Int64Array::from(vec![1i64])) as ArrayRef),
+    ])
+    .expect("schema")
+    .schema();
+    let mut w = ArrowWriter::try_new(file, schema, None).expect("writer");
+    let chunk = 1 << 16;
+    let mut done = 0;
+    while done < rows {
+        let n = chunk.min(rows - done);
+        let batch = RecordBatch::try_from_iter(vec![
+            (
+                "region",
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| ["EU", "US", "APAC"][(done + i) % 3]),
+                )) as ArrayRef,
+            ),
+            (
+                "amount",
+                Arc::new(Int64Array::from_iter_values(
+                    (0..n as i64).map(|i| i % 1000),
+                )) as ArrayRef,
+            ),
+        ])
+        .expect("batch");
+        w.write(&batch).expect("write");
+        done += n;
+    }
+    w.close().expect("close");
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("tmp");
+    let engine = Engine::open(dir.path(), &root()).expect("engine");
+    engine.bootstrap_admin(Some("pw".into())).expect("admin");
+    let script = std::fs::read_to_string(root().join("testdata/demo/setup.sql")).expect("setup");
+    let lc = dir.path().join("lc.parquet");
+    write_low_cardinality(&lc, 6_000_000);
+    rt.block_on(async {
+        let mut admin = engine.session("admin");
+        for stmt in veil_engine::statement::split_script(&script).expect("split") {
+            admin.execute(&stmt).await.expect("setup statement");
+        }
+        for stmt in [
+            format!(
+                "CREATE DATA SOURCE bench.lc FROM PARQUET '{}'",
+                lc.display()
+            ),
+            "ALTER DATA SOURCE bench.lc SET SUBSCRIPTION ANYONE".to_string(),
+            "CREATE MASKING POLICY lc_hash ON bench.lc (region) USING HASH".to_string(),
+        ] {
+            admin.execute(&stmt).await.expect("bench setup");
+        }
+    });
+
+    let join = "SELECT e.department, sum(t.amount) FROM sales.transactions t \
+                JOIN payments.cards c ON t.card_id = c.card_id \
+                JOIN hr.employees e ON c.employee_id = e.employee_id GROUP BY e.department";
+    let plain = SessionContext::new();
+    rt.block_on(async {
+        for (name, file) in [
+            ("transactions", "testdata/sales/transactions.parquet"),
+            ("cards", "testdata/payments/cards.parquet"),
+            ("employees", "testdata/hr/employees.parquet"),
+        ] {
+            plain
+                .register_parquet(
+                    name,
+                    root().join(file).to_str().expect("path"),
+                    ParquetReadOptions::default(),
+                )
+                .await
+                .expect("register");
+        }
+        plain
+            .register_parquet(
+                "lc",
+                lc.to_str().expect("path"),
+                ParquetReadOptions::default(),
+            )
+            .await
+            .expect("register");
+    });
+    let plain_join = join
+        .replace("sales.", "")
+        .replace("payments.", "")
+        .replace("hr.", "");
+
+    let mut g = c.benchmark_group("planning_3way_join");
+    g.bench_function("plain_datafusion", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let plan = plain
+                    .state()
+                    .create_logical_plan(&plain_join)
+                    .await
+                    .expect("plan");
+                plain
+                    .state()
+                    .create_physical_plan(&plan)
+                    .await
+                    .expect("physical")
+            })
+        })
+    });
+    let bob = engine.session("bob");
+    g.bench_function("governed_restricted", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let (ctx, _) = bob.context().expect("context");
+                let plan = ctx.state().create_logical_plan(join).await.expect("plan");
+                ctx.state()
+                    .create_physical_plan(&plan)
+                    .await
+                    .expect("physical")
+            })
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("group_6m_rows_by_3_values");
+    g.sample_size(10);
+    g.bench_function("raw_column", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                plain
+                    .sql("SELECT region, count(*) FROM lc GROUP BY region")
+                    .await
+                    .expect("sql")
+                    .collect()
+                    .await
+                    .expect("collect")
+            })
+        })
+    });
+    g.bench_function("hash_masked_column", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut s = engine.session("bob");
+                s.execute("SELECT region, count(*) FROM bench.lc GROUP BY region")
+                    .await
+                    .expect("sql")
+                    .collect()
+                    .await
+                    .expect("collect")
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
