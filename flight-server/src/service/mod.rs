@@ -210,14 +210,7 @@ impl FlightSqlService for VeilFlightSql {
             ));
         }
         let out = session.execute(&handle.sql).await.map_err(to_status)?;
-        let batches = out.collect().await.map_err(to_status)?;
-        let schema = batches
-            .first()
-            .map(|b| b.schema())
-            .unwrap_or_else(|| Arc::new(Schema::empty()));
-        let batch = datafusion::arrow::compute::concat_batches(&schema, &batches)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(batch_stream(schema, batch)))
+        Ok(Response::new(statements::encode_stream(out)))
     }
 
     async fn do_action_create_prepared_statement(

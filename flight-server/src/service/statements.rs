@@ -93,7 +93,8 @@ fn row_params(batch: &RecordBatch, row: usize) -> Result<ParamValues, Status> {
     Ok(ParamValues::from(values))
 }
 
-fn encode_stream(out: QueryOutput) -> DoGetStream {
+/// Streams a result as Flight data; engine errors keep their gRPC code.
+pub(super) fn encode_stream(out: QueryOutput) -> DoGetStream {
     let stream = out
         .stream
         .map_err(|e| FlightError::Tonic(Box::new(to_status(VeilError::from(e)))));
