@@ -65,9 +65,9 @@ fn bench(c: &mut Criterion) {
     write_low_cardinality(&lc, 6_000_000);
     rt.block_on(async {
         let mut admin = engine.session("admin");
-        for stmt in veil_engine::statement::split_script(&script).expect("split") {
-            admin.execute(&stmt).await.expect("setup statement");
-        }
+        veil_engine::statement::apply_script(&mut admin, &script)
+            .await
+            .expect("setup");
         for stmt in [
             format!(
                 "CREATE DATA SOURCE bench.lc FROM PARQUET '{}'",

@@ -19,12 +19,9 @@ async fn demo() -> (tempfile::TempDir, Arc<Engine>) {
     engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
     let mut admin = engine.session("admin");
     let script = std::fs::read_to_string(repo_root().join("testdata/demo/setup.sql")).unwrap();
-    for stmt in veil_engine::statement::split_script(&script).unwrap() {
-        admin
-            .execute(&stmt)
-            .await
-            .unwrap_or_else(|e| panic!("{stmt}: {e}"));
-    }
+    veil_engine::statement::apply_script(&mut admin, &script)
+        .await
+        .unwrap();
     (dir, engine)
 }
 

@@ -24,9 +24,9 @@ async fn engine() -> (tempfile::TempDir, Arc<Engine>) {
     engine.bootstrap_admin(Some("pw".into())).unwrap();
     let mut admin = engine.session("admin");
     let script = std::fs::read_to_string(root().join("testdata/demo/setup.sql")).unwrap();
-    for stmt in veil_engine::statement::split_script(&script).unwrap() {
-        admin.execute(&stmt).await.unwrap();
-    }
+    veil_engine::statement::apply_script(&mut admin, &script)
+        .await
+        .unwrap();
     (dir, engine)
 }
 

@@ -42,8 +42,8 @@ async fn slt_in_process() {
     engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
     let mut admin = engine.session("admin");
     let script = std::fs::read_to_string(root.join("testdata/demo/setup.sql")).unwrap();
-    for stmt in veil_engine::statement::split_script(&script).unwrap() {
-        admin.execute(&stmt).await.unwrap();
-    }
+    veil_engine::statement::apply_script(&mut admin, &script)
+        .await
+        .unwrap();
     harness::run_all(Arc::new(InProcess { engine })).await;
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use veil_engine::{Engine, ErrorKind, Session};
+use veil_engine::{Engine, Session};
 use veil_flight_server::config::{Config, FileConfig};
 
 #[derive(Parser)]
@@ -69,20 +69,10 @@ fn demo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Runs a script's statements; "already exists" is skipped so reruns are safe.
 async fn apply_script(session: &mut Session, script: &str) -> Result<(usize, usize), String> {
-    let (mut applied, mut skipped) = (0, 0);
-    for stmt in veil_engine::statement::split_script(script).map_err(|e| e.to_string())? {
-        match session.execute(&stmt).await {
-            Ok(out) => {
-                out.collect().await.map_err(|e| format!("{stmt}: {e}"))?;
-                applied += 1;
-            }
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => skipped += 1,
-            Err(e) => return Err(format!("{stmt}: {e}")),
-        }
-    }
-    Ok((applied, skipped))
+    veil_engine::statement::apply_script(session, script)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {

@@ -35,9 +35,9 @@ async fn start() -> Server {
     engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
     let mut admin = engine.session("admin");
     let script = std::fs::read_to_string(root.join("testdata/demo/setup.sql")).unwrap();
-    for stmt in veil_engine::statement::split_script(&script).unwrap() {
-        admin.execute(&stmt).await.unwrap();
-    }
+    veil_engine::statement::apply_script(&mut admin, &script)
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let handle = veil_flight_server::serve(engine, listener).unwrap();
     Server { _dir: dir, handle }

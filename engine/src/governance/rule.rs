@@ -19,7 +19,7 @@ use datafusion::logical_expr::{
     Expr, ExprSchemable, LogicalPlan, Projection, TableScan, TableScanBuilder,
 };
 use datafusion::optimizer::AnalyzerRule;
-use veil_udfs::{mask_udf, MaskSpec, TruncUnit};
+use veil_udfs::{mask_udf, MaskKey, MaskSpec, TruncUnit};
 
 use super::node::GovernedScanNode;
 use super::principal_fns::{parse_predicate, resolve};
@@ -73,27 +73,28 @@ fn policy_failure(policy: &str, reason: impl std::fmt::Display) -> DataFusionErr
     .into()
 }
 
-impl GovernanceContext {
-    fn mask_spec(&self, source: &str, column: &str, m: &MaskMethod) -> Result<MaskSpec, VeilError> {
-        Ok(match m {
-            MaskMethod::Null => MaskSpec::Null,
-            MaskMethod::Constant(c) => MaskSpec::Constant(c.clone()),
-            MaskMethod::Hash => MaskSpec::Hash(self.keys.column_key(source, column, 1)),
-            MaskMethod::Encrypt => MaskSpec::Encrypt(self.keys.column_key(source, column, 1)),
-            MaskMethod::Regex {
-                pattern,
-                replacement,
-            } => MaskSpec::Regex {
-                pattern: pattern.clone(),
-                replacement: replacement.clone(),
-            },
-            MaskMethod::ShowFirst(n) => MaskSpec::ShowFirst(*n),
-            MaskMethod::ShowLast(n) => MaskSpec::ShowLast(*n),
-            MaskMethod::Round(w) => MaskSpec::Round(*w),
-            MaskMethod::DateTrunc(u) => MaskSpec::DateTrunc(u.parse::<TruncUnit>()?),
-        })
-    }
+/// The UDF parameters of a policy's method; keyed methods use `key`.
+pub fn mask_spec(m: &MaskMethod, key: MaskKey) -> Result<MaskSpec, VeilError> {
+    Ok(match m {
+        MaskMethod::Null => MaskSpec::Null,
+        MaskMethod::Constant(c) => MaskSpec::Constant(c.clone()),
+        MaskMethod::Hash => MaskSpec::Hash(key),
+        MaskMethod::Encrypt => MaskSpec::Encrypt(key),
+        MaskMethod::Regex {
+            pattern,
+            replacement,
+        } => MaskSpec::Regex {
+            pattern: pattern.clone(),
+            replacement: replacement.clone(),
+        },
+        MaskMethod::ShowFirst(n) => MaskSpec::ShowFirst(*n),
+        MaskMethod::ShowLast(n) => MaskSpec::ShowLast(*n),
+        MaskMethod::Round(w) => MaskSpec::Round(*w),
+        MaskMethod::DateTrunc(u) => MaskSpec::DateTrunc(u.parse::<TruncUnit>()?),
+    })
+}
 
+impl GovernanceContext {
     /// Rewrites one scan of a governed table.
     fn rewrite_scan(&self, scan: TableScan, table: &GovernedTable) -> Result<LogicalPlan> {
         let source = self.ctx_source(table)?;
@@ -150,9 +151,8 @@ impl GovernanceContext {
                 exprs.push(col);
                 continue;
             };
-            let spec = self
-                .mask_spec(&decision.source, field.name(), &mask.method)
-                .map_err(|e| policy_failure(&mask.policy, e))?;
+            let key = self.keys.column_key(&decision.source, field.name(), 1);
+            let spec = mask_spec(&mask.method, key).map_err(|e| policy_failure(&mask.policy, e))?;
             let udf = mask_udf(spec).map_err(|e| policy_failure(&mask.policy, e))?;
             udf.return_type(&[field.data_type().clone()]).map_err(|e| {
                 policy_failure(&mask.policy, format!("column {}: {e}", field.name()))

@@ -13,7 +13,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::ExprSchemable;
 use datafusion::prelude::SessionContext;
-use veil_udfs::{mask_udf, KeyHandle, MaskKey, MaskSpec};
+use veil_udfs::{mask_udf, KeyHandle, MaskKey};
 
 use super::ast::GovStatement;
 use crate::catalog::{parquet_options, source_schema};
@@ -21,6 +21,7 @@ use crate::condition::parse_condition;
 use crate::engine::{hash_password, QueryOutput, Session};
 use crate::error::{Result, VeilError};
 use crate::governance::principal_fns::{parse_predicate, resolve};
+use crate::governance::rule::mask_spec;
 use crate::model::{
     CatalogSnapshot, ColumnInfo, DataSource, MaskMethod, Permission, Policy, PolicyRule,
     Subscription, Target, User,
@@ -137,26 +138,6 @@ fn probe_key() -> MaskKey {
     )
 }
 
-fn probe_spec(m: &MaskMethod) -> Result<MaskSpec> {
-    Ok(match m {
-        MaskMethod::Null => MaskSpec::Null,
-        MaskMethod::Constant(c) => MaskSpec::Constant(c.clone()),
-        MaskMethod::Hash => MaskSpec::Hash(probe_key()),
-        MaskMethod::Encrypt => MaskSpec::Encrypt(probe_key()),
-        MaskMethod::Regex {
-            pattern,
-            replacement,
-        } => MaskSpec::Regex {
-            pattern: pattern.clone(),
-            replacement: replacement.clone(),
-        },
-        MaskMethod::ShowFirst(n) => MaskSpec::ShowFirst(*n),
-        MaskMethod::ShowLast(n) => MaskSpec::ShowLast(*n),
-        MaskMethod::Round(w) => MaskSpec::Round(*w),
-        MaskMethod::DateTrunc(u) => MaskSpec::DateTrunc(u.parse()?),
-    })
-}
-
 /// Resolves a location to an absolute path or URL.
 fn resolve_location(session: &Session, location: &str) -> String {
     if location.contains("://") || location.starts_with('/') {
@@ -215,7 +196,7 @@ fn validate_mask(
     m: &MaskMethod,
     policy: &str,
 ) -> Result<()> {
-    let udf = mask_udf(probe_spec(m)?)
+    let udf = mask_udf(mask_spec(m, probe_key())?)
         .map_err(|e| VeilError::InvalidArgument(format!("masking policy {policy}: {e}")))?;
     let Some(source) = source else { return Ok(()) };
     let schema = source_schema(source)?;

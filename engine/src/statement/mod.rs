@@ -12,6 +12,31 @@ pub mod parser;
 pub use ast::GovStatement;
 pub use parser::parse;
 
+/// Runs a script's statements in order as `session`. Statements whose object
+/// exists already are skipped, so a script can be applied again safely.
+/// Returns (applied, skipped).
+pub async fn apply_script(
+    session: &mut crate::Session,
+    script: &str,
+) -> crate::error::Result<(usize, usize)> {
+    let (mut applied, mut skipped) = (0, 0);
+    for stmt in split_script(script)? {
+        match session.execute(&stmt).await {
+            Ok(out) => {
+                out.collect().await?;
+                applied += 1;
+            }
+            Err(e) if e.kind() == crate::ErrorKind::AlreadyExists => skipped += 1,
+            Err(e) => {
+                return Err(crate::VeilError::InvalidArgument(format!(
+                    "script statement '{stmt}' failed: {e}"
+                )))
+            }
+        }
+    }
+    Ok((applied, skipped))
+}
+
 /// Splits a script into statements at top-level semicolons (string
 /// literals and comments respected); empty statements are dropped.
 pub fn split_script(script: &str) -> crate::error::Result<Vec<String>> {
