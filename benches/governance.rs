@@ -5,6 +5,8 @@
 //!
 //! `cargo bench -p veil-engine --bench governance`
 
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

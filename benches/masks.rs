@@ -3,6 +3,8 @@
 //!
 //! `cargo bench -p veil-udfs --bench masks`
 
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
