@@ -102,3 +102,17 @@ def test_polars_read_database(server):
         df = pl.read_database("SELECT region, count(*) AS n FROM sales.transactions GROUP BY region", connection=c)
     assert df["region"].to_list() == ["EU"]
     assert df["n"][0] > 0
+
+
+def test_session_options_catalog_and_impersonation(server):
+    with connect(server, "admin", "admin-pw") as admin:
+        assert admin.adbc_current_catalog == "veil"
+        admin.adbc_current_catalog = "veil"
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            admin.adbc_current_catalog = "no_such_project"
+        assert "invalid value" in str(err.value)
+        admin.adbc_connection.set_options(**{"adbc.flight.sql.session.option.veil.impersonate": "bob"})
+        assert {r[0] for r in rows(admin, "SELECT DISTINCT region FROM hr.employees")} == {"US"}
+    with connect(server, "bob") as bob:
+        with pytest.raises(adbc_driver_manager.Error):
+            bob.adbc_connection.set_options(**{"adbc.flight.sql.session.option.veil.impersonate": "alice"})

@@ -6,12 +6,14 @@
 //! metadata in `metadata`.
 
 mod metadata;
+mod session_options;
 mod statements;
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
@@ -511,6 +513,34 @@ impl FlightSqlService for VeilFlightSql {
             Arc::clone(&schema),
             RecordBatch::new_empty(schema),
         )))
+    }
+
+    async fn do_action_fallback(
+        &self,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        let (sid, mut session) = self.session(request.metadata())?;
+        let action = request.into_inner();
+        let body = match action.r#type.as_str() {
+            "SetSessionOptions" => {
+                let req = session_options::decode(&action.body)?;
+                let result = session_options::set(&mut session, req);
+                self.sessions.store(&sid, session);
+                result.encode_to_vec()
+            }
+            "GetSessionOptions" => session_options::get(&session).encode_to_vec(),
+            "CloseSession" => {
+                self.sessions.close(&sid);
+                session_options::closed().encode_to_vec()
+            }
+            other => {
+                return Err(Status::invalid_argument(format!("unknown action {other}")));
+            }
+        };
+        let result = arrow_flight::Result { body: body.into() };
+        Ok(Response::new(Box::pin(futures::stream::iter(vec![Ok(
+            result,
+        )]))))
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
