@@ -256,3 +256,39 @@ async fn impersonation_needs_the_permission_and_evaluates_as_the_target() {
         .expect_err("bob may not impersonate");
     assert!(err.to_string().contains("IMPERSONATE_USER"), "{err}");
 }
+
+#[tokio::test]
+async fn malformed_and_oversized_messages_get_clear_errors() {
+    let s = start().await;
+    let mut bob = client(s.handle.addr, "bob", "bob-pw").await.unwrap();
+    // A ticket that is not a protobuf message at all.
+    let err = match bob.do_get(Ticket::new(vec![0xff, 0x01, 0x02])).await {
+        Err(e) => e.to_string(),
+        Ok(stream) => stream
+            .try_collect::<Vec<_>>()
+            .await
+            .expect_err("must fail")
+            .to_string(),
+    };
+    assert!(
+        err.contains("InvalidArgument") || err.contains("invalid"),
+        "{err}"
+    );
+    // A message over the server's 64 MiB limit.
+    let huge = format!("SELECT '{}'", "x".repeat(65 * 1024 * 1024));
+    let err = bob.execute(huge, None).await.expect_err("too large");
+    let status = match err {
+        arrow_flight::error::FlightError::Tonic(s) => *s,
+        other => panic!("{other}"),
+    };
+    assert!(
+        matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange),
+        "{status:?}"
+    );
+    // The server is still healthy.
+    let info = bob.execute("SELECT 1 AS one".into(), None).await.unwrap();
+    assert_eq!(
+        harness::rows(&fetch(&mut bob, info).await.unwrap()),
+        vec![vec!["1".to_string()]]
+    );
+}
