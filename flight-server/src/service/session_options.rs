@@ -28,7 +28,8 @@ pub struct StringListValue {
     pub values: Vec<String>,
 }
 
-/// The `option_value` oneof.
+/// The `option_value` oneof (variant names follow Flight.proto).
+#[allow(clippy::enum_variant_names)]
 #[derive(Clone, PartialEq, prost::Oneof)]
 pub enum OptionValue {
     /// A string.
