@@ -362,3 +362,37 @@ async fn audit_chain_verifies() {
     assert_eq!(r[0][0], "ok");
     assert!(r[0][1].parse::<i64>().unwrap() > 10);
 }
+
+#[tokio::test]
+async fn leakproof_predicates_reach_the_scan_masked_ones_never_do() {
+    let (_d, engine) = demo().await;
+    let mut bob = engine.session("bob");
+    let plan = q(
+        &mut bob,
+        "EXPLAIN SELECT name FROM hr.employees WHERE department = 'hr' AND email = 'x@example.com' AND 1 / employee_id > 0",
+    )
+    .await
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join("\n");
+    let scan = plan
+        .lines()
+        .find(|l| l.contains("TableScan: hr.employees"))
+        .unwrap_or_else(|| panic!("{plan}"));
+    let filters = scan
+        .split("filters=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{scan}"));
+    assert!(filters.contains("department = Utf8"), "{scan}");
+    assert!(
+        !filters.contains("email"),
+        "a masked column must not reach the scan: {scan}"
+    );
+    assert!(
+        !filters.contains("employee_id"),
+        "non-leakproof stays above: {scan}"
+    );
+    // The row policy is pushed too, as a pruning hint.
+    assert!(filters.contains("region = Utf8"), "{scan}");
+}
