@@ -292,3 +292,23 @@ async fn malformed_and_oversized_messages_get_clear_errors() {
         vec![vec!["1".to_string()]]
     );
 }
+
+#[tokio::test]
+async fn doget_schema_equals_flightinfo_schema() {
+    let s = start().await;
+    let mut bob = client(s.handle.addr, "bob", "bob-pw").await.unwrap();
+    for sql in [
+        "SELECT * FROM hr.employees",
+        "SELECT email, count(*) AS n FROM hr.employees GROUP BY email",
+        "SELECT * FROM payments.cards c JOIN sales.transactions t ON c.card_id = t.card_id",
+        "SHOW POLICIES",
+    ] {
+        let info = bob.execute(sql.into(), None).await.unwrap();
+        let announced = info.clone().try_decode_schema().unwrap();
+        let ticket = info.endpoint[0].ticket.clone().unwrap();
+        let mut stream = bob.do_get(ticket).await.unwrap();
+        while stream.try_next().await.unwrap().is_some() {}
+        let streamed = stream.schema().cloned().unwrap();
+        assert_eq!(announced.fields(), streamed.fields(), "{sql}");
+    }
+}
