@@ -15,6 +15,7 @@ use veil_engine::{Engine, Session};
 
 struct InProcess {
     engine: Arc<Engine>,
+    settings: Vec<(&'static str, &'static str)>,
 }
 
 struct InProcessPersona(Session);
@@ -22,7 +23,11 @@ struct InProcessPersona(Session);
 #[async_trait]
 impl Connector for InProcess {
     async fn connect(&self, user: &str) -> Result<Box<dyn Persona>, String> {
-        Ok(Box::new(InProcessPersona(self.engine.session(user))))
+        let mut session = self.engine.session(user);
+        for (k, v) in &self.settings {
+            session.configure(k, v).map_err(|e| e.to_string())?;
+        }
+        Ok(Box::new(InProcessPersona(session)))
     }
 }
 
@@ -45,5 +50,23 @@ async fn slt_in_process() {
     veil_engine::statement::apply_script(&mut admin, &script)
         .await
         .unwrap();
-    harness::run_all(Arc::new(InProcess { engine })).await;
+    // The leak tests hold with Parquet filter pushdown and reordering on and
+    // off, 1 and 4 partitions, batch sizes 1 and 8192.
+    for pushdown in ["false", "true"] {
+        for partitions in ["1", "4"] {
+            for batch in ["1", "8192"] {
+                let settings = vec![
+                    ("datafusion.execution.parquet.pushdown_filters", pushdown),
+                    ("datafusion.execution.parquet.reorder_filters", pushdown),
+                    ("datafusion.execution.target_partitions", partitions),
+                    ("datafusion.execution.batch_size", batch),
+                ];
+                let connector = InProcess {
+                    engine: Arc::clone(&engine),
+                    settings,
+                };
+                harness::run_all(Arc::new(connector)).await;
+            }
+        }
+    }
 }
