@@ -312,3 +312,69 @@ async fn doget_schema_equals_flightinfo_schema() {
         assert_eq!(announced.fields(), streamed.fields(), "{sql}");
     }
 }
+
+#[tokio::test]
+async fn info_type_and_key_metadata_use_the_spec_schemas() {
+    use arrow_flight::sql::{CommandGetPrimaryKeys, CommandGetXdbcTypeInfo, SqlInfo};
+    let s = start().await;
+    let mut bob = client(s.handle.addr, "bob", "bob-pw").await.unwrap();
+    let info = bob
+        .get_sql_info(vec![SqlInfo::FlightSqlServerName])
+        .await
+        .unwrap();
+    let batches = fetch(&mut bob, info).await.unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    assert_eq!(batches[0].schema().field(0).name(), "info_name");
+    let info = bob.get_table_types().await.unwrap();
+    assert_eq!(
+        harness::rows(&fetch(&mut bob, info).await.unwrap()),
+        vec![vec!["TABLE".to_string()]]
+    );
+    let info = bob
+        .get_xdbc_type_info(CommandGetXdbcTypeInfo { data_type: None })
+        .await
+        .unwrap();
+    assert!(
+        fetch(&mut bob, info)
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum::<usize>()
+            >= 5
+    );
+    let info = bob
+        .get_primary_keys(CommandGetPrimaryKeys {
+            catalog: None,
+            db_schema: Some("hr".into()),
+            table: "employees".into(),
+        })
+        .await
+        .unwrap();
+    let announced = info.clone().try_decode_schema().unwrap();
+    let names: Vec<_> = announced
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "catalog_name",
+            "db_schema_name",
+            "table_name",
+            "column_name",
+            "key_name",
+            "key_sequence"
+        ]
+    );
+    assert_eq!(
+        fetch(&mut bob, info)
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum::<usize>(),
+        0
+    );
+}

@@ -116,3 +116,9 @@ def test_session_options_catalog_and_impersonation(server):
     with connect(server, "bob") as bob:
         with pytest.raises(adbc_driver_manager.Error):
             bob.adbc_connection.set_options(**{"adbc.flight.sql.session.option.veil.impersonate": "alice"})
+
+
+def test_get_info_names_the_server(server):
+    with connect(server, "bob") as b:
+        info = b.adbc_get_info()
+    assert info["vendor_name"] == "Veil"
