@@ -66,7 +66,52 @@ fn show_last_ref(s: &str, n: usize) -> String {
         .collect()
 }
 
+fn show_first_ref(s: &str, n: usize) -> String {
+    s.chars()
+        .enumerate()
+        .map(|(i, c)| if i < n { c } else { '*' })
+        .collect()
+}
+
 proptest! {
+    #[test]
+    fn show_first_regex_and_constant_match_references(
+        values in prop::collection::vec(prop::option::of(".{0,20}"), 0..40),
+        n in 0usize..6,
+    ) {
+        let first = mask_udf(MaskSpec::ShowFirst(n)).unwrap();
+        let regex = mask_udf(MaskSpec::Regex { pattern: "[0-9a-e]".into(), replacement: "#".into() }).unwrap();
+        let constant = mask_udf(MaskSpec::Constant("***".into())).unwrap();
+        let re = regex::Regex::new("[0-9a-e]").unwrap();
+        let expect_first: Vec<Option<String>> = values.iter().map(|v| v.as_deref().map(|s| show_first_ref(s, n))).collect();
+        let expect_regex: Vec<Option<String>> = values.iter().map(|v| v.as_deref().map(|s| re.replace_all(s, "#").into_owned())).collect();
+        let expect_const: Vec<Option<String>> = values.iter().map(|v| v.as_ref().map(|_| "***".to_string())).collect();
+        for input in all_string_types(&values) {
+            prop_assert_eq!(texts(&invoke(&first, Arc::clone(&input))), expect_first.clone());
+            prop_assert_eq!(texts(&invoke(&regex, Arc::clone(&input))), expect_regex.clone());
+            prop_assert_eq!(texts(&invoke(&constant, input)), expect_const.clone());
+        }
+    }
+
+    #[test]
+    fn date_trunc_matches_chrono(days in prop::collection::vec(prop::option::of(-100_000i32..100_000), 0..40)) {
+        use chrono::{Datelike, NaiveDate};
+        let udf = mask_udf(MaskSpec::DateTrunc(veil_udfs::TruncUnit::Month)).unwrap();
+        let out = invoke(&udf, Arc::new(datafusion::arrow::array::Date32Array::from(days.clone())));
+        let out = out.as_primitive::<datafusion::arrow::datatypes::Date32Type>();
+        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+        for (i, d) in days.iter().enumerate() {
+            match d {
+                None => prop_assert!(out.is_null(i)),
+                Some(d) => {
+                    let date = epoch + chrono::Duration::days(*d as i64);
+                    let first = NaiveDate::from_ymd_opt(date.year(), date.month(), 1).unwrap();
+                    prop_assert_eq!(out.value(i) as i64, (first - epoch).num_days());
+                }
+            }
+        }
+    }
+
     #[test]
     fn show_last_matches_reference(values in prop::collection::vec(prop::option::of(".{0,20}"), 0..40), n in 0usize..6) {
         let udf = mask_udf(MaskSpec::ShowLast(n)).unwrap();
