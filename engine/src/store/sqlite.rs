@@ -196,35 +196,25 @@ impl CatalogStore for SqliteStore {
         let mut conn = self.lock()?;
         let tx = conn.transaction()?;
         for change in changes {
-            match change {
-                Change::PutUser(u) => {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO users (name, body) VALUES (?1, ?2)",
-                        params![u.name, json(u)?],
-                    )?;
-                }
-                Change::DeleteUser(n) => {
-                    tx.execute("DELETE FROM users WHERE name = ?1", params![n])?;
-                }
-                Change::PutSource(s) => {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO data_sources (name, body) VALUES (?1, ?2)",
-                        params![s.full_name(), json(s)?],
-                    )?;
-                }
-                Change::DeleteSource(n) => {
-                    tx.execute("DELETE FROM data_sources WHERE name = ?1", params![n])?;
-                }
-                Change::PutPolicy(p) => {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO policies (name, body) VALUES (?1, ?2)",
-                        params![p.name, json(p)?],
-                    )?;
-                }
-                Change::DeletePolicy(n) => {
-                    tx.execute("DELETE FROM policies WHERE name = ?1", params![n])?;
-                }
-            }
+            // (table, key, new body or None to delete): one shape for every entity.
+            let (table, name, body) = match change {
+                Change::PutUser(u) => ("users", u.name.clone(), Some(json(u)?)),
+                Change::DeleteUser(n) => ("users", n.clone(), None),
+                Change::PutSource(s) => ("data_sources", s.full_name(), Some(json(s)?)),
+                Change::DeleteSource(n) => ("data_sources", n.clone(), None),
+                Change::PutPolicy(p) => ("policies", p.name.clone(), Some(json(p)?)),
+                Change::DeletePolicy(n) => ("policies", n.clone(), None),
+            };
+            match body {
+                Some(body) => tx.execute(
+                    &format!("INSERT OR REPLACE INTO {table} (name, body) VALUES (?1, ?2)"),
+                    params![name, body],
+                )?,
+                None => tx.execute(
+                    &format!("DELETE FROM {table} WHERE name = ?1"),
+                    params![name],
+                )?,
+            };
         }
         tx.execute(
             "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)
