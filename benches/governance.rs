@@ -145,6 +145,21 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
+    g.bench_function("governed_context_only", |b| {
+        b.iter(|| bob.context().expect("context"))
+    });
+    let (ctx, _) = bob.context().expect("context");
+    g.bench_function("governed_reused_context", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let plan = ctx.state().create_logical_plan(join).await.expect("plan");
+                ctx.state()
+                    .create_physical_plan(&plan)
+                    .await
+                    .expect("physical")
+            })
+        })
+    });
     g.finish();
 
     let mut g = c.benchmark_group("group_6m_rows_by_3_values");

@@ -15,6 +15,7 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::runtime_env::RuntimeEnv;
 
 use crate::error::{Result, VeilError};
 use crate::governance::GovernedTable;
@@ -42,12 +43,17 @@ pub fn source_schema(source: &DataSource) -> Result<SchemaRef> {
 }
 
 /// The raw (ungoverned) table of a source. Only the governance rule uses it.
-pub fn raw_table(source: &DataSource) -> Result<Arc<dyn TableProvider>> {
+/// Parquet footer statistics are cached in the engine-wide `runtime` (keyed
+/// by file and checked against its size and modification time), so planning
+/// does not re-read footers for every statement.
+pub fn raw_table(source: &DataSource, runtime: &RuntimeEnv) -> Result<Arc<dyn TableProvider>> {
     let url = ListingTableUrl::parse(&source.location)?;
     let config = ListingTableConfig::new(url)
         .with_listing_options(parquet_options())
         .with_schema(source_schema(source)?);
-    Ok(Arc::new(ListingTable::try_new(config)?))
+    let table =
+        ListingTable::try_new(config)?.with_cache(runtime.cache_manager.get_file_statistic_cache());
+    Ok(Arc::new(table))
 }
 
 /// Catalog `veil` for one principal.
@@ -65,13 +71,13 @@ pub struct VeilSchema {
 
 impl VeilCatalog {
     /// Builds the catalog of sources visible to `p`.
-    pub fn build(snapshot: &CatalogSnapshot, p: &Principal) -> Result<Self> {
+    pub fn build(snapshot: &CatalogSnapshot, p: &Principal, runtime: &RuntimeEnv) -> Result<Self> {
         let mut schemas: BTreeMap<String, VeilSchema> = BTreeMap::new();
         for source in snapshot.sources.values() {
             let schema = schemas.entry(source.schema.clone()).or_default();
             match subscription(p, source)? {
                 Ok(()) => {
-                    let table = GovernedTable::new(source.full_name(), raw_table(source)?);
+                    let table = GovernedTable::new(source.full_name(), raw_table(source, runtime)?);
                     schema.tables.insert(source.table.clone(), Arc::new(table));
                 }
                 Err(reason) => {

@@ -366,7 +366,7 @@ impl Session {
     pub fn context(&self) -> Result<(SessionContext, Arc<GovernanceContext>)> {
         let snapshot = self.engine.snapshot()?;
         let principal = self.principal(&snapshot)?;
-        let catalog = VeilCatalog::build(&snapshot, &principal)?;
+        let catalog = VeilCatalog::build(&snapshot, &principal, &self.engine.runtime)?;
         let gctx = Arc::new(GovernanceContext {
             principal,
             snapshot,

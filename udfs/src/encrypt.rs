@@ -89,6 +89,8 @@ impl Hash for EncryptMask {
 }
 
 impl ArrayMask for EncryptMask {
+    const ONCE_PER_DISTINCT: bool = true;
+
     fn return_type(&self, _input: &DataType) -> Result<DataType> {
         Ok(DataType::Utf8)
     }

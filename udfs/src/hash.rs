@@ -1,14 +1,18 @@
 //! `HASH`: keyed HMAC-SHA256 tokens.
 //!
-//! Utf8 family -> 32 lowercase hex chars (128 bits of the MAC); integer
+//! Utf8 family -> 32 lowercase hex chars (128 bits of the MAC; Utf8View in,
+//! Utf8View out, Utf8 otherwise); integer
 //! family -> Int64 holding the MAC's first 63 bits; anything else -> the hex
 //! token of its canonical bytes. The keyed HMAC state is computed once, when
 //! the UDF is built, and cloned per value (no allocation per row).
+//! Low-cardinality arrays are tokenized once per distinct value by the
+//! generic adapter (see `distinct.rs`).
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Int64Builder, StringBuilder};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
 use hmac::{Hmac, Mac};
@@ -56,50 +60,6 @@ impl Hash for HashMask {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// A tiny per-batch memo for low-cardinality columns: at most
-/// [`TokenCache::CAPACITY`] distinct values, looked up linearly. It turns
-/// itself off for the rest of the batch when the first rows show the column
-/// is not low-cardinality, so high-cardinality data pays almost nothing.
-struct TokenCache {
-    entries: Vec<(Vec<u8>, [u8; 32])>,
-    seen: usize,
-    misses: usize,
-    enabled: bool,
-}
-
-impl TokenCache {
-    const CAPACITY: usize = 16;
-    const PROBE: usize = 256;
-
-    fn new() -> Self {
-        Self {
-            entries: Vec::with_capacity(Self::CAPACITY),
-            seen: 0,
-            misses: 0,
-            enabled: true,
-        }
-    }
-
-    fn tag(&mut self, mask: &HashMask, canonical: &[u8]) -> [u8; 32] {
-        if !self.enabled {
-            return mask.tag(canonical);
-        }
-        self.seen += 1;
-        if let Some((_, t)) = self.entries.iter().find(|(k, _)| k.as_slice() == canonical) {
-            return *t;
-        }
-        self.misses += 1;
-        let t = mask.tag(canonical);
-        if self.entries.len() < Self::CAPACITY {
-            self.entries.push((canonical.to_vec(), t));
-        }
-        if self.seen == Self::PROBE && self.misses * 4 > self.seen {
-            self.enabled = false;
-        }
-        t
-    }
-}
-
 /// Writes the first 16 bytes of `tag` as 32 hex chars.
 fn hex32(tag: &[u8; 32], out: &mut [u8; 32]) {
     for (i, b) in tag[..16].iter().enumerate() {
@@ -109,24 +69,25 @@ fn hex32(tag: &[u8; 32], out: &mut [u8; 32]) {
 }
 
 impl ArrayMask for HashMask {
+    const ONCE_PER_DISTINCT: bool = true;
+
     fn return_type(&self, input: &DataType) -> Result<DataType> {
-        Ok(if is_integer(input) {
-            DataType::Int64
-        } else {
-            DataType::Utf8
+        Ok(match input {
+            t if is_integer(t) => DataType::Int64,
+            DataType::Utf8View => DataType::Utf8View,
+            _ => DataType::Utf8,
         })
     }
 
     fn mask(&self, input: &ArrayRef) -> Result<ArrayRef> {
         let len = input.len();
-        let mut cache = TokenCache::new();
         if is_integer(input.data_type()) {
             let mut out = Int64Builder::with_capacity(len);
             for_each_canonical(input, |v| {
                 match v {
                     None => out.append_null(),
                     Some(bytes) => {
-                        let tag = cache.tag(self, bytes);
+                        let tag = self.tag(bytes);
                         let mut first = [0u8; 8];
                         first.copy_from_slice(&tag[..8]);
                         out.append_value((u64::from_be_bytes(first) >> 1) as i64)
@@ -142,7 +103,7 @@ impl ArrayMask for HashMask {
             match v {
                 None => out.append_null(),
                 Some(bytes) => {
-                    hex32(&cache.tag(self, bytes), &mut text);
+                    hex32(&self.tag(bytes), &mut text);
                     // Only ASCII hex digits were written.
                     let s = std::str::from_utf8(&text)
                         .map_err(|e| datafusion::error::DataFusionError::Internal(e.to_string()))?;
@@ -151,6 +112,11 @@ impl ArrayMask for HashMask {
             }
             Ok(())
         })?;
-        Ok(Arc::new(out.finish()))
+        let tokens: ArrayRef = Arc::new(out.finish());
+        match self.return_type(input.data_type())? {
+            // Views over the same bytes; no copy.
+            DataType::Utf8View => Ok(cast(&tokens, &DataType::Utf8View)?),
+            _ => Ok(tokens),
+        }
     }
 }

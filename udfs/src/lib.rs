@@ -9,7 +9,8 @@
 //! - NULL inputs stay NULL for every method.
 //! - Work is done per array, never per row through `ScalarValue`; builders are
 //!   pre-sized and a scratch buffer is reused. Dictionary arrays are masked
-//!   once per distinct value.
+//!   once per distinct value; so are plain arrays of at most 16 distinct
+//!   values for the costly methods (HASH, ENCRYPT, REGEX, SHOW_*).
 //! - Keyed methods (HASH, ENCRYPT) hold key bytes only inside the UDF
 //!   instance. `Debug`, `Display`, names and errors show the key *handle*
 //!   (id and version), never the bytes. Two instances with different handles
@@ -19,12 +20,14 @@
 //! ```text
 //!   raw column ──► MaskUdf<M>::invoke ──► M::mask_array (whole array) ──► masked column
 //!                      │ dictionary? mask values once, keep keys
+//!                      │ ≤16 distinct? mask them once, take() per row
 //!                      └ scalar?     mask a one-row array
 //! ```
 
 mod canonical;
 mod constant;
 mod date_trunc;
+mod distinct;
 mod encrypt;
 mod error;
 mod hash;

@@ -13,6 +13,7 @@ use datafusion::logical_expr::{
 
 use crate::constant::ConstantMask;
 use crate::date_trunc::{DateTruncMask, TruncUnit};
+use crate::distinct;
 use crate::encrypt::EncryptMask;
 use crate::error::UdfError;
 use crate::hash::HashMask;
@@ -52,6 +53,10 @@ pub enum MaskSpec {
 
 /// One masking method applied to a whole array.
 pub(crate) trait ArrayMask: Debug + Send + Sync + PartialEq + Eq + Hash + 'static {
+    /// Whether masking a value costs enough (a MAC, a cipher, a regex, a new
+    /// string) that low-cardinality arrays should be masked once per
+    /// distinct value (see [`crate::distinct`]).
+    const ONCE_PER_DISTINCT: bool = false;
     /// Output type for a (non-dictionary) input type.
     fn return_type(&self, input: &DataType) -> Result<DataType>;
     /// Masks every value of `input` (never a dictionary); NULL stays NULL.
@@ -109,6 +114,11 @@ impl<M: ArrayMask> MaskUdf<M> {
             // Mask each distinct value once; the keys are reused as they are.
             let values = self.mask.mask(dict.values())?;
             return Ok(dict.with_values(values));
+        }
+        if M::ONCE_PER_DISTINCT {
+            if let Some(d) = distinct::encode(input)? {
+                return distinct::expand(&self.mask.mask(&d.values)?, &d.keys);
+            }
         }
         self.mask.mask(input)
     }

@@ -45,6 +45,8 @@ impl Hash for RegexMask {
 }
 
 impl ArrayMask for RegexMask {
+    const ONCE_PER_DISTINCT: bool = true;
+
     fn return_type(&self, _input: &DataType) -> Result<DataType> {
         Ok(DataType::Utf8)
     }

@@ -48,6 +48,8 @@ pub(crate) fn show(s: &str, n: usize, from_start: bool, out: &mut String) {
 }
 
 impl ArrayMask for ShowMask {
+    const ONCE_PER_DISTINCT: bool = true;
+
     fn return_type(&self, _input: &DataType) -> Result<DataType> {
         Ok(DataType::Utf8)
     }

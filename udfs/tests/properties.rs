@@ -40,7 +40,10 @@ fn invoke(udf: &ScalarUDF, input: ArrayRef) -> ArrayRef {
     }
 }
 
+/// The values of any string-typed array.
 fn texts(a: &ArrayRef) -> Vec<Option<String>> {
+    let a =
+        datafusion::arrow::compute::cast(a, &datafusion::arrow::datatypes::DataType::Utf8).unwrap();
     a.as_string::<i32>()
         .iter()
         .map(|v| v.map(str::to_string))
@@ -73,10 +76,18 @@ fn show_first_ref(s: &str, n: usize) -> String {
         .collect()
 }
 
+/// Rows drawn from a pool of up to 24 values: long enough, and with few
+/// enough distinct values, to take the once-per-distinct-value path as well
+/// as the per-row one.
+fn string_rows() -> impl Strategy<Value = Vec<Option<String>>> {
+    prop::collection::vec(prop::option::of(".{0,20}"), 1..24)
+        .prop_flat_map(|pool| prop::collection::vec(prop::sample::select(pool), 0..200))
+}
+
 proptest! {
     #[test]
     fn show_first_regex_and_constant_match_references(
-        values in prop::collection::vec(prop::option::of(".{0,20}"), 0..40),
+        values in string_rows(),
         n in 0usize..6,
     ) {
         let first = mask_udf(MaskSpec::ShowFirst(n)).unwrap();
@@ -113,7 +124,7 @@ proptest! {
     }
 
     #[test]
-    fn show_last_matches_reference(values in prop::collection::vec(prop::option::of(".{0,20}"), 0..40), n in 0usize..6) {
+    fn show_last_matches_reference(values in string_rows(), n in 0usize..6) {
         let udf = mask_udf(MaskSpec::ShowLast(n)).unwrap();
         let expected: Vec<Option<String>> = values.iter().map(|v| v.as_deref().map(|s| show_last_ref(s, n))).collect();
         for input in all_string_types(&values) {
@@ -122,7 +133,7 @@ proptest! {
     }
 
     #[test]
-    fn hash_is_deterministic_and_string_type_independent(values in prop::collection::vec(prop::option::of(".{0,20}"), 1..30)) {
+    fn hash_is_deterministic_and_string_type_independent(values in string_rows()) {
         let udf = mask_udf(MaskSpec::Hash(key("k", 1))).unwrap();
         let outs: Vec<Vec<Option<String>>> = all_string_types(&values).into_iter().map(|a| texts(&invoke(&udf, a))).collect();
         prop_assert_eq!(&outs[0], &outs[1]);
@@ -134,6 +145,11 @@ proptest! {
                 prop_assert!(h.chars().all(|c| c.is_ascii_hexdigit()));
             }
         }
+        // Each row's token is the token of that value masked on its own.
+        for (v, h) in values.iter().zip(&outs[0]).take(30) {
+            let alone = texts(&invoke(&udf, Arc::new(StringArray::from(vec![v.clone()]))));
+            prop_assert_eq!(&alone[0], h);
+        }
         // Another key gives other tokens.
         let other = mask_udf(MaskSpec::Hash(key("k2", 2))).unwrap();
         let o = texts(&invoke(&other, Arc::new(StringArray::from(values.clone()))));
@@ -143,18 +159,40 @@ proptest! {
     }
 
     #[test]
-    fn encrypt_round_trips_and_wrong_key_fails(values in prop::collection::vec(".{0,30}", 1..20)) {
+    fn encrypt_round_trips_and_wrong_key_fails(values in string_rows()) {
         let k = key("k", 3);
         let udf = mask_udf(MaskSpec::Encrypt(k.clone())).unwrap();
         let tokens = texts(&invoke(&udf, Arc::new(StringArray::from(values.clone()))));
         let again = texts(&invoke(&udf, Arc::new(StringArray::from(values.clone()))));
         prop_assert_eq!(&tokens, &again, "deterministic");
-        for (v, t) in values.iter().zip(&tokens) {
-            let t = t.as_ref().unwrap();
+        for (v, t) in values.iter().zip(&tokens).take(40) {
+            let (Some(v), Some(t)) = (v, t) else {
+                prop_assert!(v.is_none() && t.is_none(), "NULL stays NULL");
+                continue;
+            };
             let plain = decrypt_token(&k, t).unwrap();
             prop_assert_eq!(&plain[..1], b"s");
             prop_assert_eq!(&plain[1..], v.as_bytes());
             prop_assert!(decrypt_token(&key("k", 4), t).is_err());
+        }
+    }
+
+    #[test]
+    fn integer_hash_per_row_equals_hash_alone(
+        pool in prop::collection::vec(prop::option::of(any::<i64>()), 1..24),
+        picks in prop::collection::vec(any::<prop::sample::Index>(), 0..200),
+    ) {
+        let udf = mask_udf(MaskSpec::Hash(key("k", 1))).unwrap();
+        let values: Vec<Option<i64>> = picks.iter().map(|i| *i.get(&pool)).collect();
+        let out = invoke(&udf, Arc::new(Int64Array::from(values.clone())));
+        let out = out.as_primitive::<Int64Type>();
+        for (i, v) in values.iter().enumerate().take(30) {
+            let alone = invoke(&udf, Arc::new(Int64Array::from(vec![*v])));
+            let alone = alone.as_primitive::<Int64Type>();
+            prop_assert_eq!(out.is_null(i), v.is_none());
+            if v.is_some() {
+                prop_assert_eq!(out.value(i), alone.value(0));
+            }
         }
     }
 
