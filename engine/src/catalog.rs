@@ -18,10 +18,9 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::runtime_env::RuntimeEnv;
 
 use crate::error::{Result, VeilError};
-use crate::governance::GovernedTable;
-use crate::model::{CatalogSnapshot, DataSource};
+use crate::governance::{GovernanceContext, GovernedTable};
+use crate::model::DataSource;
 use crate::policy::subscription;
-use crate::principal::Principal;
 
 /// The catalog name outside projects.
 pub const CATALOG: &str = "veil";
@@ -71,13 +70,19 @@ pub struct VeilSchema {
 
 impl VeilCatalog {
     /// Builds the catalog of sources visible to `p`.
-    pub fn build(snapshot: &CatalogSnapshot, p: &Principal, runtime: &RuntimeEnv) -> Result<Self> {
+    /// A source whose policies cannot be evaluated here (a broken policy)
+    /// shows its stored types; querying it reports the policy failure.
+    pub fn build(g: &GovernanceContext, runtime: &RuntimeEnv) -> Result<Self> {
         let mut schemas: BTreeMap<String, VeilSchema> = BTreeMap::new();
-        for source in snapshot.sources.values() {
+        for source in g.snapshot.sources.values() {
             let schema = schemas.entry(source.schema.clone()).or_default();
-            match subscription(p, source)? {
+            match subscription(&g.principal, source)? {
                 Ok(()) => {
-                    let table = GovernedTable::new(source.full_name(), raw_table(source, runtime)?);
+                    let raw = raw_table(source, runtime)?;
+                    let visible = g
+                        .visible_schema(source, &raw.schema())
+                        .unwrap_or_else(|_| raw.schema());
+                    let table = GovernedTable::new(source.full_name(), raw, visible);
                     schema.tables.insert(source.table.clone(), Arc::new(table));
                 }
                 Err(reason) => {

@@ -366,13 +366,13 @@ impl Session {
     pub fn context(&self) -> Result<(SessionContext, Arc<GovernanceContext>)> {
         let snapshot = self.engine.snapshot()?;
         let principal = self.principal(&snapshot)?;
-        let catalog = VeilCatalog::build(&snapshot, &principal, &self.engine.runtime)?;
         let gctx = Arc::new(GovernanceContext {
             principal,
             snapshot,
             keys: self.engine.keys.clone(),
             applied: Mutex::new(Vec::new()),
         });
+        let catalog = VeilCatalog::build(&gctx, &self.engine.runtime)?;
         let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)

@@ -378,3 +378,81 @@ async fn info_type_and_key_metadata_use_the_spec_schemas() {
         0
     );
 }
+
+/// The schema `GetTables` announces for each visible table, by name.
+async fn announced_schemas(
+    c: &mut FlightSqlServiceClient<Channel>,
+) -> Vec<(String, datafusion::arrow::datatypes::Schema)> {
+    use datafusion::arrow::array::{AsArray, BinaryArray};
+    use datafusion::arrow::ipc::convert::try_schema_from_ipc_buffer;
+    let info = c
+        .get_tables(CommandGetTables {
+            include_schema: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut out = vec![];
+    for batch in fetch(c, info).await.unwrap() {
+        let schemas = batch.column(4).as_any().downcast_ref::<BinaryArray>();
+        let schemas = schemas.unwrap();
+        let dbs = batch.column(1).as_string::<i32>();
+        let names = batch.column(2).as_string::<i32>();
+        for i in 0..batch.num_rows() {
+            let name = format!("{}.{}", dbs.value(i), names.value(i));
+            out.push((name, try_schema_from_ipc_buffer(schemas.value(i)).unwrap()));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn metadata_reports_the_masked_types_a_query_returns() {
+    let s = start().await;
+    for user in ["alice", "bob", "dave"] {
+        let mut c = client(s.handle.addr, user, &format!("{user}-pw"))
+            .await
+            .unwrap();
+        let tables = announced_schemas(&mut c).await;
+        assert!(!tables.is_empty(), "{user} sees no table");
+        for (name, announced) in tables {
+            let info = c
+                .execute(format!("SELECT * FROM {name}"), None)
+                .await
+                .unwrap();
+            let returned = info.try_decode_schema().unwrap();
+            let types = |s: &datafusion::arrow::datatypes::Schema| {
+                s.fields()
+                    .iter()
+                    .map(|f| (f.name().clone(), f.data_type().clone()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(types(&announced), types(&returned), "{user}: {name}");
+        }
+    }
+    // SHOW_LAST turns bob's card numbers into plain strings; alice's
+    // clearance leaves the stored type. information_schema agrees.
+    let card_type = |tables: &[(String, datafusion::arrow::datatypes::Schema)]| {
+        let (_, schema) = tables.iter().find(|(n, _)| n == "payments.cards").unwrap();
+        schema
+            .field_with_name("card_number")
+            .unwrap()
+            .data_type()
+            .clone()
+    };
+    let mut bob = client(s.handle.addr, "bob", "bob-pw").await.unwrap();
+    let mut alice = client(s.handle.addr, "alice", "alice-pw").await.unwrap();
+    let (bobs, alices) = (
+        card_type(&announced_schemas(&mut bob).await),
+        card_type(&announced_schemas(&mut alice).await),
+    );
+    assert_eq!(bobs, datafusion::arrow::datatypes::DataType::Utf8);
+    assert_ne!(alices, bobs);
+    let sql = "SELECT data_type FROM information_schema.columns \
+               WHERE table_name = 'cards' AND column_name = 'card_number'";
+    for (c, expected) in [(&mut bob, &bobs), (&mut alice, &alices)] {
+        let info = c.execute(sql.into(), None).await.unwrap();
+        let rows = harness::rows(&fetch(c, info).await.unwrap());
+        assert_eq!(rows, vec![vec![expected.to_string()]]);
+    }
+}

@@ -9,6 +9,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{DFSchema, DataFusionError, Result};
@@ -16,7 +17,7 @@ use datafusion::datasource::provider_as_source;
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
 use datafusion::logical_expr::{
-    Expr, ExprSchemable, LogicalPlan, Projection, TableScan, TableScanBuilder,
+    Expr, ExprSchemable, LogicalPlan, Projection, ScalarUDF, TableScan, TableScanBuilder,
 };
 use datafusion::optimizer::AnalyzerRule;
 use veil_udfs::{mask_udf, MaskKey, MaskSpec, TruncUnit};
@@ -26,7 +27,7 @@ use super::principal_fns::{parse_predicate, resolve};
 use super::table::GovernedTable;
 use crate::error::VeilError;
 use crate::keys::MasterKey;
-use crate::model::{CatalogSnapshot, MaskMethod};
+use crate::model::{CatalogSnapshot, DataSource, MaskMethod};
 use crate::policy::{decide, Access, SourceDecision};
 use crate::principal::Principal;
 
@@ -147,22 +148,16 @@ impl GovernanceContext {
                 qualifier.cloned(),
                 field.name(),
             ));
-            let Some(mask) = decision.mask_of(field.name()) else {
+            let Some((udf, _, policy)) = self.column_mask(&decision, field)? else {
                 exprs.push(col);
                 continue;
             };
-            let key = self.keys.column_key(&decision.source, field.name(), 1);
-            let spec = mask_spec(&mask.method, key).map_err(|e| policy_failure(&mask.policy, e))?;
-            let udf = mask_udf(spec).map_err(|e| policy_failure(&mask.policy, e))?;
-            udf.return_type(&[field.data_type().clone()]).map_err(|e| {
-                policy_failure(&mask.policy, format!("column {}: {e}", field.name()))
-            })?;
             exprs.push(
                 Expr::ScalarFunction(ScalarFunction::new_udf(Arc::new(udf), vec![col]))
                     .alias_qualified(qualifier.cloned(), field.name()),
             );
             masked.push(field.name().clone());
-            policies.push(mask.policy.clone());
+            policies.push(policy);
         }
         policies.sort();
         policies.dedup();
@@ -195,6 +190,49 @@ impl GovernanceContext {
             exprs,
             Arc::new(barrier),
         )?))
+    }
+
+    /// The mask a decision puts on one column: its UDF (checked against the
+    /// column's type), output type and winning policy.
+    fn column_mask(
+        &self,
+        decision: &SourceDecision,
+        field: &Field,
+    ) -> Result<Option<(ScalarUDF, DataType, String)>> {
+        let Some(mask) = decision.mask_of(field.name()) else {
+            return Ok(None);
+        };
+        let key = self.keys.column_key(&decision.source, field.name(), 1);
+        let spec = mask_spec(&mask.method, key).map_err(|e| policy_failure(&mask.policy, e))?;
+        let udf = mask_udf(spec).map_err(|e| policy_failure(&mask.policy, e))?;
+        let output = udf
+            .return_type(&[field.data_type().clone()])
+            .map_err(|e| policy_failure(&mask.policy, format!("column {}: {e}", field.name())))?;
+        Ok(Some((udf, output, mask.policy.clone())))
+    }
+
+    /// The schema a source shows this principal: masked columns carry their
+    /// mask's output type (nullable), the others are as stored. Catalogs,
+    /// `information_schema` and Flight `GetTables` report this schema.
+    pub fn visible_schema(&self, source: &DataSource, raw: &SchemaRef) -> Result<SchemaRef> {
+        let decision = match decide(&self.principal, &self.snapshot, source)? {
+            Access::Denied(reason) => return Err(VeilError::PermissionDenied(reason).into()),
+            Access::Granted(d) => d,
+        };
+        let fields = raw
+            .fields()
+            .iter()
+            .map(|f| {
+                Ok(match self.column_mask(&decision, f)? {
+                    Some((_, output, _)) => Arc::new(Field::new(f.name(), output, true)),
+                    None => Arc::clone(f),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(Schema::new_with_metadata(
+            fields,
+            raw.metadata().clone(),
+        )))
     }
 
     fn ctx_source(&self, table: &GovernedTable) -> Result<&crate::model::DataSource> {

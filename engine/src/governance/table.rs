@@ -20,12 +20,19 @@ pub struct GovernedTable {
     pub source: String,
     /// The raw table (a ListingTable over Parquet). Only the analyzer reaches it.
     pub(crate) inner: Arc<dyn TableProvider>,
+    /// What the principal sees: masked columns with their masked types.
+    schema: SchemaRef,
 }
 
 impl GovernedTable {
-    /// Wraps a raw provider.
-    pub fn new(source: String, inner: Arc<dyn TableProvider>) -> Self {
-        Self { source, inner }
+    /// Wraps a raw provider; `schema` is the principal's view of it (same
+    /// columns in the same order, masked types).
+    pub fn new(source: String, inner: Arc<dyn TableProvider>, schema: SchemaRef) -> Self {
+        Self {
+            source,
+            inner,
+            schema,
+        }
     }
 
     /// The governed table behind a plan's table source, if it is one.
@@ -39,7 +46,7 @@ impl GovernedTable {
 #[async_trait]
 impl TableProvider for GovernedTable {
     fn schema(&self) -> SchemaRef {
-        self.inner.schema()
+        Arc::clone(&self.schema)
     }
 
     fn table_type(&self) -> TableType {
