@@ -1,7 +1,8 @@
 //! Governance cost benchmarks:
 //! - planning latency of a 3-way join, governed (per-statement context
 //!   included) vs plain DataFusion over the same Parquet files;
-//! - grouping 6M rows by a 3-value column, raw vs HASH-masked.
+//! - grouping 6M rows by a 3-value column: raw, a raw column as wide as a
+//!   HASH token (32 chars), and HASH-masked.
 //!
 //! `cargo bench -p veil-engine --bench governance`
 
@@ -20,6 +21,14 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Three raw values as wide as a HASH token (32 chars), to tell the mask's
+/// cost from the cost of grouping wider strings.
+const WIDE: [&str; 3] = [
+    "0123456789abcdef0123456789abcdef",
+    "fedcba9876543210fedcba9876543210",
+    "00112233445566778899aabbccddeeff",
+];
+
 fn write_low_cardinality(path: &Path, rows: usize) {
     let file = std::fs::File::create(path).expect("create");
     let schema = RecordBatch::try_from_iter(vec![
@@ -28,6 +37,10 @@ fn write_low_cardinality(path: &Path, rows: usize) {
             Arc::new(StringArray::from(vec!["EU"])) as ArrayRef,
         ),
         ("amount", Arc::new(Int64Array::from(vec![1i64])) as ArrayRef),
+        (
+            "wide",
+            Arc::new(StringArray::from(vec![WIDE[0]])) as ArrayRef,
+        ),
     ])
     .expect("schema")
     .schema();
@@ -47,6 +60,12 @@ fn write_low_cardinality(path: &Path, rows: usize) {
                 "amount",
                 Arc::new(Int64Array::from_iter_values(
                     (0..n as i64).map(|i| i % 1000),
+                )) as ArrayRef,
+            ),
+            (
+                "wide",
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| WIDE[(done + i) % 3]),
                 )) as ArrayRef,
             ),
         ])
@@ -169,6 +188,19 @@ fn bench(c: &mut Criterion) {
             rt.block_on(async {
                 plain
                     .sql("SELECT region, count(*) FROM lc GROUP BY region")
+                    .await
+                    .expect("sql")
+                    .collect()
+                    .await
+                    .expect("collect")
+            })
+        })
+    });
+    g.bench_function("raw_32_char_column", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                plain
+                    .sql("SELECT wide, count(*) FROM lc GROUP BY wide")
                     .await
                     .expect("sql")
                     .collect()
