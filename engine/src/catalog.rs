@@ -1,6 +1,7 @@
-//! The per-statement catalog a principal sees: catalog `veil`, one schema
-//! per data-source schema, holding only the sources the principal is
-//! subscribed to. `information_schema`, `SHOW TABLES` and Flight metadata all
+//! The per-statement catalog a principal sees: catalog `veil` (or, inside a
+//! project, the catalog named after it, holding only the project's sources),
+//! one schema per data-source schema, holding only the sources the principal
+//! is subscribed to. `information_schema`, `SHOW TABLES` and Flight metadata all
 //! read this, so an unsubscribed source is absent everywhere; naming one in
 //! a query gives a permission-denied error that names it.
 
@@ -74,8 +75,30 @@ impl VeilCatalog {
     /// shows its stored types; querying it reports the policy failure.
     pub fn build(g: &GovernanceContext, runtime: &RuntimeEnv) -> Result<Self> {
         let mut schemas: BTreeMap<String, VeilSchema> = BTreeMap::new();
+        let scope = match &g.project {
+            None => None,
+            Some(p) => Some(
+                g.snapshot
+                    .projects
+                    .get(p)
+                    .ok_or_else(|| VeilError::NotFound(format!("project {p} does not exist")))?,
+            ),
+        };
         for source in g.snapshot.sources.values() {
             let schema = schemas.entry(source.schema.clone()).or_default();
+            if let Some(project) = scope {
+                if !project.sources.contains_key(&source.full_name()) {
+                    schema.denied.insert(
+                        source.table.clone(),
+                        format!(
+                            "data source {} is not part of project {}",
+                            source.full_name(),
+                            project.name
+                        ),
+                    );
+                    continue;
+                }
+            }
             match subscription(&g.principal, source)? {
                 Ok(()) => {
                     let raw = raw_table(source, runtime)?;

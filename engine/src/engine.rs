@@ -259,17 +259,19 @@ impl Engine {
             engine: Arc::clone(self),
             user: user.to_string(),
             impersonated: None,
+            project: None,
             settings: Vec::new(),
         }
     }
 }
 
-/// One client's session: identity plus allowed settings.
+/// One client's session: identity, project context and allowed settings.
 #[derive(Debug, Clone)]
 pub struct Session {
     engine: Arc<Engine>,
     user: String,
     impersonated: Option<String>,
+    project: Option<String>,
     settings: Vec<(String, String)>,
 }
 
@@ -346,6 +348,43 @@ impl Session {
         Ok(())
     }
 
+    /// The current project, if any.
+    pub fn project(&self) -> Option<&str> {
+        self.project.as_deref()
+    }
+
+    /// The catalog queries resolve in: the project's name inside a project,
+    /// `veil` outside.
+    pub fn catalog_name(&self) -> &str {
+        self.project.as_deref().unwrap_or(CATALOG)
+    }
+
+    /// Enters a project (the effective user must be a member) or, with None,
+    /// `veil` or an empty name, leaves it. Membership and compliance are
+    /// checked again at every statement.
+    pub fn use_project(&mut self, project: Option<&str>) -> Result<()> {
+        let Some(name) = project
+            .map(str::trim)
+            .filter(|p| !p.is_empty() && !p.eq_ignore_ascii_case(CATALOG))
+        else {
+            self.project = None;
+            return Ok(());
+        };
+        let name = crate::project::project_name(name)?;
+        let snapshot = self.engine.snapshot()?;
+        self.caller(&snapshot)?;
+        let user = self.effective_record(&snapshot)?;
+        crate::project::member_project(&snapshot, user, &name)?;
+        self.project = Some(name);
+        Ok(())
+    }
+
+    fn effective_record<'s>(&self, snapshot: &'s CatalogSnapshot) -> Result<&'s User> {
+        snapshot.users.get(self.effective_user()).ok_or_else(|| {
+            VeilError::Unauthenticated(format!("user {} no longer exists", self.effective_user()))
+        })
+    }
+
     /// The authenticated user's current catalog record.
     pub(crate) fn caller<'s>(&self, snapshot: &'s CatalogSnapshot) -> Result<&'s User> {
         snapshot.users.get(&self.user).ok_or_else(|| {
@@ -353,13 +392,13 @@ impl Session {
         })
     }
 
-    /// The effective principal at this snapshot.
+    /// The effective principal at this snapshot: the (impersonated) user,
+    /// inside a project with its purposes, or the project's synthetic
+    /// principal when it is equalized (DESIGN.md section 3).
     pub fn principal(&self, snapshot: &CatalogSnapshot) -> Result<Principal> {
         self.caller(snapshot)?;
-        let user = snapshot.users.get(self.effective_user()).ok_or_else(|| {
-            VeilError::Unauthenticated(format!("user {} no longer exists", self.effective_user()))
-        })?;
-        Ok(Principal::of_user(user))
+        let user = self.effective_record(snapshot)?;
+        crate::project::effective_principal(snapshot, user, self.project.as_deref())
     }
 
     /// Builds the DataFusion context for one statement.
@@ -368,6 +407,7 @@ impl Session {
         let principal = self.principal(&snapshot)?;
         let gctx = Arc::new(GovernanceContext {
             principal,
+            project: self.project.clone(),
             snapshot,
             keys: self.engine.keys.clone(),
             applied: Mutex::new(Vec::new()),
@@ -376,12 +416,12 @@ impl Session {
         let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
-            .with_default_catalog_and_schema(CATALOG, "public");
+            .with_default_catalog_and_schema(self.catalog_name(), "public");
         for (k, v) in &self.settings {
             config.options_mut().set(k, v)?;
         }
         let catalogs = MemoryCatalogProviderList::new();
-        catalogs.register_catalog(CATALOG.into(), Arc::new(catalog));
+        catalogs.register_catalog(self.catalog_name().into(), Arc::new(catalog));
 
         let mut analyzer_rules = Analyzer::new().rules;
         let at = analyzer_rules
@@ -572,6 +612,9 @@ impl Session {
             .collect();
         let detail = serde_json::json!({
             "sql": sql,
+            "project": self.project,
+            "purposes": gctx.principal.purposes,
+            "equalized": gctx.principal.user.is_none(),
             "sources": sources,
             "error": err.map(|e| e.to_string()),
         });

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod model;
 pub mod policy;
 pub mod principal;
+pub mod project;
 pub mod statement;
 pub mod store;
 

@@ -1,4 +1,5 @@
-//! The catalog's entities: users, permissions, data sources, policies.
+//! The catalog's entities: users, permissions, data sources, policies
+//! (purposes and projects live in [`crate::project`]).
 //!
 //! A [`CatalogSnapshot`] is an immutable picture of the whole catalog at one
 //! policy version; policy evaluation and planning read only snapshots.
@@ -335,6 +336,21 @@ pub struct CatalogSnapshot {
     pub sources: BTreeMap<String, DataSource>,
     /// Policies by name.
     pub policies: BTreeMap<String, Policy>,
+    /// Purposes by name.
+    pub purposes: BTreeMap<String, crate::project::Purpose>,
+    /// Projects by name.
+    pub projects: BTreeMap<String, crate::project::Project>,
+}
+
+impl CatalogSnapshot {
+    /// Names of the projects that match `f`, for error messages.
+    pub fn projects_where(&self, f: impl Fn(&crate::project::Project) -> bool) -> Vec<String> {
+        self.projects
+            .values()
+            .filter(|p| f(p))
+            .map(|p| p.name.clone())
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -45,6 +45,8 @@ pub struct AppliedPolicies {
 pub struct GovernanceContext {
     /// Effective principal.
     pub principal: Principal,
+    /// The project the statement runs in, if any: only its sources are in scope.
+    pub project: Option<String>,
     /// Catalog at one policy version.
     pub snapshot: Arc<CatalogSnapshot>,
     /// Root of mask keys.

@@ -92,9 +92,73 @@ pub enum GovStatement {
         as_user: Option<String>,
     },
     VerifyAudit,
+    CreatePurpose {
+        name: String,
+        parent: Option<String>,
+        description: Option<String>,
+        acknowledgement: Option<String>,
+    },
+    DropPurpose {
+        name: String,
+    },
+    ShowPurposes,
+    CreateProject {
+        name: String,
+        documentation: Option<String>,
+    },
+    DropProject {
+        name: String,
+    },
+    AlterProject {
+        project: String,
+        action: ProjectAction,
+    },
+    /// `EXPLAIN ALTER PROJECT ...`: what the change would do, changing nothing.
+    ExplainAlterProject {
+        project: String,
+        action: ProjectAction,
+    },
+    /// `APPROVE` (true) or `DENY` (false) `PURPOSE p FOR PROJECT x`.
+    DecidePurpose {
+        purpose: String,
+        project: String,
+        approve: bool,
+    },
+    AcknowledgePurpose {
+        purpose: String,
+        project: String,
+    },
+    /// `USE PROJECT p` / `USE PROJECT NONE` (None).
+    UseProject {
+        project: Option<String>,
+    },
+    ShowProjects,
+    DescribeProject {
+        name: String,
+    },
     /// A statement of the contract that this build does not implement yet.
     NotYetSupported {
         statement: String,
         feature: &'static str,
     },
+}
+
+/// One change of `ALTER PROJECT`.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(missing_docs)]
+pub enum ProjectAction {
+    AddMember(String),
+    RemoveMember(String),
+    AddOwner(String),
+    RemoveOwner(String),
+    AddSource(String),
+    RemoveSource(String),
+    AddPurpose(String),
+    RemovePurpose(String),
+    SetDocumentation(String),
+    SetEqualization(bool),
+    /// `SET EQUALIZED ENTITLEMENTS RECOMMENDED`.
+    SetEntitlementsRecommended,
+    /// `SET EQUALIZED ENTITLEMENTS (<condition>)`.
+    SetEntitlements(String),
 }

@@ -30,13 +30,13 @@ use crate::policy::{decide, Access};
 use crate::principal::Principal;
 use crate::store::{AuditEntry, Change};
 
-struct Ctx<'a> {
-    session: &'a Session,
-    snapshot: Arc<CatalogSnapshot>,
+pub(super) struct Ctx<'a> {
+    pub(super) session: &'a Session,
+    pub(super) snapshot: Arc<CatalogSnapshot>,
 }
 
 impl Ctx<'_> {
-    fn callers(&self) -> Result<Vec<&User>> {
+    pub(super) fn callers(&self) -> Result<Vec<&User>> {
         let mut v = vec![self.session.caller(&self.snapshot)?];
         if let Some(i) = self.session.impersonated() {
             v.push(self.user(i)?);
@@ -44,7 +44,7 @@ impl Ctx<'_> {
         Ok(v)
     }
 
-    fn require(&self, p: Permission, action: &str) -> Result<()> {
+    pub(super) fn require(&self, p: Permission, action: &str) -> Result<()> {
         for u in self.callers()? {
             if !u.has(p) {
                 return Err(VeilError::PermissionDenied(format!(
@@ -56,7 +56,7 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn has(&self, p: Permission) -> Result<bool> {
+    pub(super) fn has(&self, p: Permission) -> Result<bool> {
         Ok(self.callers()?.iter().all(|u| u.has(p)))
     }
 
@@ -76,21 +76,26 @@ impl Ctx<'_> {
         )))
     }
 
-    fn user(&self, name: &str) -> Result<&User> {
+    pub(super) fn user(&self, name: &str) -> Result<&User> {
         self.snapshot
             .users
             .get(name)
             .ok_or_else(|| VeilError::NotFound(format!("user {name} does not exist")))
     }
 
-    fn source(&self, name: &str) -> Result<&DataSource> {
+    pub(super) fn source(&self, name: &str) -> Result<&DataSource> {
         self.snapshot
             .sources
             .get(name)
             .ok_or_else(|| VeilError::NotFound(format!("data source {name} does not exist")))
     }
 
-    fn audit(&self, action: &str, object: &str, detail: serde_json::Value) -> AuditEntry {
+    pub(super) fn audit(
+        &self,
+        action: &str,
+        object: &str,
+        detail: serde_json::Value,
+    ) -> AuditEntry {
         AuditEntry {
             actor: self.session.user().to_string(),
             impersonated: self.session.impersonated().map(str::to_string),
@@ -102,7 +107,7 @@ impl Ctx<'_> {
     }
 }
 
-fn utf8_batch(columns: &[&str], rows: Vec<Vec<String>>) -> Result<QueryOutput> {
+pub(super) fn utf8_batch(columns: &[&str], rows: Vec<Vec<String>>) -> Result<QueryOutput> {
     let schema = Arc::new(Schema::new(
         columns
             .iter()
@@ -120,7 +125,7 @@ fn utf8_batch(columns: &[&str], rows: Vec<Vec<String>>) -> Result<QueryOutput> {
     QueryOutput::from_batches(schema, vec![batch])
 }
 
-fn join<I: IntoIterator<Item = S>, S: AsRef<str>>(it: I) -> String {
+pub(super) fn join<I: IntoIterator<Item = S>, S: AsRef<str>>(it: I) -> String {
     it.into_iter()
         .map(|s| s.as_ref().to_string())
         .collect::<Vec<_>>()
@@ -214,20 +219,27 @@ fn validate_mask(
     Ok(())
 }
 
-enum Outcome {
+pub(super) enum Outcome {
     /// Catalog changes, their audit record and the status text.
     Change(Vec<Change>, AuditEntry, String),
     /// A read-only answer.
     Rows(QueryOutput),
 }
 
-fn change(changes: Vec<Change>, audit: AuditEntry, status: String) -> Result<Outcome> {
+pub(super) fn change(changes: Vec<Change>, audit: AuditEntry, status: String) -> Result<Outcome> {
     Ok(Outcome::Change(changes, audit, status))
 }
 
 /// Runs a governance statement for the session's caller.
 pub async fn execute(session: &mut Session, stmt: GovStatement) -> Result<QueryOutput> {
     let engine = Arc::clone(session.engine());
+    if let GovStatement::UseProject { project } = &stmt {
+        session.use_project(project.as_deref())?;
+        return QueryOutput::status(&match session.project() {
+            Some(p) => format!("using project {p}"),
+            None => "using no project".to_string(),
+        });
+    }
     // Registration reads files: infer the schema before taking the write lock.
     let inferred = match &stmt {
         GovStatement::CreateDataSource { location, .. } => {
@@ -369,6 +381,13 @@ fn plan(
                     "{name} cannot drop their own user"
                 )));
             }
+            let projects = c.snapshot.projects_where(|p| p.members.contains(&name));
+            if !projects.is_empty() {
+                return Err(VeilError::FailedPrecondition(format!(
+                    "user {name} is a member of projects {}; remove them first",
+                    join(&projects)
+                )));
+            }
             change(
                 vec![Change::DeleteUser(name.clone())],
                 c.audit("DropUser", &name, json!({})),
@@ -495,6 +514,15 @@ fn plan(
         GovStatement::DropDataSource { source } => {
             let s = c.source(&source)?;
             c.require_owner_or(s, Permission::Governance, "drop it")?;
+            let projects = c
+                .snapshot
+                .projects_where(|p| p.sources.contains_key(&source));
+            if !projects.is_empty() {
+                return Err(VeilError::FailedPrecondition(format!(
+                    "data source {source} is used by projects {}; remove it from them first",
+                    join(&projects)
+                )));
+            }
             let mut changes = vec![Change::DeleteSource(source.clone())];
             // Local policies die with their source.
             for p in c.snapshot.policies.values() {
@@ -800,6 +828,18 @@ fn plan(
                 vec![batch],
             )?))
         }
+        s @ (GovStatement::CreatePurpose { .. }
+        | GovStatement::DropPurpose { .. }
+        | GovStatement::ShowPurposes
+        | GovStatement::CreateProject { .. }
+        | GovStatement::DropProject { .. }
+        | GovStatement::AlterProject { .. }
+        | GovStatement::ExplainAlterProject { .. }
+        | GovStatement::DecidePurpose { .. }
+        | GovStatement::AcknowledgePurpose { .. }
+        | GovStatement::UseProject { .. }
+        | GovStatement::ShowProjects
+        | GovStatement::DescribeProject { .. }) => super::projects::plan(c, s),
         GovStatement::NotYetSupported { statement, feature } => Err(VeilError::InvalidArgument(
             format!("'{statement}': {feature} are not supported by this version of Veil yet"),
         )),

@@ -8,8 +8,9 @@
 pub mod ast;
 pub mod exec;
 pub mod parser;
+mod projects;
 
-pub use ast::GovStatement;
+pub use ast::{GovStatement, ProjectAction};
 pub use parser::parse;
 
 /// Runs a script's statements in order as `session`. Statements whose object

@@ -5,7 +5,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
 
-use super::ast::GovStatement;
+use super::ast::{GovStatement, ProjectAction};
 use crate::condition::parse_condition;
 use crate::error::{Result, VeilError};
 use crate::model::{Applicability, MaskMethod, Permission, Subscription, Target};
@@ -87,6 +87,71 @@ impl<'a> P<'a> {
             [c, s, t] if c.eq_ignore_ascii_case("veil") => Ok(format!("{s}.{t}")),
             _ => self.err(format!("data source name '{name}' must be schema.table")),
         }
+    }
+
+    /// A quoted name, or a bare identifier (purpose names).
+    fn name(&mut self) -> Result<String> {
+        match self.p.peek_token().token {
+            Token::SingleQuotedString(_) => self.string(),
+            _ => self.ident(),
+        }
+    }
+
+    /// A project name (case-insensitive, stored lowercase).
+    fn project(&mut self) -> Result<String> {
+        crate::project::project_name(&self.ident()?)
+    }
+
+    /// `ON` or `OFF`.
+    fn on_off(&mut self) -> Result<bool> {
+        if self.word("ON") {
+            Ok(true)
+        } else if self.word("OFF") {
+            Ok(false)
+        } else {
+            self.err("expected ON or OFF")
+        }
+    }
+
+    /// The body of `ALTER PROJECT p ...` after the project name.
+    fn project_action(&mut self) -> Result<Option<ProjectAction>> {
+        use ProjectAction::*;
+        Ok(Some(if self.words(&["ADD", "MEMBER"]) {
+            AddMember(self.ident()?)
+        } else if self.words(&["REMOVE", "MEMBER"]) {
+            RemoveMember(self.ident()?)
+        } else if self.words(&["ADD", "OWNER"]) {
+            AddOwner(self.ident()?)
+        } else if self.words(&["REMOVE", "OWNER"]) {
+            RemoveOwner(self.ident()?)
+        } else if self.words(&["ADD", "DATA", "SOURCE"]) {
+            AddSource(self.source()?)
+        } else if self.words(&["REMOVE", "DATA", "SOURCE"]) {
+            RemoveSource(self.source()?)
+        } else if self.words(&["ADD", "PURPOSE"]) {
+            AddPurpose(self.name()?)
+        } else if self.words(&["REMOVE", "PURPOSE"]) {
+            RemovePurpose(self.name()?)
+        } else if self.words(&["SET", "DOCUMENTATION"]) {
+            SetDocumentation(self.string()?)
+        } else if self.words(&["SET", "EQUALIZATION"]) {
+            SetEqualization(self.on_off()?)
+        } else if self.words(&["SET", "EQUALIZED", "ENTITLEMENTS"]) {
+            if self.word("RECOMMENDED") {
+                SetEntitlementsRecommended
+            } else {
+                SetEntitlements(self.condition()?)
+            }
+        } else if self.words(&["SET", "MASKED", "JOINS"]) {
+            self.on_off()?;
+            return Ok(None);
+        } else {
+            return self.err(
+                "expected ADD/REMOVE MEMBER, ADD/REMOVE OWNER, ADD/REMOVE DATA SOURCE, \
+                 ADD/REMOVE PURPOSE, SET DOCUMENTATION, SET EQUALIZATION, \
+                 SET EQUALIZED ENTITLEMENTS or SET MASKED JOINS",
+            );
+        }))
     }
 
     fn string(&mut self) -> Result<String> {
@@ -448,14 +513,104 @@ pub fn parse(sql: &str) -> Result<Option<GovStatement>> {
             p.words(&["VERIFY", "AUDIT"]);
             GovStatement::VerifyAudit
         }
-        ("CREATE", "PURPOSE" | "PROJECT" | "DERIVED")
-        | ("ALTER", "PROJECT")
-        | ("SHOW", "PURPOSES" | "PROJECTS")
-        | ("DESCRIBE", "PROJECT")
-        | ("USE", "PROJECT")
-        | ("APPROVE" | "DENY" | "ACKNOWLEDGE", "PURPOSE") => {
-            return not_yet("projects and purposes");
+        ("CREATE", "PURPOSE") => {
+            p.words(&["CREATE", "PURPOSE"]);
+            let name = p.name()?;
+            let (mut parent, mut description, mut acknowledgement) = (None, None, None);
+            loop {
+                if p.word("PARENT") {
+                    parent = Some(p.name()?);
+                } else if p.word("DESCRIPTION") {
+                    description = Some(p.string()?);
+                } else if p.word("ACKNOWLEDGEMENT") {
+                    acknowledgement = Some(p.string()?);
+                } else {
+                    break;
+                }
+            }
+            GovStatement::CreatePurpose {
+                name,
+                parent,
+                description,
+                acknowledgement,
+            }
         }
+        ("DROP", "PURPOSE") => {
+            p.words(&["DROP", "PURPOSE"]);
+            GovStatement::DropPurpose { name: p.name()? }
+        }
+        ("SHOW", "PURPOSES") => {
+            p.words(&["SHOW", "PURPOSES"]);
+            GovStatement::ShowPurposes
+        }
+        ("CREATE", "PROJECT") => {
+            p.words(&["CREATE", "PROJECT"]);
+            let name = p.project()?;
+            let documentation = if p.word("DOCUMENTATION") {
+                Some(p.string()?)
+            } else {
+                None
+            };
+            GovStatement::CreateProject {
+                name,
+                documentation,
+            }
+        }
+        ("DROP", "PROJECT") => {
+            p.words(&["DROP", "PROJECT"]);
+            GovStatement::DropProject { name: p.project()? }
+        }
+        ("ALTER", "PROJECT") | ("EXPLAIN", "ALTER") => {
+            let explain = first == "EXPLAIN";
+            if explain && p.peek_word(2).as_deref() != Some("PROJECT") {
+                return Ok(None); // EXPLAIN ALTER TABLE ...: DataFusion's
+            }
+            p.word("EXPLAIN");
+            p.words(&["ALTER", "PROJECT"]);
+            let project = p.project()?;
+            let Some(action) = p.project_action()? else {
+                return not_yet("masked joins");
+            };
+            if explain {
+                GovStatement::ExplainAlterProject { project, action }
+            } else {
+                GovStatement::AlterProject { project, action }
+            }
+        }
+        ("APPROVE" | "DENY" | "ACKNOWLEDGE", "PURPOSE") => {
+            p.p.next_token();
+            p.p.next_token();
+            let purpose = p.name()?;
+            p.expect("FOR")?;
+            p.expect("PROJECT")?;
+            let project = p.project()?;
+            match first.as_str() {
+                "ACKNOWLEDGE" => GovStatement::AcknowledgePurpose { purpose, project },
+                verb => GovStatement::DecidePurpose {
+                    purpose,
+                    project,
+                    approve: verb == "APPROVE",
+                },
+            }
+        }
+        ("USE", "PROJECT") => {
+            p.words(&["USE", "PROJECT"]);
+            let project = if p.word("NONE") {
+                None
+            } else {
+                Some(p.project()?)
+            };
+            GovStatement::UseProject { project }
+        }
+        ("SHOW", "PROJECTS") => {
+            p.words(&["SHOW", "PROJECTS"]);
+            GovStatement::ShowProjects
+        }
+        ("DESCRIBE", "PROJECT") => {
+            p.words(&["DESCRIBE", "PROJECT"]);
+            GovStatement::DescribeProject { name: p.project()? }
+        }
+        ("CREATE", "DERIVED") => return not_yet("derived data sources"),
         _ => return Ok(None),
     };
     p.end()?;
@@ -508,9 +663,46 @@ mod tests {
             "SHOW POLICIES",
             "SHOW POLICY INFO FOR hr.employees AS USER bob",
             "VERIFY AUDIT",
+            "CREATE PURPOSE 'Fraud Detection' PARENT 'Research' ACKNOWLEDGEMENT 'I will use this data only for fraud detection'",
+            "CREATE PROJECT fraud DOCUMENTATION '...'",
+            "ALTER PROJECT fraud ADD MEMBER bob",
+            "ALTER PROJECT fraud REMOVE MEMBER bob",
+            "ALTER PROJECT fraud ADD DATA SOURCE hr.employees",
+            "ALTER PROJECT fraud REMOVE DATA SOURCE hr.employees",
+            "ALTER PROJECT fraud ADD PURPOSE 'Fraud Detection'",
+            "APPROVE PURPOSE 'Fraud Detection' FOR PROJECT fraud",
+            "DENY PURPOSE 'Fraud Detection' FOR PROJECT fraud",
+            "ACKNOWLEDGE PURPOSE 'Fraud Detection' FOR PROJECT fraud",
+            "ALTER PROJECT fraud SET EQUALIZATION ON",
+            "ALTER PROJECT fraud SET EQUALIZATION OFF",
+            "ALTER PROJECT fraud SET EQUALIZED ENTITLEMENTS RECOMMENDED",
+            "ALTER PROJECT fraud SET EQUALIZED ENTITLEMENTS (has_group('claims') AND has_attribute('region', 'EU'))",
+            "USE PROJECT fraud",
+            "USE PROJECT NONE",
+            "SHOW PURPOSES",
+            "SHOW PROJECTS",
+            "DESCRIBE PROJECT fraud",
+            "EXPLAIN ALTER PROJECT fraud ADD MEMBER carol",
+            "EXPLAIN ALTER PROJECT fraud ADD DATA SOURCE payments.cards",
         ] {
             ok(sql);
         }
+        assert_eq!(
+            ok("EXPLAIN ALTER PROJECT Fraud ADD MEMBER carol"),
+            GovStatement::ExplainAlterProject {
+                project: "fraud".into(),
+                action: ProjectAction::AddMember("carol".into()),
+            }
+        );
+        assert!(parse("EXPLAIN SELECT 1").unwrap().is_none());
+        assert!(parse("EXPLAIN ALTER TABLE t ADD COLUMN x INT")
+            .unwrap()
+            .is_none());
+        assert!(parse("CREATE PROJECT veil").is_err());
+        assert!(matches!(
+            ok("ALTER PROJECT fraud SET MASKED JOINS ON"),
+            GovStatement::NotYetSupported { .. }
+        ));
     }
 
     #[test]

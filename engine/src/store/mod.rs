@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::model::{CatalogSnapshot, DataSource, Policy, User};
+use crate::project::{Project, Purpose};
 
 /// One change to the catalog.
 #[derive(Debug, Clone)]
@@ -28,6 +29,14 @@ pub enum Change {
     PutPolicy(Policy),
     /// Remove a policy.
     DeletePolicy(String),
+    /// Create or replace a purpose.
+    PutPurpose(Purpose),
+    /// Remove a purpose.
+    DeletePurpose(String),
+    /// Create or replace a project.
+    PutProject(Project),
+    /// Remove a project.
+    DeleteProject(String),
 }
 
 /// One audit record as the engine hands it to the store.

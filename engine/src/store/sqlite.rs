@@ -18,7 +18,8 @@ use crate::model::CatalogSnapshot;
 type HmacSha256 = Hmac<Sha256>;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     INSERT INTO meta (key, value) VALUES ('policy_version', '0');
     CREATE TABLE users (name TEXT PRIMARY KEY, body TEXT NOT NULL);
@@ -35,7 +36,12 @@ const MIGRATIONS: &[&str] = &[r#"
         outcome TEXT NOT NULL,
         mac BLOB NOT NULL
     );
-"#];
+"#,
+    r#"
+    CREATE TABLE purposes (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+    CREATE TABLE projects (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+"#,
+];
 
 /// The embedded catalog store.
 pub struct SqliteStore {
@@ -189,6 +195,14 @@ impl CatalogStore for SqliteStore {
             snap.policies
                 .insert(name.clone(), unjson("policies", &name, &body)?);
         }
+        for (name, body) in rows("purposes")? {
+            snap.purposes
+                .insert(name.clone(), unjson("purposes", &name, &body)?);
+        }
+        for (name, body) in rows("projects")? {
+            snap.projects
+                .insert(name.clone(), unjson("projects", &name, &body)?);
+        }
         Ok(snap)
     }
 
@@ -204,6 +218,10 @@ impl CatalogStore for SqliteStore {
                 Change::DeleteSource(n) => ("data_sources", n.clone(), None),
                 Change::PutPolicy(p) => ("policies", p.name.clone(), Some(json(p)?)),
                 Change::DeletePolicy(n) => ("policies", n.clone(), None),
+                Change::PutPurpose(p) => ("purposes", p.name.clone(), Some(json(p)?)),
+                Change::DeletePurpose(n) => ("purposes", n.clone(), None),
+                Change::PutProject(p) => ("projects", p.name.clone(), Some(json(p)?)),
+                Change::DeleteProject(n) => ("projects", n.clone(), None),
             };
             match body {
                 Some(body) => tx.execute(
