@@ -379,6 +379,13 @@ impl Session {
         Ok(())
     }
 
+    /// The projects the effective user is a member of (they are catalogs).
+    pub fn projects(&self) -> Result<Vec<String>> {
+        let snapshot = self.engine.snapshot()?;
+        let me = self.effective_user();
+        Ok(snapshot.projects_where(|p| p.members.contains(me)))
+    }
+
     fn effective_record<'s>(&self, snapshot: &'s CatalogSnapshot) -> Result<&'s User> {
         snapshot.users.get(self.effective_user()).ok_or_else(|| {
             VeilError::Unauthenticated(format!("user {} no longer exists", self.effective_user()))

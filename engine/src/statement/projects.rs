@@ -622,11 +622,14 @@ fn describe(snapshot: &CatalogSnapshot, p: &Project) -> Result<crate::engine::Qu
     for (name, pp) in &p.purposes {
         let mut detail = vec![format!("requested by {}", pp.requested_by)];
         if let Some(d) = &pp.decision {
-            let verb = match pp.state {
-                PurposeState::Denied => "denied",
-                _ => "decided",
-            };
-            detail.push(format!("{verb} by {} at {}", d.by, d.at));
+            detail.push(match pp.state {
+                PurposeState::Approved => format!("approved by {} at {}", d.by, d.at),
+                PurposeState::Denied => format!("denied by {} at {}", d.by, d.at),
+                // Only an approval goes back to PENDING.
+                PurposeState::Pending => {
+                    format!("re-approval needed (was approved by {} at {})", d.by, d.at)
+                }
+            });
         }
         if snapshot
             .purposes

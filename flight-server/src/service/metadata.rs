@@ -1,5 +1,6 @@
 //! Catalog metadata RPCs, answered from the caller's governed catalog, so a
-//! source the caller is not subscribed to is never listed.
+//! source the caller is not subscribed to is never listed; inside a project
+//! the catalog is the project's and holds only its sources.
 
 use std::sync::{Arc, LazyLock};
 
@@ -12,7 +13,6 @@ use arrow_flight::sql::{
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use tonic::Status;
-use veil_engine::catalog::CATALOG;
 use veil_engine::Session;
 
 use crate::status::to_status;
@@ -80,7 +80,7 @@ pub static XDBC_INFO: LazyLock<Option<XdbcTypeInfoData>> = LazyLock::new(|| {
 pub async fn visible_tables(session: &Session) -> Result<Vec<(String, String, SchemaRef)>, Status> {
     let (ctx, _) = session.context().map_err(to_status)?;
     let mut out = vec![];
-    let Some(catalog) = ctx.catalog(CATALOG) else {
+    let Some(catalog) = ctx.catalog(session.catalog_name()) else {
         return Ok(out);
     };
     for schema_name in catalog.schema_names() {
@@ -105,7 +105,7 @@ pub async fn db_schemas(
     let mut seen = std::collections::BTreeSet::new();
     for (schema, _, _) in visible_tables(session).await? {
         if seen.insert(schema.clone()) {
-            b.append(CATALOG, schema);
+            b.append(session.catalog_name(), schema);
         }
     }
     b.build().map_err(|e| Status::internal(e.to_string()))
@@ -115,8 +115,14 @@ pub async fn db_schemas(
 pub async fn tables(session: &Session, cmd: CommandGetTables) -> Result<RecordBatch, Status> {
     let mut b = cmd.into_builder();
     for (schema, table, arrow_schema) in visible_tables(session).await? {
-        b.append(CATALOG, schema, table, TABLE_TYPE, &arrow_schema)
-            .map_err(|e| Status::internal(e.to_string()))?;
+        b.append(
+            session.catalog_name(),
+            schema,
+            table,
+            TABLE_TYPE,
+            &arrow_schema,
+        )
+        .map_err(|e| Status::internal(e.to_string()))?;
     }
     b.build().map_err(|e| Status::internal(e.to_string()))
 }

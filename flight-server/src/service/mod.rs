@@ -108,15 +108,12 @@ impl VeilFlightSql {
 }
 
 fn apply_headers(session: &mut Session, md: &MetadataMap) -> Result<(), Status> {
-    if let Some(project) = header(md, "x-veil-project") {
-        if !(project.is_empty() || project.eq_ignore_ascii_case(veil_engine::catalog::CATALOG)) {
-            return Err(Status::failed_precondition(format!(
-                "cannot enter project {project}: projects are not supported by this version of Veil yet"
-            )));
-        }
-    }
+    // Impersonation first: project membership is the effective user's.
     if let Some(target) = header(md, "x-veil-impersonate") {
         session.impersonate(Some(target)).map_err(to_status)?;
+    }
+    if let Some(project) = header(md, "x-veil-project") {
+        statements::enter(session, Some(project).filter(|p| !p.is_empty()))?;
     }
     Ok(())
 }
@@ -167,6 +164,7 @@ impl FlightSqlService for VeilFlightSql {
             user: session.user().to_string(),
             sql: query.query,
             params: None,
+            project: session.project().map(str::to_string),
         };
         let info = self
             .flight_info(session, &sid, handle, request.into_inner())
@@ -211,6 +209,7 @@ impl FlightSqlService for VeilFlightSql {
                 "prepared statement belongs to another session",
             ));
         }
+        statements::enter(&mut session, handle.project.as_deref())?;
         let out = session.execute(&handle.sql).await.map_err(to_status)?;
         Ok(Response::new(statements::encode_stream(out)))
     }
@@ -227,6 +226,7 @@ impl FlightSqlService for VeilFlightSql {
             user: session.user().to_string(),
             sql: query.query,
             params: None,
+            project: session.project().map(str::to_string),
         };
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: self.sign_handle(&handle)?.into(),
@@ -298,9 +298,12 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetCatalogs,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.session(request.metadata())?;
+        let (_, session) = self.session(request.metadata())?;
         let mut b = cmd.into_builder();
         b.append(veil_engine::catalog::CATALOG);
+        for project in session.projects().map_err(to_status)? {
+            b.append(project);
+        }
         let schema = b.schema();
         let batch = b.build().map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(batch_stream(schema, batch)))

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 
 use prost::Message;
 use tonic::Status;
-use veil_engine::catalog::CATALOG;
 use veil_engine::Session;
 
 /// `SessionOptionValue`.
@@ -106,9 +105,12 @@ pub fn set(session: &mut Session, req: SetSessionOptionsRequest) -> SetSessionOp
     let mut errors = HashMap::new();
     for (name, value) in req.session_options {
         let code = match (name.as_str(), text(&value)) {
-            ("catalog", Some(c)) if c.is_empty() || c.eq_ignore_ascii_case(CATALOG) => None,
-            // Projects are catalogs; they do not exist in this version yet.
-            ("catalog", _) => Some(INVALID_VALUE),
+            // Projects are catalogs: `veil` or empty leaves the project.
+            ("catalog", Some(c)) => session.use_project(Some(c)).err().map(|e| {
+                tracing::info!("catalog option refused: {e}");
+                INVALID_VALUE
+            }),
+            ("catalog", None) => Some(INVALID_VALUE),
             ("veil.impersonate", Some(user)) => session
                 .impersonate(Some(user).filter(|u| !u.is_empty()))
                 .err()
@@ -128,7 +130,8 @@ pub fn get(session: &Session) -> GetSessionOptionsResult {
     let string = |s: &str| SessionOptionValue {
         option_value: Some(OptionValue::StringValue(s.to_string())),
     };
-    let mut session_options = HashMap::from([("catalog".to_string(), string(CATALOG))]);
+    let mut session_options =
+        HashMap::from([("catalog".to_string(), string(session.catalog_name()))]);
     if let Some(u) = session.impersonated() {
         session_options.insert("veil.impersonate".into(), string(u));
     }

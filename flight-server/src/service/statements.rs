@@ -1,9 +1,10 @@
 //! Statements and prepared statements: FlightInfo, tickets, DoGet, DoPut.
 //!
 //! Tickets and prepared handles are signed, self-contained and expiring.
-//! They carry the session, the user, the SQL, bound parameters and the
-//! policy version seen at planning; at DoGet the caller must be that user,
-//! and the statement is planned again so the policies in force now apply.
+//! They carry the session, the user, the SQL, bound parameters, the project
+//! and the policy version seen at planning; at DoGet the caller must be that
+//! user, still a member of that project, and the statement is planned again
+//! so the policies in force now apply.
 //! Governance statements run at GetFlightInfo (the client may never call
 //! DoGet); their rows travel inside the ticket.
 
@@ -46,6 +47,9 @@ pub struct Handle {
     pub sql: String,
     /// Bound parameters (Arrow IPC stream, base64), if any.
     pub params: Option<String>,
+    /// The project the statement was prepared in; it runs there (after the
+    /// membership check) whatever the session does meanwhile.
+    pub project: Option<String>,
 }
 
 /// A ticket's content.
@@ -53,6 +57,8 @@ pub struct Handle {
 struct TicketBody {
     handle: Handle,
     impersonated: Option<String>,
+    /// The project the statement was planned in (re-checked at DoGet).
+    project: Option<String>,
     policy_version: u64,
     /// Precomputed rows (governance statements), Arrow IPC stream, base64.
     results: Option<String>,
@@ -115,6 +121,15 @@ fn decode_params(params: &Option<String>) -> Result<Option<ParamValues>, Status>
     }
 }
 
+/// Puts the session in `project` (checking membership again) unless it is
+/// there already.
+pub(super) fn enter(session: &mut Session, project: Option<&str>) -> Result<(), Status> {
+    if session.project() != project {
+        session.use_project(project).map_err(to_status)?;
+    }
+    Ok(())
+}
+
 impl VeilFlightSql {
     /// Plans or (governance) runs a handle and returns its FlightInfo.
     pub(super) async fn flight_info(
@@ -125,6 +140,7 @@ impl VeilFlightSql {
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo, Status> {
         let version = self.engine.snapshot().map_err(to_status)?.version;
+        enter(&mut session, handle.project.as_deref())?;
         let params = decode_params(&handle.params)?;
         let (prepared, _) = session.prepare(&handle.sql).await.map_err(to_status)?;
         // Governance statements and SET have no result schema: run them now.
@@ -143,6 +159,7 @@ impl VeilFlightSql {
         let body = TicketBody {
             handle,
             impersonated: session.impersonated().map(str::to_string),
+            project: session.project().map(str::to_string),
             policy_version: version,
             results,
         };
@@ -184,6 +201,7 @@ impl VeilFlightSql {
                 .impersonate(body.impersonated.as_deref())
                 .map_err(to_status)?;
         }
+        enter(&mut session, body.project.as_deref())?;
         let params = decode_params(&body.handle.params)?;
         let out = session
             .execute_with_params(&body.handle.sql, params)
