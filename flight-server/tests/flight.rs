@@ -3,80 +3,22 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../testdata/slt/harness.rs"]
-mod harness;
+mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::sql::{CommandGetTables, ProstMessageExt, TicketStatementQuery};
-use arrow_flight::{FlightInfo, Ticket};
+use arrow_flight::Ticket;
 use async_trait::async_trait;
+use common::harness::{self, Connector, Persona};
+use common::{client, code_of, fetch, start};
 use datafusion::arrow::array::RecordBatch;
 use futures::TryStreamExt;
-use harness::{Connector, Persona};
 use prost::Message;
 use tonic::transport::Channel;
 use tonic::Code;
-use veil_engine::Engine;
-use veil_flight_server::ServeHandle;
-
-struct Server {
-    _dir: tempfile::TempDir,
-    handle: ServeHandle,
-}
-
-async fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let engine = Engine::open(dir.path(), &root).unwrap();
-    engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
-    let mut admin = engine.session("admin");
-    let script = std::fs::read_to_string(root.join("testdata/demo/setup.sql")).unwrap();
-    veil_engine::statement::apply_script(&mut admin, &script)
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let handle = veil_flight_server::serve(engine, listener).unwrap();
-    Server { _dir: dir, handle }
-}
-
-async fn client(
-    addr: SocketAddr,
-    user: &str,
-    password: &str,
-) -> Result<FlightSqlServiceClient<Channel>, String> {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
-        .connect()
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut c = FlightSqlServiceClient::new(channel);
-    c.handshake(user, password)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(c)
-}
-
-async fn fetch(
-    c: &mut FlightSqlServiceClient<Channel>,
-    info: FlightInfo,
-) -> Result<Vec<RecordBatch>, String> {
-    let mut out = vec![];
-    for ep in info.endpoint {
-        let ticket = ep.ticket.ok_or("endpoint without ticket")?;
-        let stream = c.do_get(ticket).await.map_err(|e| e.to_string())?;
-        out.extend(
-            stream
-                .try_collect::<Vec<_>>()
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    Ok(out)
-}
 
 struct FlightPersona(FlightSqlServiceClient<Channel>);
 
@@ -110,10 +52,6 @@ async fn slt_over_flight_prepared_statements() {
     let s = start().await;
     harness::run_all(Arc::new(FlightConnector(s.handle.addr))).await;
     s.handle.shutdown().await.unwrap();
-}
-
-fn code_of(e: impl std::fmt::Display) -> String {
-    e.to_string()
 }
 
 #[tokio::test]

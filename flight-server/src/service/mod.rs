@@ -6,7 +6,7 @@
 //! metadata in `metadata`.
 
 mod metadata;
-mod session_options;
+pub mod session_options;
 mod statements;
 
 use std::pin::Pin;

@@ -1,0 +1,79 @@
+//! What the Flight SQL test binaries share: a demo server on a real socket,
+//! logged-in Rust Flight SQL clients, fetching a FlightInfo's rows.
+
+#![allow(clippy::unwrap_used, dead_code, missing_docs)]
+
+#[path = "../../../testdata/slt/harness.rs"]
+pub mod harness;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::FlightInfo;
+use datafusion::arrow::array::RecordBatch;
+use futures::TryStreamExt;
+use tonic::transport::Channel;
+use veil_engine::Engine;
+use veil_flight_server::ServeHandle;
+
+/// A running demo server; dropped with its data directory.
+pub struct Server {
+    pub _dir: tempfile::TempDir,
+    pub handle: ServeHandle,
+}
+
+pub async fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let engine = Engine::open(dir.path(), &root).unwrap();
+    engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
+    let mut admin = engine.session("admin");
+    let script = std::fs::read_to_string(root.join("testdata/demo/setup.sql")).unwrap();
+    veil_engine::statement::apply_script(&mut admin, &script)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let handle = veil_flight_server::serve(engine, listener).unwrap();
+    Server { _dir: dir, handle }
+}
+
+pub async fn client(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+) -> Result<FlightSqlServiceClient<Channel>, String> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut c = FlightSqlServiceClient::new(channel);
+    c.handshake(user, password)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+pub async fn fetch(
+    c: &mut FlightSqlServiceClient<Channel>,
+    info: FlightInfo,
+) -> Result<Vec<RecordBatch>, String> {
+    let mut out = vec![];
+    for ep in info.endpoint {
+        let ticket = ep.ticket.ok_or("endpoint without ticket")?;
+        let stream = c.do_get(ticket).await.map_err(|e| e.to_string())?;
+        out.extend(
+            stream
+                .try_collect::<Vec<_>>()
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(out)
+}
+
+/// The text of an error (status code and message).
+pub fn code_of(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
