@@ -2,26 +2,12 @@
 
 import warnings
 
-import adbc_driver_flightsql.dbapi as flight_sql
 import adbc_driver_manager
 import polars as pl
 import pytest
+from helpers import connect, rows
 
 warnings.filterwarnings("ignore", message="Cannot disable autocommit")
-
-
-def connect(uri, user, password=None):
-    return flight_sql.connect(
-        uri,
-        db_kwargs={"username": user, "password": password or f"{user}-pw"},
-        autocommit=True,
-    )
-
-
-def rows(conn, sql, params=None):
-    with conn.cursor() as cur:
-        cur.execute(sql, parameters=params)
-        return cur.fetchall()
 
 
 def test_wrong_password_is_unauthenticated(server):
