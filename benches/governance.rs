@@ -81,14 +81,13 @@ fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tmp");
     let engine = Engine::open(dir.path(), &root()).expect("engine");
     engine.bootstrap_admin(Some("pw".into())).expect("admin");
-    let script = std::fs::read_to_string(root().join("testdata/demo/setup.sql")).expect("setup");
     let lc = dir.path().join("lc.parquet");
     write_low_cardinality(&lc, 6_000_000);
     rt.block_on(async {
-        let mut admin = engine.session("admin");
-        veil_engine::statement::apply_script(&mut admin, &script)
+        veil_engine::statement::load_demo(&engine)
             .await
             .expect("setup");
+        let mut admin = engine.session("admin");
         for stmt in [
             format!(
                 "CREATE DATA SOURCE bench.lc FROM PARQUET '{}'",

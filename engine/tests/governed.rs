@@ -17,11 +17,7 @@ async fn demo() -> (tempfile::TempDir, Arc<Engine>) {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(dir.path(), &repo_root()).unwrap();
     engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
-    let mut admin = engine.session("admin");
-    let script = std::fs::read_to_string(repo_root().join("testdata/demo/setup.sql")).unwrap();
-    veil_engine::statement::apply_script(&mut admin, &script)
-        .await
-        .unwrap();
+    veil_engine::statement::load_demo(&engine).await.unwrap();
     (dir, engine)
 }
 

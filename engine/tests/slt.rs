@@ -45,11 +45,7 @@ async fn slt_in_process() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let engine = Engine::open(dir.path(), &root).unwrap();
     engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
-    let mut admin = engine.session("admin");
-    let script = std::fs::read_to_string(root.join("testdata/demo/setup.sql")).unwrap();
-    veil_engine::statement::apply_script(&mut admin, &script)
-        .await
-        .unwrap();
+    veil_engine::statement::load_demo(&engine).await.unwrap();
     // The leak tests hold with Parquet filter pushdown and reordering on and
     // off, 1 and 4 partitions, batch sizes 1 and 8192.
     for pushdown in ["false", "true"] {

@@ -63,7 +63,7 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 /// Where the repository's testdata/ is: the working directory, else the source tree.
 fn demo_root() -> PathBuf {
     let cwd = PathBuf::from(".");
-    if cwd.join("testdata/demo/setup.sql").exists() {
+    if cwd.join(veil_engine::statement::DEMO_SCRIPT).exists() {
         return cwd;
     }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -139,10 +139,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             };
             let engine = open_engine(&config.data_dir, &base)?;
             if demo {
-                let script = std::fs::read_to_string(base.join("testdata/demo/setup.sql"))
+                let (applied, skipped) = veil_engine::statement::load_demo(&engine)
+                    .await
                     .map_err(|e| format!("demo setup: {e}"))?;
-                let (applied, skipped) =
-                    apply_script(&mut engine.session("admin"), &script).await?;
                 println!("demo loaded ({applied} statements applied, {skipped} already present)");
             }
             let listener = tokio::net::TcpListener::bind(config.listen)
@@ -157,7 +156,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                      cur = c.cursor(); cur.execute('SELECT * FROM hr.employees LIMIT 5'); print(cur.fetch_arrow_table())\"",
                     handle.addr
                 );
-                println!("demo users: alice/alice-pw (hr), bob/bob-pw (US analyst), carol/carol-pw (EU analyst), dave/dave-pw (contractor)");
+                println!(
+                    "demo users: alice/alice-pw (hr), bob/bob-pw (US analyst), carol/carol-pw (EU analyst), \
+                     dave/dave-pw (contractor), sally/sally-pw (hr, creates projects), pam/pam-pw (approves purposes)"
+                );
             }
             let _ = std::io::stdout().flush();
             shutdown_signal().await;

@@ -38,6 +38,21 @@ pub async fn apply_script(
     Ok((applied, skipped))
 }
 
+/// The demo governance script, relative to the repository root.
+pub const DEMO_SCRIPT: &str = "testdata/demo/setup.sql";
+
+/// Applies the demo script (`testdata/demo/setup.sql` under the engine's
+/// base directory) as `admin`; returns (applied, skipped).
+pub async fn load_demo(
+    engine: &std::sync::Arc<crate::Engine>,
+) -> crate::error::Result<(usize, usize)> {
+    let path = engine.base_dir().join(DEMO_SCRIPT);
+    let script = std::fs::read_to_string(&path).map_err(|e| {
+        crate::VeilError::InvalidArgument(format!("demo script {}: {e}", path.display()))
+    })?;
+    apply_script(&mut engine.session("admin"), &script).await
+}
+
 /// Splits a script into statements at top-level semicolons (string
 /// literals and comments respected); empty statements are dropped.
 pub fn split_script(script: &str) -> crate::error::Result<Vec<String>> {

@@ -28,11 +28,7 @@ pub async fn start() -> Server {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let engine = Engine::open(dir.path(), &root).unwrap();
     engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
-    let mut admin = engine.session("admin");
-    let script = std::fs::read_to_string(root.join("testdata/demo/setup.sql")).unwrap();
-    veil_engine::statement::apply_script(&mut admin, &script)
-        .await
-        .unwrap();
+    veil_engine::statement::load_demo(&engine).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let handle = veil_flight_server::serve(engine, listener).unwrap();
     Server { _dir: dir, handle }
