@@ -161,6 +161,13 @@ async fn the_project_is_set_by_header_by_session_option_and_by_use_project() {
     // USE PROJECT through the statement path.
     run(&mut bob, "USE PROJECT audit3").await.unwrap();
     assert_eq!(tables(&mut bob).await, in_project);
+    let listed: Vec<String> = run(&mut bob, "SHOW DATA SOURCES")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(listed, ["payments.cards", "sales.transactions"]);
 
     // Non-members are refused on every path.
     let mut carol = client(s.handle.addr, "carol", "carol-pw").await.unwrap();

@@ -666,7 +666,15 @@ fn plan(
             let all = c.has(Permission::Governance)?;
             let principal = c.session.principal(&c.snapshot)?;
             let mut rows = Vec::new();
+            // Inside a project only its sources exist, for everyone.
+            let scope = match c.session.project() {
+                Some(p) => c.snapshot.projects.get(p).map(|p| &p.sources),
+                None => None,
+            };
             for s in c.snapshot.sources.values() {
+                if scope.is_some_and(|sources| !sources.contains_key(&s.full_name())) {
+                    continue;
+                }
                 if !all && crate::policy::subscription(&principal, s)?.is_err() {
                     continue;
                 }

@@ -266,6 +266,7 @@ impl FlightSqlService for VeilFlightSql {
     ) -> Result<i64, Status> {
         let (sid, mut session) = self.session(request.metadata())?;
         let handle = self.open_handle(&session, &cmd.prepared_statement_handle)?;
+        statements::enter(&mut session, handle.project.as_deref())?;
         let (_, batches) = Self::read_batches(request).await?;
         let n = self.run_update(&mut session, &handle.sql, &batches).await?;
         self.sessions.store(&sid, session);
