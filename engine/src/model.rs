@@ -340,6 +340,24 @@ pub struct CatalogSnapshot {
     pub purposes: BTreeMap<String, crate::project::Purpose>,
     /// Projects by name.
     pub projects: BTreeMap<String, crate::project::Project>,
+    /// Server-wide settings (key versions).
+    pub settings: Settings,
+}
+
+/// Server-wide settings kept in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Current version of the per-(source, column) mask keys; `ROTATE KEYS`
+    /// makes the next one current.
+    pub column_key_version: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            column_key_version: 1,
+        }
+    }
 }
 
 impl CatalogSnapshot {

@@ -224,8 +224,16 @@ pub struct Project {
     pub purposes: BTreeMap<String, ProjectPurpose>,
     /// Equalization; None when off.
     pub equalization: Option<Equalization>,
-    /// Masked joins (issue 4 gives them their keys); off until then.
+    /// Masked joins: HASH and ENCRYPT use the project's key on every project
+    /// source, so masked keys join inside the project (and only there).
     pub masked_joins: bool,
+    /// Current version of the project's join key (`ROTATE KEYS FOR PROJECT`).
+    #[serde(default = "first_version")]
+    pub key_version: u32,
+}
+
+fn first_version() -> u32 {
+    1
 }
 
 impl Project {
@@ -502,6 +510,7 @@ mod tests {
                 .collect(),
             equalization: None,
             masked_joins: false,
+            key_version: 1,
         }
     }
 

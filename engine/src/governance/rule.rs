@@ -204,7 +204,14 @@ impl GovernanceContext {
         let Some(mask) = decision.mask_of(field.name()) else {
             return Ok(None);
         };
-        let key = self.keys.column_key(&decision.source, field.name(), 1);
+        let key = match self.join_project() {
+            Some(p) => self.keys.project_key(&p.id, p.key_version),
+            None => self.keys.column_key(
+                &decision.source,
+                field.name(),
+                self.snapshot.settings.column_key_version,
+            ),
+        };
         let spec = mask_spec(&mask.method, key).map_err(|e| policy_failure(&mask.policy, e))?;
         let udf = mask_udf(spec).map_err(|e| policy_failure(&mask.policy, e))?;
         let output = udf
@@ -235,6 +242,12 @@ impl GovernanceContext {
             fields,
             raw.metadata().clone(),
         )))
+    }
+
+    /// The statement's project when it has masked joins on.
+    fn join_project(&self) -> Option<&crate::project::Project> {
+        let p = self.snapshot.projects.get(self.project.as_deref()?)?;
+        p.masked_joins.then_some(p)
     }
 
     fn ctx_source(&self, table: &GovernedTable) -> Result<&crate::model::DataSource> {

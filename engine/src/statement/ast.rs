@@ -133,6 +133,10 @@ pub enum GovStatement {
         project: Option<String>,
     },
     ShowProjects,
+    /// `ROTATE KEYS` (column keys) or `ROTATE KEYS FOR PROJECT p`.
+    RotateKeys {
+        project: Option<String>,
+    },
     DescribeProject {
         name: String,
     },
@@ -161,4 +165,5 @@ pub enum ProjectAction {
     SetEntitlementsRecommended,
     /// `SET EQUALIZED ENTITLEMENTS (<condition>)`.
     SetEntitlements(String),
+    SetMaskedJoins(bool),
 }

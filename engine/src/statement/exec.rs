@@ -847,6 +847,7 @@ fn plan(
         | GovStatement::AcknowledgePurpose { .. }
         | GovStatement::UseProject { .. }
         | GovStatement::ShowProjects
+        | GovStatement::RotateKeys { .. }
         | GovStatement::DescribeProject { .. }) => super::projects::plan(c, s),
         GovStatement::NotYetSupported { statement, feature } => Err(VeilError::InvalidArgument(
             format!("'{statement}': {feature} are not supported by this version of Veil yet"),

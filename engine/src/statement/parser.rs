@@ -114,9 +114,9 @@ impl<'a> P<'a> {
     }
 
     /// The body of `ALTER PROJECT p ...` after the project name.
-    fn project_action(&mut self) -> Result<Option<ProjectAction>> {
+    fn project_action(&mut self) -> Result<ProjectAction> {
         use ProjectAction::*;
-        Ok(Some(if self.words(&["ADD", "MEMBER"]) {
+        Ok(if self.words(&["ADD", "MEMBER"]) {
             AddMember(self.ident()?)
         } else if self.words(&["REMOVE", "MEMBER"]) {
             RemoveMember(self.ident()?)
@@ -143,15 +143,14 @@ impl<'a> P<'a> {
                 SetEntitlements(self.condition()?)
             }
         } else if self.words(&["SET", "MASKED", "JOINS"]) {
-            self.on_off()?;
-            return Ok(None);
+            SetMaskedJoins(self.on_off()?)
         } else {
             return self.err(
                 "expected ADD/REMOVE MEMBER, ADD/REMOVE OWNER, ADD/REMOVE DATA SOURCE, \
                  ADD/REMOVE PURPOSE, SET DOCUMENTATION, SET EQUALIZATION, \
                  SET EQUALIZED ENTITLEMENTS or SET MASKED JOINS",
             );
-        }))
+        })
     }
 
     fn string(&mut self) -> Result<String> {
@@ -568,9 +567,7 @@ pub fn parse(sql: &str) -> Result<Option<GovStatement>> {
             p.word("EXPLAIN");
             p.words(&["ALTER", "PROJECT"]);
             let project = p.project()?;
-            let Some(action) = p.project_action()? else {
-                return not_yet("masked joins");
-            };
+            let action = p.project_action()?;
             if explain {
                 GovStatement::ExplainAlterProject { project, action }
             } else {
@@ -601,6 +598,15 @@ pub fn parse(sql: &str) -> Result<Option<GovStatement>> {
                 Some(p.project()?)
             };
             GovStatement::UseProject { project }
+        }
+        ("ROTATE", "KEYS") => {
+            p.words(&["ROTATE", "KEYS"]);
+            let project = if p.words(&["FOR", "PROJECT"]) {
+                Some(p.project()?)
+            } else {
+                None
+            };
+            GovStatement::RotateKeys { project }
         }
         ("SHOW", "PROJECTS") => {
             p.words(&["SHOW", "PROJECTS"]);
@@ -699,10 +705,23 @@ mod tests {
             .unwrap()
             .is_none());
         assert!(parse("CREATE PROJECT veil").is_err());
-        assert!(matches!(
+        assert_eq!(
             ok("ALTER PROJECT fraud SET MASKED JOINS ON"),
-            GovStatement::NotYetSupported { .. }
-        ));
+            GovStatement::AlterProject {
+                project: "fraud".into(),
+                action: ProjectAction::SetMaskedJoins(true),
+            }
+        );
+        assert_eq!(
+            ok("ROTATE KEYS FOR PROJECT fraud"),
+            GovStatement::RotateKeys {
+                project: Some("fraud".into())
+            }
+        );
+        assert_eq!(
+            ok("ROTATE KEYS"),
+            GovStatement::RotateKeys { project: None }
+        );
     }
 
     #[test]

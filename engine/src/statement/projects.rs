@@ -197,6 +197,7 @@ pub(super) fn plan(c: &Ctx<'_>, stmt: GovStatement) -> Result<Outcome> {
                 purposes: BTreeMap::new(),
                 equalization: None,
                 masked_joins: false,
+                key_version: 1,
             };
             change(
                 vec![Change::PutProject(project)],
@@ -357,6 +358,32 @@ pub(super) fn plan(c: &Ctx<'_>, stmt: GovStatement) -> Result<Outcome> {
             }
             Ok(Outcome::Rows(describe(&c.snapshot, p)?))
         }
+        GovStatement::RotateKeys { project: None } => {
+            c.require(Permission::ApplicationAdmin, "rotate the column keys")?;
+            let mut settings = c.snapshot.settings.clone();
+            settings.column_key_version += 1;
+            let v = settings.column_key_version;
+            change(
+                vec![Change::PutSettings(settings)],
+                c.audit("RotateKeys", "column keys", json!({"version": v})),
+                format!("column keys rotated to version {v}"),
+            )
+        }
+        GovStatement::RotateKeys {
+            project: Some(name),
+        } => {
+            let mut p = c.project(&name)?.clone();
+            if !c.has(Permission::ApplicationAdmin)? {
+                c.require_project_owner(&p, &format!("rotate the key of project {name}"))?;
+            }
+            p.key_version += 1;
+            let v = p.key_version;
+            change(
+                vec![Change::PutProject(p)],
+                c.audit("RotateKeys", &name, json!({"project": name, "version": v})),
+                format!("key of project {name} rotated to version {v}"),
+            )
+        }
         other => Err(VeilError::Internal(format!(
             "not a project statement: {other:?}"
         ))),
@@ -498,6 +525,13 @@ fn alter(
                 )));
             }
             format!("purpose '{x}' removed from project {name}")
+        }
+        SetMaskedJoins(on) => {
+            p.masked_joins = *on;
+            format!(
+                "masked joins {} for project {name}",
+                if *on { "ON" } else { "OFF" }
+            )
         }
         SetDocumentation(text) => {
             p.documentation = Some(text.clone());
@@ -670,7 +704,7 @@ fn describe(snapshot: &CatalogSnapshot, p: &Project) -> Result<crate::engine::Qu
         "masked joins".into(),
         if p.masked_joins { "ON" } else { "OFF" }.into(),
         String::new(),
-        String::new(),
+        format!("join key version {}", p.key_version),
     ]);
     utf8_batch(&["kind", "name", "state", "detail"], rows)
 }

@@ -37,6 +37,8 @@ pub enum Change {
     PutProject(Project),
     /// Remove a project.
     DeleteProject(String),
+    /// Replace the server-wide settings.
+    PutSettings(crate::model::Settings),
 }
 
 /// One audit record as the engine hands it to the store.

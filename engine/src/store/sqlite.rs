@@ -41,6 +41,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE purposes (name TEXT PRIMARY KEY, body TEXT NOT NULL);
     CREATE TABLE projects (name TEXT PRIMARY KEY, body TEXT NOT NULL);
 "#,
+    r#"
+    CREATE TABLE settings (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+"#,
 ];
 
 /// The embedded catalog store.
@@ -203,6 +206,9 @@ impl CatalogStore for SqliteStore {
             snap.projects
                 .insert(name.clone(), unjson("projects", &name, &body)?);
         }
+        if let Some((name, body)) = rows("settings")?.into_iter().find(|(n, _)| n == "server") {
+            snap.settings = unjson("settings", &name, &body)?;
+        }
         Ok(snap)
     }
 
@@ -222,6 +228,7 @@ impl CatalogStore for SqliteStore {
                 Change::DeletePurpose(n) => ("purposes", n.clone(), None),
                 Change::PutProject(p) => ("projects", p.name.clone(), Some(json(p)?)),
                 Change::DeleteProject(n) => ("projects", n.clone(), None),
+                Change::PutSettings(s) => ("settings", "server".to_string(), Some(json(s)?)),
             };
             match body {
                 Some(body) => tx.execute(
