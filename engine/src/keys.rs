@@ -119,6 +119,11 @@ mod tests {
         let m = MasterKey::from_bytes([7; 32]);
         assert_eq!(m.derive("a"), m.derive("a"));
         assert_ne!(m.derive("a"), m.derive("b"));
+        assert_ne!(
+            m.derive("veil/mask/project:aa/v1"),
+            m.derive("veil/mask/project:aa/v2"),
+            "a new version is a new key"
+        );
         let p1 = m.project_key("aa", 1);
         assert_ne!(p1, m.project_key("bb", 1));
         assert_ne!(p1, m.project_key("aa", 2));

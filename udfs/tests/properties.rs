@@ -197,6 +197,66 @@ proptest! {
     }
 
     #[test]
+    // Key versions are separate key bytes (HKDF info carries the version;
+    // engine/src/keys.rs), so two versions are two keys here.
+    fn tokens_of_two_keys_never_intersect(
+        values in prop::collection::btree_set("[a-z0-9]{0,12}", 1..60),
+        ints in prop::collection::btree_set(any::<i64>(), 1..60),
+        a in any::<[u8; 32]>(),
+        b in any::<[u8; 32]>(),
+    ) {
+        prop_assume!(a != b);
+        let k = |bytes: [u8; 32], version: u32| MaskKey::new(KeyHandle { id: "project:x".into(), version }, bytes);
+        let keys = [k(a, 1), k(b, 2)];
+        let strings: Vec<String> = values.into_iter().collect();
+        let ints: Vec<i64> = ints.into_iter().collect();
+        for method in [MaskSpec::Hash as fn(MaskKey) -> MaskSpec, MaskSpec::Encrypt] {
+            let mut seen: Vec<std::collections::BTreeSet<String>> = vec![];
+            for key in &keys {
+                let udf = mask_udf(method(key.clone())).unwrap();
+                let s = texts(&invoke(&udf, Arc::new(StringArray::from(strings.clone()))));
+                let again = texts(&invoke(&udf, Arc::new(StringArray::from(strings.clone()))));
+                prop_assert_eq!(&s, &again, "deterministic per key and version");
+                let i = invoke(&udf, Arc::new(Int64Array::from(ints.clone())));
+                let i = datafusion::arrow::compute::cast(&i, &datafusion::arrow::datatypes::DataType::Utf8).unwrap();
+                let set: std::collections::BTreeSet<String> = s.into_iter().chain(texts(&i)).flatten().collect();
+                prop_assert_eq!(set.len(), strings.len() + ints.len(), "no collision inside one key");
+                for other in &seen {
+                    prop_assert!(set.is_disjoint(other), "two keys share a token");
+                }
+                seen.push(set);
+            }
+        }
+    }
+
+    #[test]
+    fn equal_plaintexts_of_different_types_never_collide(n in -1_000_000i32..1_000_000) {
+        use datafusion::arrow::array::{Date32Array, Int32Array};
+        for method in [MaskSpec::Hash as fn(MaskKey) -> MaskSpec, MaskSpec::Encrypt] {
+            let udf = mask_udf(method(key("k", 9))).unwrap();
+            let as_text = |a: ArrayRef| {
+                let out = invoke(&udf, a);
+                let out = datafusion::arrow::compute::cast(&out, &datafusion::arrow::datatypes::DataType::Utf8).unwrap();
+                texts(&out)[0].clone()
+            };
+            let date = Date32Array::from(vec![n]);
+            let date_text = datafusion::arrow::util::display::ArrayFormatter::try_new(&date, &Default::default())
+                .unwrap().value(0).to_string();
+            let tokens = [
+                as_text(Arc::new(Int32Array::from(vec![n]))),
+                as_text(Arc::new(StringArray::from(vec![n.to_string()]))),
+                as_text(Arc::new(date)),
+                as_text(Arc::new(StringArray::from(vec![date_text]))),
+            ];
+            for i in 0..tokens.len() {
+                for j in i + 1..tokens.len() {
+                    prop_assert_ne!(&tokens[i], &tokens[j], "types {} and {} collide", i, j);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn round_is_floor_of_width(values in prop::collection::vec(prop::option::of(-1_000_000i64..1_000_000), 0..50), width in 1i64..5000) {
         let udf = mask_udf(MaskSpec::Round(width as f64)).unwrap();
         let out = invoke(&udf, Arc::new(Int64Array::from(values.clone())));

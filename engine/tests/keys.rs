@@ -1,0 +1,296 @@
+//! Keys: tokens survive a restart, rotation changes them on both sides of a
+//! masked join alike, and no key byte ever appears in an EXPLAIN of any
+//! form, an error, a debug log line, an audit record or the catalog file.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use veil_engine::keys::MasterKey;
+use veil_engine::{Engine, Session};
+
+fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+async fn text(s: &mut Session, sql: &str) -> String {
+    let batches = match s.execute(sql).await {
+        Ok(out) => match out.collect().await {
+            Ok(b) => b,
+            Err(e) => return e.to_string(),
+        },
+        Err(e) => return e.to_string(),
+    };
+    let opts = FormatOptions::default().with_null("NULL");
+    let mut out = String::new();
+    for b in &batches {
+        for c in b.columns() {
+            let f = ArrayFormatter::try_new(c.as_ref(), &opts).unwrap();
+            for r in 0..b.num_rows() {
+                out.push_str(&f.value(r).to_string());
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+async fn run(s: &mut Session, sql: &str) {
+    s.execute(sql).await.unwrap().collect().await.unwrap();
+}
+
+/// A demo engine in `dir` where card_id is HASHed for analysts on both
+/// sides of the transactions-cards join, and project `joins` (masked joins
+/// ON) holds both sources with carol as a member.
+async fn open(dir: &Path, fresh: bool) -> Arc<Engine> {
+    let engine = Engine::open(dir, root()).unwrap();
+    if fresh {
+        engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
+        veil_engine::statement::load_demo(&engine).await.unwrap();
+        let mut admin = engine.session("admin");
+        for sql in [
+            "ALTER DATA SOURCE sales.transactions TAG COLUMN card_id WITH ('Join.Card')",
+            "ALTER DATA SOURCE payments.cards TAG COLUMN card_id WITH ('Join.Card')",
+            "CREATE MASKING POLICY card_keys ON COLUMNS TAGGED 'Join.Card' USING HASH FOR has_group('analysts')",
+            "CREATE MASKING POLICY email_enc ON hr.employees (email) USING ENCRYPT FOR has_group('analysts')",
+        ] {
+            run(&mut admin, sql).await;
+        }
+        let mut sally = engine.session("sally");
+        for sql in [
+            "CREATE PROJECT joins",
+            "ALTER PROJECT joins ADD DATA SOURCE sales.transactions",
+            "ALTER PROJECT joins ADD DATA SOURCE payments.cards",
+            "ALTER PROJECT joins ADD DATA SOURCE hr.employees",
+            "ALTER PROJECT joins ADD MEMBER carol",
+            "ALTER PROJECT joins SET MASKED JOINS ON",
+        ] {
+            run(&mut sally, sql).await;
+        }
+    }
+    engine
+}
+
+const TOKENS: &str = "SELECT card_id FROM payments.cards ORDER BY card_id LIMIT 5";
+const JOIN: &str =
+    "SELECT count(*) FROM sales.transactions t JOIN payments.cards c ON t.card_id = c.card_id";
+
+#[tokio::test]
+async fn tokens_survive_restart_and_rotation_changes_both_sides_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inside, outside) = {
+        let engine = open(dir.path(), true).await;
+        let mut carol = engine.session("carol");
+        let outside = text(&mut carol, TOKENS).await;
+        carol.use_project(Some("joins")).unwrap();
+        (text(&mut carol, TOKENS).await, outside)
+    };
+    assert_ne!(inside, outside, "project key differs from the column key");
+    let engine = open(dir.path(), false).await;
+    let mut carol = engine.session("carol");
+    assert_eq!(text(&mut carol, TOKENS).await, outside, "after restart");
+    carol.use_project(Some("joins")).unwrap();
+    assert_eq!(text(&mut carol, TOKENS).await, inside, "after restart");
+    assert_eq!(text(&mut carol, JOIN).await, "1007\n");
+    // Decryption is not a SQL function, for anyone.
+    for user in ["carol", "admin"] {
+        let e = text(
+            &mut engine.session(user),
+            "SELECT veil_decrypt(email) FROM hr.employees",
+        )
+        .await;
+        assert!(e.contains("Invalid function 'veil_decrypt'"), "{e}");
+    }
+
+    run(
+        &mut engine.session("sally"),
+        "ROTATE KEYS FOR PROJECT joins",
+    )
+    .await;
+    let rotated = text(&mut carol, TOKENS).await;
+    assert_ne!(rotated, inside, "tokens follow the project key version");
+    assert_eq!(text(&mut carol, JOIN).await, "1007\n", "both sides rotated");
+
+    run(&mut engine.session("admin"), "ROTATE KEYS").await;
+    carol.use_project(None).unwrap();
+    assert_ne!(
+        text(&mut carol, TOKENS).await,
+        outside,
+        "column keys rotated"
+    );
+    assert_eq!(text(&mut carol, JOIN).await, "0\n");
+    // The audit records the rotations, by version only.
+    let audit = engine.store().audit_records().unwrap();
+    let rotations: Vec<_> = audit
+        .iter()
+        .filter(|r| r.entry.action == "RotateKeys")
+        .map(|r| (r.entry.object.clone(), r.entry.detail.clone()))
+        .collect();
+    assert_eq!(
+        rotations,
+        vec![
+            (
+                "joins".to_string(),
+                r#"{"project":"joins","version":2}"#.to_string()
+            ),
+            ("column keys".to_string(), r#"{"version":2}"#.to_string()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn two_projects_never_share_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), true).await;
+    let mut sally = engine.session("sally");
+    for sql in [
+        "CREATE PROJECT joins2",
+        "ALTER PROJECT joins2 ADD DATA SOURCE payments.cards",
+        "ALTER PROJECT joins2 ADD MEMBER carol",
+        "ALTER PROJECT joins2 SET MASKED JOINS ON",
+    ] {
+        run(&mut sally, sql).await;
+    }
+    let all = "SELECT card_id FROM payments.cards";
+    let mut carol = engine.session("carol");
+    carol.use_project(Some("joins")).unwrap();
+    let a: std::collections::BTreeSet<String> = text(&mut carol, all)
+        .await
+        .lines()
+        .map(String::from)
+        .collect();
+    carol.use_project(Some("joins2")).unwrap();
+    let b: std::collections::BTreeSet<String> = text(&mut carol, all)
+        .await
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(a.len(), 1000);
+    assert_eq!(b.len(), 1000);
+    assert!(a.is_disjoint(&b), "tokens of two projects intersect");
+}
+
+/// Every encoding of a secret a leak could use.
+fn encodings(bytes: &[u8]) -> Vec<String> {
+    vec![
+        hex::encode(bytes),
+        hex::encode_upper(bytes),
+        STANDARD.encode(bytes),
+        STANDARD_NO_PAD.encode(bytes),
+        URL_SAFE.encode(bytes),
+        URL_SAFE_NO_PAD.encode(bytes),
+        format!("{bytes:?}"),
+    ]
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_key_byte_in_explain_errors_logs_audit_or_catalog() {
+    let logs = Captured::default();
+    let sink = logs.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || sink.clone())
+        .try_init()
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), true).await;
+    let mut seen = String::new();
+    for (user, project) in [("carol", None), ("carol", Some("joins")), ("bob", None)] {
+        let mut s = engine.session(user);
+        s.use_project(project).unwrap();
+        for sql in [
+            JOIN,
+            "EXPLAIN SELECT * FROM hr.employees e JOIN payments.cards c ON e.employee_id = c.employee_id",
+            "EXPLAIN VERBOSE SELECT email, card_id FROM hr.employees, payments.cards WHERE email = 'x'",
+            "EXPLAIN ANALYZE SELECT count(DISTINCT card_id) FROM sales.transactions",
+            "EXPLAIN FORMAT TREE SELECT email FROM hr.employees",
+            "EXPLAIN FORMAT PGJSON SELECT email FROM hr.employees",
+            "EXPLAIN FORMAT GRAPHVIZ SELECT card_id FROM payments.cards",
+            "SELECT email + 1 FROM hr.employees",
+            "SELECT CAST(email AS INT) FROM hr.employees",
+            "SELECT card_id / 0 FROM payments.cards",
+            "SELECT veil_decrypt(email) FROM hr.employees",
+            "SELECT * FROM hr.nope",
+            "SHOW POLICY INFO FOR hr.employees",
+            "CREATE MASKING POLICY bad ON hr.employees (salary) USING HASH UNLESS nope()",
+        ] {
+            seen.push_str(&text(&mut s, sql).await);
+        }
+    }
+    let mut haystacks: Vec<(&str, Vec<u8>)> =
+        vec![("results, plans and errors", seen.into_bytes())];
+    let audit: String = engine
+        .store()
+        .audit_records()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{:?}\n", r.entry))
+        .collect();
+    haystacks.push(("audit", audit.into_bytes()));
+    haystacks.push(("logs", logs.0.lock().unwrap().clone()));
+    for f in ["catalog.sqlite", "catalog.sqlite-wal"] {
+        if let Ok(bytes) = std::fs::read(dir.path().join(f)) {
+            haystacks.push((f, bytes));
+        }
+    }
+    assert!(
+        String::from_utf8_lossy(&haystacks[2].1).contains("Optimized"),
+        "debug logs were captured"
+    );
+
+    let master_hex = std::fs::read_to_string(dir.path().join("keys/master.key")).unwrap();
+    let master: [u8; 32] = hex::decode(master_hex.trim()).unwrap().try_into().unwrap();
+    let m = MasterKey::from_bytes(master);
+    let snapshot = engine.snapshot().unwrap();
+    let project = &snapshot.projects["joins"];
+    let mut secrets: Vec<(String, [u8; 32])> = vec![
+        ("master".into(), master),
+        ("signing".into(), m.signing_key()),
+        ("audit".into(), m.audit_key()),
+        (
+            "project joins v1".into(),
+            m.derive(&format!("veil/mask/project:{}/v1", project.id)),
+        ),
+    ];
+    for col in [
+        "sales.transactions.card_id",
+        "payments.cards.card_id",
+        "hr.employees.email",
+        "hr.employees.name",
+    ] {
+        secrets.push((col.into(), m.derive(&format!("veil/mask/col:{col}/v1"))));
+    }
+    for (name, secret) in &secrets {
+        for (place, hay) in &haystacks {
+            let hay_text = String::from_utf8_lossy(hay);
+            for enc in encodings(secret) {
+                assert!(!hay_text.contains(&enc), "{name} key found in {place}");
+            }
+            assert!(
+                !hay.windows(32).any(|w| w == secret),
+                "{name} key bytes found in {place}"
+            );
+        }
+    }
+}
