@@ -1,10 +1,14 @@
 //! The master key and the keys derived from it.
 //!
 //! ```text
-//! master.key (32 random bytes, 0600) or VEIL_MASTER_KEY
-//!   └─ HKDF-SHA256(info = purpose string) ─► per (source, column) mask keys,
+//! KeyProvider (default FileKeyProvider: master.key, 32 random bytes, 0600,
+//!              or VEIL_MASTER_KEY)
+//!   └─ HKDF-SHA256(info = purpose string) ─► per (source, column) mask keys, version v
+//!                                            per project join keys, version v
 //!                                            ticket signing key, audit chain key
 //! ```
+//! Versions live in the catalog (settings, projects); derived bytes are
+//! never stored anywhere.
 //! Key bytes never leave this module except inside a [`MaskKey`] handed to a
 //! UDF instance; `Debug` prints nothing secret.
 
@@ -17,6 +21,65 @@ use sha2::Sha256;
 use veil_udfs::{KeyHandle, MaskKey};
 
 use crate::error::{Result, VeilError};
+
+/// Where the root key comes from: the integration point for an external
+/// KMS (unwrap a data key there and return it). Derivation, versions and
+/// everything else stay in [`MasterKey`].
+pub trait KeyProvider: Send + Sync {
+    /// A short name for logs, e.g. `file`.
+    fn name(&self) -> &str;
+    /// The 32-byte root key.
+    fn root_key(&self) -> Result<[u8; 32]>;
+}
+
+/// The default provider: `VEIL_MASTER_KEY` (64 hex chars) when set, else
+/// `<data_dir>/keys/master.key`, created 0600 with 32 random bytes.
+#[derive(Debug, Clone)]
+pub struct FileKeyProvider {
+    data_dir: std::path::PathBuf,
+}
+
+impl FileKeyProvider {
+    /// The provider of a data directory.
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+}
+
+impl KeyProvider for FileKeyProvider {
+    fn name(&self) -> &str {
+        "file"
+    }
+
+    fn root_key(&self) -> Result<[u8; 32]> {
+        if let Ok(text) = std::env::var("VEIL_MASTER_KEY") {
+            return parse_hex_key(&text, "VEIL_MASTER_KEY");
+        }
+        let dir = self.data_dir.join("keys");
+        let path = dir.join("master.key");
+        let io = |e: std::io::Error| VeilError::Internal(format!("{}: {e}", path.display()));
+        if path.exists() {
+            let text = std::fs::read_to_string(&path).map_err(io)?;
+            return parse_hex_key(&text, "keys/master.key");
+        }
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut file = opts.open(&path).map_err(io)?;
+        file.write_all(hex::encode(bytes).as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        Ok(bytes)
+    }
+}
 
 /// The root secret. Everything else is derived from it.
 #[derive(Clone)]
@@ -44,32 +107,15 @@ impl MasterKey {
     }
 
     /// `VEIL_MASTER_KEY` (hex) when set, else `<data_dir>/keys/master.key`,
-    /// created with 32 random bytes and mode 0600 when missing.
+    /// created with 32 random bytes and mode 0600 when missing
+    /// ([`FileKeyProvider`]).
     pub fn load_or_create(data_dir: &Path) -> Result<Self> {
-        if let Ok(text) = std::env::var("VEIL_MASTER_KEY") {
-            return Ok(Self(parse_hex_key(&text, "VEIL_MASTER_KEY")?));
-        }
-        let dir = data_dir.join("keys");
-        let path = dir.join("master.key");
-        let io = |e: std::io::Error| VeilError::Internal(format!("{}: {e}", path.display()));
-        if path.exists() {
-            let text = std::fs::read_to_string(&path).map_err(io)?;
-            return Ok(Self(parse_hex_key(&text, "keys/master.key")?));
-        }
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        let mut bytes = [0u8; 32];
-        rand::rng().fill_bytes(&mut bytes);
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut file = opts.open(&path).map_err(io)?;
-        file.write_all(hex::encode(bytes).as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        Ok(Self(bytes))
+        Self::from_provider(&FileKeyProvider::new(data_dir))
+    }
+
+    /// The root key from any provider (an external KMS, for instance).
+    pub fn from_provider(provider: &dyn KeyProvider) -> Result<Self> {
+        Ok(Self(provider.root_key()?))
     }
 
     /// Derives 32 bytes for a purpose string.
@@ -133,6 +179,22 @@ mod tests {
         assert_ne!(k1, k2);
         assert!(!format!("{k1:?}")
             .contains(&hex::encode(m.derive("veil/mask/col:hr.employees.ssn/v1"))));
+    }
+
+    struct Fixed;
+    impl KeyProvider for Fixed {
+        fn name(&self) -> &str {
+            "fixed"
+        }
+        fn root_key(&self) -> Result<[u8; 32]> {
+            Ok([9; 32])
+        }
+    }
+
+    #[test]
+    fn any_provider_roots_the_same_derivations() {
+        let a = MasterKey::from_provider(&Fixed).unwrap();
+        assert_eq!(a.derive("x"), MasterKey::from_bytes([9; 32]).derive("x"));
     }
 
     #[test]
