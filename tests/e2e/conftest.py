@@ -25,9 +25,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server():
-    data_dir = tempfile.mkdtemp(prefix="veil-e2e-")
+def start_server(data_dir):
+    """Starts `veil serve --demo` on `data_dir`; returns (process, uri)."""
     port = _free_port()
     env = dict(os.environ, VEIL_ADMIN_PASSWORD="admin-pw", VEIL_LOG="warn")
     proc = subprocess.Popen(
@@ -52,6 +51,17 @@ def server():
     else:
         proc.kill()
         raise RuntimeError("veil did not start:\n" + "".join(seen))
-    yield f"grpc://127.0.0.1:{port}"
+    return proc, f"grpc://127.0.0.1:{port}"
+
+
+def stop_server(proc):
+    """SIGTERM, and the server must exit cleanly."""
     proc.terminate()
     assert proc.wait(timeout=30) == 0, "veil must shut down cleanly on SIGTERM"
+
+
+@pytest.fixture(scope="session")
+def server():
+    proc, uri = start_server(tempfile.mkdtemp(prefix="veil-e2e-"))
+    yield uri
+    stop_server(proc)
