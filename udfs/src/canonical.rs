@@ -15,6 +15,14 @@ pub(crate) fn is_integer(t: &DataType) -> bool {
 }
 
 /// Calls `f` once per row, in order, with the row's canonical bytes or None.
+/// The canonical bytes of an integer of any width: `i` + 16-byte big-endian.
+pub(crate) fn canonical_int(v: i128) -> [u8; 17] {
+    let mut out = [0u8; 17];
+    out[0] = b'i';
+    out[1..].copy_from_slice(&v.to_be_bytes());
+    out
+}
+
 pub(crate) fn for_each_canonical<F>(array: &ArrayRef, mut f: F) -> Result<()>
 where
     F: FnMut(Option<&[u8]>) -> Result<()>,
@@ -25,12 +33,7 @@ where
             for v in array.as_primitive::<$t>().iter() {
                 match v {
                     None => f(None)?,
-                    Some(v) => {
-                        buf.clear();
-                        buf.push(b'i');
-                        buf.extend_from_slice(&(v as i128).to_be_bytes());
-                        f(Some(&buf))?
-                    }
+                    Some(v) => f(Some(&canonical_int(v as i128)))?,
                 }
             }
         }};

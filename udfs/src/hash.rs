@@ -6,43 +6,116 @@
 //! token of its canonical bytes. The keyed HMAC state is computed once, when
 //! the UDF is built, and cloned per value (no allocation per row).
 //! Low-cardinality arrays are tokenized once per distinct value by the
-//! generic adapter (see `distinct.rs`).
+//! generic adapter (see `distinct.rs`); integer tokens are also remembered
+//! across the batches of one statement (join keys repeat), up to a bound.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{ArrayRef, Int64Builder, StringBuilder};
+use datafusion::arrow::array::{ArrayRef, Int64Array, StringBuilder};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::canonical::{for_each_canonical, is_integer};
+use crate::canonical::{canonical_int, for_each_canonical, is_integer};
 use crate::error::UdfError;
 use crate::key::MaskKey;
 use crate::mask::ArrayMask;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Most integer tokens one instance remembers (about 40 MB at the cap).
+const INT_CACHE_CAP: usize = 1 << 20;
+
 /// Keyed HMAC-SHA256 mask.
-#[derive(Debug)]
 pub(crate) struct HashMask {
     key: MaskKey,
     mac: HmacSha256,
+    /// Integer tokens this instance computed: an instance lives for one
+    /// statement's plan, where join and group keys repeat across batches
+    /// (every order of a customer), so each distinct key is hashed once.
+    /// In memory only, dropped with the plan, never printed.
+    ints: Mutex<HashMap<i128, i64>>,
+}
+
+impl std::fmt::Debug for HashMask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HashMask({})", self.key.handle())
+    }
 }
 
 impl HashMask {
     pub(crate) fn new(key: MaskKey) -> Result<Self, UdfError> {
         let mac = HmacSha256::new_from_slice(key.bytes())
             .map_err(|_| UdfError::InvalidParameters(format!("key {}", key.handle())))?;
-        Ok(Self { key, mac })
+        Ok(Self {
+            key,
+            mac,
+            ints: Mutex::new(HashMap::new()),
+        })
     }
 
     fn tag(&self, canonical: &[u8]) -> [u8; 32] {
         let mut mac = self.mac.clone();
         mac.update(canonical);
         mac.finalize().into_bytes().into()
+    }
+
+    /// The Int64 token of an integer: the MAC's first 63 bits.
+    fn int_token(&self, value: i128) -> i64 {
+        let tag = self.tag(&canonical_int(value));
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&tag[..8]);
+        (u64::from_be_bytes(first) >> 1) as i64
+    }
+
+    /// Integer arrays: cached tokens first (one lock per batch), then the
+    /// misses hashed outside the lock, once per distinct value.
+    fn mask_ints(&self, input: &ArrayRef) -> Result<ArrayRef> {
+        let mut tokens: Vec<Option<i64>> = Vec::with_capacity(input.len());
+        let mut misses: Vec<(usize, i128)> = Vec::new();
+        {
+            let cache = self.ints.lock().ok();
+            for_each_canonical(input, |v| {
+                let Some(bytes) = v else {
+                    tokens.push(None);
+                    return Ok(());
+                };
+                let value = bytes
+                    .get(1..17)
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                    .map(i128::from_be_bytes)
+                    .ok_or_else(|| {
+                        datafusion::error::DataFusionError::Internal(
+                            "integer canonical form is 17 bytes".into(),
+                        )
+                    })?;
+                match cache.as_ref().and_then(|c| c.get(&value)) {
+                    Some(t) => tokens.push(Some(*t)),
+                    None => {
+                        misses.push((tokens.len(), value));
+                        tokens.push(None);
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        if !misses.is_empty() {
+            let mut fresh: HashMap<i128, i64> = HashMap::with_capacity(misses.len());
+            for (row, value) in misses {
+                let token = *fresh.entry(value).or_insert_with(|| self.int_token(value));
+                tokens[row] = Some(token);
+            }
+            if let Ok(mut cache) = self.ints.lock() {
+                if cache.len() < INT_CACHE_CAP {
+                    cache.extend(fresh);
+                }
+            }
+        }
+        Ok(Arc::new(Int64Array::from(tokens)))
     }
 }
 
@@ -82,20 +155,7 @@ impl ArrayMask for HashMask {
     fn mask(&self, input: &ArrayRef) -> Result<ArrayRef> {
         let len = input.len();
         if is_integer(input.data_type()) {
-            let mut out = Int64Builder::with_capacity(len);
-            for_each_canonical(input, |v| {
-                match v {
-                    None => out.append_null(),
-                    Some(bytes) => {
-                        let tag = self.tag(bytes);
-                        let mut first = [0u8; 8];
-                        first.copy_from_slice(&tag[..8]);
-                        out.append_value((u64::from_be_bytes(first) >> 1) as i64)
-                    }
-                }
-                Ok(())
-            })?;
-            return Ok(Arc::new(out.finish()));
+            return self.mask_ints(input);
         }
         let mut out = StringBuilder::with_capacity(len, len * 32);
         let mut text = [0u8; 32];

@@ -185,6 +185,11 @@ proptest! {
         let udf = mask_udf(MaskSpec::Hash(key("k", 1))).unwrap();
         let values: Vec<Option<i64>> = picks.iter().map(|i| *i.get(&pool)).collect();
         let out = invoke(&udf, Arc::new(Int64Array::from(values.clone())));
+        // Tokens remembered across batches equal a fresh instance's.
+        let again = invoke(&udf, Arc::new(Int64Array::from(values.clone())));
+        let fresh = invoke(&mask_udf(MaskSpec::Hash(key("k", 1))).unwrap(), Arc::new(Int64Array::from(values.clone())));
+        prop_assert_eq!(out.as_ref(), again.as_ref());
+        prop_assert_eq!(out.as_ref(), fresh.as_ref());
         let out = out.as_primitive::<Int64Type>();
         for (i, v) in values.iter().enumerate().take(30) {
             let alone = invoke(&udf, Arc::new(Int64Array::from(vec![*v])));
