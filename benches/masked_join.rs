@@ -188,6 +188,11 @@ fn bench(c: &mut Criterion) {
             .to_string()
     );
 
+    if std::env::var_os("VEIL_BENCH_KEEP").is_some() {
+        // Keep the catalog and data for profiling by hand.
+        eprintln!("kept {}", dir.keep().display());
+        return;
+    }
     let mut g = c.benchmark_group("orders_x_customer_sf1");
     g.sample_size(10);
     g.bench_function("ungoverned", |bch| {

@@ -392,3 +392,45 @@ async fn leakproof_predicates_reach_the_scan_masked_ones_never_do() {
     // The row policy is pushed too, as a pruning hint.
     assert!(filters.contains("region = Utf8"), "{scan}");
 }
+
+#[tokio::test]
+async fn governed_scans_report_only_a_bucketed_inexact_size() {
+    use datafusion::common::stats::Precision;
+    use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
+    use datafusion::physical_plan::ExecutionPlan;
+    let (_dir, engine) = demo().await;
+    let bob = engine.session("bob");
+    let (ctx, _) = bob.context().unwrap();
+    // 1000 employees, of which bob may see the US ones only.
+    let plan = ctx
+        .sql("SELECT * FROM hr.employees WHERE salary > 0")
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    fn find(p: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+        if p.name() == "GovernedScanExec" {
+            return Some(Arc::clone(p));
+        }
+        p.children().into_iter().find_map(find)
+    }
+    let scan = find(&plan).expect("a governed scan");
+    let stats = StatisticsContext::new()
+        .compute(scan.as_ref(), &StatisticsArgs::new())
+        .unwrap();
+    assert_eq!(stats.num_rows, Precision::Inexact(1024));
+    assert!(matches!(
+        stats.total_byte_size,
+        Precision::Absent | Precision::Inexact(_)
+    ));
+    if let Precision::Inexact(n) = stats.total_byte_size {
+        assert!(n.is_power_of_two());
+    }
+    for c in &stats.column_statistics {
+        assert_eq!(c.min_value, Precision::Absent);
+        assert_eq!(c.max_value, Precision::Absent);
+        assert_eq!(c.null_count, Precision::Absent);
+        assert_eq!(c.distinct_count, Precision::Absent);
+    }
+}

@@ -9,14 +9,13 @@
 //! generic adapter (see `distinct.rs`); integer tokens are also remembered
 //! across the batches of one statement (join keys repeat), up to a bound.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{ArrayRef, Int64Array, StringBuilder};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::Result;
+use datafusion::common::{HashMap, Result};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -54,7 +53,7 @@ impl HashMask {
         Ok(Self {
             key,
             mac,
-            ints: Mutex::new(HashMap::new()),
+            ints: Mutex::new(HashMap::default()),
         })
     }
 
@@ -104,7 +103,8 @@ impl HashMask {
             })?;
         }
         if !misses.is_empty() {
-            let mut fresh: HashMap<i128, i64> = HashMap::with_capacity(misses.len());
+            let mut fresh: HashMap<i128, i64> =
+                HashMap::with_capacity_and_hasher(misses.len(), Default::default());
             for (row, value) in misses {
                 let token = *fresh.entry(value).or_insert_with(|| self.int_token(value));
                 tokens[row] = Some(token);

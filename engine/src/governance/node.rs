@@ -10,7 +10,8 @@
 //!
 //! The physical node has no visible children: its input plan is optimized
 //! here and then hidden, so EXPLAIN (any form) shows one opaque line,
-//! statistics are unknown, metrics count only rows that passed the policy,
+//! statistics are only the raw size rounded up to a power of two (for join
+//! ordering), metrics count only rows that passed the policy,
 //! and physical filter pushdown (including dynamic join filters) cannot reach
 //! the raw scan.
 
@@ -23,8 +24,9 @@ use datafusion::arrow::array::AsArray;
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::Session;
+use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{internal_err, DFSchemaRef, Result};
+use datafusion::common::{internal_err, DFSchemaRef, Result, Statistics};
 use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -37,6 +39,7 @@ use datafusion::physical_plan::execution_plan::{
     Boundedness, EmissionType, ReplaceChildrenOptions,
 };
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
@@ -221,6 +224,26 @@ impl ExecutionPlan for GovernedScanExec {
             return internal_err!("GovernedScanExec has no replaceable children");
         }
         Ok(self)
+    }
+
+    /// Join ordering needs sizes, so the barrier reports one number: the
+    /// raw scan's row count and byte size rounded up to a power of two,
+    /// inexact; nothing exact, nothing about columns (no min/max, no
+    /// distinct or null counts), nothing that depends on the row policy.
+    fn statistics_from_inputs(
+        &self,
+        _input_stats: &[Arc<Statistics>],
+        args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        let raw = StatisticsContext::new().compute(self.inner.as_ref(), args)?;
+        let bucket = |p: &Precision<usize>| match p.get_value() {
+            Some(v) => Precision::Inexact(v.max(&1).next_power_of_two()),
+            None => Precision::Absent,
+        };
+        let mut out = Statistics::new_unknown(&self.schema());
+        out.num_rows = bucket(&raw.num_rows);
+        out.total_byte_size = bucket(&raw.total_byte_size);
+        Ok(Arc::new(out))
     }
 
     fn execute(
