@@ -10,9 +10,10 @@
 //! across the batches of one statement (join keys repeat), up to a bound.
 
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{ArrayRef, Int64Array, StringBuilder};
+use datafusion::arrow::array::{ArrayRef, Int64Array, Int64Builder, StringBuilder};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{HashMap, Result};
@@ -29,6 +30,9 @@ type HmacSha256 = Hmac<Sha256>;
 /// Most integer tokens one instance remembers (about 40 MB at the cap).
 const INT_CACHE_CAP: usize = 1 << 20;
 
+/// Values seen before the cache decides whether it pays.
+const CACHE_PROBE: u64 = 1 << 16;
+
 /// Keyed HMAC-SHA256 mask.
 pub(crate) struct HashMask {
     key: MaskKey,
@@ -38,6 +42,10 @@ pub(crate) struct HashMask {
     /// (every order of a customer), so each distinct key is hashed once.
     /// In memory only, dropped with the plan, never printed.
     ints: Mutex<HashMap<i128, i64>>,
+    /// Off once the cache has shown it does not pay (mostly distinct keys).
+    cache_on: AtomicBool,
+    looked: AtomicU64,
+    hits: AtomicU64,
 }
 
 impl std::fmt::Debug for HashMask {
@@ -54,6 +62,9 @@ impl HashMask {
             key,
             mac,
             ints: Mutex::new(HashMap::default()),
+            cache_on: AtomicBool::new(true),
+            looked: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
         })
     }
 
@@ -64,16 +75,26 @@ impl HashMask {
     }
 
     /// The Int64 token of an integer: the MAC's first 63 bits.
-    fn int_token(&self, value: i128) -> i64 {
-        let tag = self.tag(&canonical_int(value));
+    fn int_token(&self, canonical: &[u8]) -> i64 {
+        let tag = self.tag(canonical);
         let mut first = [0u8; 8];
         first.copy_from_slice(&tag[..8]);
         (u64::from_be_bytes(first) >> 1) as i64
     }
 
-    /// Integer arrays: cached tokens first (one lock per batch), then the
-    /// misses hashed outside the lock, once per distinct value.
+    /// Integer arrays. While the cache pays (at least one value in ten seen
+    /// again after the first [`CACHE_PROBE`] values), cached tokens are
+    /// looked up under one lock per batch and the misses hashed outside it;
+    /// otherwise the cache is dropped and every value is hashed.
     fn mask_ints(&self, input: &ArrayRef) -> Result<ArrayRef> {
+        if !self.cache_on.load(Ordering::Relaxed) {
+            let mut out = Int64Builder::with_capacity(input.len());
+            for_each_canonical(input, |v| {
+                out.append_option(v.map(|bytes| self.int_token(bytes)));
+                Ok(())
+            })?;
+            return Ok(Arc::new(out.finish()));
+        }
         let mut tokens: Vec<Option<i64>> = Vec::with_capacity(input.len());
         let mut misses: Vec<(usize, i128)> = Vec::new();
         {
@@ -102,17 +123,24 @@ impl HashMask {
                 Ok(())
             })?;
         }
-        if !misses.is_empty() {
-            let mut fresh: HashMap<i128, i64> =
-                HashMap::with_capacity_and_hasher(misses.len(), Default::default());
-            for (row, value) in misses {
-                let token = *fresh.entry(value).or_insert_with(|| self.int_token(value));
+        let looked = tokens.iter().flatten().count() as u64 + misses.len() as u64;
+        let hits = looked - misses.len() as u64;
+        let fresh: Vec<(i128, i64)> = misses
+            .into_iter()
+            .map(|(row, value)| {
+                let token = self.int_token(&canonical_int(value));
                 tokens[row] = Some(token);
-            }
-            if let Ok(mut cache) = self.ints.lock() {
-                if cache.len() < INT_CACHE_CAP {
-                    cache.extend(fresh);
-                }
+                (value, token)
+            })
+            .collect();
+        let looked = self.looked.fetch_add(looked, Ordering::Relaxed) + looked;
+        let hits = self.hits.fetch_add(hits, Ordering::Relaxed) + hits;
+        if let Ok(mut cache) = self.ints.lock() {
+            if looked >= CACHE_PROBE && hits * 10 < looked {
+                self.cache_on.store(false, Ordering::Relaxed);
+                *cache = HashMap::default();
+            } else if cache.len() < INT_CACHE_CAP {
+                cache.extend(fresh);
             }
         }
         Ok(Arc::new(Int64Array::from(tokens)))

@@ -318,3 +318,24 @@ fn low_cardinality_cache_gives_the_same_tokens() {
         }
     }
 }
+
+#[test]
+fn integer_tokens_are_the_same_with_the_cache_on_or_given_up() {
+    // Distinct keys: the cache gives up after its probe; repeated keys: it
+    // stays on. Either way every batch equals a fresh instance's tokens.
+    for repeated in [false, true] {
+        let udf = mask_udf(MaskSpec::Hash(key("k", 5))).unwrap();
+        for b in 0..24i64 {
+            let base = if repeated { 0 } else { b * 8192 };
+            let batch: ArrayRef = Arc::new(Int64Array::from_iter_values(
+                (base..base + 8192).map(|i| i * 7919),
+            ));
+            let fresh = mask_udf(MaskSpec::Hash(key("k", 5))).unwrap();
+            assert_eq!(
+                invoke(&udf, Arc::clone(&batch)).as_ref(),
+                invoke(&fresh, batch).as_ref(),
+                "batch {b}, repeated {repeated}"
+            );
+        }
+    }
+}
