@@ -58,9 +58,13 @@ fn generate(dir: &Path) {
         &dir.join("orders.parquet"),
         (0..ORDERS).step_by(chunk as usize).map(|start| {
             let n: Vec<i64> = (start..(start + chunk).min(ORDERS)).collect();
-            // TPC-H: o_custkey is never a multiple of 3.
+            // TPC-H: o_custkey is uniform over the customers that are not a
+            // multiple of 3 (a splitmix64 hash of the order number here).
             let cust = n.iter().map(|i| {
-                let k = (i.wrapping_mul(2_654_435_761) % (CUSTOMERS / 3 * 2)).abs();
+                let mut z = (*i as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                let k = ((z ^ (z >> 31)) % (CUSTOMERS as u64 / 3 * 2)) as i64;
                 k / 2 * 3 + 1 + k % 2
             });
             RecordBatch::try_from_iter(vec![
