@@ -339,3 +339,40 @@ fn integer_tokens_are_the_same_with_the_cache_on_or_given_up() {
         }
     }
 }
+
+#[test]
+fn differently_keyed_masks_are_never_equal_for_datafusion() {
+    use datafusion::logical_expr::expr::ScalarFunction;
+    use datafusion::logical_expr::{col, Expr};
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let keyed = |id: &str, version: u32, byte: u8| {
+        mask_udf(MaskSpec::Hash(MaskKey::new(
+            KeyHandle {
+                id: id.into(),
+                version,
+            },
+            [byte; 32],
+        )))
+        .unwrap()
+    };
+    let expr = |udf: ScalarUDF| {
+        Expr::ScalarFunction(ScalarFunction::new_udf(Arc::new(udf), vec![col("x")]))
+    };
+    let hash_of = |e: &Expr| {
+        let mut h = DefaultHasher::new();
+        e.hash(&mut h);
+        h.finish()
+    };
+    let a = expr(keyed("col:s.t.a", 1, 1));
+    assert_eq!(a, expr(keyed("col:s.t.a", 1, 1)), "same handle, same mask");
+    assert_eq!(hash_of(&a), hash_of(&expr(keyed("col:s.t.a", 1, 1))));
+    for other in [
+        keyed("col:s.t.b", 1, 2),
+        keyed("col:s.t.a", 2, 3),
+        keyed("project:p1", 1, 4),
+    ] {
+        let o = expr(other);
+        assert_ne!(a, o, "{o} must not merge with {a}");
+        assert_ne!(a.schema_name().to_string(), o.schema_name().to_string());
+    }
+}
