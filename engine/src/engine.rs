@@ -22,7 +22,6 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList};
 use datafusion::common::ParamValues;
 use datafusion::execution::runtime_env::RuntimeEnv;
-use datafusion::execution::session_state::SessionState;
 use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder};
 use datafusion::logical_expr::{LogicalPlan, Statement};
 use datafusion::optimizer::{Analyzer, Optimizer};
@@ -58,10 +57,6 @@ pub struct Engine {
     snapshot: RwLock<Arc<CatalogSnapshot>>,
     write_lock: Mutex<()>,
     runtime: Arc<RuntimeEnv>,
-    /// Built-in functions, planners and physical rules, built once; every
-    /// statement's state starts from a clone (cheaper than registering the
-    /// built-ins again) and sets its own catalog, config and rules.
-    base_state: SessionState,
     base_dir: PathBuf,
 }
 
@@ -146,18 +141,12 @@ impl Engine {
         base_dir: &Path,
     ) -> Result<Arc<Self>> {
         let snapshot = store.load()?;
-        let runtime = Arc::new(RuntimeEnv::default());
-        let base_state = SessionStateBuilder::new()
-            .with_runtime_env(Arc::clone(&runtime))
-            .with_default_features()
-            .build();
         Ok(Arc::new(Self {
             store,
             keys,
             snapshot: RwLock::new(Arc::new(snapshot)),
             write_lock: Mutex::new(()),
-            runtime,
-            base_state,
+            runtime: Arc::new(RuntimeEnv::default()),
             base_dir: std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf()),
         }))
     }
@@ -456,8 +445,10 @@ impl Session {
         optimizer_rules.insert(at, Arc::new(SecureFilterPushdown));
         optimizer_rules.push(Arc::new(LiftUnsafeFilters));
 
-        let state = SessionStateBuilder::new_from_existing(self.engine.base_state.clone())
+        let state = SessionStateBuilder::new()
             .with_config(config)
+            .with_runtime_env(Arc::clone(&self.engine.runtime))
+            .with_default_features()
             .with_catalog_list(Arc::new(catalogs) as Arc<dyn CatalogProviderList>)
             .with_analyzer_rules(analyzer_rules)
             .with_optimizer_rules(optimizer_rules)
