@@ -173,6 +173,12 @@ async fn two_projects_never_share_tokens() {
     assert_eq!(a.len(), 1000);
     assert_eq!(b.len(), 1000);
     assert!(a.is_disjoint(&b), "tokens of two projects intersect");
+    // From inside one project, another project's catalog does not exist,
+    // nor does `veil`.
+    for other in ["joins.payments.cards", "veil.payments.cards"] {
+        let e = text(&mut carol, &format!("SELECT count(*) FROM {other}")).await;
+        assert!(e.contains("not found"), "{other}: {e}");
+    }
 }
 
 /// Every encoding of a secret a leak could use.

@@ -824,7 +824,7 @@ fn what_if(snapshot: &CatalogSnapshot, after: Project) -> Result<crate::engine::
                 .contains(*m)
                 .then(|| compliance(&hypothetical, &after, m)),
         );
-        if was != will || !before.members.contains(*m) {
+        if was != will {
             rows.push(vec![
                 "compliance".into(),
                 (*m).clone(),
