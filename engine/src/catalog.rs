@@ -20,8 +20,9 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 
 use crate::error::{Result, VeilError};
 use crate::governance::{GovernanceContext, GovernedTable};
-use crate::model::DataSource;
+use crate::model::{DataSource, SourceKind};
 use crate::policy::subscription;
+use crate::workspace::{Warehouse, WorkspaceSchema, WORKSPACE_SCHEMA};
 
 /// The catalog name outside projects.
 pub const CATALOG: &str = "veil";
@@ -47,6 +48,13 @@ pub fn source_schema(source: &DataSource) -> Result<SchemaRef> {
 /// by file and checked against its size and modification time), so planning
 /// does not re-read footers for every statement.
 pub fn raw_table(source: &DataSource, runtime: &RuntimeEnv) -> Result<Arc<dyn TableProvider>> {
+    if let SourceKind::Derived(lineage) = &source.kind {
+        return crate::workspace::parquet_files_table(
+            &lineage.files,
+            source_schema(source)?,
+            runtime,
+        );
+    }
     let url = ListingTableUrl::parse(&source.location)?;
     let config = ListingTableConfig::new(url)
         .with_listing_options(parquet_options())
@@ -56,10 +64,12 @@ pub fn raw_table(source: &DataSource, runtime: &RuntimeEnv) -> Result<Arc<dyn Ta
     Ok(Arc::new(table))
 }
 
-/// Catalog `veil` for one principal.
+/// Catalog `veil` (or a project's catalog) for one principal.
 #[derive(Debug, Default)]
 pub struct VeilCatalog {
-    schemas: BTreeMap<String, Arc<VeilSchema>>,
+    schemas: BTreeMap<String, Arc<dyn SchemaProvider>>,
+    /// Schemas listed by `information_schema` and Flight metadata.
+    listed: Vec<String>,
 }
 
 /// One schema of [`VeilCatalog`].
@@ -73,7 +83,11 @@ impl VeilCatalog {
     /// Builds the catalog of sources visible to `p`.
     /// A source whose policies cannot be evaluated here (a broken policy)
     /// shows its stored types; querying it reports the policy failure.
-    pub fn build(g: &GovernanceContext, runtime: &RuntimeEnv) -> Result<Self> {
+    pub fn build(
+        g: &GovernanceContext,
+        runtime: &RuntimeEnv,
+        warehouse: &Warehouse,
+    ) -> Result<Self> {
         let mut schemas: BTreeMap<String, VeilSchema> = BTreeMap::new();
         let scope = match &g.project {
             None => None,
@@ -99,7 +113,7 @@ impl VeilCatalog {
                     continue;
                 }
             }
-            match subscription(&g.principal, source)? {
+            match subscription(&g.principal, &g.snapshot, source)? {
                 Ok(()) => {
                     let raw = raw_table(source, runtime)?;
                     let visible = g
@@ -113,25 +127,33 @@ impl VeilCatalog {
                 }
             }
         }
-        Ok(Self {
-            schemas: schemas.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
-        })
+        let mut listed: Vec<String> = schemas
+            .iter()
+            .filter(|(_, s)| !s.tables.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut schemas: BTreeMap<String, Arc<dyn SchemaProvider>> = schemas
+            .into_iter()
+            .map(|(k, v)| (k, Arc::new(v) as Arc<dyn SchemaProvider>))
+            .collect();
+        // Inside a project, its workspace (and only there).
+        if let Some(project) = scope {
+            let workspace =
+                WorkspaceSchema::build(g.snapshot.workspaces.get(&project.id), warehouse, runtime)?;
+            schemas.insert(WORKSPACE_SCHEMA.to_string(), Arc::new(workspace));
+            listed.push(WORKSPACE_SCHEMA.to_string());
+        }
+        Ok(Self { schemas, listed })
     }
 }
 
 impl CatalogProvider for VeilCatalog {
     fn schema_names(&self) -> Vec<String> {
-        self.schemas
-            .iter()
-            .filter(|(_, s)| !s.tables.is_empty())
-            .map(|(k, _)| k.clone())
-            .collect()
+        self.listed.clone()
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        self.schemas
-            .get(name)
-            .map(|s| Arc::clone(s) as Arc<dyn SchemaProvider>)
+        self.schemas.get(name).cloned()
     }
 }
 

@@ -39,6 +39,8 @@ use crate::model::{CatalogSnapshot, Permission, User};
 use crate::principal::Principal;
 use crate::statement;
 use crate::store::{AuditEntry, CatalogStore, Change, SqliteStore};
+use crate::workspace::write::WorkspaceOp;
+use crate::workspace::Warehouse;
 
 /// Execution options a session may `SET`; every other option is refused
 /// because it could change what the governance layer relies on.
@@ -49,6 +51,32 @@ pub const SETTABLE_OPTIONS: &[&str] = &[
     "datafusion.sql_parser.enable_ident_normalization",
 ];
 
+/// Engine settings beyond the data directory.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Where project workspaces live: an object_store URL (`s3://bucket/prefix`)
+    /// or a local directory. Default: `<data_dir>/warehouse`.
+    pub warehouse: Option<String>,
+    /// Largest total size of one project's workspace tables; None: no limit.
+    pub workspace_max_bytes: Option<u64>,
+    /// How long replaced or dropped workspace files stay readable by queries
+    /// that started before the change.
+    pub release_delay: std::time::Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            warehouse: None,
+            workspace_max_bytes: Some(DEFAULT_WORKSPACE_MAX_BYTES),
+            release_delay: crate::workspace::write::RELEASE_DELAY,
+        }
+    }
+}
+
+/// Default per-project workspace limit: 10 GiB.
+pub const DEFAULT_WORKSPACE_MAX_BYTES: u64 = 10 << 30;
+
 /// The governed query engine.
 #[derive(Debug)]
 pub struct Engine {
@@ -58,6 +86,8 @@ pub struct Engine {
     write_lock: Mutex<()>,
     runtime: Arc<RuntimeEnv>,
     base_dir: PathBuf,
+    warehouse: Warehouse,
+    options: EngineOptions,
 }
 
 /// A statement's result: its schema and a stream of batches.
@@ -123,6 +153,15 @@ impl Engine {
     /// Opens the engine on a data directory: `catalog.sqlite`, `keys/`.
     /// Relative data-source locations resolve against `base_dir`.
     pub fn open(data_dir: &Path, base_dir: &Path) -> Result<Arc<Self>> {
+        Self::open_with(data_dir, base_dir, EngineOptions::default())
+    }
+
+    /// [`Engine::open`] with options (warehouse location, workspace limit).
+    pub fn open_with(
+        data_dir: &Path,
+        base_dir: &Path,
+        options: EngineOptions,
+    ) -> Result<Arc<Self>> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             VeilError::InvalidArgument(format!(
                 "cannot create data dir {}: {e}",
@@ -131,24 +170,80 @@ impl Engine {
         })?;
         let keys = MasterKey::load_or_create(data_dir)?;
         let store = SqliteStore::open(&data_dir.join("catalog.sqlite"), keys.audit_key())?;
-        Self::new(Arc::new(store), keys, base_dir)
+        let mut options = options;
+        if options.warehouse.is_none() {
+            options.warehouse = Some(data_dir.join("warehouse").to_string_lossy().into_owned());
+        }
+        Self::new(Arc::new(store), keys, base_dir, options)
     }
 
-    /// An engine over any store.
+    /// An engine over any store; `options.warehouse` must be set.
     pub fn new(
         store: Arc<dyn CatalogStore>,
         keys: MasterKey,
         base_dir: &Path,
+        options: EngineOptions,
     ) -> Result<Arc<Self>> {
         let snapshot = store.load()?;
+        let runtime = Arc::new(RuntimeEnv::default());
+        let location = options
+            .warehouse
+            .as_deref()
+            .ok_or_else(|| VeilError::InvalidArgument("no warehouse location configured".into()))?;
+        let warehouse = Warehouse::open(location, &runtime)?;
         Ok(Arc::new(Self {
             store,
             keys,
             snapshot: RwLock::new(Arc::new(snapshot)),
             write_lock: Mutex::new(()),
-            runtime: Arc::new(RuntimeEnv::default()),
+            runtime,
             base_dir: std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf()),
+            warehouse,
+            options,
         }))
+    }
+
+    /// Where workspaces live.
+    pub fn warehouse(&self) -> &Warehouse {
+        &self.warehouse
+    }
+
+    /// The engine's options.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// Removes workspace files no catalog entry lists (left by writes that
+    /// failed or crashed before their commit). Run at start-up; returns how
+    /// many files were removed.
+    pub async fn sweep_workspaces(&self) -> Result<usize> {
+        let snapshot = self.snapshot()?;
+        self.warehouse.sweep(&snapshot).await
+    }
+
+    /// Deletes files a committed change stopped listing, after
+    /// [`EngineOptions::release_delay`] (queries that started before the
+    /// change may still read them); files a derived source pins stay.
+    pub fn release_later(self: &Arc<Self>, files: Vec<String>) {
+        if files.is_empty() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return; // the next start-up sweep removes them
+        };
+        let engine = Arc::clone(self);
+        handle.spawn(async move {
+            tokio::time::sleep(engine.options.release_delay).await;
+            let released = match engine.snapshot() {
+                Ok(s) => engine.warehouse.release(&s, &files).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = released {
+                tracing::warn!(
+                    "releasing workspace files failed (the start-up sweep retries): {e}"
+                );
+            }
+        });
     }
 
     /// The master key (for deriving signing keys at the transport).
@@ -283,9 +378,22 @@ fn refusal(plan: &LogicalPlan) -> Option<String> {
         LogicalPlan::Statement(s) => format!("statement {}", s.name()),
         _ => return None,
     };
+    let hint = match plan {
+        LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) => {
+            "; tables are written only in a project's workspace (inside a project: \
+             CREATE TABLE workspace.t AS SELECT ...)"
+        }
+        _ => "",
+    };
     Some(format!(
-        "{what} is not allowed: data is reached only through governed data sources"
+        "{what} is not allowed: data is reached only through governed data sources{hint}"
     ))
+}
+
+/// A planned SQL statement: a query, or a write into the project's workspace.
+enum Planned {
+    Query(LogicalPlan),
+    Workspace(WorkspaceOp),
 }
 
 impl Session {
@@ -419,7 +527,7 @@ impl Session {
             keys: self.engine.keys.clone(),
             applied: Mutex::new(Vec::new()),
         });
-        let catalog = VeilCatalog::build(&gctx, &self.engine.runtime)?;
+        let catalog = VeilCatalog::build(&gctx, &self.engine.runtime, &self.engine.warehouse)?;
         let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
@@ -457,10 +565,18 @@ impl Session {
         Ok((SessionContext::new_with_state(state), gctx))
     }
 
-    /// Plans SQL into a verified logical plan (no DDL, DML, COPY or SET).
-    async fn logical_plan(&self, ctx: &SessionContext, sql: &str) -> Result<LogicalPlan> {
+    /// Plans SQL into a verified logical plan (no DDL, DML, COPY or SET),
+    /// or recognizes a workspace write.
+    async fn plan_sql(&self, ctx: &SessionContext, sql: &str) -> Result<Planned> {
         let sql = statement::number_placeholders(sql);
         let plan = ctx.state().create_logical_plan(&sql).await?;
+        if let Some(op) = crate::workspace::write::recognize(&plan, self.project.as_deref())? {
+            return Ok(Planned::Workspace(op));
+        }
+        self.verify(plan).map(Planned::Query)
+    }
+
+    fn verify(&self, plan: LogicalPlan) -> Result<LogicalPlan> {
         let inner = match &plan {
             LogicalPlan::Explain(e) => e.plan.as_ref(),
             LogicalPlan::Analyze(a) => a.input.as_ref(),
@@ -480,18 +596,7 @@ impl Session {
     /// The result schema of a statement, without running it (prepared
     /// statements). Governance statements and SET report an empty schema.
     pub async fn schema_of(&self, sql: &str) -> Result<SchemaRef> {
-        if statement::parse(sql)?.is_some() {
-            return Ok(Arc::new(Schema::empty()));
-        }
-        let (ctx, _) = self.context()?;
-        if let Some(set) = self.parse_set(&ctx, sql).await? {
-            set?;
-            return Ok(Arc::new(Schema::empty()));
-        }
-        let plan = self.logical_plan(&ctx, sql).await?;
-        // Analyze so that masked types and subscription errors show up now.
-        let analyzed = ctx.state().optimize(&plan)?;
-        Ok(Arc::new(analyzed.schema().as_arrow().clone()))
+        Ok(self.prepare(sql).await?.0)
     }
 
     /// Prepares a statement: (result schema, parameter schema). Governance
@@ -506,7 +611,15 @@ impl Session {
             set?;
             return Ok((empty(), empty()));
         }
-        let plan = self.logical_plan(&ctx, sql).await?;
+        let (plan, write) = match self.plan_sql(&ctx, sql).await? {
+            Planned::Query(plan) => (plan, false),
+            Planned::Workspace(op) => match op {
+                WorkspaceOp::Insert { input, .. } | WorkspaceOp::Create { input, .. } => {
+                    (input, true)
+                }
+                WorkspaceOp::Drop { .. } => return Ok((empty(), empty())),
+            },
+        };
         let mut params: Vec<(usize, Field)> = plan
             .get_parameter_fields()?
             .into_iter()
@@ -525,6 +638,10 @@ impl Session {
         let param_schema = Arc::new(Schema::new(
             params.into_iter().map(|(_, f)| f).collect::<Vec<_>>(),
         ));
+        // Writes run when executed (GetFlightInfo) and describe no rows.
+        if write {
+            return Ok((empty(), param_schema));
+        }
         let schema = match ctx.state().optimize(&plan) {
             Ok(p) => p.schema().as_arrow().clone(),
             Err(e) if param_schema.fields().is_empty() => return Err(e.into()),
@@ -579,7 +696,7 @@ impl Session {
             self.settings.push((name, value));
             return QueryOutput::status("SET");
         }
-        let result = self.run_query(&ctx, sql, params).await;
+        let result = self.run_query(&ctx, &gctx, sql, params).await;
         self.audit_query(sql, &gctx, result.as_ref().err());
         result
     }
@@ -587,10 +704,23 @@ impl Session {
     async fn run_query(
         &self,
         ctx: &SessionContext,
+        gctx: &GovernanceContext,
         sql: &str,
         params: Option<ParamValues>,
     ) -> Result<QueryOutput> {
-        let mut plan = self.logical_plan(ctx, sql).await?;
+        let mut plan = match self.plan_sql(ctx, sql).await? {
+            Planned::Query(plan) => plan,
+            Planned::Workspace(mut op) => {
+                if let Some(params) = params {
+                    if let WorkspaceOp::Insert { input, .. } | WorkspaceOp::Create { input, .. } =
+                        &mut op
+                    {
+                        *input = input.clone().with_param_values(params)?;
+                    }
+                }
+                return crate::workspace::write::execute(self, ctx, gctx, op).await;
+            }
+        };
         if let Some(params) = params {
             plan = plan.with_param_values(params)?;
         }

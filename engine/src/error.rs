@@ -19,6 +19,10 @@ pub enum ErrorKind {
     AlreadyExists,
     /// The system is not in a state that allows the operation.
     FailedPrecondition,
+    /// A concurrent writer won; retrying may succeed.
+    Aborted,
+    /// A limit (size, memory) would be passed.
+    ResourceExhausted,
     /// A bug or an unexpected storage failure.
     Internal,
 }
@@ -44,6 +48,12 @@ pub enum VeilError {
     /// Wrong state for the operation.
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// A concurrent change won (optimistic concurrency); nothing was written.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A limit would be passed; nothing was written.
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
     /// A policy cannot be applied; the query is denied (fail closed).
     #[error("policy {policy} cannot be applied, query denied: {reason}")]
     PolicyFailure {
@@ -120,6 +130,8 @@ impl VeilError {
             VeilError::FailedPrecondition(_) | VeilError::PolicyFailure { .. } => {
                 ErrorKind::FailedPrecondition
             }
+            VeilError::Conflict(_) => ErrorKind::Aborted,
+            VeilError::ResourceExhausted(_) => ErrorKind::ResourceExhausted,
             VeilError::DataFusion(e) => match e.as_ref() {
                 DataFusionError::Plan(m) if m.contains("not found") => ErrorKind::NotFound,
                 DataFusionError::SQL(..)

@@ -15,6 +15,7 @@ pub mod principal;
 pub mod project;
 pub mod statement;
 pub mod store;
+pub mod workspace;
 
-pub use engine::{Engine, QueryOutput, Session};
+pub use engine::{Engine, EngineOptions, QueryOutput, Session};
 pub use error::{ErrorKind, Result, VeilError};

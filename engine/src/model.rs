@@ -153,6 +153,97 @@ pub struct DataSource {
     pub owners: BTreeSet<String>,
     /// Subscription policy.
     pub subscription: Subscription,
+    /// Registered Parquet, or derived from a project's workspace table.
+    #[serde(default)]
+    pub kind: SourceKind,
+}
+
+/// What a data source is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SourceKind {
+    /// Parquet registered by `CREATE DATA SOURCE`.
+    #[default]
+    Parquet,
+    /// Registered from a workspace table by `CREATE DERIVED DATA SOURCE`.
+    Derived(Box<Lineage>),
+}
+
+/// Where a derived source comes from (DESIGN.md section 5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// The project it was derived in.
+    pub project: String,
+    /// That project's id (its workspace path).
+    pub project_id: String,
+    /// The workspace table.
+    pub table: String,
+    /// The table version it pins.
+    pub table_version: u64,
+    /// The pinned Parquet files (object URLs); they outlive the table version.
+    pub files: Vec<String>,
+    /// Parent sources with what the derivation principal saw of each.
+    pub parents: BTreeMap<String, Restriction>,
+    /// Columns that hold masked values, with the source columns they came from.
+    pub masked: BTreeMap<String, BTreeSet<String>>,
+    /// Whether keyed masks used the project's join key (masked joins on):
+    /// such tokens match nothing outside the project.
+    pub project_keyed: bool,
+    /// The project purposes the data was produced under (with ancestors).
+    pub purposes: BTreeSet<String>,
+    /// The entitlements it was derived for (the project's equalized ones,
+    /// or the least-privileged member's when equalization was off); also its
+    /// subscription.
+    pub entitlements: crate::project::Entitlements,
+    /// Who derived it, and when (RFC 3339).
+    pub derived_by: String,
+    /// When.
+    pub derived_at: String,
+}
+
+impl Lineage {
+    /// The principal the derivation is judged for: the entitlements with the
+    /// project's purposes, no user name.
+    pub fn principal(&self) -> crate::principal::Principal {
+        crate::principal::Principal {
+            user: None,
+            groups: self.entitlements.groups.clone(),
+            attributes: self.entitlements.attributes.clone(),
+            purposes: self.purposes.iter().cloned().collect(),
+        }
+    }
+}
+
+/// What a principal sees of one source, in a comparable form: used to tell
+/// whether a parent's policies became stricter since a derivation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restriction {
+    /// Whether the principal was subscribed.
+    pub subscribed: bool,
+    /// Masked columns with their method's precedence rank (lower: stricter).
+    pub masks: BTreeMap<String, u8>,
+    /// Row policies in force.
+    pub row_policies: BTreeSet<String>,
+}
+
+impl Restriction {
+    /// Why `self` (now) is stricter than `before`; empty when it is not.
+    pub fn stricter_than(&self, before: &Restriction) -> Vec<String> {
+        let mut why = Vec::new();
+        if before.subscribed && !self.subscribed {
+            why.push("no longer subscribed".to_string());
+        }
+        for (col, rank) in &self.masks {
+            match before.masks.get(col) {
+                None => why.push(format!("column {col} is now masked")),
+                Some(was) if rank < was => why.push(format!("column {col} has a stricter mask")),
+                _ => {}
+            }
+        }
+        for p in self.row_policies.difference(&before.row_policies) {
+            why.push(format!("row policy {p} now applies"));
+        }
+        why
+    }
 }
 
 impl DataSource {
@@ -342,6 +433,8 @@ pub struct CatalogSnapshot {
     pub projects: BTreeMap<String, crate::project::Project>,
     /// Server-wide settings (key versions).
     pub settings: Settings,
+    /// Workspace tables by project id, then table name.
+    pub workspaces: BTreeMap<String, BTreeMap<String, crate::workspace::WorkspaceTable>>,
 }
 
 /// Server-wide settings kept in the catalog.

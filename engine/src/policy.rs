@@ -15,8 +15,8 @@
 use crate::condition::parse_condition;
 use crate::error::{Result, VeilError};
 use crate::model::{
-    tag_covers, Applicability, CatalogSnapshot, DataSource, MaskMethod, Policy, PolicyRule,
-    Subscription, Target,
+    tag_covers, Applicability, CatalogSnapshot, DataSource, Lineage, MaskMethod, Policy,
+    PolicyRule, Restriction, SourceKind, Subscription, Target,
 };
 use crate::principal::Principal;
 
@@ -87,9 +87,55 @@ fn applies(policy: &Policy, p: &Principal) -> Result<bool> {
 }
 
 /// Whether the principal is subscribed; Err(reason) when not.
-pub fn subscription(p: &Principal, source: &DataSource) -> Result<std::result::Result<(), String>> {
+///
+/// A derived source that is stale against its parents (a parent's policies
+/// became stricter for its derivation principal since it was derived) also
+/// requires, until it is re-derived, that the principal may see at least as
+/// much of every parent as the derivation did.
+pub fn subscription(
+    p: &Principal,
+    snapshot: &CatalogSnapshot,
+    source: &DataSource,
+) -> Result<std::result::Result<(), String>> {
+    if let Err(reason) = own_subscription(p, source)? {
+        return Ok(Err(reason));
+    }
+    let SourceKind::Derived(lineage) = &source.kind else {
+        return Ok(Ok(()));
+    };
+    if is_owner(p, source) {
+        return Ok(Ok(()));
+    }
+    let stale = staleness(snapshot, lineage)?;
+    if stale.is_empty() {
+        return Ok(Ok(()));
+    }
+    for (parent, was) in &lineage.parents {
+        let now = match snapshot.sources.get(parent) {
+            Some(ps) => restriction(p, snapshot, ps)?,
+            None => Restriction::default(),
+        };
+        if !now.stricter_than(was).is_empty() {
+            return Ok(Err(format!(
+                "{} is not subscribed to {}: it is stale against its parents ({}) and, until it \
+                 is re-derived, needs access to {parent} at least as broad as its derivation had",
+                p.describe(),
+                source.full_name(),
+                stale.join("; ")
+            )));
+        }
+    }
+    Ok(Ok(()))
+}
+
+fn is_owner(p: &Principal, source: &DataSource) -> bool {
+    p.user.as_ref().is_some_and(|u| source.owners.contains(u))
+}
+
+/// The source's own subscription policy (owners always).
+fn own_subscription(p: &Principal, source: &DataSource) -> Result<std::result::Result<(), String>> {
     let name = source.full_name();
-    if p.user.as_ref().is_some_and(|u| source.owners.contains(u)) {
+    if is_owner(p, source) {
         return Ok(Ok(()));
     }
     let ok = match &source.subscription {
@@ -110,11 +156,61 @@ pub fn subscription(p: &Principal, source: &DataSource) -> Result<std::result::R
     })
 }
 
+/// What `p` sees of `source` (its own policies only), comparably.
+pub fn restriction(
+    p: &Principal,
+    snapshot: &CatalogSnapshot,
+    source: &DataSource,
+) -> Result<Restriction> {
+    if own_subscription(p, source)?.is_err() {
+        return Ok(Restriction::default());
+    }
+    let d = decide_granted(p, snapshot, source)?;
+    Ok(Restriction {
+        subscribed: true,
+        masks: d
+            .masks
+            .iter()
+            .map(|m| (m.column.clone(), m.method.rank()))
+            .collect(),
+        row_policies: d.row_filters.iter().map(|r| r.policy.clone()).collect(),
+    })
+}
+
+/// Why a derived source is stale against its parents (empty: it is not):
+/// for the principal it was derived as, a parent is gone or its policies
+/// are now stricter than at derivation.
+pub fn staleness(snapshot: &CatalogSnapshot, lineage: &Lineage) -> Result<Vec<String>> {
+    let deriver = lineage.principal();
+    let mut why = Vec::new();
+    for (parent, was) in &lineage.parents {
+        match snapshot.sources.get(parent) {
+            None => why.push(format!("parent {parent} no longer exists")),
+            Some(ps) => why.extend(
+                restriction(&deriver, snapshot, ps)?
+                    .stricter_than(was)
+                    .into_iter()
+                    .map(|r| format!("{parent}: {r}")),
+            ),
+        }
+    }
+    Ok(why)
+}
+
 /// Evaluates every policy on `source` for `p`.
 pub fn decide(p: &Principal, snapshot: &CatalogSnapshot, source: &DataSource) -> Result<Access> {
-    if let Err(reason) = subscription(p, source)? {
+    if let Err(reason) = subscription(p, snapshot, source)? {
         return Ok(Access::Denied(reason));
     }
+    decide_granted(p, snapshot, source).map(Access::Granted)
+}
+
+/// Masks and row filters of a source for a subscribed principal.
+fn decide_granted(
+    p: &Principal,
+    snapshot: &CatalogSnapshot,
+    source: &DataSource,
+) -> Result<SourceDecision> {
     let name = source.full_name();
     let mut candidates: Vec<Vec<&Policy>> = vec![Vec::new(); source.columns.len()];
     let mut row_filters = Vec::new();
@@ -184,11 +280,11 @@ pub fn decide(p: &Principal, snapshot: &CatalogSnapshot, source: &DataSource) ->
             })
         })
         .collect();
-    Ok(Access::Granted(SourceDecision {
+    Ok(SourceDecision {
         source: name,
         masks,
         row_filters,
-    }))
+    })
 }
 
 fn rank(p: &Policy) -> u8 {

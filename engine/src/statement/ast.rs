@@ -86,6 +86,19 @@ pub enum GovStatement {
     },
     ShowUsers,
     ShowDataSources,
+    /// `DESCRIBE DATA SOURCE s`: kind, lineage, staleness, columns.
+    DescribeDataSource {
+        source: String,
+    },
+    /// `SHOW TABLES IN schema` (the workspace shows versions, rows, sizes).
+    ShowTablesIn {
+        schema: String,
+    },
+    /// `CREATE DERIVED DATA SOURCE s FROM WORKSPACE TABLE t`.
+    CreateDerivedSource {
+        source: String,
+        table: String,
+    },
     ShowPolicies,
     ShowPolicyInfo {
         source: String,
@@ -139,11 +152,6 @@ pub enum GovStatement {
     },
     DescribeProject {
         name: String,
-    },
-    /// A statement of the contract that this build does not implement yet.
-    NotYetSupported {
-        statement: String,
-        feature: &'static str,
     },
 }
 

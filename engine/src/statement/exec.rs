@@ -24,12 +24,13 @@ use crate::governance::principal_fns::{parse_predicate, resolve};
 use crate::governance::rule::mask_spec;
 use crate::model::{
     CatalogSnapshot, ColumnInfo, DataSource, MaskMethod, Permission, Policy, PolicyRule,
-    Subscription, Target, User,
+    SourceKind, Subscription, Target, User,
 };
 use crate::policy::{decide, Access};
 use crate::principal::Principal;
 use crate::store::{AuditEntry, Change};
 
+/// The context a governance statement is planned in.
 pub(super) struct Ctx<'a> {
     pub(super) session: &'a Session,
     pub(super) snapshot: Arc<CatalogSnapshot>,
@@ -60,7 +61,7 @@ impl Ctx<'_> {
         Ok(self.callers()?.iter().all(|u| u.has(p)))
     }
 
-    fn owns(&self, s: &DataSource) -> Result<bool> {
+    pub(super) fn owns(&self, s: &DataSource) -> Result<bool> {
         Ok(self.callers()?.iter().all(|u| s.owners.contains(&u.name)))
     }
 
@@ -240,6 +241,11 @@ pub async fn execute(session: &mut Session, stmt: GovStatement) -> Result<QueryO
             None => "using no project".to_string(),
         });
     }
+    if let GovStatement::ShowTablesIn { schema } = &stmt {
+        if !schema.eq_ignore_ascii_case(crate::workspace::WORKSPACE_SCHEMA) {
+            return super::sources::show_tables_in(session, schema).await;
+        }
+    }
     // Registration reads files: infer the schema before taking the write lock.
     let inferred = match &stmt {
         GovStatement::CreateDataSource { location, .. } => {
@@ -399,6 +405,7 @@ fn plan(
                 Permission::CreateDataSource,
                 &format!("create data source {source}"),
             )?;
+            super::sources::check_source_name(&source)?;
             if c.snapshot.sources.contains_key(&source) {
                 return Err(VeilError::AlreadyExists(format!(
                     "data source {source} already exists"
@@ -426,6 +433,7 @@ fn plan(
                     .collect(),
                 owners: BTreeSet::from([c.session.effective_user().to_string()]),
                 subscription: Subscription::OwnersOnly,
+                kind: SourceKind::Parquet,
             };
             change(
                 vec![Change::PutSource(ds)],
@@ -675,7 +683,7 @@ fn plan(
                 if scope.is_some_and(|sources| !sources.contains_key(&s.full_name())) {
                     continue;
                 }
-                if !all && crate::policy::subscription(&principal, s)?.is_err() {
+                if !all && crate::policy::subscription(&principal, &c.snapshot, s)?.is_err() {
                     continue;
                 }
                 let tags = s
@@ -685,17 +693,30 @@ fn plan(
                     .map(|col| format!("{}: {}", col.name, join(&col.tags)))
                     .collect::<Vec<_>>()
                     .join("; ");
+                let kind = match s.kind {
+                    SourceKind::Parquet => "parquet",
+                    SourceKind::Derived(_) => "derived",
+                };
                 rows.push(vec![
                     s.full_name(),
-                    "parquet".into(),
+                    kind.into(),
                     s.location.clone(),
                     join(&s.owners),
                     s.subscription.to_string(),
                     tags,
+                    super::sources::lineage_text(s),
                 ]);
             }
             Ok(Outcome::Rows(utf8_batch(
-                &["name", "kind", "location", "owners", "subscription", "tags"],
+                &[
+                    "name",
+                    "kind",
+                    "location",
+                    "owners",
+                    "subscription",
+                    "tags",
+                    "lineage",
+                ],
                 rows,
             )?))
         }
@@ -849,9 +870,9 @@ fn plan(
         | GovStatement::ShowProjects
         | GovStatement::RotateKeys { .. }
         | GovStatement::DescribeProject { .. }) => super::projects::plan(c, s),
-        GovStatement::NotYetSupported { statement, feature } => Err(VeilError::InvalidArgument(
-            format!("'{statement}': {feature} are not supported by this version of Veil yet"),
-        )),
+        s @ (GovStatement::CreateDerivedSource { .. }
+        | GovStatement::DescribeDataSource { .. }
+        | GovStatement::ShowTablesIn { .. }) => super::sources::plan(c, s),
     }
 }
 

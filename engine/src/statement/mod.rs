@@ -9,6 +9,7 @@ pub mod ast;
 pub mod exec;
 pub mod parser;
 mod projects;
+mod sources;
 
 pub use ast::{GovStatement, ProjectAction};
 pub use parser::parse;

@@ -271,12 +271,6 @@ pub fn parse(sql: &str) -> Result<Option<GovStatement>> {
     let mut p = P { p: parser, sql };
     let first = p.peek_word(0).unwrap_or_default();
     let second = p.peek_word(1).unwrap_or_default();
-    let not_yet = |feature| {
-        Ok(Some(GovStatement::NotYetSupported {
-            statement: sql.trim().to_string(),
-            feature,
-        }))
-    };
     let stmt = match (first.as_str(), second.as_str()) {
         ("CREATE", "USER") => {
             p.words(&["CREATE", "USER"]);
@@ -616,7 +610,31 @@ pub fn parse(sql: &str) -> Result<Option<GovStatement>> {
             p.words(&["DESCRIBE", "PROJECT"]);
             GovStatement::DescribeProject { name: p.project()? }
         }
-        ("CREATE", "DERIVED") => return not_yet("derived data sources"),
+        ("CREATE", "DERIVED") => {
+            p.words(&["CREATE", "DERIVED", "DATA"]);
+            p.expect("SOURCE")?;
+            let source = p.source()?;
+            p.expect("FROM")?;
+            p.expect("WORKSPACE")?;
+            p.expect("TABLE")?;
+            GovStatement::CreateDerivedSource {
+                source,
+                table: p.ident()?,
+            }
+        }
+        ("DESCRIBE", "DATA") => {
+            p.words(&["DESCRIBE", "DATA"]);
+            p.expect("SOURCE")?;
+            GovStatement::DescribeDataSource {
+                source: p.source()?,
+            }
+        }
+        ("SHOW", "TABLES") if matches!(p.peek_word(2).as_deref(), Some("IN" | "FROM")) => {
+            p.p.next_token();
+            p.p.next_token();
+            p.p.next_token();
+            GovStatement::ShowTablesIn { schema: p.ident()? }
+        }
         _ => return Ok(None),
     };
     p.end()?;

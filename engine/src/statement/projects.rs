@@ -477,8 +477,11 @@ fn alter(
                 }
             }
             let adder = c.user(&me)?;
-            if let Err(reason) = subscription(&before.member_principal(&c.snapshot, adder), source)?
-            {
+            if let Err(reason) = subscription(
+                &before.member_principal(&c.snapshot, adder),
+                &c.snapshot,
+                source,
+            )? {
                 return Err(VeilError::PermissionDenied(format!(
                     "{reason}; only sources you are subscribed to can be added to project {name}"
                 )));

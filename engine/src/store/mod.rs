@@ -39,6 +39,20 @@ pub enum Change {
     DeleteProject(String),
     /// Replace the server-wide settings.
     PutSettings(crate::model::Settings),
+    /// Create or replace a workspace table version, if the stored one is
+    /// still what the writer expects (optimistic concurrency).
+    PutWorkspaceTable(crate::workspace::WorkspaceTable, Expect),
+    /// Remove a workspace table (project id, name), if it is as expected.
+    DeleteWorkspaceTable(String, String, Expect),
+}
+
+/// What a conditional change expects to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Nothing stored under the name.
+    Absent,
+    /// This version stored under the name.
+    Version(u64),
 }
 
 /// One audit record as the engine hands it to the store.

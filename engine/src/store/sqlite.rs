@@ -11,7 +11,7 @@ use hmac::{Hmac, Mac};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use sha2::Sha256;
 
-use super::{AuditEntry, AuditRecord, AuditVerification, CatalogStore, Change};
+use super::{AuditEntry, AuditRecord, AuditVerification, CatalogStore, Change, Expect};
 use crate::error::{Result, VeilError};
 use crate::model::CatalogSnapshot;
 
@@ -43,6 +43,9 @@ const MIGRATIONS: &[&str] = &[
 "#,
     r#"
     CREATE TABLE settings (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+"#,
+    r#"
+    CREATE TABLE workspace_tables (name TEXT PRIMARY KEY, body TEXT NOT NULL);
 "#,
 ];
 
@@ -157,6 +160,43 @@ impl SqliteStore {
     }
 }
 
+fn workspace_key(project_id: &str, name: &str) -> String {
+    format!("{project_id}/{name}")
+}
+
+/// Refuses a workspace change when another writer committed first.
+fn check_expected(tx: &Transaction<'_>, project: &str, name: &str, expect: Expect) -> Result<()> {
+    let key = workspace_key(project, name);
+    let stored: Option<String> = tx
+        .query_row(
+            "SELECT body FROM workspace_tables WHERE name = ?1",
+            params![key],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let version = match stored {
+        None => None,
+        Some(body) => Some(
+            unjson::<crate::workspace::WorkspaceTable>("workspace_tables", &key, &body)?.version,
+        ),
+    };
+    match (expect, version) {
+        (Expect::Absent, None) => Ok(()),
+        (Expect::Version(v), Some(now)) if v == now => Ok(()),
+        (Expect::Absent, Some(_)) => Err(VeilError::AlreadyExists(format!(
+            "workspace table {name} already exists"
+        ))),
+        (Expect::Version(v), None) => Err(VeilError::Conflict(format!(
+            "workspace table {name} was dropped by another writer while this write ran \
+             (expected version {v}); nothing was written"
+        ))),
+        (Expect::Version(v), Some(now)) => Err(VeilError::Conflict(format!(
+            "workspace table {name} was changed by another writer (version {v} is now {now}); \
+             nothing was written, retry"
+        ))),
+    }
+}
+
 impl CatalogStore for SqliteStore {
     fn version(&self) -> Result<u64> {
         let conn = self.lock()?;
@@ -206,6 +246,13 @@ impl CatalogStore for SqliteStore {
             snap.projects
                 .insert(name.clone(), unjson("projects", &name, &body)?);
         }
+        for (name, body) in rows("workspace_tables")? {
+            let t: crate::workspace::WorkspaceTable = unjson("workspace_tables", &name, &body)?;
+            snap.workspaces
+                .entry(t.project_id.clone())
+                .or_default()
+                .insert(t.name.clone(), t);
+        }
         if let Some((name, body)) = rows("settings")?.into_iter().find(|(n, _)| n == "server") {
             snap.settings = unjson("settings", &name, &body)?;
         }
@@ -216,6 +263,12 @@ impl CatalogStore for SqliteStore {
         let mut conn = self.lock()?;
         let tx = conn.transaction()?;
         for change in changes {
+            if let Change::PutWorkspaceTable(t, expect) = change {
+                check_expected(&tx, &t.project_id, &t.name, *expect)?;
+            }
+            if let Change::DeleteWorkspaceTable(project, name, expect) = change {
+                check_expected(&tx, project, name, *expect)?;
+            }
             // (table, key, new body or None to delete): one shape for every entity.
             let (table, name, body) = match change {
                 Change::PutUser(u) => ("users", u.name.clone(), Some(json(u)?)),
@@ -229,6 +282,14 @@ impl CatalogStore for SqliteStore {
                 Change::PutProject(p) => ("projects", p.name.clone(), Some(json(p)?)),
                 Change::DeleteProject(n) => ("projects", n.clone(), None),
                 Change::PutSettings(s) => ("settings", "server".to_string(), Some(json(s)?)),
+                Change::PutWorkspaceTable(t, _) => (
+                    "workspace_tables",
+                    workspace_key(&t.project_id, &t.name),
+                    Some(json(t)?),
+                ),
+                Change::DeleteWorkspaceTable(p, n, _) => {
+                    ("workspace_tables", workspace_key(p, n), None)
+                }
             };
             match body {
                 Some(body) => tx.execute(

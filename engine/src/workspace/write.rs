@@ -1,0 +1,663 @@
+//! Writes into a project's workspace: `CREATE TABLE workspace.t [AS ...]`,
+//! `INSERT [OVERWRITE] INTO workspace.t ...`, `DROP TABLE workspace.t` and
+//! Flight SQL ingest.
+//!
+//! Every write runs the governed plan of the writer in the project (so rows
+//! written are what the writer could read there: masked, filtered,
+//! equalized), writes Parquet with DataFusion's writer (zstd, page
+//! statistics) under a staging name, and commits one catalog transaction
+//! that lists the new files and expects the table version it started from.
+//! A failure anywhere before that commit deletes what it wrote and leaves
+//! the committed table as it was.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datafusion::arrow::array::{RecordBatch, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::common::config::TableParquetOptions;
+use datafusion::common::TableReference;
+use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::prelude::{DataFrame, SessionContext};
+use object_store::path::Path;
+use serde_json::json;
+
+use super::lineage::masked_map;
+use super::{table_name, WorkspaceFile, WorkspaceTable, WORKSPACE_SCHEMA};
+use crate::engine::{QueryOutput, Session};
+use crate::error::{Result, VeilError};
+use crate::governance::GovernanceContext;
+use crate::store::{AuditEntry, Change, Expect};
+
+/// A workspace statement recognized in a planned SQL statement.
+#[derive(Debug)]
+pub enum WorkspaceOp {
+    /// `CREATE [OR REPLACE] TABLE [IF NOT EXISTS] workspace.t (AS SELECT ... | (cols))`.
+    Create {
+        /// Table name as written.
+        table: String,
+        /// The rows (an empty relation for a column list).
+        input: LogicalPlan,
+        /// IF NOT EXISTS.
+        if_not_exists: bool,
+        /// OR REPLACE.
+        or_replace: bool,
+    },
+    /// `INSERT [OVERWRITE] INTO workspace.t ...`.
+    Insert {
+        /// Table name as written.
+        table: String,
+        /// The rows, already cast to the table's columns.
+        input: LogicalPlan,
+        /// Replace the table's rows instead of appending.
+        overwrite: bool,
+    },
+    /// `DROP TABLE [IF EXISTS] workspace.t`.
+    Drop {
+        /// Table name as written.
+        table: String,
+        /// IF EXISTS.
+        if_exists: bool,
+    },
+}
+
+/// What an ingest does with a missing or existing table (the four ADBC modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestMode {
+    /// Create; fail when it exists.
+    Create,
+    /// Append; fail when it does not exist.
+    Append,
+    /// Replace the table, creating it when missing.
+    Replace,
+    /// Append, creating it when missing.
+    CreateAppend,
+}
+
+/// The workspace table a reference names, if it is in the workspace of the
+/// session's catalog.
+fn workspace_table(name: &TableReference, catalog: &str) -> Option<String> {
+    match name {
+        TableReference::Partial { schema, table } if schema.as_ref() == WORKSPACE_SCHEMA => {
+            Some(table.to_string())
+        }
+        TableReference::Full {
+            catalog: c,
+            schema,
+            table,
+        } if c.as_ref() == catalog && schema.as_ref() == WORKSPACE_SCHEMA => {
+            Some(table.to_string())
+        }
+        _ => None,
+    }
+}
+
+/// Recognizes a workspace statement in a plan; None for anything else
+/// (which the caller refuses as DDL/DML). Outside a project there is no
+/// workspace, so nothing is recognized.
+pub fn recognize(plan: &LogicalPlan, project: Option<&str>) -> Result<Option<WorkspaceOp>> {
+    let Some(catalog) = project else {
+        return Ok(None);
+    };
+    Ok(match plan {
+        LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(c)) => workspace_table(&c.name, catalog)
+            .map(|table| WorkspaceOp::Create {
+                table,
+                input: c.input.as_ref().clone(),
+                if_not_exists: c.if_not_exists,
+                or_replace: c.or_replace,
+            }),
+        LogicalPlan::Ddl(DdlStatement::DropTable(d)) => {
+            workspace_table(&d.name, catalog).map(|table| WorkspaceOp::Drop {
+                table,
+                if_exists: d.if_exists,
+            })
+        }
+        LogicalPlan::Dml(d) => match workspace_table(&d.table_name, catalog) {
+            None => None,
+            Some(table) => match &d.op {
+                WriteOp::Insert(op) => Some(WorkspaceOp::Insert {
+                    table,
+                    input: d.input.as_ref().clone(),
+                    overwrite: *op != InsertOp::Append,
+                }),
+                other => {
+                    return Err(VeilError::InvalidArgument(format!(
+                        "{other} is not supported on workspace table {table}; write a new \
+                         version with CREATE OR REPLACE TABLE workspace.{table} AS SELECT ..."
+                    )))
+                }
+            },
+        },
+        _ => None,
+    })
+}
+
+/// The one-row `count` result of a write (rows written).
+pub fn count_output(rows: u64) -> Result<QueryOutput> {
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "count",
+        DataType::UInt64,
+        false,
+    )]));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![Arc::new(UInt64Array::from(vec![rows]))],
+    )?;
+    QueryOutput::from_batches(schema, vec![batch])
+}
+
+/// How a write meets the committed table.
+#[derive(Debug, Clone)]
+enum Mode {
+    /// The table must not exist.
+    Create,
+    /// Replace the version the write started from.
+    Replace(WorkspaceTable),
+    /// Append to the table the write started from (rebased onto appends that
+    /// committed meanwhile; a replace or drop meanwhile is a conflict).
+    Append(WorkspaceTable),
+}
+
+/// Runs a recognized workspace statement.
+pub async fn execute(
+    session: &Session,
+    ctx: &SessionContext,
+    gctx: &GovernanceContext,
+    op: WorkspaceOp,
+) -> Result<QueryOutput> {
+    let w = Writer::new(session, gctx)?;
+    match op {
+        WorkspaceOp::Drop { table, if_exists } => w.drop(&table_name(&table)?, if_exists),
+        WorkspaceOp::Create {
+            table,
+            input,
+            if_not_exists,
+            or_replace,
+        } => {
+            let name = table_name(&table)?;
+            let mode = match (w.current(&name), if_not_exists, or_replace) {
+                (None, _, _) => Mode::Create,
+                (Some(_), true, _) => return count_output(0),
+                (Some(t), false, true) => Mode::Replace(t),
+                (Some(_), false, false) => {
+                    return Err(VeilError::AlreadyExists(format!(
+                        "workspace table {name} already exists in project {}",
+                        w.project
+                    )))
+                }
+            };
+            w.write_plan(ctx, &name, input, mode).await
+        }
+        WorkspaceOp::Insert {
+            table,
+            input,
+            overwrite,
+        } => {
+            let name = table_name(&table)?;
+            let current = w.current(&name).ok_or_else(|| w.missing(&name))?;
+            let mode = if overwrite {
+                Mode::Replace(current)
+            } else {
+                Mode::Append(current)
+            };
+            w.write_plan(ctx, &name, input, mode).await
+        }
+    }
+}
+
+/// Ingests a client's stream of batches into a workspace table (Flight SQL
+/// `CommandStatementIngest`); returns the rows written.
+pub async fn ingest(
+    session: &Session,
+    table: &str,
+    mode: IngestMode,
+    stream: SendableRecordBatchStream,
+) -> Result<u64> {
+    let (ctx, gctx) = session.context()?;
+    let w = Writer::new(session, &gctx)?;
+    let name = table_name(table)?;
+    let schema = stream.schema();
+    let mode = match (w.current(&name), mode) {
+        (None, IngestMode::Append) => return Err(w.missing(&name)),
+        (None, _) => Mode::Create,
+        (Some(_), IngestMode::Create) => {
+            return Err(VeilError::AlreadyExists(format!(
+                "workspace table {name} already exists in project {}",
+                w.project
+            )))
+        }
+        (Some(t), IngestMode::Replace) => Mode::Replace(t),
+        (Some(t), IngestMode::Append | IngestMode::CreateAppend) => {
+            same_columns(&name, t.schema()?.as_ref(), &schema)?;
+            Mode::Append(t)
+        }
+    };
+    let source = StreamingTable::try_new(
+        Arc::clone(&schema),
+        vec![Arc::new(OneShot::new(stream)) as Arc<dyn PartitionStream>],
+    )?;
+    let df = ctx.read_table(Arc::new(source))?;
+    let plan = df.into_unoptimized_plan();
+    let out = w.write_plan(&ctx, &name, plan, mode).await?;
+    let batches = out.collect().await?;
+    Ok(batches
+        .first()
+        .and_then(|b| b.column(0).as_any().downcast_ref::<UInt64Array>())
+        .map(|a| a.value(0))
+        .unwrap_or(0))
+}
+
+/// An ingest's columns must be the table's: same names, same types.
+fn same_columns(table: &str, stored: &Schema, incoming: &Schema) -> Result<()> {
+    let show = |s: &Schema| {
+        s.fields()
+            .iter()
+            .map(|f| format!("{} {}", f.name(), f.data_type()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let same = stored.fields().len() == incoming.fields().len()
+        && stored
+            .fields()
+            .iter()
+            .zip(incoming.fields())
+            .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+    if same {
+        Ok(())
+    } else {
+        Err(VeilError::InvalidArgument(format!(
+            "the ingested columns ({}) do not match workspace table {table} ({}); nothing was \
+             written",
+            show(incoming),
+            show(stored)
+        )))
+    }
+}
+
+/// A client stream as a one-partition table that can be read once.
+struct OneShot {
+    schema: SchemaRef,
+    stream: Mutex<Option<SendableRecordBatchStream>>,
+}
+
+impl OneShot {
+    fn new(stream: SendableRecordBatchStream) -> Self {
+        Self {
+            schema: stream.schema(),
+            stream: Mutex::new(Some(stream)),
+        }
+    }
+}
+
+impl std::fmt::Debug for OneShot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OneShot({:?})", self.schema)
+    }
+}
+
+impl PartitionStream for OneShot {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        match self.stream.lock().ok().and_then(|mut s| s.take()) {
+            Some(s) => s,
+            None => Box::pin(RecordBatchStreamAdapter::new(
+                Arc::clone(&self.schema),
+                futures::stream::once(async {
+                    Err(datafusion::error::DataFusionError::Execution(
+                        "the ingest stream can be read only once".into(),
+                    ))
+                }),
+            )),
+        }
+    }
+}
+
+/// One workspace statement's context: who writes into which project.
+struct Writer<'a> {
+    session: &'a Session,
+    gctx: &'a GovernanceContext,
+    project: String,
+    project_id: String,
+    masked_joins: bool,
+}
+
+/// The Parquet writer settings of workspace tables.
+fn parquet_settings() -> TableParquetOptions {
+    let mut opts = TableParquetOptions::default();
+    opts.global.compression = Some("zstd(3)".into());
+    opts.global.statistics_enabled = Some("page".into());
+    opts
+}
+
+impl<'a> Writer<'a> {
+    fn new(session: &'a Session, gctx: &'a GovernanceContext) -> Result<Self> {
+        let Some(name) = session.project() else {
+            return Err(VeilError::FailedPrecondition(
+                "workspaces exist only in a project: USE PROJECT p first".into(),
+            ));
+        };
+        let project = gctx
+            .snapshot
+            .projects
+            .get(name)
+            .ok_or_else(|| VeilError::NotFound(format!("project {name} does not exist")))?;
+        Ok(Self {
+            session,
+            gctx,
+            project: project.name.clone(),
+            project_id: project.id.clone(),
+            masked_joins: project.masked_joins,
+        })
+    }
+
+    fn current(&self, name: &str) -> Option<WorkspaceTable> {
+        self.gctx
+            .snapshot
+            .workspaces
+            .get(&self.project_id)
+            .and_then(|t| t.get(name))
+            .cloned()
+    }
+
+    fn missing(&self, name: &str) -> VeilError {
+        VeilError::NotFound(format!(
+            "workspace table {name} does not exist in project {}",
+            self.project
+        ))
+    }
+
+    fn audit(&self, action: &str, table: &str, detail: serde_json::Value) -> AuditEntry {
+        AuditEntry {
+            actor: self.session.user().to_string(),
+            impersonated: self.session.impersonated().map(str::to_string),
+            action: action.into(),
+            object: format!("{}.{WORKSPACE_SCHEMA}.{table}", self.project),
+            detail: detail.to_string(),
+            outcome: "ok".into(),
+        }
+    }
+
+    fn drop(&self, name: &str, if_exists: bool) -> Result<QueryOutput> {
+        let engine = self.session.engine();
+        let released = {
+            let _guard = engine.write_guard()?;
+            let fresh = engine.snapshot()?;
+            let Some(current) = fresh
+                .workspaces
+                .get(&self.project_id)
+                .and_then(|t| t.get(name))
+            else {
+                if if_exists {
+                    return QueryOutput::status(&format!("workspace table {name} does not exist"));
+                }
+                return Err(self.missing(name));
+            };
+            engine.apply_locked(
+                &[Change::DeleteWorkspaceTable(
+                    self.project_id.clone(),
+                    name.to_string(),
+                    Expect::Version(current.version),
+                )],
+                &self.audit(
+                    "WorkspaceDrop",
+                    name,
+                    json!({"project": self.project, "table": name, "version": current.version}),
+                ),
+            )?;
+            current.files.iter().map(|f| f.path.clone()).collect()
+        };
+        engine.release_later(released);
+        QueryOutput::status(&format!("workspace table {name} dropped"))
+    }
+
+    /// Writes a plan's rows as a new table version.
+    async fn write_plan(
+        &self,
+        ctx: &SessionContext,
+        name: &str,
+        input: LogicalPlan,
+        mode: Mode,
+    ) -> Result<QueryOutput> {
+        let engine = self.session.engine();
+        let warehouse = engine.warehouse();
+        let state = ctx.state();
+        let plan = state.optimize(&input)?;
+        let masked = masked_map(&plan, &self.gctx.snapshot);
+        let parents: std::collections::BTreeSet<String> = self
+            .gctx
+            .applied
+            .lock()
+            .map(|a| a.iter().map(|p| p.source.clone()).collect())
+            .unwrap_or_default();
+        let schema = match &mode {
+            Mode::Append(t) => t.schema()?,
+            Mode::Create | Mode::Replace(_) => Arc::new(plan.schema().as_arrow().clone()),
+        };
+
+        let write_id = uuid::Uuid::new_v4().simple().to_string();
+        let staging = warehouse.staging_dir(&self.project_id, name, &write_id);
+        let written = async {
+            let df = DataFrame::new(state, plan);
+            let url = format!("{}/", warehouse.url_of(&staging));
+            let counts = df
+                .write_parquet(&url, DataFrameWriteOptions::new(), Some(parquet_settings()))
+                .await?;
+            let rows: u64 = counts
+                .iter()
+                .filter_map(|b| b.column(0).as_any().downcast_ref::<UInt64Array>())
+                .map(|a| a.iter().flatten().sum::<u64>())
+                .sum();
+            let mut staged = warehouse.list(&staging).await?;
+            staged.sort_by(|a, b| a.location.cmp(&b.location));
+            let files = warehouse
+                .promote(&staged, &self.project_id, name, &write_id)
+                .await?;
+            Ok::<_, VeilError>((rows, files))
+        }
+        .await;
+        let (rows, files) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = warehouse.delete_dir(&staging).await;
+                self.discard_promoted(name, &write_id).await;
+                return Err(e);
+            }
+        };
+        let new_bytes: u64 = files.iter().map(|f| f.size).sum();
+        let committed = self.commit(name, &mode, schema, files.clone(), rows, masked, parents);
+        match committed {
+            Ok(replaced) => {
+                engine.release_later(replaced);
+                let _ = warehouse.delete_dir(&staging).await;
+                tracing::info!(
+                    project = %self.project,
+                    table = name,
+                    rows,
+                    bytes = new_bytes,
+                    "workspace write committed"
+                );
+                count_output(rows)
+            }
+            Err(e) => {
+                let paths: Vec<Path> = files.iter().map(|f| Path::from(f.path.as_str())).collect();
+                let _ = warehouse.delete(paths).await;
+                let _ = warehouse.delete_dir(&staging).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes files a failed write promoted (named after its write id).
+    async fn discard_promoted(&self, name: &str, write_id: &str) {
+        let warehouse = self.session.engine().warehouse();
+        let dir = warehouse.table_dir(&self.project_id, name);
+        if let Ok(metas) = warehouse.list(&dir).await {
+            let prefix = format!("{write_id}-");
+            let mine: Vec<Path> = metas
+                .into_iter()
+                .filter(|m| {
+                    m.location
+                        .filename()
+                        .is_some_and(|f| f.starts_with(&prefix))
+                })
+                .map(|m| m.location)
+                .collect();
+            let _ = warehouse.delete(mine).await;
+        }
+    }
+
+    /// Commits a written version; returns the files it replaced.
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &self,
+        name: &str,
+        mode: &Mode,
+        schema: SchemaRef,
+        files: Vec<WorkspaceFile>,
+        rows: u64,
+        masked: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        parents: std::collections::BTreeSet<String>,
+    ) -> Result<Vec<String>> {
+        let engine = self.session.engine();
+        let _guard = engine.write_guard()?;
+        let fresh = engine.snapshot()?;
+        let tables = fresh.workspaces.get(&self.project_id);
+        let now_table = tables.and_then(|t| t.get(name));
+        let user = self.session.user().to_string();
+        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let project_keyed = self.masked_joins && !masked.is_empty();
+        let arrow_schema = serde_json::to_string(schema.as_ref())
+            .map_err(|e| VeilError::Internal(format!("schema: {e}")))?;
+        let (table, expect, replaced, kind) = match mode {
+            Mode::Create => (
+                WorkspaceTable {
+                    project_id: self.project_id.clone(),
+                    name: name.to_string(),
+                    version: 1,
+                    arrow_schema,
+                    files,
+                    rows,
+                    masked,
+                    parents,
+                    project_keyed,
+                    incarnation: new_incarnation(),
+                    created_by: user.clone(),
+                    updated_by: user.clone(),
+                    updated_at: at,
+                },
+                Expect::Absent,
+                vec![],
+                "create",
+            ),
+            Mode::Replace(base) => (
+                WorkspaceTable {
+                    version: base.version + 1,
+                    arrow_schema,
+                    files,
+                    rows,
+                    masked,
+                    parents,
+                    project_keyed,
+                    incarnation: new_incarnation(),
+                    updated_by: user.clone(),
+                    updated_at: at,
+                    ..base.clone()
+                },
+                Expect::Version(base.version),
+                base.files.iter().map(|f| f.path.clone()).collect(),
+                "replace",
+            ),
+            Mode::Append(base) => {
+                // Rebase onto appends committed meanwhile; anything else conflicts.
+                let current = now_table.ok_or_else(|| {
+                    VeilError::Conflict(format!(
+                        "workspace table {name} was dropped while this write ran; nothing was \
+                         written"
+                    ))
+                })?;
+                if current.incarnation != base.incarnation {
+                    return Err(VeilError::Conflict(format!(
+                        "workspace table {name} was replaced while this write ran (version {} \
+                         is now {}); nothing was written, retry",
+                        base.version, current.version
+                    )));
+                }
+                let mut t = current.clone();
+                t.version += 1;
+                t.files.extend(files);
+                t.rows += rows;
+                for (col, origins) in masked {
+                    t.masked.entry(col).or_default().extend(origins);
+                }
+                t.parents.extend(parents);
+                t.project_keyed |= project_keyed;
+                t.updated_by = user.clone();
+                t.updated_at = at;
+                (t, Expect::Version(current.version), vec![], "append")
+            }
+        };
+        self.check_limit(&fresh, &table, now_table)?;
+        let detail = json!({
+            "project": self.project,
+            "table": name,
+            "mode": kind,
+            "version": table.version,
+            "rows": rows,
+            "bytes": table.bytes(),
+            "sources": table.parents,
+            "masked_columns": table.masked.keys().collect::<Vec<_>>(),
+        });
+        engine.apply_locked(
+            &[Change::PutWorkspaceTable(table, expect)],
+            &self.audit("WorkspaceWrite", name, detail),
+        )?;
+        Ok(replaced)
+    }
+
+    /// Refuses a version that would take the project's workspace over its limit.
+    fn check_limit(
+        &self,
+        fresh: &crate::model::CatalogSnapshot,
+        table: &WorkspaceTable,
+        replacing: Option<&WorkspaceTable>,
+    ) -> Result<()> {
+        let Some(limit) = self.session.engine().options().workspace_max_bytes else {
+            return Ok(());
+        };
+        let others: u64 = fresh
+            .workspaces
+            .get(&self.project_id)
+            .into_iter()
+            .flat_map(|t| t.values())
+            .filter(|t| Some(*t) != replacing)
+            .map(WorkspaceTable::bytes)
+            .sum();
+        let total = others + table.bytes();
+        if total > limit {
+            return Err(VeilError::ResourceExhausted(format!(
+                "workspace of project {} would hold {total} bytes, over its limit of {limit} \
+                 bytes; nothing was written",
+                self.project
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn new_incarnation() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// How long replaced or dropped files stay readable by queries that
+/// started before the change.
+pub const RELEASE_DELAY: Duration = Duration::from_secs(30);
