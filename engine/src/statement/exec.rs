@@ -263,6 +263,11 @@ pub async fn execute(session: &mut Session, stmt: GovStatement) -> Result<QueryO
         Outcome::Rows(out) => Ok(out),
         Outcome::Change(changes, audit, status) => {
             engine.apply_locked(&changes, &audit)?;
+            // Workspace files the change stopped listing (a dropped project
+            // or derived source) are released once no query can need them.
+            let before = engine.warehouse().referenced(&c.snapshot);
+            let after = engine.warehouse().referenced(engine.snapshot()?.as_ref());
+            engine.release_later(before.difference(&after).cloned().collect());
             QueryOutput::status(&status)
         }
     }

@@ -208,9 +208,20 @@ pub(super) fn plan(c: &Ctx<'_>, stmt: GovStatement) -> Result<Outcome> {
         GovStatement::DropProject { name } => {
             let p = c.project(&name)?;
             c.require_project_owner(p, &format!("drop project {name}"))?;
+            // Its workspace goes with it (derived sources keep their files).
+            let mut changes = vec![Change::DeleteProject(name.clone())];
+            let mut tables = vec![];
+            for t in c.snapshot.workspaces.get(&p.id).into_iter().flatten() {
+                tables.push(t.0.clone());
+                changes.push(Change::DeleteWorkspaceTable(
+                    p.id.clone(),
+                    t.0.clone(),
+                    crate::store::Expect::Version(t.1.version),
+                ));
+            }
             change(
-                vec![Change::DeleteProject(name.clone())],
-                c.audit("DropProject", &name, json!({})),
+                changes,
+                c.audit("DropProject", &name, json!({"workspace_tables": tables})),
                 format!("project {name} dropped"),
             )
         }

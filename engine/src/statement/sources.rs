@@ -168,7 +168,7 @@ fn create_derived(c: &Ctx<'_>, source: &str, table: &str) -> Result<Outcome> {
         purposes,
         entitlements: entitlements.clone(),
         derived_by: c.session.effective_user().to_string(),
-        derived_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        derived_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     };
     let deriver = lineage.principal();
     for parent in &t.parents {

@@ -534,7 +534,7 @@ impl<'a> Writer<'a> {
         let tables = fresh.workspaces.get(&self.project_id);
         let now_table = tables.and_then(|t| t.get(name));
         let user = self.session.user().to_string();
-        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let project_keyed = self.masked_joins && !masked.is_empty();
         let arrow_schema = serde_json::to_string(schema.as_ref())
             .map_err(|e| VeilError::Internal(format!("schema: {e}")))?;
