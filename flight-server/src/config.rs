@@ -19,6 +19,10 @@ pub struct FileConfig {
     pub listen: Option<String>,
     /// Data directory.
     pub data_dir: Option<PathBuf>,
+    /// Workspace warehouse: object_store URL or directory.
+    pub warehouse: Option<String>,
+    /// Largest workspace per project, in bytes (0: no limit).
+    pub workspace_max_bytes: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -28,6 +32,21 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Data directory (catalog.sqlite, warehouse/, keys/).
     pub data_dir: PathBuf,
+    /// Engine options (warehouse, workspace limit).
+    pub engine: veil_engine::EngineOptions,
+}
+
+/// Settings a flag or environment variable may override.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--listen` / `VEIL_LISTEN`.
+    pub listen: Option<String>,
+    /// `--data-dir` / `VEIL_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--warehouse` / `VEIL_WAREHOUSE`.
+    pub warehouse: Option<String>,
+    /// `--workspace-max-bytes` / `VEIL_WORKSPACE_MAX_BYTES`.
+    pub workspace_max_bytes: Option<u64>,
 }
 
 impl FileConfig {
@@ -47,11 +66,13 @@ impl FileConfig {
 
 impl Config {
     /// Merges file values with flag/env values (already merged by clap).
-    pub fn resolve(
-        file: FileConfig,
-        listen: Option<String>,
-        data_dir: Option<PathBuf>,
-    ) -> Result<Self, String> {
+    pub fn resolve(file: FileConfig, o: Overrides) -> Result<Self, String> {
+        let Overrides {
+            listen,
+            data_dir,
+            warehouse,
+            workspace_max_bytes,
+        } = o;
         let listen = listen
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
@@ -61,7 +82,18 @@ impl Config {
         let data_dir = data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        Ok(Self { listen, data_dir })
+        let mut engine = veil_engine::EngineOptions {
+            warehouse: warehouse.or(file.warehouse),
+            ..Default::default()
+        };
+        if let Some(max) = workspace_max_bytes.or(file.workspace_max_bytes) {
+            engine.workspace_max_bytes = (max > 0).then_some(max);
+        }
+        Ok(Self {
+            listen,
+            data_dir,
+            engine,
+        })
     }
 }
 
@@ -73,12 +105,25 @@ mod tests {
     fn flags_win_over_file_and_defaults_fill_in() {
         let file: FileConfig =
             toml::from_str("listen = \"127.0.0.1:6000\"\ndata_dir = \"/x\"").unwrap();
-        let c = Config::resolve(file, Some("127.0.0.1:7000".into()), None).unwrap();
+        let flags = |listen: &str| Overrides {
+            listen: Some(listen.into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(file, flags("127.0.0.1:7000")).unwrap();
         assert_eq!(c.listen.port(), 7000);
         assert_eq!(c.data_dir, PathBuf::from("/x"));
-        let c = Config::resolve(FileConfig::default(), None, None).unwrap();
+        let c = Config::resolve(FileConfig::default(), Overrides::default()).unwrap();
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
-        assert!(Config::resolve(FileConfig::default(), Some("nope".into()), None).is_err());
+        assert_eq!(
+            c.engine.workspace_max_bytes,
+            Some(veil_engine::engine::DEFAULT_WORKSPACE_MAX_BYTES)
+        );
+        assert!(Config::resolve(FileConfig::default(), flags("nope")).is_err());
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+        let file: FileConfig =
+            toml::from_str("warehouse = \"s3://b/w\"\nworkspace_max_bytes = 0").unwrap();
+        let c = Config::resolve(file, Overrides::default()).unwrap();
+        assert_eq!(c.engine.warehouse.as_deref(), Some("s3://b/w"));
+        assert_eq!(c.engine.workspace_max_bytes, None);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use veil_engine::{Engine, Session};
-use veil_flight_server::config::{Config, FileConfig};
+use veil_flight_server::config::{Config, FileConfig, Overrides};
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +22,14 @@ struct Cli {
     /// Data directory: catalog.sqlite, warehouse/, keys/.
     #[arg(long, global = true, env = "VEIL_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Where project workspaces live: a directory or an object_store URL
+    /// such as s3://bucket/prefix (default: <data-dir>/warehouse).
+    #[arg(long, global = true, env = "VEIL_WAREHOUSE")]
+    warehouse: Option<String>,
+    /// Largest total size of one project's workspace, in bytes (0: no limit;
+    /// default 10 GiB).
+    #[arg(long, global = true, env = "VEIL_WORKSPACE_MAX_BYTES")]
+    workspace_max_bytes: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -86,8 +94,10 @@ fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
     opts.open(path)?.write_all(text.as_bytes())
 }
 
-fn open_engine(data_dir: &Path, base: &Path) -> Result<Arc<Engine>, String> {
-    let engine = Engine::open(data_dir, base).map_err(|e| e.to_string())?;
+fn open_engine(config: &Config, base: &Path) -> Result<Arc<Engine>, String> {
+    let data_dir = config.data_dir.as_path();
+    let engine =
+        Engine::open_with(data_dir, base, config.engine.clone()).map_err(|e| e.to_string())?;
     let password = std::env::var("VEIL_ADMIN_PASSWORD")
         .ok()
         .filter(|p| !p.is_empty());
@@ -129,15 +139,34 @@ async fn shutdown_signal() {
 
 async fn run(cli: Cli) -> Result<(), String> {
     let file = FileConfig::load(cli.config.as_deref())?;
+    let overrides = Overrides {
+        listen: None,
+        data_dir: cli.data_dir,
+        warehouse: cli.warehouse,
+        workspace_max_bytes: cli.workspace_max_bytes,
+    };
     match cli.command {
         Command::Serve { listen, demo } => {
-            let config = Config::resolve(file, listen, cli.data_dir)?;
+            let config = Config::resolve(
+                file,
+                Overrides {
+                    listen,
+                    ..overrides
+                },
+            )?;
             let base = if demo {
                 demo_root()
             } else {
                 PathBuf::from(".")
             };
-            let engine = open_engine(&config.data_dir, &base)?;
+            let engine = open_engine(&config, &base)?;
+            let swept = engine
+                .sweep_workspaces()
+                .await
+                .map_err(|e| format!("workspace clean-up: {e}"))?;
+            if swept > 0 {
+                println!("removed {swept} orphan workspace files of unfinished writes");
+            }
             if demo {
                 let (applied, skipped) = veil_engine::statement::load_demo(&engine)
                     .await
@@ -167,8 +196,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             handle.shutdown().await
         }
         Command::Apply { file: script } => {
-            let config = Config::resolve(file, None, cli.data_dir)?;
-            let engine = open_engine(&config.data_dir, Path::new("."))?;
+            let config = Config::resolve(file, overrides)?;
+            let engine = open_engine(&config, Path::new("."))?;
             let text = std::fs::read_to_string(&script)
                 .map_err(|e| format!("{}: {e}", script.display()))?;
             let (applied, skipped) = apply_script(&mut engine.session("admin"), &text).await?;
@@ -178,8 +207,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Audit {
             command: AuditCommand::Verify,
         } => {
-            let config = Config::resolve(file, None, cli.data_dir)?;
-            let engine = open_engine(&config.data_dir, Path::new("."))?;
+            let config = Config::resolve(file, overrides)?;
+            let engine = open_engine(&config, Path::new("."))?;
             let v = engine.store().verify_audit().map_err(|e| e.to_string())?;
             match v.first_broken {
                 None => {

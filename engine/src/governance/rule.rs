@@ -204,7 +204,16 @@ impl GovernanceContext {
         let Some(mask) = decision.mask_of(field.name()) else {
             return Ok(None);
         };
-        let key = match self.join_project() {
+        // Derived sources hold rows members wrote themselves: their keyed
+        // masks never use a project key, or a member could have their own
+        // guesses tokenized and joined against the real column (a
+        // dictionary attack).
+        let derived = self
+            .snapshot
+            .sources
+            .get(&decision.source)
+            .is_some_and(|s| matches!(s.kind, crate::model::SourceKind::Derived(_)));
+        let key = match self.join_project().filter(|_| !derived) {
             Some(p) => self.keys.project_key(&p.id, p.key_version),
             None => self.keys.column_key(
                 &decision.source,

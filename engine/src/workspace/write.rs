@@ -67,17 +67,27 @@ pub enum WorkspaceOp {
     },
 }
 
-/// What an ingest does with a missing or existing table (the four ADBC modes).
+/// What an ingest does with a missing or an existing table (Flight SQL's
+/// table definition options; ADBC's modes are create = (Create, Fail),
+/// append = (Fail, Append), replace = (Create, Replace), create_append =
+/// (Create, Append)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IngestMode {
-    /// Create; fail when it exists.
-    Create,
-    /// Append; fail when it does not exist.
+pub struct IngestMode {
+    /// Create the table when it does not exist (else fail).
+    pub create_if_missing: bool,
+    /// What to do when it exists.
+    pub if_exists: IfExists,
+}
+
+/// What an ingest does with an existing table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfExists {
+    /// Fail.
+    Fail,
+    /// Append the rows.
     Append,
-    /// Replace the table, creating it when missing.
+    /// Replace the table.
     Replace,
-    /// Append, creating it when missing.
-    CreateAppend,
 }
 
 /// The workspace table a reference names, if it is in the workspace of the
@@ -224,17 +234,17 @@ pub async fn ingest(
     let w = Writer::new(session, &gctx)?;
     let name = table_name(table)?;
     let schema = stream.schema();
-    let mode = match (w.current(&name), mode) {
-        (None, IngestMode::Append) => return Err(w.missing(&name)),
+    let mode = match (w.current(&name), mode.if_exists) {
+        (None, _) if !mode.create_if_missing => return Err(w.missing(&name)),
         (None, _) => Mode::Create,
-        (Some(_), IngestMode::Create) => {
+        (Some(_), IfExists::Fail) => {
             return Err(VeilError::AlreadyExists(format!(
                 "workspace table {name} already exists in project {}",
                 w.project
             )))
         }
-        (Some(t), IngestMode::Replace) => Mode::Replace(t),
-        (Some(t), IngestMode::Append | IngestMode::CreateAppend) => {
+        (Some(t), IfExists::Replace) => Mode::Replace(t),
+        (Some(t), IfExists::Append) => {
             same_columns(&name, t.schema()?.as_ref(), &schema)?;
             Mode::Append(t)
         }

@@ -20,9 +20,9 @@ use arrow_flight::sql::{
     ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetCrossReference,
     CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
     CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
-    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementQuery,
-    CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
-    TicketStatementQuery,
+    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementIngest,
+    CommandStatementQuery, CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt,
+    SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
     FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
@@ -271,6 +271,20 @@ impl FlightSqlService for VeilFlightSql {
         let n = self.run_update(&mut session, &handle.sql, &batches).await?;
         self.sessions.store(&sid, session);
         Ok(n)
+    }
+
+    async fn do_put_statement_ingest(
+        &self,
+        cmd: CommandStatementIngest,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let (_, session) = self.session(request.metadata())?;
+        let mode = statements::ingest_mode(&session, &cmd)?;
+        let stream = statements::ingest_stream(request).await?;
+        let rows = veil_engine::workspace::write::ingest(&session, &cmd.table, mode, stream)
+            .await
+            .map_err(to_status)?;
+        Ok(i64::try_from(rows).unwrap_or(i64::MAX))
     }
 
     async fn do_put_statement_update(

@@ -15,7 +15,7 @@ use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::sql::server::PeekableFlightDataStream;
-use arrow_flight::sql::{ProstMessageExt, TicketStatementQuery};
+use arrow_flight::sql::{CommandStatementIngest, ProstMessageExt, TicketStatementQuery};
 use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -24,10 +24,14 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use tonic::Status;
+use veil_engine::workspace::write::{IfExists, IngestMode};
+use veil_engine::workspace::WORKSPACE_SCHEMA;
 use veil_engine::{QueryOutput, Session, VeilError};
 
 use super::{DoGetStream, VeilFlightSql};
@@ -119,6 +123,98 @@ fn decode_params(params: &Option<String>) -> Result<Option<ParamValues>, Status>
         Some(b) => Ok(Some(row_params(b, 0)?)),
         None => Ok(None),
     }
+}
+
+/// The ingest mode of a `CommandStatementIngest`, checked against the
+/// session: only the current project's workspace can be written.
+pub(super) fn ingest_mode(
+    session: &Session,
+    cmd: &CommandStatementIngest,
+) -> Result<IngestMode, Status> {
+    use arrow_flight::sql::{TableExistsOption, TableNotExistOption};
+    let Some(project) = session.project() else {
+        return Err(Status::failed_precondition(format!(
+            "ingest into {} needs a project: only a project's workspace is writable (set the \
+             catalog or x-veil-project to the project)",
+            cmd.table
+        )));
+    };
+    if let Some(schema) = cmd.schema.as_deref().filter(|s| !s.is_empty()) {
+        if schema != WORKSPACE_SCHEMA {
+            return Err(Status::permission_denied(format!(
+                "ingest into schema {schema} is not allowed: only {WORKSPACE_SCHEMA} is writable"
+            )));
+        }
+    }
+    if let Some(catalog) = cmd.catalog.as_deref().filter(|c| !c.is_empty()) {
+        if catalog != project {
+            return Err(Status::permission_denied(format!(
+                "ingest into catalog {catalog} is not allowed from project {project}"
+            )));
+        }
+    }
+    if cmd.temporary {
+        return Err(Status::invalid_argument(
+            "temporary tables are not supported; ingest into the workspace",
+        ));
+    }
+    if cmd.transaction_id.is_some() {
+        return Err(Status::invalid_argument("transactions are not supported"));
+    }
+    let opts = cmd.table_definition_options.unwrap_or_default();
+    let create_if_missing = match TableNotExistOption::try_from(opts.if_not_exist) {
+        Ok(TableNotExistOption::Create) => true,
+        Ok(TableNotExistOption::Fail) => false,
+        _ => {
+            return Err(Status::invalid_argument(
+                "ingest must say what to do when the table does not exist (create or fail)",
+            ))
+        }
+    };
+    let if_exists = match TableExistsOption::try_from(opts.if_exists) {
+        Ok(TableExistsOption::Fail) => IfExists::Fail,
+        Ok(TableExistsOption::Append) => IfExists::Append,
+        Ok(TableExistsOption::Replace) => IfExists::Replace,
+        _ => {
+            return Err(Status::invalid_argument(
+                "ingest must say what to do when the table exists (fail, append or replace)",
+            ))
+        }
+    };
+    Ok(IngestMode {
+        create_if_missing,
+        if_exists,
+    })
+}
+
+/// The batches of an ingest as a stream with its schema (read from the
+/// first message). A client that breaks the stream off fails the write.
+pub(super) async fn ingest_stream(
+    request: tonic::Request<PeekableFlightDataStream>,
+) -> Result<SendableRecordBatchStream, Status> {
+    let stream = request.into_inner().map_err(FlightError::from);
+    let mut decoded = FlightRecordBatchStream::new_from_flight_data(stream);
+    let first = decoded.next().await;
+    let schema = match (decoded.schema(), &first) {
+        (Some(s), _) => Arc::clone(s),
+        (None, Some(Ok(b))) => b.schema(),
+        (None, Some(Err(e))) => {
+            return Err(Status::invalid_argument(format!("ingest stream: {e}")))
+        }
+        (None, None) => {
+            return Err(Status::invalid_argument(
+                "ingest stream carried no schema and no rows",
+            ))
+        }
+    };
+    let rest = futures::stream::iter(first).chain(decoded).map(|r| {
+        r.map_err(|e| {
+            datafusion::error::DataFusionError::Execution(format!(
+                "ingest stream broke off: {e}; nothing was written"
+            ))
+        })
+    });
+    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, rest)))
 }
 
 /// Puts the session in `project` (checking membership again) unless it is
@@ -286,11 +382,25 @@ impl VeilFlightSql {
                 .execute_with_params(sql, params)
                 .await
                 .map_err(to_status)?;
-            let is_status =
-                out.schema.fields().len() == 1 && out.schema.field(0).name() == "status";
+            let single =
+                (out.schema.fields().len() == 1).then(|| out.schema.field(0).name().clone());
             let batches = out.collect().await.map_err(to_status)?;
-            if !is_status {
-                count += batches.iter().map(|b| b.num_rows() as i64).sum::<i64>();
+            match single.as_deref() {
+                Some("status") => {}
+                // A write reports the rows it wrote.
+                Some("count") => {
+                    count += batches
+                        .iter()
+                        .filter_map(|b| {
+                            b.column(0)
+                                .as_any()
+                                .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+                        })
+                        .flat_map(|a| a.iter().flatten())
+                        .map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+                        .sum::<i64>();
+                }
+                _ => count += batches.iter().map(|b| b.num_rows() as i64).sum::<i64>(),
             }
         }
         Ok(count)

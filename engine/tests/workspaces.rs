@@ -1,0 +1,403 @@
+//! Workspaces in-process: the dictionary attack on masked joins, masked-
+//! column lineage, concurrent appends, the size limit, orphan clean-up and
+//! file release.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use veil_engine::{Engine, EngineOptions, ErrorKind, Session};
+
+fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// Rows as text cells.
+async fn rows(s: &mut Session, sql: &str) -> Vec<Vec<String>> {
+    let batches = s
+        .execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let opts = FormatOptions::default().with_null("NULL");
+    let mut out = vec![];
+    for b in &batches {
+        let fmts: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
+            .collect();
+        for r in 0..b.num_rows() {
+            out.push(fmts.iter().map(|f| f.value(r).to_string()).collect());
+        }
+    }
+    out
+}
+
+async fn one(s: &mut Session, sql: &str) -> String {
+    let r = rows(s, sql).await;
+    assert_eq!(r.len(), 1, "{sql}: {r:?}");
+    r[0][0].clone()
+}
+
+async fn run(s: &mut Session, sql: &str) {
+    rows(s, sql).await;
+}
+
+async fn err(s: &mut Session, sql: &str) -> veil_engine::VeilError {
+    match s.execute(sql).await {
+        Err(e) => e,
+        Ok(out) => match out.collect().await {
+            Err(e) => e,
+            Ok(b) => panic!("{sql} succeeded: {b:?}"),
+        },
+    }
+}
+
+async fn demo(dir: &Path, options: EngineOptions) -> Arc<Engine> {
+    let engine = Engine::open_with(dir, root(), options).unwrap();
+    engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
+    veil_engine::statement::load_demo(&engine).await.unwrap();
+    engine
+}
+
+/// sally's project `name` over hr.employees with bob as a member.
+async fn project(engine: &Arc<Engine>, name: &str, masked_joins: bool) {
+    let mut sally = engine.session("sally");
+    run(&mut sally, &format!("CREATE PROJECT {name}")).await;
+    run(
+        &mut sally,
+        &format!("ALTER PROJECT {name} ADD DATA SOURCE hr.employees"),
+    )
+    .await;
+    run(&mut sally, &format!("ALTER PROJECT {name} ADD MEMBER bob")).await;
+    if masked_joins {
+        run(
+            &mut sally,
+            &format!("ALTER PROJECT {name} SET MASKED JOINS ON"),
+        )
+        .await;
+    }
+}
+
+/// Parquet files under a directory, recursively.
+fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(parquet_files(&p));
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A member who can write rows must not get their own guesses tokenized
+/// with the project's join key and joined against the real column.
+#[tokio::test]
+async fn dictionary_attack_on_a_masked_join_key_finds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = demo(dir.path(), EngineOptions::default()).await;
+    project(&engine, "dict", true).await;
+    // The attacker's guesses: ten real e-mail addresses of employees bob sees.
+    let mut sally = engine.session("sally");
+    let guesses: Vec<String> = rows(
+        &mut sally,
+        "SELECT email FROM hr.employees WHERE region = 'US' ORDER BY employee_id LIMIT 10",
+    )
+    .await
+    .into_iter()
+    .map(|r| format!("('{}')", r[0]))
+    .collect();
+    assert_eq!(guesses.len(), 10);
+
+    let mut bob = engine.session("bob");
+    bob.use_project(Some("dict")).unwrap();
+    // Sanity: masked keys do join inside this project.
+    assert_ne!(
+        one(
+            &mut bob,
+            "SELECT count(*) FROM hr.employees a JOIN hr.employees b ON a.email = b.email"
+        )
+        .await,
+        "0"
+    );
+    run(&mut bob, "CREATE TABLE workspace.guesses (email VARCHAR)").await;
+    run(
+        &mut bob,
+        &format!(
+            "INSERT INTO workspace.guesses VALUES {}",
+            guesses.join(", ")
+        ),
+    )
+    .await;
+    // 1. Workspace tables are not re-masked: plaintext never meets a token.
+    assert_eq!(
+        one(
+            &mut bob,
+            "SELECT count(*) FROM workspace.guesses g JOIN hr.employees e ON g.email = e.email"
+        )
+        .await,
+        "0"
+    );
+    // 2. The mask functions cannot be called by name.
+    for f in ["veil_hash", "veil_encrypt", "hash", "veil_decrypt"] {
+        let e = err(
+            &mut bob,
+            &format!("SELECT {f}(email) FROM workspace.guesses"),
+        )
+        .await;
+        assert!(e.to_string().contains(f), "{f}: {e}");
+    }
+    // 3. Registered as a derived source, tagged PII and added to the project,
+    //    the guesses are HASHed, but never with the project's key.
+    run(&mut sally, "USE PROJECT dict").await;
+    run(
+        &mut sally,
+        "CREATE DERIVED DATA SOURCE analytics.guesses FROM WORKSPACE TABLE guesses",
+    )
+    .await;
+    run(&mut sally, "USE PROJECT NONE").await;
+    run(
+        &mut sally,
+        "ALTER DATA SOURCE analytics.guesses TAG COLUMN email WITH ('PII.Email')",
+    )
+    .await;
+    run(
+        &mut sally,
+        "ALTER PROJECT dict ADD DATA SOURCE analytics.guesses",
+    )
+    .await;
+    assert_eq!(
+        one(
+            &mut bob,
+            "SELECT bool_and(length(email) = 32) FROM analytics.guesses"
+        )
+        .await,
+        "true",
+        "the derived column is masked for bob"
+    );
+    assert_eq!(
+        one(
+            &mut bob,
+            "SELECT count(*) FROM analytics.guesses g JOIN hr.employees e ON g.email = e.email"
+        )
+        .await,
+        "0"
+    );
+    // 4. Nor does copying tokens around help: a CTAS of the real tokens
+    //    joins (same key), guesses never do.
+    run(
+        &mut bob,
+        "CREATE TABLE workspace.tokens AS SELECT email FROM hr.employees",
+    )
+    .await;
+    assert_ne!(
+        one(
+            &mut bob,
+            "SELECT count(*) FROM workspace.tokens t JOIN hr.employees e ON t.email = e.email"
+        )
+        .await,
+        "0"
+    );
+    assert_eq!(
+        one(
+            &mut bob,
+            "SELECT count(*) FROM workspace.tokens t JOIN workspace.guesses g ON t.email = g.email"
+        )
+        .await,
+        "0"
+    );
+}
+
+/// Which workspace columns are marked masked: whatever a masked column flows
+/// into, through expressions, aggregates, joins and unions.
+#[tokio::test]
+async fn masked_columns_are_tracked_through_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = demo(dir.path(), EngineOptions::default()).await;
+    project(&engine, "lin", false).await;
+    let mut bob = engine.session("bob");
+    bob.use_project(Some("lin")).unwrap();
+    let cases = [
+        ("plain", "SELECT employee_id, region FROM hr.employees", ""),
+        (
+            "expr",
+            "SELECT employee_id, upper(email) AS shout FROM hr.employees",
+            "shout",
+        ),
+        (
+            "agg",
+            "SELECT email, count(*) AS n, max(name) AS who FROM hr.employees GROUP BY email",
+            "email, who",
+        ),
+        (
+            "joined",
+            "SELECT a.employee_id, b.name FROM hr.employees a JOIN hr.employees b ON a.email = b.email",
+            "name",
+        ),
+        (
+            "unioned",
+            "SELECT region AS v FROM hr.employees UNION ALL SELECT email FROM hr.employees",
+            "v",
+        ),
+        (
+            "sub",
+            "SELECT employee_id, (SELECT max(email) FROM hr.employees) AS m FROM hr.employees",
+            "m",
+        ),
+    ];
+    for (table, sql, _) in &cases {
+        run(
+            &mut bob,
+            &format!("CREATE TABLE workspace.{table} AS {sql}"),
+        )
+        .await;
+    }
+    // Copying a masked workspace column keeps the mark.
+    run(
+        &mut bob,
+        "CREATE TABLE workspace.copy AS SELECT shout FROM workspace.expr",
+    )
+    .await;
+    let listed = rows(&mut bob, "SHOW TABLES IN workspace").await;
+    let masked = |t: &str| {
+        listed
+            .iter()
+            .find(|r| r[0] == t)
+            .map(|r| r[6].clone())
+            .unwrap_or_else(|| panic!("{t} not listed: {listed:?}"))
+    };
+    for (table, _, want) in &cases {
+        assert_eq!(masked(table), *want, "{table}");
+    }
+    assert_eq!(masked("copy"), "shout");
+    let plain = listed.iter().find(|r| r[0] == "plain").unwrap();
+    assert_eq!(plain[7], "hr.employees", "sources");
+}
+
+/// Two writers appending at once: every committed row is there exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_keep_every_row_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = demo(dir.path(), EngineOptions::default()).await;
+    project(&engine, "conc", false).await;
+    let mut bob = engine.session("bob");
+    bob.use_project(Some("conc")).unwrap();
+    run(
+        &mut bob,
+        "CREATE TABLE workspace.t (writer VARCHAR, n BIGINT)",
+    )
+    .await;
+    let mut tasks = vec![];
+    for writer in ["bob", "sally"] {
+        let mut s = engine.session(writer);
+        s.use_project(Some("conc")).unwrap();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..15 {
+                let sql = format!("INSERT INTO workspace.t VALUES ('{writer}', {n})");
+                s.execute(&sql).await.unwrap().collect().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        rows(
+            &mut bob,
+            "SELECT count(*), count(DISTINCT writer || '-' || n) FROM workspace.t"
+        )
+        .await,
+        vec![vec!["30".to_string(), "30".to_string()]]
+    );
+}
+
+/// A write that would take the workspace over its limit is refused and
+/// leaves nothing behind; a write that fits goes through.
+#[tokio::test]
+async fn workspace_limit_refuses_before_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = EngineOptions {
+        workspace_max_bytes: Some(4096),
+        ..Default::default()
+    };
+    let engine = demo(dir.path(), options).await;
+    project(&engine, "small", false).await;
+    let mut bob = engine.session("bob");
+    bob.use_project(Some("small")).unwrap();
+    run(&mut bob, "CREATE TABLE workspace.tiny AS SELECT 1 AS x").await;
+    let e = err(
+        &mut bob,
+        "CREATE TABLE workspace.big AS SELECT * FROM hr.employees",
+    )
+    .await;
+    assert_eq!(e.kind(), ErrorKind::ResourceExhausted, "{e}");
+    assert!(
+        e.to_string().contains("over its limit of 4096 bytes"),
+        "{e}"
+    );
+    let tables: Vec<String> = rows(&mut bob, "SHOW TABLES IN workspace")
+        .await
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(tables, vec!["tiny"]);
+    let files = parquet_files(&dir.path().join("warehouse"));
+    assert_eq!(files.len(), 1, "only tiny's file remains: {files:?}");
+}
+
+/// Files of unfinished writes are removed at start-up; committed ones stay.
+/// Dropped tables release their files.
+#[tokio::test]
+async fn orphans_are_swept_and_drops_release_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = EngineOptions {
+        release_delay: Duration::ZERO,
+        ..Default::default()
+    };
+    let engine = demo(dir.path(), options).await;
+    project(&engine, "sweep", false).await;
+    let mut bob = engine.session("bob");
+    bob.use_project(Some("sweep")).unwrap();
+    run(
+        &mut bob,
+        "CREATE TABLE workspace.keep AS SELECT employee_id FROM hr.employees",
+    )
+    .await;
+    let committed = parquet_files(&dir.path().join("warehouse"));
+    assert_eq!(committed.len(), 1);
+    let table_dir = committed[0].parent().unwrap().to_path_buf();
+    // What a crash mid-write leaves: a staged file and a promoted, unlisted one.
+    let staged = table_dir.join("_staging/abc/part-0.parquet");
+    std::fs::create_dir_all(staged.parent().unwrap()).unwrap();
+    std::fs::write(&staged, b"partial").unwrap();
+    std::fs::write(table_dir.join("abc-0.parquet"), b"partial").unwrap();
+    std::fs::create_dir_all(table_dir.parent().unwrap().join("gone")).unwrap();
+    std::fs::write(table_dir.parent().unwrap().join("gone/x-0.parquet"), b"x").unwrap();
+    assert_eq!(engine.sweep_workspaces().await.unwrap(), 3);
+    assert_eq!(parquet_files(&dir.path().join("warehouse")), committed);
+    assert_eq!(
+        one(&mut bob, "SELECT count(*) FROM workspace.keep").await,
+        "311"
+    );
+
+    run(&mut bob, "DROP TABLE workspace.keep").await;
+    for _ in 0..100 {
+        if parquet_files(&dir.path().join("warehouse")).is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("dropped table's files were not released");
+}
