@@ -456,6 +456,14 @@ impl<'a> Writer<'a> {
 
         let write_id = uuid::Uuid::new_v4().simple().to_string();
         let staging = warehouse.staging_dir(&self.project_id, name, &write_id);
+        // If this future is dropped mid-write (the client went away), the
+        // guard removes what was written so far.
+        let mut guard = Abandoned {
+            warehouse: Some(warehouse.clone()),
+            staging: staging.clone(),
+            table_dir: warehouse.table_dir(&self.project_id, name),
+            write_id: write_id.clone(),
+        };
         let written = async {
             let df = DataFrame::new(state, plan);
             let url = format!("{}/", warehouse.url_of(&staging));
@@ -478,11 +486,13 @@ impl<'a> Writer<'a> {
         let (rows, files) = match written {
             Ok(w) => w,
             Err(e) => {
+                guard.warehouse = None;
                 let _ = warehouse.delete_dir(&staging).await;
-                self.discard_promoted(name, &write_id).await;
+                discard_promoted(warehouse, &guard.table_dir, &write_id).await;
                 return Err(e);
             }
         };
+        guard.warehouse = None;
         let new_bytes: u64 = files.iter().map(|f| f.size).sum();
         let committed = self.commit(name, &mode, schema, files.clone(), rows, masked, parents);
         match committed {
@@ -504,25 +514,6 @@ impl<'a> Writer<'a> {
                 let _ = warehouse.delete_dir(&staging).await;
                 Err(e)
             }
-        }
-    }
-
-    /// Deletes files a failed write promoted (named after its write id).
-    async fn discard_promoted(&self, name: &str, write_id: &str) {
-        let warehouse = self.session.engine().warehouse();
-        let dir = warehouse.table_dir(&self.project_id, name);
-        if let Ok(metas) = warehouse.list(&dir).await {
-            let prefix = format!("{write_id}-");
-            let mine: Vec<Path> = metas
-                .into_iter()
-                .filter(|m| {
-                    m.location
-                        .filename()
-                        .is_some_and(|f| f.starts_with(&prefix))
-                })
-                .map(|m| m.location)
-                .collect();
-            let _ = warehouse.delete(mine).await;
         }
     }
 
@@ -661,6 +652,52 @@ impl<'a> Writer<'a> {
             )));
         }
         Ok(())
+    }
+}
+
+/// Deletes files a failed write promoted (named after its write id).
+async fn discard_promoted(warehouse: &super::Warehouse, table_dir: &Path, write_id: &str) {
+    if let Ok(metas) = warehouse.list(table_dir).await {
+        let prefix = format!("{write_id}-");
+        let mine: Vec<Path> = metas
+            .into_iter()
+            .filter(|m| {
+                m.location
+                    .filename()
+                    .is_some_and(|f| f.starts_with(&prefix))
+            })
+            .map(|m| m.location)
+            .collect();
+        let _ = warehouse.delete(mine).await;
+    }
+}
+
+/// Cleans up after a write whose future was dropped before it finished.
+struct Abandoned {
+    /// Some while the write is unfinished.
+    warehouse: Option<super::Warehouse>,
+    staging: Path,
+    table_dir: Path,
+    write_id: String,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        let Some(warehouse) = self.warehouse.take() else {
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return; // the start-up sweep removes them
+        };
+        let (staging, table_dir, write_id) = (
+            self.staging.clone(),
+            self.table_dir.clone(),
+            std::mem::take(&mut self.write_id),
+        );
+        handle.spawn(async move {
+            let _ = warehouse.delete_dir(&staging).await;
+            discard_promoted(&warehouse, &table_dir, &write_id).await;
+        });
     }
 }
 

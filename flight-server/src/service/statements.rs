@@ -125,6 +125,17 @@ fn decode_params(params: &Option<String>) -> Result<Option<ParamValues>, Status>
     }
 }
 
+/// The IPC messages of a DoPut, without the descriptor-only message some
+/// clients send first (the arrow-rs client's prepared update does).
+fn data_messages(
+    request: tonic::Request<PeekableFlightDataStream>,
+) -> impl futures::Stream<Item = Result<arrow_flight::FlightData, FlightError>> {
+    request
+        .into_inner()
+        .map_err(FlightError::from)
+        .try_filter(|m| std::future::ready(!(m.data_header.is_empty() && m.data_body.is_empty())))
+}
+
 /// The ingest mode of a `CommandStatementIngest`, checked against the
 /// session: only the current project's workspace can be written.
 pub(super) fn ingest_mode(
@@ -133,24 +144,24 @@ pub(super) fn ingest_mode(
 ) -> Result<IngestMode, Status> {
     use arrow_flight::sql::{TableExistsOption, TableNotExistOption};
     let Some(project) = session.project() else {
-        return Err(Status::failed_precondition(format!(
+        return Err(to_status(VeilError::FailedPrecondition(format!(
             "ingest into {} needs a project: only a project's workspace is writable (set the \
              catalog or x-veil-project to the project)",
             cmd.table
-        )));
+        ))));
     };
     if let Some(schema) = cmd.schema.as_deref().filter(|s| !s.is_empty()) {
         if schema != WORKSPACE_SCHEMA {
-            return Err(Status::permission_denied(format!(
+            return Err(to_status(VeilError::PermissionDenied(format!(
                 "ingest into schema {schema} is not allowed: only {WORKSPACE_SCHEMA} is writable"
-            )));
+            ))));
         }
     }
     if let Some(catalog) = cmd.catalog.as_deref().filter(|c| !c.is_empty()) {
         if catalog != project {
-            return Err(Status::permission_denied(format!(
+            return Err(to_status(VeilError::PermissionDenied(format!(
                 "ingest into catalog {catalog} is not allowed from project {project}"
-            )));
+            ))));
         }
     }
     if cmd.temporary {
@@ -192,8 +203,7 @@ pub(super) fn ingest_mode(
 pub(super) async fn ingest_stream(
     request: tonic::Request<PeekableFlightDataStream>,
 ) -> Result<SendableRecordBatchStream, Status> {
-    let stream = request.into_inner().map_err(FlightError::from);
-    let mut decoded = FlightRecordBatchStream::new_from_flight_data(stream);
+    let mut decoded = FlightRecordBatchStream::new_from_flight_data(data_messages(request));
     let first = decoded.next().await;
     let schema = match (decoded.schema(), &first) {
         (Some(s), _) => Arc::clone(s),
@@ -332,8 +342,7 @@ impl VeilFlightSql {
     pub(super) async fn read_batches(
         request: tonic::Request<PeekableFlightDataStream>,
     ) -> Result<(Option<SchemaRef>, Vec<RecordBatch>), Status> {
-        let stream = request.into_inner().map_err(FlightError::from);
-        let mut decoded = FlightRecordBatchStream::new_from_flight_data(stream);
+        let mut decoded = FlightRecordBatchStream::new_from_flight_data(data_messages(request));
         let mut batches = vec![];
         while let Some(b) = decoded.next().await {
             batches.push(b.map_err(Status::from)?);
