@@ -25,12 +25,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir):
-    """Starts `veil serve --demo` on `data_dir`; returns (process, uri)."""
+def start_server(data_dir, args=(), env=None):
+    """Starts `veil serve --demo` on `data_dir` (with extra CLI `args` and
+    environment `env`); returns (process, uri)."""
     port = _free_port()
-    env = dict(os.environ, VEIL_ADMIN_PASSWORD="admin-pw", VEIL_LOG="warn")
+    env = dict(os.environ, VEIL_ADMIN_PASSWORD="admin-pw", VEIL_LOG="warn", **(env or {}))
     proc = subprocess.Popen(
-        [str(_binary()), "--data-dir", data_dir, "serve", "--demo", "--listen", f"127.0.0.1:{port}"],
+        [str(_binary()), "--data-dir", data_dir, *args, "serve", "--demo", "--listen", f"127.0.0.1:{port}"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

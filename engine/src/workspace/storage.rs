@@ -201,8 +201,56 @@ impl Warehouse {
             .filter(|m| !keep.contains(m.location.as_ref()))
             .map(|m| m.location)
             .collect();
-        let n = orphans.len();
+        let mut n = orphans.len();
         self.delete(orphans).await?;
+        // A local store does not list the temporary files of uploads that
+        // never completed (`name#1`); remove staging directories outright,
+        // then the directories left empty.
+        if let Ok(root) = self.root.to_file_path() {
+            n += tidy_local(&root.join("projects"), true);
+        }
         Ok(n)
     }
+}
+
+/// Removes `_staging` directories (counting their files) and empty
+/// directories under `dir`; returns the files removed.
+fn tidy_local(dir: &std::path::Path, top: bool) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let p = e.path();
+        if !p.is_dir() {
+            continue;
+        }
+        if p.file_name().is_some_and(|n| n == "_staging") {
+            removed += count_files(&p);
+            let _ = std::fs::remove_dir_all(&p);
+        } else {
+            removed += tidy_local(&p, false);
+        }
+    }
+    if !top {
+        // Fails (and keeps it) unless empty.
+        let _ = std::fs::remove_dir(dir);
+    }
+    removed
+}
+
+fn count_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                count_files(&p)
+            } else {
+                1
+            }
+        })
+        .sum()
 }

@@ -253,7 +253,22 @@ pub async fn ingest(
         Arc::clone(&schema),
         vec![Arc::new(OneShot::new(stream)) as Arc<dyn PartitionStream>],
     )?;
-    let df = ctx.read_table(Arc::new(source))?;
+    let mut df = ctx.read_table(Arc::new(source))?;
+    if let Mode::Append(t) = &mode {
+        let stored = t.schema()?;
+        let cast = stored
+            .fields()
+            .iter()
+            .map(|f| {
+                datafusion::prelude::cast(
+                    datafusion::prelude::ident(f.name()),
+                    f.data_type().clone(),
+                )
+                .alias(f.name())
+            })
+            .collect::<Vec<_>>();
+        df = df.select(cast)?;
+    }
     let plan = df.into_unoptimized_plan();
     let out = w.write_plan(&ctx, &name, plan, mode).await?;
     let batches = out.collect().await?;
@@ -262,6 +277,25 @@ pub async fn ingest(
         .and_then(|b| b.column(0).as_any().downcast_ref::<UInt64Array>())
         .map(|a| a.value(0))
         .unwrap_or(0))
+}
+
+/// Types an ingest may send for a column: the column's own, or another
+/// encoding of the same values (Utf8 / LargeUtf8 / Utf8View, and the binary
+/// ones alike); they are cast to the column's type.
+fn same_family(a: &DataType, b: &DataType) -> bool {
+    use DataType::*;
+    a == b
+        || matches!(
+            (a, b),
+            (Utf8 | LargeUtf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View)
+        )
+        || matches!(
+            (a, b),
+            (
+                Binary | LargeBinary | BinaryView,
+                Binary | LargeBinary | BinaryView
+            )
+        )
 }
 
 /// An ingest's columns must be the table's: same names, same types.
@@ -278,7 +312,7 @@ fn same_columns(table: &str, stored: &Schema, incoming: &Schema) -> Result<()> {
             .fields()
             .iter()
             .zip(incoming.fields())
-            .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+            .all(|(a, b)| a.name() == b.name() && same_family(a.data_type(), b.data_type()));
     if same {
         Ok(())
     } else {
