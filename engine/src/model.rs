@@ -136,6 +136,21 @@ pub struct ColumnInfo {
     pub tags: BTreeSet<String>,
 }
 
+impl ColumnInfo {
+    /// The columns of an Arrow schema, without tags.
+    pub fn untagged(schema: &arrow_schema::Schema) -> Vec<ColumnInfo> {
+        schema
+            .fields()
+            .iter()
+            .map(|f| ColumnInfo {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+                tags: BTreeSet::new(),
+            })
+            .collect()
+    }
+}
+
 /// A registered data source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataSource {

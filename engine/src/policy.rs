@@ -319,6 +319,7 @@ mod tests {
             ],
             owners: BTreeSet::from(["owner".to_string()]),
             subscription: Subscription::When("has_group('staff')".into()),
+            kind: SourceKind::Parquet,
         }
     }
 

@@ -392,6 +392,27 @@ async fn orphans_are_swept_and_drops_release_files() {
         "311"
     );
 
+    // Nobody registers the warehouse as a plain data source around the
+    // workspace isolation, by path or URL.
+    let mut admin = engine.session("admin");
+    let wh = dir.path().join("warehouse");
+    for location in [
+        wh.join("projects").display().to_string(),
+        table_dir.display().to_string(),
+        format!("file://{}/", wh.display()),
+        format!("{}/projects/../projects", wh.display()),
+    ] {
+        let e = err(
+            &mut admin,
+            &format!("CREATE DATA SOURCE steal.ws FROM PARQUET '{location}'"),
+        )
+        .await;
+        assert!(
+            e.to_string().contains("inside the workspace warehouse"),
+            "{location}: {e}"
+        );
+    }
+
     run(&mut bob, "DROP TABLE workspace.keep").await;
     for _ in 0..100 {
         if parquet_files(&dir.path().join("warehouse")).is_empty() {

@@ -250,6 +250,12 @@ pub async fn execute(session: &mut Session, stmt: GovStatement) -> Result<QueryO
     let inferred = match &stmt {
         GovStatement::CreateDataSource { location, .. } => {
             let location = resolve_location(session, location);
+            if engine.warehouse().contains(&location) {
+                return Err(VeilError::PermissionDenied(format!(
+                    "location {location} is inside the workspace warehouse; workspace tables \
+                     are shared only by CREATE DERIVED DATA SOURCE in their project"
+                )));
+            }
             Some((infer_schema(&location).await?, location))
         }
         _ => None,
@@ -427,15 +433,7 @@ fn plan(
                 table: table.to_string(),
                 location: location.clone(),
                 arrow_schema,
-                columns: schema
-                    .fields()
-                    .iter()
-                    .map(|f| ColumnInfo {
-                        name: f.name().clone(),
-                        data_type: f.data_type().to_string(),
-                        tags: BTreeSet::new(),
-                    })
-                    .collect(),
+                columns: ColumnInfo::untagged(&schema),
                 owners: BTreeSet::from([c.session.effective_user().to_string()]),
                 subscription: Subscription::OwnersOnly,
                 kind: SourceKind::Parquet,

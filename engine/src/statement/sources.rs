@@ -191,15 +191,7 @@ fn create_derived(c: &Ctx<'_>, source: &str, table: &str) -> Result<Outcome> {
         table: table_part.to_string(),
         location: warehouse.url_of(&warehouse.table_dir(&project.id, &name)),
         arrow_schema: t.arrow_schema.clone(),
-        columns: schema
-            .fields()
-            .iter()
-            .map(|f| ColumnInfo {
-                name: f.name().clone(),
-                data_type: f.data_type().to_string(),
-                tags: BTreeSet::new(),
-            })
-            .collect(),
+        columns: ColumnInfo::untagged(&schema),
         owners: BTreeSet::from([c.session.effective_user().to_string()]),
         subscription: Subscription::When(entitlements.to_string()),
         kind: SourceKind::Derived(Box::new(lineage)),

@@ -129,7 +129,7 @@ pub fn parquet_files_table(
     }
     let paths = urls
         .iter()
-        .map(|u| ListingTableUrl::parse(u))
+        .map(ListingTableUrl::parse)
         .collect::<DfResult<Vec<_>>>()?;
     let config = ListingTableConfig::new_with_multi_paths(paths)
         .with_listing_options(parquet_options())

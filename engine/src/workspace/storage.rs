@@ -172,6 +172,29 @@ impl Warehouse {
         out
     }
 
+    /// Whether a location (URL or local path) lies inside the warehouse,
+    /// where only the workspace machinery may read.
+    pub fn contains(&self, location: &str) -> bool {
+        let url = match Url::parse(location) {
+            Ok(u) if u.scheme().len() > 1 => Some(u),
+            _ => {
+                let path = std::path::Path::new(location);
+                let abs = std::fs::canonicalize(path)
+                    .or_else(|_| std::path::absolute(path))
+                    .unwrap_or_else(|_| path.to_path_buf());
+                Url::from_file_path(abs).ok()
+            }
+        };
+        let root = self.root.as_str();
+        match url {
+            Some(u) => {
+                let u = u.as_str();
+                u.starts_with(root) || root.strip_suffix('/') == Some(u)
+            }
+            None => false,
+        }
+    }
+
     /// The object path of a URL inside this warehouse's store.
     pub fn path_of(&self, url: &str) -> Option<String> {
         url.strip_prefix(&self.root[..url::Position::BeforePath])
