@@ -218,6 +218,66 @@ async fn dictionary_attack_on_a_masked_join_key_finds_nothing() {
         .await,
         "0"
     );
+    // 5. Project-keyed tokens shared as a derived source stay opaque outside
+    //    the project: they match nothing there.
+    run(&mut sally, "USE PROJECT dict").await;
+    run(
+        &mut sally,
+        "CREATE DERIVED DATA SOURCE analytics.tokens FROM WORKSPACE TABLE tokens",
+    )
+    .await;
+    let described = rows(&mut sally, "DESCRIBE DATA SOURCE analytics.tokens").await;
+    assert!(
+        described.iter().any(|r| r[0] == "column email"
+            && r[1].ends_with("masked (from hr.employees.email, project-keyed tokens)")),
+        "{described:?}"
+    );
+    run(&mut sally, "USE PROJECT NONE").await;
+    let mut outside = engine.session("bob");
+    assert_eq!(
+        one(
+            &mut outside,
+            "SELECT count(*) FROM analytics.tokens t JOIN hr.employees e ON t.email = e.email"
+        )
+        .await,
+        "0"
+    );
+    assert_eq!(
+        one(&mut outside, "SELECT count(*) FROM analytics.tokens").await,
+        "311"
+    );
+}
+
+/// In an equalized project, what a member writes is what the synthetic
+/// principal sees: sally (hr) writes hashed e-mails like bob would.
+#[tokio::test]
+async fn equalized_writes_hold_the_equalized_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = demo(dir.path(), EngineOptions::default()).await;
+    project(&engine, "eq", false).await;
+    let mut sally = engine.session("sally");
+    run(&mut sally, "ALTER PROJECT eq SET EQUALIZATION ON").await;
+    assert!(one(&mut sally, "SELECT max(email) FROM hr.employees")
+        .await
+        .contains('@'));
+    sally.use_project(Some("eq")).unwrap();
+    run(
+        &mut sally,
+        "CREATE TABLE workspace.emp AS SELECT email, region FROM hr.employees",
+    )
+    .await;
+    assert_eq!(
+        rows(
+            &mut sally,
+            "SELECT count(*), count(DISTINCT region), bool_or(email LIKE '%@%') FROM workspace.emp"
+        )
+        .await,
+        vec![vec![
+            "311".to_string(),
+            "1".to_string(),
+            "false".to_string()
+        ]]
+    );
 }
 
 /// Which workspace columns are marked masked: whatever a masked column flows
