@@ -27,6 +27,9 @@ use crate::workspace::{Warehouse, WorkspaceSchema, WORKSPACE_SCHEMA};
 /// The catalog name outside projects.
 pub const CATALOG: &str = "veil";
 
+/// The schema of `system.audit`.
+pub const SYSTEM_SCHEMA: &str = "system";
+
 /// Parquet listing options used for every source.
 pub fn parquet_options() -> ListingOptions {
     ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet")
@@ -83,10 +86,12 @@ impl VeilCatalog {
     /// Builds the catalog of sources visible to `p`.
     /// A source whose policies cannot be evaluated here (a broken policy)
     /// shows its stored types; querying it reports the policy failure.
+    /// `system` is `Ok(audit table)` for holders of AUDIT, else why not.
     pub fn build(
         g: &GovernanceContext,
         runtime: &RuntimeEnv,
         warehouse: &Warehouse,
+        system: std::result::Result<Arc<dyn TableProvider>, String>,
     ) -> Result<Self> {
         let mut schemas: BTreeMap<String, VeilSchema> = BTreeMap::new();
         let scope = match &g.project {
@@ -136,6 +141,17 @@ impl VeilCatalog {
             .into_iter()
             .map(|(k, v)| (k, Arc::new(v) as Arc<dyn SchemaProvider>))
             .collect();
+        let mut system_schema = VeilSchema::default();
+        match system {
+            Ok(audit) => {
+                system_schema.tables.insert("audit".into(), audit);
+                listed.push(SYSTEM_SCHEMA.to_string());
+            }
+            Err(reason) => {
+                system_schema.denied.insert("audit".into(), reason);
+            }
+        }
+        schemas.insert(SYSTEM_SCHEMA.to_string(), Arc::new(system_schema));
         // Inside a project, its workspace (and only there).
         if let Some(project) = scope {
             let workspace =

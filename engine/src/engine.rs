@@ -32,13 +32,13 @@ use rand::distr::{Alphanumeric, SampleString};
 use crate::catalog::{VeilCatalog, CATALOG};
 use crate::error::{Result, VeilError};
 use crate::governance::leakproof::{LiftUnsafeFilters, SecureFilterPushdown};
-use crate::governance::rule::AppliedPolicies;
 use crate::governance::{GovernanceContext, GovernanceRule, GovernedQueryPlanner};
 use crate::keys::MasterKey;
 use crate::model::{CatalogSnapshot, Permission, User};
 use crate::principal::Principal;
 use crate::statement;
-use crate::store::{AuditEntry, CatalogStore, Change, SqliteStore};
+use crate::audit::{AuditWriter, QueryAudit};
+use crate::store::{AuditEntry, AuditVerification, CatalogStore, Change, SqliteStore};
 use crate::workspace::write::WorkspaceOp;
 use crate::workspace::Warehouse;
 
@@ -62,6 +62,10 @@ pub struct EngineOptions {
     /// How long replaced or dropped workspace files stay readable by queries
     /// that started before the change.
     pub release_delay: std::time::Duration,
+    /// Where `veil audit archive` puts archived audit records, so that
+    /// `VERIFY AUDIT` checks them with the live log. Default:
+    /// `<data_dir>/audit-archive`.
+    pub audit_archive: Option<PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -70,6 +74,7 @@ impl Default for EngineOptions {
             warehouse: None,
             workspace_max_bytes: Some(DEFAULT_WORKSPACE_MAX_BYTES),
             release_delay: crate::workspace::write::RELEASE_DELAY,
+            audit_archive: None,
         }
     }
 }
@@ -88,6 +93,7 @@ pub struct Engine {
     base_dir: PathBuf,
     warehouse: Warehouse,
     options: EngineOptions,
+    audit: AuditWriter,
 }
 
 /// A statement's result: its schema and a stream of batches.
@@ -174,6 +180,9 @@ impl Engine {
         if options.warehouse.is_none() {
             options.warehouse = Some(data_dir.join("warehouse").to_string_lossy().into_owned());
         }
+        if options.audit_archive.is_none() {
+            options.audit_archive = Some(data_dir.join("audit-archive"));
+        }
         Self::new(Arc::new(store), keys, base_dir, options)
     }
 
@@ -191,7 +200,9 @@ impl Engine {
             .as_deref()
             .ok_or_else(|| VeilError::InvalidArgument("no warehouse location configured".into()))?;
         let warehouse = Warehouse::open(location, &runtime)?;
+        let audit = AuditWriter::start(Arc::clone(&store))?;
         Ok(Arc::new(Self {
+            audit,
             store,
             keys,
             snapshot: RwLock::new(Arc::new(snapshot)),
@@ -249,6 +260,22 @@ impl Engine {
     /// The master key (for deriving signing keys at the transport).
     pub fn keys(&self) -> &MasterKey {
         &self.keys
+    }
+
+    /// The group-commit audit writer.
+    pub fn audit_writer(&self) -> &AuditWriter {
+        &self.audit
+    }
+
+    /// Verifies the audit chain: the archives (when an archive directory is
+    /// configured) and the live log, as one chain.
+    pub fn verify_audit(&self) -> Result<AuditVerification> {
+        match &self.options.audit_archive {
+            Some(dir) => {
+                crate::audit::archive::verify_all(self.store.as_ref(), &self.keys.audit_key(), dir)
+            }
+            None => self.store.verify_audit(),
+        }
     }
 
     /// The catalog store.
@@ -318,6 +345,7 @@ impl Engine {
                 object: "admin".into(),
                 detail: r#"{"bootstrap":true}"#.into(),
                 outcome: "ok".into(),
+                ..Default::default()
             },
         )?;
         Ok(generated.then_some(password))
@@ -342,6 +370,7 @@ impl Engine {
             object: user.to_string(),
             detail: "{}".into(),
             outcome: outcome.into(),
+            ..Default::default()
         })?;
         ok.ok_or_else(|| {
             VeilError::Unauthenticated(format!("invalid user name or password for '{user}'"))
@@ -451,6 +480,7 @@ impl Session {
             object: target.to_string(),
             detail: "{}".into(),
             outcome: "ok".into(),
+            project: self.project.clone(),
         })?;
         self.impersonated = Some(target.to_string());
         Ok(())
@@ -516,6 +546,33 @@ impl Session {
         crate::project::effective_principal(snapshot, user, self.project.as_deref())
     }
 
+    /// `system.audit` when the caller (and the impersonated user) hold AUDIT
+    /// and no project is in use; otherwise why not.
+    fn system_tables(
+        &self,
+        snapshot: &CatalogSnapshot,
+    ) -> Result<std::result::Result<Arc<dyn datafusion::catalog::TableProvider>, String>> {
+        if let Some(p) = &self.project {
+            return Ok(Err(format!(
+                "system.audit is not reachable inside project {p} (USE PROJECT NONE)"
+            )));
+        }
+        for u in [Some(self.caller(snapshot)?), self.impersonated.as_ref().map(|_| self.effective_record(snapshot)).transpose()?]
+            .into_iter()
+            .flatten()
+        {
+            if !u.has(Permission::Audit) {
+                return Ok(Err(format!(
+                    "{} lacks permission AUDIT needed to read system.audit",
+                    u.name
+                )));
+            }
+        }
+        Ok(Ok(Arc::new(crate::audit::table::AuditTable::new(
+            Arc::clone(&self.engine.store),
+        ))))
+    }
+
     /// Builds the DataFusion context for one statement.
     pub fn context(&self) -> Result<(SessionContext, Arc<GovernanceContext>)> {
         let snapshot = self.engine.snapshot()?;
@@ -527,7 +584,9 @@ impl Session {
             keys: self.engine.keys.clone(),
             applied: Mutex::new(Vec::new()),
         });
-        let catalog = VeilCatalog::build(&gctx, &self.engine.runtime, &self.engine.warehouse)?;
+        let system = self.system_tables(&gctx.snapshot)?;
+        let catalog =
+            VeilCatalog::build(&gctx, &self.engine.runtime, &self.engine.warehouse, system)?;
         let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
@@ -601,7 +660,20 @@ impl Session {
 
     /// Prepares a statement: (result schema, parameter schema). Governance
     /// statements and SET report empty schemas (they run when executed).
+    /// A refused or failing statement leaves its audit record here.
     pub async fn prepare(&self, sql: &str) -> Result<(SchemaRef, SchemaRef)> {
+        let result = self.prepare_plan(sql).await;
+        if let Err(e) = &result {
+            let mut audit = self.query_audit(sql);
+            audit.entry.action = "Prepare".into();
+            if let Err(audit_err) = audit.finish(Some(&e.to_string())).await {
+                tracing::error!("{audit_err}");
+            }
+        }
+        result
+    }
+
+    async fn prepare_plan(&self, sql: &str) -> Result<(SchemaRef, SchemaRef)> {
         let empty = || Arc::new(Schema::empty());
         if statement::parse(sql)?.is_some() {
             return Ok((empty(), empty()));
@@ -677,17 +749,76 @@ impl Session {
         self.execute_with_params(sql, None).await
     }
 
-    /// Runs one statement with bound parameters (`$1`, `$2`, ...).
+    /// Runs one statement with bound parameters (`$1`, `$2`, ...). Every
+    /// statement leaves exactly one audit record: a change's is written with
+    /// it; a query's when its result ends (the end reaches the client only
+    /// once the record is durable); anything else, or a refusal, before the
+    /// answer is returned.
     pub async fn execute_with_params(
         &mut self,
         sql: &str,
         params: Option<ParamValues>,
     ) -> Result<QueryOutput> {
-        if let Some(stmt) = statement::parse(sql)? {
-            return statement::exec::execute(self, stmt).await;
+        let mut audit = Some(self.query_audit(sql));
+        let result = self.dispatch(sql, params, &mut audit).await;
+        if let Some(audit) = audit {
+            let error = result.as_ref().err().map(ToString::to_string);
+            let recorded = audit.finish(error.as_deref()).await;
+            if result.is_ok() {
+                recorded?;
+            } else if let Err(e) = recorded {
+                tracing::error!("{e}");
+            }
+        }
+        result
+    }
+
+    /// A query's audit record, filled in as the statement runs.
+    pub(crate) fn query_audit(&self, sql: &str) -> QueryAudit {
+        QueryAudit::new(
+            AuditEntry {
+                actor: self.user.clone(),
+                impersonated: self.impersonated.clone(),
+                project: self.project.clone(),
+                ..Default::default()
+            },
+            sql,
+            None,
+            self.engine.audit.clone(),
+        )
+    }
+
+    /// Runs one statement; takes `audit` when the record is written
+    /// elsewhere (with a change, or when a result stream ends).
+    async fn dispatch(
+        &mut self,
+        sql: &str,
+        params: Option<ParamValues>,
+        audit: &mut Option<QueryAudit>,
+    ) -> Result<QueryOutput> {
+        let parsed = statement::parse(sql);
+        if let Some(a) = audit.as_mut() {
+            a.entry.action = match &parsed {
+                Ok(Some(stmt)) => stmt.kind(),
+                Ok(None) => "Query",
+                Err(_) => "Statement",
+            }
+            .into();
+        }
+        if let Some(stmt) = parsed? {
+            let (out, recorded) = statement::exec::execute(self, stmt).await?;
+            if recorded {
+                if let Some(a) = audit.take() {
+                    a.discard();
+                }
+            }
+            return Ok(out);
         }
         let (ctx, gctx) = self.context()?;
         if let Some(set) = self.parse_set(&ctx, sql).await? {
+            if let Some(a) = audit.as_mut() {
+                a.entry.action = "Set".into();
+            }
             let (name, value) = set?;
             // Validate the value before keeping it.
             let mut probe = SessionConfig::new();
@@ -696,18 +827,29 @@ impl Session {
             self.settings.push((name, value));
             return QueryOutput::status("SET");
         }
-        let result = self.run_query(&ctx, &gctx, sql, params).await;
-        self.audit_query(sql, &gctx, result.as_ref().err());
-        result
+        if let Some(a) = audit.as_mut() {
+            a.gctx = Some(Arc::clone(&gctx));
+        }
+        let (out, recorded) = self.run_query(&ctx, &gctx, sql, params).await?;
+        Ok(match audit.take() {
+            Some(a) if recorded => {
+                a.discard();
+                out
+            }
+            Some(a) => a.wrap(out),
+            None => out,
+        })
     }
 
+    /// Plans and starts a query, or runs a workspace write (then the second
+    /// value says whether the write's commit recorded the statement).
     async fn run_query(
         &self,
         ctx: &SessionContext,
         gctx: &GovernanceContext,
         sql: &str,
         params: Option<ParamValues>,
-    ) -> Result<QueryOutput> {
+    ) -> Result<(QueryOutput, bool)> {
         let mut plan = match self.plan_sql(ctx, sql).await? {
             Planned::Query(plan) => plan,
             Planned::Workspace(mut op) => {
@@ -718,7 +860,7 @@ impl Session {
                         *input = input.clone().with_param_values(params)?;
                     }
                 }
-                return crate::workspace::write::execute(self, ctx, gctx, op).await;
+                return crate::workspace::write::execute(self, ctx, gctx, op, sql).await;
             }
         };
         if let Some(params) = params {
@@ -726,49 +868,12 @@ impl Session {
         }
         let df = ctx.execute_logical_plan(plan).await?;
         let stream = df.execute_stream().await?;
-        Ok(QueryOutput {
-            schema: stream.schema(),
-            stream,
-        })
-    }
-
-    fn audit_query(&self, sql: &str, gctx: &GovernanceContext, err: Option<&VeilError>) {
-        let applied: Vec<AppliedPolicies> =
-            gctx.applied.lock().map(|a| a.clone()).unwrap_or_default();
-        let sources: Vec<serde_json::Value> = applied
-            .iter()
-            .map(|a| {
-                serde_json::json!({
-                    "source": a.source,
-                    "row_policies": a.decision.row_filters.iter().map(|r| r.policy.clone()).collect::<Vec<_>>(),
-                    "masks": a.decision.masks.iter().map(|m| serde_json::json!({
-                        "column": m.column, "policy": m.policy, "overridden": m.overridden,
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        let detail = serde_json::json!({
-            "sql": sql,
-            "project": self.project,
-            "purposes": gctx.principal.purposes,
-            "equalized": gctx.principal.user.is_none(),
-            "sources": sources,
-            "error": err.map(|e| e.to_string()),
-        });
-        let entry = AuditEntry {
-            actor: self.user.clone(),
-            impersonated: self.impersonated.clone(),
-            action: "Query".into(),
-            object: applied
-                .iter()
-                .map(|a| a.source.clone())
-                .collect::<Vec<_>>()
-                .join(","),
-            detail: detail.to_string(),
-            outcome: if err.is_some() { "error" } else { "ok" }.into(),
-        };
-        if let Err(e) = self.engine.store.audit(&entry) {
-            tracing::error!("audit write failed: {e}");
-        }
+        Ok((
+            QueryOutput {
+                schema: stream.schema(),
+                stream,
+            },
+            false,
+        ))
     }
 }

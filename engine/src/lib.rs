@@ -3,6 +3,7 @@
 //! No network code lives here; every governance behaviour is testable
 //! in-process through [`Engine`] and [`Session`].
 
+pub mod audit;
 pub mod catalog;
 pub mod condition;
 pub mod engine;

@@ -125,7 +125,7 @@ async fn tokens_survive_restart_and_rotation_changes_both_sides_alike() {
     );
     assert_eq!(text(&mut carol, JOIN).await, "0\n");
     // The audit records the rotations, by version only.
-    let audit = engine.store().audit_records().unwrap();
+    let audit = engine.store().audit_records(&Default::default()).unwrap();
     let rotations: Vec<_> = audit
         .iter()
         .filter(|r| r.entry.action == "RotateKeys")
@@ -248,7 +248,7 @@ async fn no_key_byte_in_explain_errors_logs_audit_or_catalog() {
         vec![("results, plans and errors", seen.into_bytes())];
     let audit: String = engine
         .store()
-        .audit_records()
+        .audit_records(&Default::default())
         .unwrap()
         .iter()
         .map(|r| format!("{:?}\n", r.entry))

@@ -209,7 +209,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         } => {
             let config = Config::resolve(file, overrides)?;
             let engine = open_engine(&config, Path::new("."))?;
-            let v = engine.store().verify_audit().map_err(|e| e.to_string())?;
+            let v = engine.verify_audit().map_err(|e| e.to_string())?;
             match v.first_broken {
                 None => {
                     println!("ok: {} records verified", v.records);

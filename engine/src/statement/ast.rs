@@ -2,8 +2,9 @@
 
 use crate::model::{Applicability, MaskMethod, Permission, Subscription, Target};
 
-/// One governance statement.
-#[derive(Debug, Clone, PartialEq)]
+/// One governance statement. Its variant name (`GovStatement::kind`) is
+/// the audit action of statements that change nothing.
+#[derive(Debug, Clone, PartialEq, strum::IntoStaticStr)]
 #[allow(missing_docs)]
 pub enum GovStatement {
     CreateUser {
@@ -174,4 +175,11 @@ pub enum ProjectAction {
     /// `SET EQUALIZED ENTITLEMENTS (<condition>)`.
     SetEntitlements(String),
     SetMaskedJoins(bool),
+}
+
+impl GovStatement {
+    /// The statement's kind, e.g. `ShowUsers`.
+    pub fn kind(&self) -> &'static str {
+        self.into()
+    }
 }

@@ -100,6 +100,7 @@ impl Ctx<'_> {
         AuditEntry {
             actor: self.session.user().to_string(),
             impersonated: self.session.impersonated().map(str::to_string),
+            project: self.session.project().map(str::to_string),
             action: action.into(),
             object: object.into(),
             detail: detail.to_string(),
@@ -231,19 +232,22 @@ pub(super) fn change(changes: Vec<Change>, audit: AuditEntry, status: String) ->
     Ok(Outcome::Change(changes, audit, status))
 }
 
-/// Runs a governance statement for the session's caller.
-pub async fn execute(session: &mut Session, stmt: GovStatement) -> Result<QueryOutput> {
+/// Runs a governance statement for the session's caller. Returns the
+/// result and whether the statement's audit record was already written
+/// (with the change it made, in one transaction).
+pub async fn execute(session: &mut Session, stmt: GovStatement) -> Result<(QueryOutput, bool)> {
     let engine = Arc::clone(session.engine());
     if let GovStatement::UseProject { project } = &stmt {
         session.use_project(project.as_deref())?;
-        return QueryOutput::status(&match session.project() {
+        let status = QueryOutput::status(&match session.project() {
             Some(p) => format!("using project {p}"),
             None => "using no project".to_string(),
-        });
+        })?;
+        return Ok((status, false));
     }
     if let GovStatement::ShowTablesIn { schema } = &stmt {
         if !schema.eq_ignore_ascii_case(crate::workspace::WORKSPACE_SCHEMA) {
-            return super::sources::show_tables_in(session, schema).await;
+            return Ok((super::sources::show_tables_in(session, schema).await?, false));
         }
     }
     // Registration reads files: infer the schema before taking the write lock.
@@ -266,7 +270,7 @@ pub async fn execute(session: &mut Session, stmt: GovStatement) -> Result<QueryO
         snapshot: engine.snapshot()?,
     };
     match plan(&c, stmt, inferred)? {
-        Outcome::Rows(out) => Ok(out),
+        Outcome::Rows(out) => Ok((out, false)),
         Outcome::Change(changes, audit, status) => {
             engine.apply_locked(&changes, &audit)?;
             // Workspace files the change stopped listing (a dropped project
@@ -274,7 +278,7 @@ pub async fn execute(session: &mut Session, stmt: GovStatement) -> Result<QueryO
             let before = engine.warehouse().referenced(&c.snapshot);
             let after = engine.warehouse().referenced(engine.snapshot()?.as_ref());
             engine.release_later(before.difference(&after).cloned().collect());
-            QueryOutput::status(&status)
+            Ok((QueryOutput::status(&status)?, true))
         }
     }
 }
@@ -837,7 +841,7 @@ fn plan(
         }
         GovStatement::VerifyAudit => {
             c.require(Permission::Audit, "verify the audit log")?;
-            let v = c.session.engine().store().verify_audit()?;
+            let v = c.session.engine().verify_audit()?;
             let schema = Arc::new(Schema::new(vec![
                 Field::new("status", DataType::Utf8, false),
                 Field::new("records", DataType::Int64, false),

@@ -7,15 +7,15 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use hmac::{Hmac, Mac};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use sha2::Sha256;
 
-use super::{AuditEntry, AuditRecord, AuditVerification, CatalogStore, Change, Expect};
+use super::{
+    AuditAnchor, AuditEntry, AuditFilter, AuditRecord, AuditVerification, CatalogStore, Change,
+    Expect,
+};
+use crate::audit::chain::{self, Verifier};
 use crate::error::{Result, VeilError};
 use crate::model::CatalogSnapshot;
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -47,7 +47,54 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE workspace_tables (name TEXT PRIMARY KEY, body TEXT NOT NULL);
 "#,
+    // The audit project column; the anchor (last archived record) and the
+    // head (last appended record) of the chain, as "id:mac-hex".
+    r#"
+    ALTER TABLE audit ADD COLUMN project TEXT;
+    INSERT INTO meta (key, value) VALUES ('audit_anchor', '0:');
+    INSERT INTO meta (key, value)
+        SELECT 'audit_head', COALESCE(
+            (SELECT id || ':' || lower(hex(mac)) FROM audit ORDER BY id DESC LIMIT 1), '0:');
+"#,
 ];
+
+const AUDIT_COLUMNS: &str =
+    "id, at, actor, impersonated, action, object, detail, outcome, mac, project";
+
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    Ok(AuditRecord {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        entry: AuditEntry {
+            actor: r.get(2)?,
+            impersonated: r.get(3)?,
+            action: r.get(4)?,
+            object: r.get(5)?,
+            detail: r.get(6)?,
+            outcome: r.get(7)?,
+            project: r.get(9)?,
+        },
+        mac: r.get(8)?,
+    })
+}
+
+fn read_anchor(tx: &Connection, key: &str) -> Result<AuditAnchor> {
+    let v: String = tx.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))?;
+    let bad = || VeilError::Internal(format!("catalog meta {key} is corrupt"));
+    let (id, mac) = v.split_once(':').ok_or_else(bad)?;
+    Ok(AuditAnchor {
+        id: id.parse().map_err(|_| bad())?,
+        mac: hex::decode(mac).map_err(|_| bad())?,
+    })
+}
+
+fn write_anchor(tx: &Connection, key: &str, a: &AuditAnchor) -> Result<()> {
+    tx.execute(
+        "UPDATE meta SET value = ?2 WHERE key = ?1",
+        params![key, format!("{}:{}", a.id, hex::encode(&a.mac))],
+    )?;
+    Ok(())
+}
 
 /// The embedded catalog store.
 pub struct SqliteStore {
@@ -114,49 +161,32 @@ impl SqliteStore {
             .map_err(|_| VeilError::Internal("catalog connection lock poisoned".into()))
     }
 
-    fn mac(&self, prev: &[u8], at: &str, e: &AuditEntry) -> Result<Vec<u8>> {
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.audit_key)
-            .map_err(|_| VeilError::Internal("audit key".into()))?;
-        mac.update(prev);
-        for field in [
-            at,
-            &e.actor,
-            e.impersonated.as_deref().unwrap_or("\u{0}"),
-            &e.action,
-            &e.object,
-            &e.detail,
-            &e.outcome,
-        ] {
-            mac.update(&(field.len() as u64).to_be_bytes());
-            mac.update(field.as_bytes());
-        }
-        Ok(mac.finalize().into_bytes().to_vec())
-    }
-
-    fn append(&self, tx: &Transaction<'_>, e: &AuditEntry) -> Result<()> {
-        let prev: Vec<u8> = tx
-            .query_row("SELECT mac FROM audit ORDER BY id DESC LIMIT 1", [], |r| {
-                r.get(0)
-            })
-            .optional()?
-            .unwrap_or_default();
+    /// Appends records to the chain inside `tx`, moving the head.
+    fn append(&self, tx: &Transaction<'_>, entries: &[AuditEntry]) -> Result<()> {
+        let mut head = read_anchor(tx, "audit_head")?;
         let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let mac = self.mac(&prev, &at, e)?;
-        tx.execute(
-            "INSERT INTO audit (at, actor, impersonated, action, object, detail, outcome, mac)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                at,
-                e.actor,
-                e.impersonated,
-                e.action,
-                e.object,
-                e.detail,
-                e.outcome,
-                mac
-            ],
-        )?;
-        Ok(())
+        for e in entries {
+            let mac = chain::mac(&self.audit_key, &head.mac, &at, e);
+            head.id += 1;
+            tx.execute(
+                "INSERT INTO audit (id, at, actor, impersonated, action, object, detail, outcome, mac, project)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    head.id,
+                    at,
+                    e.actor,
+                    e.impersonated,
+                    e.action,
+                    e.object,
+                    e.detail,
+                    e.outcome,
+                    mac,
+                    e.project
+                ],
+            )?;
+            head.mac = mac;
+        }
+        write_anchor(tx, "audit_head", &head)
     }
 }
 
@@ -307,7 +337,7 @@ impl CatalogStore for SqliteStore {
              WHERE key = 'policy_version'",
             [],
         )?;
-        self.append(&tx, audit)?;
+        self.append(&tx, std::slice::from_ref(audit))?;
         let v: String = tx.query_row(
             "SELECT value FROM meta WHERE key = 'policy_version'",
             [],
@@ -317,68 +347,73 @@ impl CatalogStore for SqliteStore {
         Ok(v.parse().unwrap_or(0))
     }
 
-    fn audit(&self, entry: &AuditEntry) -> Result<()> {
+    fn audit_batch(&self, entries: &[AuditEntry]) -> Result<()> {
         let mut conn = self.lock()?;
         let tx = conn.transaction()?;
-        self.append(&tx, entry)?;
+        self.append(&tx, entries)?;
         tx.commit()?;
         Ok(())
     }
 
-    fn audit_records(&self) -> Result<Vec<AuditRecord>> {
+    fn audit_records(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>> {
         let conn = self.lock()?;
-        let mut stmt = conn.prepare(
-            "SELECT id, at, actor, impersonated, action, object, detail, outcome
-             FROM audit ORDER BY id",
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit
+             WHERE (?1 IS NULL OR id >= ?1) AND (?2 IS NULL OR id <= ?2)
+               AND (?3 IS NULL OR at >= ?3) AND (?4 IS NULL OR at < ?4)
+               AND (?5 IS NULL OR actor = ?5) AND (?6 IS NULL OR action = ?6)
+             ORDER BY id LIMIT ?7"
+        ))?;
+        let limit = f.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let rows = stmt.query_map(
+            params![f.min_id, f.max_id, f.since, f.before, f.actor, f.action, limit],
+            audit_row,
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(AuditRecord {
-                id: r.get(0)?,
-                at: r.get(1)?,
-                entry: AuditEntry {
-                    actor: r.get(2)?,
-                    impersonated: r.get(3)?,
-                    action: r.get(4)?,
-                    object: r.get(5)?,
-                    detail: r.get(6)?,
-                    outcome: r.get(7)?,
-                },
-            })
-        })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     fn verify_audit(&self) -> Result<AuditVerification> {
         let conn = self.lock()?;
-        let mut stmt = conn.prepare(
-            "SELECT id, at, actor, impersonated, action, object, detail, outcome, mac
-             FROM audit ORDER BY id",
-        )?;
+        let tx = conn.unchecked_transaction()?;
+        let anchor = read_anchor(&tx, "audit_anchor")?;
+        let head = read_anchor(&tx, "audit_head")?;
+        let mut verifier = Verifier::after(&self.audit_key, &anchor);
+        let mut stmt = tx.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id"))?;
         let mut rows = stmt.query([])?;
-        let mut prev: Vec<u8> = Vec::new();
-        let mut records = 0;
-        let mut first_broken = None;
         while let Some(r) = rows.next()? {
-            records += 1;
-            let id: i64 = r.get(0)?;
-            let at: String = r.get(1)?;
-            let entry = AuditEntry {
-                actor: r.get(2)?,
-                impersonated: r.get(3)?,
-                action: r.get(4)?,
-                object: r.get(5)?,
-                detail: r.get(6)?,
-                outcome: r.get(7)?,
-            };
-            let mac: Vec<u8> = r.get(8)?;
-            if first_broken.is_none() && self.mac(&prev, &at, &entry)? != mac {
-                first_broken = Some(id);
-            }
-            prev = mac;
+            verifier.check(&audit_row(r)?);
         }
+        verifier.finish(&head);
         Ok(AuditVerification {
-            records,
-            first_broken,
+            records: verifier.records,
+            first_broken: verifier.first_broken,
         })
+    }
+
+    fn audit_anchor(&self) -> Result<AuditAnchor> {
+        let conn = self.lock()?;
+        read_anchor(&conn, "audit_anchor")
+    }
+
+    fn archive_audit(&self, anchor: &AuditAnchor) -> Result<usize> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction()?;
+        let stored: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT mac FROM audit WHERE id = ?1",
+                [anchor.id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if stored.as_deref() != Some(anchor.mac.as_slice()) {
+            return Err(VeilError::Conflict(format!(
+                "audit record {} is not the one archived; nothing was removed",
+                anchor.id
+            )));
+        }
+        let removed = tx.execute("DELETE FROM audit WHERE id <= ?1", [anchor.id])?;
+        write_anchor(&tx, "audit_anchor", anchor)?;
+        tx.commit()?;
+        Ok(removed)
     }
 }

@@ -181,8 +181,15 @@ pub async fn execute(
     ctx: &SessionContext,
     gctx: &GovernanceContext,
     op: WorkspaceOp,
-) -> Result<QueryOutput> {
-    let w = Writer::new(session, gctx)?;
+    sql: &str,
+) -> Result<(QueryOutput, bool)> {
+    let mut w = Writer::new(session, gctx)?;
+    w.sql = Some(sql.to_string());
+    let out = run(&w, ctx, op).await?;
+    Ok((out, w.recorded.load(std::sync::atomic::Ordering::Relaxed)))
+}
+
+async fn run(w: &Writer<'_>, ctx: &SessionContext, op: WorkspaceOp) -> Result<QueryOutput> {
     match op {
         WorkspaceOp::Drop { table, if_exists } => w.drop(&table_name(&table)?, if_exists),
         WorkspaceOp::Create {
@@ -224,7 +231,26 @@ pub async fn execute(
 
 /// Ingests a client's stream of batches into a workspace table (Flight SQL
 /// `CommandStatementIngest`); returns the rows written.
+/// A refused or failed ingest leaves its audit record here; a committed one
+/// is recorded with its commit.
 pub async fn ingest(
+    session: &Session,
+    table: &str,
+    mode: IngestMode,
+    stream: SendableRecordBatchStream,
+) -> Result<u64> {
+    let result = ingest_rows(session, table, mode, stream).await;
+    if let Err(e) = &result {
+        let mut audit = session.query_audit(&format!("ingest into {WORKSPACE_SCHEMA}.{table}"));
+        audit.entry.action = "Ingest".into();
+        if let Err(audit_err) = audit.finish(Some(&e.to_string())).await {
+            tracing::error!("{audit_err}");
+        }
+    }
+    result
+}
+
+async fn ingest_rows(
     session: &Session,
     table: &str,
     mode: IngestMode,
@@ -373,6 +399,10 @@ struct Writer<'a> {
     project: String,
     project_id: String,
     masked_joins: bool,
+    /// The statement, for the audit record (None: Flight SQL ingest).
+    sql: Option<String>,
+    /// Whether a commit recorded the statement in the audit log.
+    recorded: std::sync::atomic::AtomicBool,
 }
 
 /// The Parquet writer settings of workspace tables.
@@ -401,6 +431,8 @@ impl<'a> Writer<'a> {
             project: project.name.clone(),
             project_id: project.id.clone(),
             masked_joins: project.masked_joins,
+            sql: None,
+            recorded: Default::default(),
         })
     }
 
@@ -420,10 +452,18 @@ impl<'a> Writer<'a> {
         ))
     }
 
-    fn audit(&self, action: &str, table: &str, detail: serde_json::Value) -> AuditEntry {
+    fn audit(&self, action: &str, table: &str, mut detail: serde_json::Value) -> AuditEntry {
+        self.recorded
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let (_, policies) = crate::audit::applied_json(self.gctx);
+        if let Some(d) = detail.as_object_mut() {
+            d.insert("sql".into(), json!(self.sql));
+            d.insert("policies".into(), policies);
+        }
         AuditEntry {
             actor: self.session.user().to_string(),
             impersonated: self.session.impersonated().map(str::to_string),
+            project: Some(self.project.clone()),
             action: action.into(),
             object: format!("{}.{WORKSPACE_SCHEMA}.{table}", self.project),
             detail: detail.to_string(),

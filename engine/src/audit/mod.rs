@@ -1,0 +1,173 @@
+//! The audit log: what is recorded, the hash chain, the group-commit writer,
+//! the `system.audit` table and archives.
+//!
+//! Every governance change is recorded in the same store transaction as the
+//! change; every other statement (queries, SHOW, refusals) gets exactly one
+//! record through the [`AuditWriter`], and a query's last batch reaches the
+//! client only after its record is durable.
+
+pub mod archive;
+pub mod chain;
+pub mod table;
+pub mod writer;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::StreamExt;
+use serde_json::json;
+
+pub use writer::AuditWriter;
+
+use crate::engine::QueryOutput;
+use crate::governance::GovernanceContext;
+use crate::store::AuditEntry;
+
+/// The JSON of the policies a statement applied, per source touched.
+pub fn applied_json(gctx: &GovernanceContext) -> (String, serde_json::Value) {
+    let applied = gctx.applied.lock().map(|a| a.clone()).unwrap_or_default();
+    let mut names: Vec<String> = applied.iter().map(|a| a.source.clone()).collect();
+    names.dedup();
+    let sources = applied
+        .iter()
+        .map(|a| {
+            json!({
+                "source": a.source,
+                "row_policies": a.decision.row_filters.iter().map(|r| r.policy.clone()).collect::<Vec<_>>(),
+                "masks": a.decision.masks.iter().map(|m| json!({
+                    "column": m.column,
+                    "method": m.method.to_string(),
+                    "policy": m.policy,
+                    "overridden": m.overridden,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    (names.join(","), sources)
+}
+
+/// One query's record, written when its result ends (or fails, or is
+/// dropped by the client).
+pub(crate) struct QueryAudit {
+    pub(crate) entry: AuditEntry,
+    pub(crate) sql: String,
+    pub(crate) started: Instant,
+    pub(crate) gctx: Option<Arc<GovernanceContext>>,
+    pub(crate) writer: AuditWriter,
+    rows: u64,
+    done: bool,
+}
+
+impl QueryAudit {
+    /// A record for `sql` run by `entry`'s actor (action and object are
+    /// filled in at the end).
+    pub(crate) fn new(
+        entry: AuditEntry,
+        sql: &str,
+        gctx: Option<Arc<GovernanceContext>>,
+        writer: AuditWriter,
+    ) -> Self {
+        Self {
+            entry,
+            sql: sql.to_string(),
+            started: Instant::now(),
+            gctx,
+            writer,
+            rows: 0,
+            done: false,
+        }
+    }
+
+    fn finished_entry(&self, outcome: &str, error: Option<&str>) -> AuditEntry {
+        let (object, sources) = match &self.gctx {
+            Some(g) => applied_json(g),
+            None => (String::new(), json!([])),
+        };
+        let (purposes, equalized) = match &self.gctx {
+            Some(g) => (g.principal.purposes.clone(), g.principal.user.is_none()),
+            None => (Default::default(), false),
+        };
+        let detail = json!({
+            "sql": self.sql,
+            "purposes": purposes,
+            "equalized": equalized,
+            "sources": sources,
+            "rows": self.rows,
+            "duration_ms": self.started.elapsed().as_secs_f64() * 1000.0,
+            "error": error,
+        });
+        AuditEntry {
+            action: if self.entry.action.is_empty() {
+                "Query".into()
+            } else {
+                self.entry.action.clone()
+            },
+            object: if self.entry.object.is_empty() {
+                object
+            } else {
+                self.entry.object.clone()
+            },
+            detail: detail.to_string(),
+            outcome: outcome.into(),
+            ..self.entry.clone()
+        }
+    }
+
+    /// Drops the record: the statement was recorded elsewhere (with the
+    /// change it made).
+    pub(crate) fn discard(mut self) {
+        self.done = true;
+    }
+
+    /// Writes the record and waits until it is durable.
+    pub(crate) async fn finish(mut self, error: Option<&str>) -> crate::error::Result<()> {
+        self.done = true;
+        let outcome = if error.is_some() { "error" } else { "ok" };
+        let entry = self.finished_entry(outcome, error);
+        self.writer.record(entry).await
+    }
+
+    /// Wraps a result so its record is written when the stream ends; the
+    /// end of the stream is delivered only once the record is durable.
+    pub(crate) fn wrap(self, out: QueryOutput) -> QueryOutput {
+        let schema = Arc::clone(&out.schema);
+        let stream = futures::stream::unfold(Some((out.stream, self)), |state| async move {
+            let (mut inner, mut audit) = state?;
+            match inner.next().await {
+                Some(Ok(batch)) => {
+                    audit.rows += batch.num_rows() as u64;
+                    Some((Ok(batch), Some((inner, audit))))
+                }
+                Some(Err(e)) => {
+                    let msg = e.to_string();
+                    if let Err(audit_err) = audit.finish(Some(&msg)).await {
+                        tracing::error!("{audit_err}");
+                    }
+                    Some((Err(e), None))
+                }
+                None => match audit.finish(None).await {
+                    Ok(()) => None,
+                    Err(e) => Some((
+                        Err(datafusion::error::DataFusionError::External(Box::new(e))),
+                        None,
+                    )),
+                },
+            }
+        });
+        QueryOutput {
+            schema: Arc::clone(&schema),
+            stream: Box::pin(RecordBatchStreamAdapter::new(schema, stream)),
+        }
+    }
+}
+
+impl Drop for QueryAudit {
+    fn drop(&mut self) {
+        if !self.done {
+            // The client went away before the end: record what was sent.
+            let entry = self.finished_entry("cancelled", None);
+            self.writer.record_detached(entry);
+        }
+    }
+}
