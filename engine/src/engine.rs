@@ -29,6 +29,7 @@ use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use rand::distr::{Alphanumeric, SampleString};
 
+use crate::audit::{AuditWriter, QueryAudit};
 use crate::catalog::{VeilCatalog, CATALOG};
 use crate::error::{Result, VeilError};
 use crate::governance::leakproof::{LiftUnsafeFilters, SecureFilterPushdown};
@@ -37,7 +38,6 @@ use crate::keys::MasterKey;
 use crate::model::{CatalogSnapshot, Permission, User};
 use crate::principal::Principal;
 use crate::statement;
-use crate::audit::{AuditWriter, QueryAudit};
 use crate::store::{AuditEntry, AuditVerification, CatalogStore, Change, SqliteStore};
 use crate::workspace::write::WorkspaceOp;
 use crate::workspace::Warehouse;
@@ -456,32 +456,41 @@ impl Session {
         &self.engine
     }
 
-    /// Act as another user (requires IMPERSONATE_USER); None stops.
+    /// Act as another user (requires IMPERSONATE_USER); None stops. Starting
+    /// (or being refused) is audited; repeating the current target is not.
     pub fn impersonate(&mut self, target: Option<&str>) -> Result<()> {
         let Some(target) = target.filter(|t| !t.is_empty()) else {
             self.impersonated = None;
             return Ok(());
         };
+        if self.impersonated.as_deref() == Some(target) {
+            return Ok(());
+        }
         let snapshot = self.engine.snapshot()?;
         let me = self.caller(&snapshot)?;
-        if !me.has(Permission::ImpersonateUser) {
-            return Err(VeilError::PermissionDenied(format!(
+        let refused = if !me.has(Permission::ImpersonateUser) {
+            Some(VeilError::PermissionDenied(format!(
                 "{} lacks permission IMPERSONATE_USER needed to impersonate {target}",
                 self.user
-            )));
-        }
-        if !snapshot.users.contains_key(target) {
-            return Err(VeilError::NotFound(format!("user {target} does not exist")));
-        }
+            )))
+        } else if !snapshot.users.contains_key(target) {
+            Some(VeilError::NotFound(format!("user {target} does not exist")))
+        } else {
+            None
+        };
         self.engine.store.audit(&AuditEntry {
             actor: self.user.clone(),
             impersonated: Some(target.to_string()),
             action: "Impersonate".into(),
             object: target.to_string(),
-            detail: "{}".into(),
-            outcome: "ok".into(),
+            detail: serde_json::json!({"error": refused.as_ref().map(ToString::to_string)})
+                .to_string(),
+            outcome: if refused.is_some() { "error" } else { "ok" }.into(),
             project: self.project.clone(),
         })?;
+        if let Some(e) = refused {
+            return Err(e);
+        }
         self.impersonated = Some(target.to_string());
         Ok(())
     }
@@ -557,9 +566,15 @@ impl Session {
                 "system.audit is not reachable inside project {p} (USE PROJECT NONE)"
             )));
         }
-        for u in [Some(self.caller(snapshot)?), self.impersonated.as_ref().map(|_| self.effective_record(snapshot)).transpose()?]
-            .into_iter()
-            .flatten()
+        for u in [
+            Some(self.caller(snapshot)?),
+            self.impersonated
+                .as_ref()
+                .map(|_| self.effective_record(snapshot))
+                .transpose()?,
+        ]
+        .into_iter()
+        .flatten()
         {
             if !u.has(Permission::Audit) {
                 return Ok(Err(format!(

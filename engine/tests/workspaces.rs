@@ -4,67 +4,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use veil_engine::{Engine, EngineOptions, ErrorKind, Session};
-
-fn root() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
-/// Rows as text cells.
-async fn rows(s: &mut Session, sql: &str) -> Vec<Vec<String>> {
-    let batches = s
-        .execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let opts = FormatOptions::default().with_null("NULL");
-    let mut out = vec![];
-    for b in &batches {
-        let fmts: Vec<_> = b
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
-            .collect();
-        for r in 0..b.num_rows() {
-            out.push(fmts.iter().map(|f| f.value(r).to_string()).collect());
-        }
-    }
-    out
-}
-
-async fn one(s: &mut Session, sql: &str) -> String {
-    let r = rows(s, sql).await;
-    assert_eq!(r.len(), 1, "{sql}: {r:?}");
-    r[0][0].clone()
-}
-
-async fn run(s: &mut Session, sql: &str) {
-    rows(s, sql).await;
-}
-
-async fn err(s: &mut Session, sql: &str) -> veil_engine::VeilError {
-    match s.execute(sql).await {
-        Err(e) => e,
-        Ok(out) => match out.collect().await {
-            Err(e) => e,
-            Ok(b) => panic!("{sql} succeeded: {b:?}"),
-        },
-    }
-}
-
-async fn demo(dir: &Path, options: EngineOptions) -> Arc<Engine> {
-    let engine = Engine::open_with(dir, root(), options).unwrap();
-    engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
-    veil_engine::statement::load_demo(&engine).await.unwrap();
-    engine
-}
+use common::{demo, err, one, rows, run};
+use veil_engine::{Engine, EngineOptions, ErrorKind};
 
 /// sally's project `name` over hr.employees with bob as a member.
 async fn project(engine: &Arc<Engine>, name: &str, masked_joins: bool) {

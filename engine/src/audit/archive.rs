@@ -22,7 +22,9 @@ use datafusion::parquet::file::properties::WriterProperties;
 use super::chain::Verifier;
 use super::table::records_batch;
 use crate::error::{Result, VeilError};
-use crate::store::{AuditAnchor, AuditEntry, AuditFilter, AuditRecord, AuditVerification, CatalogStore};
+use crate::store::{
+    AuditAnchor, AuditEntry, AuditFilter, AuditRecord, AuditVerification, CatalogStore,
+};
 
 /// File formats of `veil audit export`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +69,9 @@ fn io(what: &Path) -> impl Fn(std::io::Error) -> VeilError + '_ {
     move |e| VeilError::Internal(format!("{}: {e}", what.display()))
 }
 
-fn parquet_err(path: &Path) -> impl Fn(datafusion::parquet::errors::ParquetError) -> VeilError + '_ {
+fn parquet_err(
+    path: &Path,
+) -> impl Fn(datafusion::parquet::errors::ParquetError) -> VeilError + '_ {
     move |e| VeilError::Internal(format!("{}: {e}", path.display()))
 }
 
@@ -161,7 +165,9 @@ pub fn archive(
         }
     }
     std::fs::rename(&tmp, &path).map_err(io(&path))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
     let removed = store.archive_audit(&AuditAnchor {
         id: last.id,
         mac: last.mac.clone(),
@@ -216,7 +222,9 @@ fn batch_records(batch: &RecordBatch) -> Result<Vec<AuditRecord>> {
     (0..batch.num_rows())
         .map(|i| {
             let at = chrono::DateTime::from_timestamp_micros(at.value(i))
-                .ok_or_else(|| VeilError::InvalidArgument("audit archive time out of range".into()))?
+                .ok_or_else(|| {
+                    VeilError::InvalidArgument("audit archive time out of range".into())
+                })?
                 .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
             Ok(AuditRecord {
                 id: ids.value(i),

@@ -8,7 +8,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, BinaryArray, Int64Array, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::array::{
+    ArrayRef, BinaryArray, Int64Array, StringArray, TimestampMicrosecondArray,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session, TableProvider};
@@ -230,5 +232,27 @@ impl TableProvider for AuditTable {
             audit_schema(false),
             projection.cloned(),
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::{col, lit};
+
+    #[test]
+    fn comparisons_narrow_the_store_query() {
+        let mut f = AuditFilter::default();
+        assert!(narrow(&mut f, &col("id").gt(lit(5i64))));
+        assert!(narrow(&mut f, &lit(9i64).gt_eq(col("id"))));
+        assert!(narrow(&mut f, &col("actor").eq(lit("bob"))));
+        let t = ScalarValue::TimestampMicrosecond(Some(1_700_000_000_000_000), Some("UTC".into()));
+        assert!(narrow(&mut f, &col("at").lt(Expr::Literal(t, None))));
+        assert_eq!((f.min_id, f.max_id), (Some(6), Some(9)));
+        assert_eq!(f.actor.as_deref(), Some("bob"));
+        assert_eq!(f.before.as_deref(), Some("2023-11-14T22:13:20.000000Z"));
+        // Anything else is left to DataFusion.
+        assert!(!narrow(&mut f, &col("detail").like(lit("%x%"))));
+        assert!(!narrow(&mut f, &col("id").not_eq(lit(3i64))));
     }
 }

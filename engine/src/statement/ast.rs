@@ -104,6 +104,7 @@ pub enum GovStatement {
     ShowPolicyInfo {
         source: String,
         as_user: Option<String>,
+        in_project: Option<String>,
     },
     VerifyAudit,
     CreatePurpose {

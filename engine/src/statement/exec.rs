@@ -247,7 +247,10 @@ pub async fn execute(session: &mut Session, stmt: GovStatement) -> Result<(Query
     }
     if let GovStatement::ShowTablesIn { schema } = &stmt {
         if !schema.eq_ignore_ascii_case(crate::workspace::WORKSPACE_SCHEMA) {
-            return Ok((super::sources::show_tables_in(session, schema).await?, false));
+            return Ok((
+                super::sources::show_tables_in(session, schema).await?,
+                false,
+            ));
         }
     }
     // Registration reads files: infer the schema before taking the write lock.
@@ -774,19 +777,39 @@ fn plan(
                 rows,
             )?))
         }
-        GovStatement::ShowPolicyInfo { source, as_user } => {
+        GovStatement::ShowPolicyInfo {
+            source,
+            as_user,
+            in_project,
+        } => {
             let s = c.source(&source)?;
             c.require_owner_or(
                 s,
                 Permission::FetchPolicyInfo,
                 &format!("see the policies of {source}"),
             )?;
-            let principal = match &as_user {
-                Some(u) => Principal::of_user(c.user(u)?),
-                None => c.session.principal(&c.snapshot)?,
+            // The principal a query would run as: the named user (outside
+            // projects unless IN PROJECT), else this session's.
+            let user = c.user(as_user.as_deref().unwrap_or(c.session.effective_user()))?;
+            let project = match (&in_project, &as_user) {
+                (Some(p), _) => Some(crate::project::project_name(p)?),
+                (None, None) => c.session.project().map(str::to_string),
+                (None, Some(_)) => None,
             };
+            let principal =
+                crate::project::effective_principal(&c.snapshot, user, project.as_deref())?;
             let who = principal.describe().to_string();
-            let rows = match decide(&principal, &c.snapshot, s)? {
+            // Inside a project, the same scope check as its catalog.
+            let out_of_scope = project
+                .as_deref()
+                .and_then(|p| c.snapshot.projects.get(p))
+                .filter(|p| !p.sources.contains_key(&source))
+                .map(|p| format!("data source {source} is not part of project {}", p.name));
+            let access = match out_of_scope {
+                Some(reason) => Access::Denied(reason),
+                None => decide(&principal, &c.snapshot, s)?,
+            };
+            let rows = match access {
                 Access::Denied(reason) => vec![vec![
                     who,
                     "subscription".into(),

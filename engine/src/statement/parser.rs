@@ -500,7 +500,16 @@ pub fn parse(sql: &str) -> Result<Option<GovStatement>> {
             } else {
                 None
             };
-            GovStatement::ShowPolicyInfo { source, as_user }
+            let in_project = if p.words(&["IN", "PROJECT"]) {
+                Some(p.ident()?)
+            } else {
+                None
+            };
+            GovStatement::ShowPolicyInfo {
+                source,
+                as_user,
+                in_project,
+            }
         }
         ("VERIFY", "AUDIT") => {
             p.words(&["VERIFY", "AUDIT"]);

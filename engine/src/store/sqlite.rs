@@ -399,11 +399,9 @@ impl CatalogStore for SqliteStore {
         let mut conn = self.lock()?;
         let tx = conn.transaction()?;
         let stored: Option<Vec<u8>> = tx
-            .query_row(
-                "SELECT mac FROM audit WHERE id = ?1",
-                [anchor.id],
-                |r| r.get(0),
-            )
+            .query_row("SELECT mac FROM audit WHERE id = ?1", [anchor.id], |r| {
+                r.get(0)
+            })
             .optional()?;
         if stored.as_deref() != Some(anchor.mac.as_slice()) {
             return Err(VeilError::Conflict(format!(

@@ -1,0 +1,422 @@
+//! The audit log: one record per statement, what a query's record says,
+//! `system.audit`, tamper detection, archives and exports, impersonation and
+//! `SHOW POLICY INFO` (which must agree with what queries return).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::{demo, err, one, rows, run};
+use veil_engine::audit::archive::{self, ExportFormat};
+use veil_engine::store::{AuditFilter, AuditRecord};
+use veil_engine::{Engine, EngineOptions, Session};
+
+fn records(engine: &Engine) -> Vec<AuditRecord> {
+    engine
+        .store()
+        .audit_records(&AuditFilter::default())
+        .unwrap()
+}
+
+fn detail(r: &AuditRecord) -> serde_json::Value {
+    serde_json::from_str(&r.entry.detail).unwrap()
+}
+
+/// Runs `sql` (successful or not) and returns the records it added.
+async fn recorded(engine: &Engine, s: &mut Session, sql: &str) -> Vec<AuditRecord> {
+    let before = records(engine).len();
+    if let Ok(out) = s.execute(sql).await {
+        let _ = out.collect().await;
+    }
+    records(engine).split_off(before)
+}
+
+#[tokio::test]
+async fn every_statement_leaves_exactly_one_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = demo(dir.path(), EngineOptions::default()).await;
+    let mut admin = engine.session("admin");
+    let mut bob = engine.session("bob");
+    let mut dave = engine.session("dave");
+    // (session, statement, action, outcome)
+    for (who, sql, action, outcome) in [
+        (
+            "admin",
+            "CREATE USER zed PASSWORD 'zed-secret-pw'",
+            "CreateUser",
+            "ok",
+        ),
+        (
+            "admin",
+            "GRANT PERMISSION AUDIT TO zed",
+            "PermissionApplied",
+            "ok",
+        ),
+        (
+            "admin",
+            "REVOKE PERMISSION AUDIT FROM zed",
+            "PermissionRemoved",
+            "ok",
+        ),
+        (
+            "admin",
+            "ALTER USER zed ADD GROUP 'staff'",
+            "AddGroup",
+            "ok",
+        ),
+        ("admin", "CREATE PROJECT p1", "CreateProject", "ok"),
+        ("admin", "ROTATE KEYS", "RotateKeys", "ok"),
+        ("admin", "SHOW USERS", "ShowUsers", "ok"),
+        ("admin", "VERIFY AUDIT", "VerifyAudit", "ok"),
+        ("bob", "CREATE USER eve", "CreateUser", "error"),
+        (
+            "bob",
+            "GRANT PERMISSION AUDIT TO bob",
+            "GrantPermission",
+            "error",
+        ),
+        ("bob", "VERIFY AUDIT", "VerifyAudit", "error"),
+        ("bob", "SELECT name, email FROM hr.employees", "Query", "ok"),
+        ("bob", "SELECT 1 / 0", "Query", "error"),
+        ("bob", "SELECT * FROM system.audit", "Query", "error"),
+        (
+            "bob",
+            "SELECT * FROM 'testdata/hr/employees.parquet'",
+            "Query",
+            "error",
+        ),
+        ("bob", "USE PROJECT p1", "UseProject", "error"),
+        ("bob", "SELEC nonsense", "Query", "error"),
+        (
+            "bob",
+            "SET datafusion.execution.batch_size = 10",
+            "Set",
+            "ok",
+        ),
+        ("dave", "SELECT * FROM hr.employees", "Query", "error"),
+        ("dave", "SHOW DATA SOURCES", "ShowDataSources", "ok"),
+    ] {
+        let s = match who {
+            "admin" => &mut admin,
+            "bob" => &mut bob,
+            _ => &mut dave,
+        };
+        let new = recorded(&engine, s, sql).await;
+        assert_eq!(new.len(), 1, "{sql}: {new:?}");
+        let r = &new[0];
+        assert_eq!(
+            (
+                r.entry.actor.as_str(),
+                r.entry.action.as_str(),
+                r.entry.outcome.as_str()
+            ),
+            (who, action, outcome),
+            "{sql}: {r:?}"
+        );
+        assert!(!r.entry.detail.contains("zed-secret-pw"), "{r:?}");
+        if outcome == "error" && action == "Query" {
+            let d = detail(r);
+            assert_eq!(d["sql"], sql);
+            assert!(d["error"].as_str().is_some_and(|e| !e.is_empty()), "{d}");
+        }
+    }
+    // A denial names the source and the reason in the record.
+    let denied = records(&engine)
+        .into_iter()
+        .rfind(|r| r.entry.actor == "dave" && r.entry.action == "Query")
+        .unwrap();
+    assert!(
+        detail(&denied)["error"]
+            .as_str()
+            .unwrap()
+            .contains("dave is not subscribed to hr.employees"),
+        "{denied:?}"
+    );
+    // Prepared statements: a refusal at prepare time is recorded once.
+    let before = records(&engine).len();
+    assert!(dave.prepare("SELECT name FROM hr.employees").await.is_err());
+    let new = records(&engine).split_off(before);
+    assert_eq!(new.len(), 1);
+    assert_eq!(new[0].entry.action, "Prepare");
+    assert_eq!(new[0].entry.outcome, "error");
+}
+
+#[tokio::test]
+async fn a_query_record_says_who_saw_what_through_which_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = demo(dir.path(), EngineOptions::default()).await;
+    let mut bob = engine.session("bob");
+    let got = rows(&mut bob, "SELECT name, ssn, region FROM hr.employees").await;
+    let r = records(&engine).pop().unwrap();
+    assert_eq!(r.entry.action, "Query");
+    assert_eq!(r.entry.object, "hr.employees");
+    assert_eq!(r.entry.project, None);
+    let d = detail(&r);
+    assert_eq!(d["rows"], got.len() as u64);
+    assert!(d["duration_ms"].as_f64().unwrap() >= 0.0);
+    let source = &d["sources"][0];
+    assert_eq!(source["source"], "hr.employees");
+    assert_eq!(source["row_policies"][0], "employees_region");
+    let ssn = source["masks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["column"] == "ssn")
+        .unwrap();
+    assert_eq!(ssn["policy"], "ssn_null");
+    assert_eq!(ssn["overridden"][0], "pii_hash");
+    // Masked values never reach the record.
+    let mut alice = engine.session("alice");
+    let raw = one(&mut alice, "SELECT max(ssn) FROM hr.employees").await;
+    assert!(!r.entry.detail.contains(&raw));
+
+    // A client that stops reading is recorded as cancelled, with what it got.
+    let out = bob
+        .execute("SELECT * FROM sales.transactions")
+        .await
+        .unwrap();
+    drop(out);
+    let mut last = None;
+    for _ in 0..50 {
+        last = records(&engine).pop();
+        if last
+            .as_ref()
+            .is_some_and(|r| r.entry.outcome == "cancelled")
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(last.unwrap().entry.outcome, "cancelled");
+}
+
+#[tokio::test]
+async fn system_audit_is_for_auditors_and_filters_push_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = demo(dir.path(), EngineOptions::default()).await;
+    let mut bob = engine.session("bob");
+    run(&mut bob, "SELECT count(*) FROM sales.transactions").await;
+    let e = err(&mut bob, "SELECT * FROM system.audit").await;
+    assert!(
+        e.to_string()
+            .contains("bob lacks permission AUDIT needed to read system.audit"),
+        "{e}"
+    );
+    assert_eq!(
+        one(
+            &mut bob,
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'system'"
+        )
+        .await,
+        "0"
+    );
+    let mut admin = engine.session("admin");
+    let got = rows(
+        &mut admin,
+        "SELECT actor, action, outcome, project FROM system.audit \
+         WHERE actor = 'bob' AND action = 'Query' AND id > 3 ORDER BY id",
+    )
+    .await;
+    // bob's count, his refused read of system.audit, his information_schema look.
+    assert_eq!(
+        got.iter().map(|r| r[2].as_str()).collect::<Vec<_>>(),
+        ["ok", "error", "ok"],
+        "{got:?}"
+    );
+    let total = records(&engine).len();
+    assert_eq!(
+        one(
+            &mut admin,
+            &format!("SELECT count(*) FROM system.audit WHERE id <= {total} AND id >= 1")
+        )
+        .await,
+        total.to_string()
+    );
+    let created = records(&engine)
+        .iter()
+        .filter(|r| r.entry.action == "CreateUser")
+        .count();
+    assert_eq!(
+        one(
+            &mut admin,
+            "SELECT count(*) FROM system.audit WHERE at > now() - INTERVAL '1 hour' \
+             AND at <= now() AND action = 'CreateUser'"
+        )
+        .await,
+        created.to_string()
+    );
+    // Impersonating an auditor does not make bob one.
+    run(&mut admin, "GRANT PERMISSION IMPERSONATE_USER TO bob").await;
+    bob.impersonate(Some("admin")).unwrap();
+    assert!(err(&mut bob, "SELECT count(*) FROM system.audit")
+        .await
+        .to_string()
+        .contains("bob lacks permission AUDIT"));
+    // Not inside a project.
+    run(&mut admin, "CREATE PROJECT aud").await;
+    admin.use_project(Some("aud")).unwrap();
+    assert!(err(&mut admin, "SELECT count(*) FROM system.audit")
+        .await
+        .to_string()
+        .contains("not reachable inside project aud"));
+}
+
+fn catalog(dir: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(dir.join("catalog.sqlite")).unwrap()
+}
+
+async fn verify(engine: &Arc<Engine>) -> Vec<String> {
+    rows(&mut engine.session("admin"), "VERIFY AUDIT")
+        .await
+        .remove(0)
+}
+
+#[tokio::test]
+async fn tampering_is_detected_and_names_the_first_bad_record() {
+    type Tamper = fn(&rusqlite::Connection, i64);
+    let cases: [(&str, Tamper, i64); 4] = [
+        (
+            "edit",
+            |c, _| {
+                c.execute("UPDATE audit SET actor = 'nobody' WHERE id = 5", [])
+                    .unwrap();
+            },
+            5,
+        ),
+        (
+            "delete",
+            |c, _| {
+                c.execute("DELETE FROM audit WHERE id = 7", []).unwrap();
+            },
+            7,
+        ),
+        (
+            "reorder",
+            |c, _| {
+                // Swap the contents (MACs included) of records 3 and 4.
+                c.execute_batch(
+                    "UPDATE audit SET id = -3 WHERE id = 3;
+                     UPDATE audit SET id = 3 WHERE id = 4;
+                     UPDATE audit SET id = 4 WHERE id = -3;",
+                )
+                .unwrap();
+            },
+            3,
+        ),
+        (
+            "truncate the tail",
+            |c, last| {
+                c.execute("DELETE FROM audit WHERE id = ?1", [last])
+                    .unwrap();
+            },
+            -1,
+        ),
+    ];
+    for (what, tamper, bad) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = demo(dir.path(), EngineOptions::default()).await;
+        assert_eq!(verify(&engine).await[0], "ok", "{what}");
+        let last = records(&engine).last().unwrap().id;
+        tamper(&catalog(dir.path()), last);
+        let bad = if bad < 0 { last } else { bad };
+        let v = verify(&engine).await;
+        assert_eq!(v[0], "broken", "{what}: {v:?}");
+        assert_eq!(v[2], bad.to_string(), "{what}: {v:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_chain_holds_across_restarts_and_archives() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = demo(dir.path(), EngineOptions::default()).await;
+    run(
+        &mut engine.session("bob"),
+        "SELECT count(*) FROM hr.employees",
+    )
+    .await;
+    let total = records(&engine).len() as i64;
+    drop(engine);
+
+    let engine = Engine::open(dir.path(), common::root()).unwrap();
+    assert_eq!(verify(&engine).await, ["ok", &total.to_string(), "NULL"]);
+    // Archive everything so far (the VERIFY above included).
+    let cut = archive::parse_time(&chrono::Utc::now().to_rfc3339()).unwrap();
+    let archive_dir = dir.path().join("audit-archive");
+    let (file, moved) = archive::archive(engine.store().as_ref(), &cut, &archive_dir)
+        .unwrap()
+        .unwrap();
+    assert_eq!(moved as i64, total + 1);
+    assert!(file.exists());
+    assert!(records(&engine).is_empty());
+    run(
+        &mut engine.session("bob"),
+        "SELECT count(*) FROM sales.transactions",
+    )
+    .await;
+    let v = verify(&engine).await;
+    assert_eq!(v, ["ok", &(total + 2).to_string(), "NULL"], "{v:?}");
+    drop(engine);
+
+    let engine = Engine::open(dir.path(), common::root()).unwrap();
+    assert_eq!(verify(&engine).await[0], "ok");
+    // A removed archive breaks the chain at its first record.
+    let kept = dir.path().join("kept.parquet");
+    std::fs::rename(&file, &kept).unwrap();
+    let v = verify(&engine).await;
+    assert_eq!((v[0].as_str(), v[2].as_str()), ("broken", "1"), "{v:?}");
+    std::fs::rename(&kept, &file).unwrap();
+    assert_eq!(verify(&engine).await[0], "ok");
+}
+
+#[tokio::test]
+async fn exports_hold_every_record_in_both_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = demo(dir.path(), EngineOptions::default()).await;
+    let all = records(&engine);
+    let since = all[10].at.clone();
+    let jsonl = dir.path().join("audit.jsonl");
+    let n = archive::export(
+        engine.store().as_ref(),
+        &AuditFilter {
+            since: Some(since.clone()),
+            ..Default::default()
+        },
+        ExportFormat::Jsonl,
+        &jsonl,
+    )
+    .unwrap();
+    let expected = all.iter().filter(|r| r.at >= since).count();
+    assert_eq!(n, expected);
+    let text = std::fs::read_to_string(&jsonl).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), expected);
+    assert_eq!(lines.last().unwrap()["id"], all.last().unwrap().id);
+    assert_eq!(
+        lines.last().unwrap()["mac"],
+        hex::encode(&all.last().unwrap().mac)
+    );
+    let parquet = dir.path().join("audit.parquet");
+    let n = archive::export(
+        engine.store().as_ref(),
+        &AuditFilter::default(),
+        ExportFormat::Parquet,
+        &parquet,
+    )
+    .unwrap();
+    assert_eq!(n, all.len());
+    let reader =
+        datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&parquet).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(
+        reader.metadata().file_metadata().num_rows() as usize,
+        all.len()
+    );
+}
