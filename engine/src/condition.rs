@@ -52,17 +52,29 @@ pub fn normalize_current_user(sql: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// A sqlparser `Parser` over `sql`, built from tokens: unlike
+/// `Parser::try_with_sql` it logs nothing, so statement text (a password in
+/// `CREATE USER`) never reaches a debug log.
+pub(crate) fn quiet_parser<'a>(
+    dialect: &'a GenericDialect,
+    sql: &str,
+) -> std::result::Result<Parser<'a>, datafusion::sql::sqlparser::parser::ParserError> {
+    let tokens = datafusion::sql::sqlparser::tokenizer::Tokenizer::new(dialect, sql)
+        .with_unescape(true)
+        .tokenize_with_location()?;
+    Ok(Parser::new(dialect).with_tokens_with_locations(tokens))
+}
+
 /// Parses a condition's SQL text.
 pub fn parse_condition(text: &str) -> Result<Condition> {
-    let expr = Parser::new(&GenericDialect {})
-        .try_with_sql(&normalize_current_user(text))
+    quiet_parser(&GenericDialect {}, &normalize_current_user(text))
         .and_then(|mut p| {
             let e = p.parse_expr()?;
             p.expect_token(&datafusion::sql::sqlparser::tokenizer::Token::EOF)?;
             Ok(e)
         })
-        .map_err(|e| bad(text, e))?;
-    compile(&expr, text)
+        .map_err(|e| bad(text, e))
+        .and_then(|expr| compile(&expr, text))
 }
 
 /// The string literal arguments of a principal function call.

@@ -94,6 +94,7 @@ pub struct Engine {
     warehouse: Warehouse,
     options: EngineOptions,
     audit: AuditWriter,
+    metrics: crate::metrics::Metrics,
 }
 
 /// A statement's result: its schema and a stream of batches.
@@ -203,6 +204,7 @@ impl Engine {
         let audit = AuditWriter::start(Arc::clone(&store))?;
         Ok(Arc::new(Self {
             audit,
+            metrics: crate::metrics::Metrics::new()?,
             store,
             keys,
             snapshot: RwLock::new(Arc::new(snapshot)),
@@ -260,6 +262,11 @@ impl Engine {
     /// The master key (for deriving signing keys at the transport).
     pub fn keys(&self) -> &MasterKey {
         &self.keys
+    }
+
+    /// The engine's Prometheus metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// The group-commit audit writer.
@@ -598,6 +605,7 @@ impl Session {
             snapshot,
             keys: self.engine.keys.clone(),
             applied: Mutex::new(Vec::new()),
+            metrics: self.engine.metrics.clone(),
         });
         let system = self.system_tables(&gctx.snapshot)?;
         let catalog =
@@ -679,6 +687,7 @@ impl Session {
     pub async fn prepare(&self, sql: &str) -> Result<(SchemaRef, SchemaRef)> {
         let result = self.prepare_plan(sql).await;
         if let Err(e) = &result {
+            self.engine.metrics.error(e.kind());
             let mut audit = self.query_audit(sql);
             audit.entry.action = "Prepare".into();
             if let Err(audit_err) = audit.finish(Some(&e.to_string())).await {
@@ -776,6 +785,9 @@ impl Session {
     ) -> Result<QueryOutput> {
         let mut audit = Some(self.query_audit(sql));
         let result = self.dispatch(sql, params, &mut audit).await;
+        if let Err(e) = &result {
+            self.engine.metrics.error(e.kind());
+        }
         if let Some(audit) = audit {
             let error = result.as_ref().err().map(ToString::to_string);
             let recorded = audit.finish(error.as_deref()).await;
@@ -800,6 +812,7 @@ impl Session {
             sql,
             None,
             self.engine.audit.clone(),
+            self.engine.metrics.clone(),
         )
     }
 

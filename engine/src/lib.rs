@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod governance;
 pub mod keys;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod principal;

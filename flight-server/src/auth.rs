@@ -74,10 +74,12 @@ impl Sessions {
             },
             TOKEN_TTL_SECS,
         )?;
-        self.live
+        let mut live = self
+            .live
             .lock()
-            .map_err(|_| Status::internal("session lock"))?
-            .insert(sid, self.engine.session(&u.name));
+            .map_err(|_| Status::internal("session lock"))?;
+        live.insert(sid, self.engine.session(&u.name));
+        self.engine.metrics().active_sessions.set(live.len() as i64);
         Ok(token)
     }
 
@@ -128,6 +130,7 @@ impl Sessions {
     pub fn close(&self, sid: &str) {
         if let Ok(mut live) = self.live.lock() {
             live.remove(sid);
+            self.engine.metrics().active_sessions.set(live.len() as i64);
         }
     }
 }

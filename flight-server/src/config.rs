@@ -23,6 +23,8 @@ pub struct FileConfig {
     pub warehouse: Option<String>,
     /// Largest workspace per project, in bytes (0: no limit).
     pub workspace_max_bytes: Option<u64>,
+    /// Address of the Prometheus `/metrics` endpoint (none by default).
+    pub metrics_listen: Option<String>,
 }
 
 /// The resolved configuration.
@@ -34,6 +36,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Engine options (warehouse, workspace limit).
     pub engine: veil_engine::EngineOptions,
+    /// Address of the Prometheus `/metrics` endpoint, if any.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Settings a flag or environment variable may override.
@@ -47,6 +51,8 @@ pub struct Overrides {
     pub warehouse: Option<String>,
     /// `--workspace-max-bytes` / `VEIL_WORKSPACE_MAX_BYTES`.
     pub workspace_max_bytes: Option<u64>,
+    /// `--metrics-listen` / `VEIL_METRICS_LISTEN`.
+    pub metrics_listen: Option<String>,
 }
 
 impl FileConfig {
@@ -72,7 +78,15 @@ impl Config {
             data_dir,
             warehouse,
             workspace_max_bytes,
+            metrics_listen,
         } = o;
+        let metrics_listen = metrics_listen
+            .or(file.metrics_listen)
+            .map(|m| {
+                m.parse()
+                    .map_err(|e| format!("invalid metrics address '{m}': {e}"))
+            })
+            .transpose()?;
         let listen = listen
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
@@ -93,6 +107,7 @@ impl Config {
             listen,
             data_dir,
             engine,
+            metrics_listen,
         })
     }
 }
@@ -125,5 +140,13 @@ mod tests {
         let c = Config::resolve(file, Overrides::default()).unwrap();
         assert_eq!(c.engine.warehouse.as_deref(), Some("s3://b/w"));
         assert_eq!(c.engine.workspace_max_bytes, None);
+        let file: FileConfig = toml::from_str("metrics_listen = \"127.0.0.1:9100\"").unwrap();
+        let c = Config::resolve(file, Overrides::default()).unwrap();
+        assert_eq!(c.metrics_listen.map(|a| a.port()), Some(9100));
+        let bad = Overrides {
+            metrics_listen: Some("x".into()),
+            ..Default::default()
+        };
+        assert!(Config::resolve(FileConfig::default(), bad).is_err());
     }
 }

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use veil_engine::{Engine, Session};
+use veil_engine::audit::archive::{self, ExportFormat};
+use veil_engine::store::AuditFilter;
+use veil_engine::{Engine, Session, VeilError};
 use veil_flight_server::config::{Config, FileConfig, Overrides};
 
 #[derive(Parser)]
@@ -30,8 +32,24 @@ struct Cli {
     /// default 10 GiB).
     #[arg(long, global = true, env = "VEIL_WORKSPACE_MAX_BYTES")]
     workspace_max_bytes: Option<u64>,
+    /// Log lines as text or as JSON objects (one per line). Levels come from
+    /// `VEIL_LOG` (e.g. `info`, `veil_engine=debug`).
+    #[arg(
+        long,
+        global = true,
+        env = "VEIL_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -41,6 +59,9 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "VEIL_LISTEN")]
         listen: Option<String>,
+        /// Address of the Prometheus `/metrics` endpoint (off by default).
+        #[arg(long, env = "VEIL_METRICS_LISTEN")]
+        metrics_listen: Option<String>,
         /// Load the sample data and the demo users and policies.
         #[arg(long)]
         demo: bool,
@@ -59,8 +80,27 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Verify the audit hash chain.
+    /// Verify the audit hash chain (archives and live log).
     Verify,
+    /// Write audit records to a file.
+    Export {
+        /// parquet or jsonl.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        /// Only records at or after this time (RFC 3339 or YYYY-MM-DD, UTC).
+        #[arg(long)]
+        since: Option<String>,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Move the records before a time into a Parquet archive under
+    /// <data-dir>/audit-archive; the chain stays verifiable across the cut.
+    Archive {
+        /// Archive records strictly before this time (RFC 3339 or YYYY-MM-DD, UTC).
+        #[arg(long)]
+        before: String,
+    },
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -144,13 +184,19 @@ async fn run(cli: Cli) -> Result<(), String> {
         data_dir: cli.data_dir,
         warehouse: cli.warehouse,
         workspace_max_bytes: cli.workspace_max_bytes,
+        metrics_listen: None,
     };
     match cli.command {
-        Command::Serve { listen, demo } => {
+        Command::Serve {
+            listen,
+            metrics_listen,
+            demo,
+        } => {
             let config = Config::resolve(
                 file,
                 Overrides {
                     listen,
+                    metrics_listen,
                     ..overrides
                 },
             )?;
@@ -176,6 +222,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+            if let Some(addr) = config.metrics_listen {
+                let metrics = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
+                let bound = metrics.local_addr().map_err(|e| e.to_string())?;
+                veil_flight_server::server::serve_metrics(Arc::clone(&engine), metrics);
+                println!("metrics on http://{bound}/metrics");
+            }
             let handle = veil_flight_server::serve(engine, listener).map_err(|e| e.to_string())?;
             println!("listening on {}", handle.addr);
             if demo {
@@ -221,18 +275,55 @@ async fn run(cli: Cli) -> Result<(), String> {
                 )),
             }
         }
+        Command::Audit {
+            command: AuditCommand::Export { format, since, out },
+        } => {
+            let config = Config::resolve(file, overrides)?;
+            let engine = open_engine(&config, Path::new("."))?;
+            let format: ExportFormat = format.parse().map_err(|e: VeilError| e.to_string())?;
+            let filter = AuditFilter {
+                since: since
+                    .as_deref()
+                    .map(archive::parse_time)
+                    .transpose()
+                    .map_err(|e| e.to_string())?,
+                ..Default::default()
+            };
+            let n = archive::export(engine.store().as_ref(), &filter, format, &out)
+                .map_err(|e| e.to_string())?;
+            println!("{n} audit records written to {}", out.display());
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Archive { before },
+        } => {
+            let config = Config::resolve(file, overrides)?;
+            let engine = open_engine(&config, Path::new("."))?;
+            let before = archive::parse_time(&before).map_err(|e| e.to_string())?;
+            let dir = config.data_dir.join("audit-archive");
+            match archive::archive(engine.store().as_ref(), &before, &dir)
+                .map_err(|e| e.to_string())?
+            {
+                Some((path, n)) => println!("{n} audit records archived to {}", path.display()),
+                None => println!("no audit records before {before}"),
+            }
+            Ok(())
+        }
     }
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VEIL_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => return fail(e),

@@ -57,3 +57,32 @@ pub fn serve(engine: Arc<Engine>, listener: TcpListener) -> std::io::Result<Serv
         task,
     })
 }
+
+/// Serves the engine's Prometheus metrics at `GET /metrics` on `listener`
+/// (a port of its own, so it can stay inside a private network).
+pub fn serve_metrics(engine: Arc<Engine>, listener: TcpListener) -> JoinHandle<()> {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let engine = Arc::clone(&engine);
+            async move {
+                match engine.metrics().render() {
+                    Ok(text) => (
+                        StatusCode::OK,
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        text,
+                    )
+                        .into_response(),
+                    Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metrics endpoint stopped: {e}");
+        }
+    })
+}

@@ -55,6 +55,7 @@ pub(crate) struct QueryAudit {
     pub(crate) started: Instant,
     pub(crate) gctx: Option<Arc<GovernanceContext>>,
     pub(crate) writer: AuditWriter,
+    metrics: crate::metrics::Metrics,
     rows: u64,
     done: bool,
 }
@@ -67,6 +68,7 @@ impl QueryAudit {
         sql: &str,
         gctx: Option<Arc<GovernanceContext>>,
         writer: AuditWriter,
+        metrics: crate::metrics::Metrics,
     ) -> Self {
         Self {
             entry,
@@ -74,6 +76,7 @@ impl QueryAudit {
             started: Instant::now(),
             gctx,
             writer,
+            metrics,
             rows: 0,
             done: false,
         }
@@ -118,13 +121,39 @@ impl QueryAudit {
     /// change it made).
     pub(crate) fn discard(mut self) {
         self.done = true;
+        self.metrics
+            .statements
+            .with_label_values(&["write", "ok"])
+            .inc();
     }
 
     /// Writes the record and waits until it is durable.
     pub(crate) async fn finish(mut self, error: Option<&str>) -> crate::error::Result<()> {
         self.done = true;
         let outcome = if error.is_some() { "error" } else { "ok" };
+        let kind = match self.entry.action.as_str() {
+            "Query" | "Set" | "Prepare" | "" => "query",
+            "Ingest" => "write",
+            _ => "governance",
+        };
+        self.metrics
+            .statements
+            .with_label_values(&[kind, outcome])
+            .inc();
+        self.metrics.rows_served.inc_by(self.rows);
         let entry = self.finished_entry(outcome, error);
+        // Who did what and how it went; never SQL text, values or secrets.
+        tracing::info!(
+            user = %entry.actor,
+            impersonated = entry.impersonated.as_deref().unwrap_or(""),
+            project = entry.project.as_deref().unwrap_or(""),
+            action = %entry.action,
+            sources = %entry.object,
+            outcome,
+            rows = self.rows,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            "statement"
+        );
         self.writer.record(entry).await
     }
 
@@ -140,11 +169,13 @@ impl QueryAudit {
                     Some((Ok(batch), Some((inner, audit))))
                 }
                 Some(Err(e)) => {
+                    let e = crate::error::VeilError::from(e);
+                    audit.metrics.error(e.kind());
                     let msg = e.to_string();
                     if let Err(audit_err) = audit.finish(Some(&msg)).await {
                         tracing::error!("{audit_err}");
                     }
-                    Some((Err(e), None))
+                    Some((Err(e.into()), None))
                 }
                 None => match audit.finish(None).await {
                     Ok(()) => None,

@@ -53,6 +53,8 @@ pub struct GovernanceContext {
     pub keys: MasterKey,
     /// Sources touched and policies applied by the last analysis.
     pub applied: Mutex<Vec<AppliedPolicies>>,
+    /// Where the analyzer's time is reported.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// The analyzer rule.
@@ -272,6 +274,7 @@ impl AnalyzerRule for GovernanceRule {
     }
 
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
+        let _timer = self.ctx.metrics.policy_evaluation.start_timer();
         let mut rewrote = false;
         plan.transform_up_with_subqueries(|node| {
             let node = match node {

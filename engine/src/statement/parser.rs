@@ -265,7 +265,7 @@ pub fn parse(sql: &str) -> Result<Option<GovStatement>> {
     let normalized = crate::condition::normalize_current_user(sql);
     let sql: &str = &normalized;
     let dialect = GenericDialect {};
-    let Ok(parser) = Parser::new(&dialect).try_with_sql(sql) else {
+    let Ok(parser) = crate::condition::quiet_parser(&dialect, sql) else {
         return Ok(None);
     };
     let mut p = P { p: parser, sql };

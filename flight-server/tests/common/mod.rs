@@ -21,6 +21,7 @@ use veil_flight_server::ServeHandle;
 pub struct Server {
     pub _dir: tempfile::TempDir,
     pub handle: ServeHandle,
+    pub engine: std::sync::Arc<Engine>,
 }
 
 pub async fn start() -> Server {
@@ -30,8 +31,12 @@ pub async fn start() -> Server {
     engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
     veil_engine::statement::load_demo(&engine).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let handle = veil_flight_server::serve(engine, listener).unwrap();
-    Server { _dir: dir, handle }
+    let handle = veil_flight_server::serve(std::sync::Arc::clone(&engine), listener).unwrap();
+    Server {
+        _dir: dir,
+        handle,
+        engine,
+    }
 }
 
 pub async fn client(

@@ -1,0 +1,94 @@
+//! Prometheus metrics of one engine: statements by kind and outcome, errors
+//! by code, rows served, active sessions and the time policy evaluation
+//! (the governance analyzer) takes. Labels carry codes and kinds only, never
+//! SQL text, names or values.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::error::{ErrorKind, Result, VeilError};
+
+/// The engine's metrics and the registry that exports them.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Statements by kind (`query`, `governance`, `write`) and outcome.
+    pub statements: IntCounterVec,
+    /// Errors by code (the gRPC status name).
+    pub errors: IntCounterVec,
+    /// Rows sent to clients.
+    pub rows_served: IntCounter,
+    /// Open client sessions.
+    pub active_sessions: IntGauge,
+    /// Seconds the governance analyzer takes per statement.
+    pub policy_evaluation: Histogram,
+}
+
+fn registered<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    c: C,
+) -> Result<C> {
+    registry
+        .register(Box::new(c.clone()))
+        .map_err(|e| VeilError::Internal(format!("metrics: {e}")))?;
+    Ok(c)
+}
+
+fn internal(e: prometheus::Error) -> VeilError {
+    VeilError::Internal(format!("metrics: {e}"))
+}
+
+impl Metrics {
+    /// A fresh set of metrics in its own registry.
+    pub fn new() -> Result<Self> {
+        let registry = Registry::new_custom(Some("veil".into()), None).map_err(internal)?;
+        Ok(Self {
+            statements: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("statements_total", "Statements run, by kind and outcome"),
+                    &["kind", "outcome"],
+                )
+                .map_err(internal)?,
+            )?,
+            errors: registered(
+                &registry,
+                IntCounterVec::new(Opts::new("errors_total", "Errors by code"), &["code"])
+                    .map_err(internal)?,
+            )?,
+            rows_served: registered(
+                &registry,
+                IntCounter::new("rows_served_total", "Rows sent to clients").map_err(internal)?,
+            )?,
+            active_sessions: registered(
+                &registry,
+                IntGauge::new("active_sessions", "Open client sessions").map_err(internal)?,
+            )?,
+            policy_evaluation: registered(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "policy_evaluation_seconds",
+                        "Time the governance analyzer takes per statement",
+                    )
+                    .buckets(vec![
+                        0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1,
+                    ]),
+                )
+                .map_err(internal)?,
+            )?,
+            registry,
+        })
+    }
+
+    /// Counts an error by its code.
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors.with_label_values(&[&format!("{kind:?}")]).inc();
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn render(&self) -> Result<String> {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .map_err(internal)
+    }
+}

@@ -1,0 +1,108 @@
+//! Log scan: the adversarial queries of a masked, filtered user, logged at
+//! DEBUG (DataFusion's plans included), never put a masked value, a hidden
+//! row's value or a password into the logs.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use common::{demo, rows};
+use veil_engine::EngineOptions;
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn debug_logs_hold_no_masked_value_hidden_row_or_password() {
+    let logs = Captured::default();
+    let sink = logs.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || sink.clone())
+        .try_init()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = demo(dir.path(), EngineOptions::default()).await;
+    // What only HR may see: every SSN, e-mail and name, of every region.
+    let mut alice = engine.session("alice");
+    let secrets: Vec<String> = rows(&mut alice, "SELECT ssn, email, name FROM hr.employees")
+        .await
+        .into_iter()
+        .flatten()
+        .filter(|v| v != "NULL")
+        .collect();
+    assert!(secrets.len() > 600);
+    logs.0.lock().unwrap().clear();
+
+    let mut admin = engine.session("admin");
+    for sql in [
+        "CREATE USER zed PASSWORD 'zed-secret-pw-1' GROUPS ('staff')",
+        "ALTER USER zed SET PASSWORD 'zed-new-pw-2'",
+        "GRANT PERMISSION IMPERSONATE_USER TO admin",
+    ] {
+        rows(&mut admin, sql).await;
+    }
+    assert!(engine.authenticate("zed", "wrong-guess-pw-3").is_err());
+    engine.authenticate("zed", "zed-new-pw-2").unwrap();
+    let mut bob = engine.session("bob");
+    let mut as_bob = engine.session("admin");
+    as_bob.impersonate(Some("bob")).unwrap();
+    for s in [&mut bob, &mut as_bob] {
+        for sql in [
+            "SELECT name, email, ssn FROM hr.employees",
+            "SELECT * FROM hr.employees WHERE ssn LIKE '1%' OR email LIKE 'a%'",
+            "SELECT e.name FROM hr.employees e JOIN hr.employees f ON e.email = f.email",
+            "SELECT name FROM hr.employees WHERE email IN (SELECT email FROM hr.employees)",
+            "SELECT min(email), max(name), count(DISTINCT ssn) FROM hr.employees",
+            "SELECT name, rank() OVER (ORDER BY email) FROM hr.employees",
+            "EXPLAIN VERBOSE SELECT * FROM hr.employees WHERE name > 'M'",
+            "EXPLAIN ANALYZE SELECT * FROM hr.employees WHERE email > 'a'",
+            "SELECT CAST(ssn AS INT) FROM hr.employees",
+            "SELECT CAST(email AS BIGINT) FROM hr.employees",
+            "SELECT 1 / (length(name) - length(name)) FROM hr.employees",
+            "SHOW POLICY INFO FOR hr.employees",
+            "SELECT * FROM hr.employees WHERE region <> 'US'",
+        ] {
+            if let Ok(out) = s.execute(sql).await {
+                let _ = out.collect().await;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(text.contains("DEBUG"), "debug logs were captured");
+    assert!(text.contains("statement"), "statements are logged");
+    for secret in &secrets {
+        assert!(
+            !text.contains(secret.as_str()),
+            "'{secret}' found in the logs"
+        );
+    }
+    for password in [
+        "zed-secret-pw-1",
+        "zed-new-pw-2",
+        "wrong-guess-pw-3",
+        "admin-pw",
+    ] {
+        if let Some(i) = text.find(password) {
+            panic!(
+                "password {password} found in the logs: {}",
+                &text[i.saturating_sub(600)..(i + 100).min(text.len())]
+            );
+        }
+    }
+}
