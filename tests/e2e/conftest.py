@@ -29,7 +29,7 @@ def start_server(data_dir, args=(), env=None):
     """Starts `veil serve --demo` on `data_dir` (with extra CLI `args` and
     environment `env`); returns (process, uri)."""
     port = _free_port()
-    env = dict(os.environ, VEIL_ADMIN_PASSWORD="admin-pw", VEIL_LOG="warn", **(env or {}))
+    env = {**os.environ, "VEIL_ADMIN_PASSWORD": "admin-pw", "VEIL_LOG": "warn", **(env or {})}
     proc = subprocess.Popen(
         [str(_binary()), "--data-dir", data_dir, *args, "serve", "--demo", "--listen", f"127.0.0.1:{port}"],
         cwd=ROOT,
