@@ -7,7 +7,6 @@ logs."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -17,19 +16,13 @@ import warnings
 
 import adbc_driver_manager
 import pytest
-from conftest import ROOT, _binary, start_server, stop_server
+from conftest import ROOT, _binary, _free_port, start_server, stop_server
 from helpers import connect, rows
 
 warnings.filterwarnings("ignore", message="Cannot disable autocommit")
 
 IMPERSONATE = "adbc.flight.sql.rpc.call_header.x-veil-impersonate"
 PROJECT = "adbc.flight.sql.rpc.call_header.x-veil-project"
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_impersonation_matrix_and_the_audit_trail(server):

@@ -2,8 +2,9 @@
 
 #![allow(clippy::unwrap_used, dead_code)]
 
+use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use veil_engine::{Engine, EngineOptions, Session};
@@ -65,5 +66,21 @@ pub async fn err(s: &mut Session, sql: &str) -> veil_engine::VeilError {
             Err(e) => e,
             Ok(b) => panic!("{sql} succeeded: {b:?}"),
         },
+    }
+}
+
+/// A log sink tests can read back.
+#[derive(Clone, Default)]
+pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
