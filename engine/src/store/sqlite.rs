@@ -96,9 +96,13 @@ fn write_anchor(tx: &Connection, key: &str, a: &AuditAnchor) -> Result<()> {
     Ok(())
 }
 
-/// The embedded catalog store.
+/// The embedded catalog store. Writes go through one connection; reads
+/// (the policy version checked at every statement, snapshots, the audit
+/// table) through a second one, so in WAL mode they never wait for a
+/// commit's fsync.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    reader: Option<Mutex<Connection>>,
     audit_key: [u8; 32],
 }
 
@@ -122,7 +126,12 @@ impl SqliteStore {
     /// `audit_key` keys the audit hash chain.
     pub fn open(path: &Path, audit_key: [u8; 32]) -> Result<Self> {
         let conn = Connection::open(path)?;
-        Self::init(conn, audit_key)
+        let mut store = Self::init(conn, audit_key)?;
+        let reader = Connection::open(path)?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
+        reader.pragma_update(None, "query_only", "ON")?;
+        store.reader = Some(Mutex::new(reader));
+        Ok(store)
     }
 
     /// An in-memory catalog (tests).
@@ -151,12 +160,22 @@ impl SqliteStore {
         }
         Ok(Self {
             conn: Mutex::new(conn),
+            reader: None,
             audit_key,
         })
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
         self.conn
+            .lock()
+            .map_err(|_| VeilError::Internal("catalog connection lock poisoned".into()))
+    }
+
+    /// The read connection (the write connection for in-memory catalogs).
+    fn read(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
+        self.reader
+            .as_ref()
+            .unwrap_or(&self.conn)
             .lock()
             .map_err(|_| VeilError::Internal("catalog connection lock poisoned".into()))
     }
@@ -229,7 +248,7 @@ fn check_expected(tx: &Transaction<'_>, project: &str, name: &str, expect: Expec
 
 impl CatalogStore for SqliteStore {
     fn version(&self) -> Result<u64> {
-        let conn = self.lock()?;
+        let conn = self.read()?;
         let v: String = conn.query_row(
             "SELECT value FROM meta WHERE key = 'policy_version'",
             [],
@@ -240,7 +259,7 @@ impl CatalogStore for SqliteStore {
     }
 
     fn load(&self) -> Result<CatalogSnapshot> {
-        let conn = self.lock()?;
+        let conn = self.read()?;
         let tx = conn.unchecked_transaction()?;
         let version: String = tx.query_row(
             "SELECT value FROM meta WHERE key = 'policy_version'",
@@ -356,7 +375,7 @@ impl CatalogStore for SqliteStore {
     }
 
     fn audit_records(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>> {
-        let conn = self.lock()?;
+        let conn = self.read()?;
         let mut stmt = conn.prepare(&format!(
             "SELECT {AUDIT_COLUMNS} FROM audit
              WHERE (?1 IS NULL OR id >= ?1) AND (?2 IS NULL OR id <= ?2)
@@ -373,7 +392,7 @@ impl CatalogStore for SqliteStore {
     }
 
     fn verify_audit(&self) -> Result<AuditVerification> {
-        let conn = self.lock()?;
+        let conn = self.read()?;
         let tx = conn.unchecked_transaction()?;
         let anchor = read_anchor(&tx, "audit_anchor")?;
         let head = read_anchor(&tx, "audit_head")?;
@@ -391,7 +410,7 @@ impl CatalogStore for SqliteStore {
     }
 
     fn audit_anchor(&self) -> Result<AuditAnchor> {
-        let conn = self.lock()?;
+        let conn = self.read()?;
         read_anchor(&conn, "audit_anchor")
     }
 
