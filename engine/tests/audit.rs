@@ -340,7 +340,7 @@ async fn the_chain_holds_across_restarts_and_archives() {
     let total = records(&engine).len() as i64;
     drop(engine);
 
-    let engine = Engine::open(dir.path(), common::root()).unwrap();
+    let engine = Engine::open(dir.path(), &common::root()).unwrap();
     assert_eq!(verify(&engine).await, ["ok", &total.to_string(), "NULL"]);
     // Archive everything so far (the VERIFY above included).
     let cut = archive::parse_time(&chrono::Utc::now().to_rfc3339()).unwrap();
@@ -360,7 +360,7 @@ async fn the_chain_holds_across_restarts_and_archives() {
     assert_eq!(v, ["ok", &(total + 2).to_string(), "NULL"], "{v:?}");
     drop(engine);
 
-    let engine = Engine::open(dir.path(), common::root()).unwrap();
+    let engine = Engine::open(dir.path(), &common::root()).unwrap();
     assert_eq!(verify(&engine).await[0], "ok");
     // A removed archive breaks the chain at its first record.
     let kept = dir.path().join("kept.parquet");

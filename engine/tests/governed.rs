@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
@@ -10,7 +10,10 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use veil_engine::{Engine, ErrorKind, Session};
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
+    )
+    .join("..")
 }
 
 async fn demo() -> (tempfile::TempDir, Arc<Engine>) {

@@ -17,8 +17,11 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use veil_engine::keys::MasterKey;
 use veil_engine::{Engine, Session};
 
-fn root() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
+    )
+    .join("..")
 }
 
 async fn text(s: &mut Session, sql: &str) -> String {
@@ -51,7 +54,7 @@ async fn run(s: &mut Session, sql: &str) {
 /// sides of the transactions-cards join, and project `joins` (masked joins
 /// ON) holds both sources with carol as a member.
 async fn open(dir: &Path, fresh: bool) -> Arc<Engine> {
-    let engine = Engine::open(dir, root()).unwrap();
+    let engine = Engine::open(dir, &root()).unwrap();
     if fresh {
         engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
         veil_engine::statement::load_demo(&engine).await.unwrap();

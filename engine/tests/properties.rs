@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
@@ -17,7 +17,10 @@ use veil_engine::Engine;
 use veil_udfs::{mask_udf, MaskSpec};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
+    )
+    .join("..")
 }
 
 async fn demo_engine() -> (tempfile::TempDir, Arc<Engine>) {

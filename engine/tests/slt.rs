@@ -5,7 +5,6 @@
 #[path = "../../testdata/slt/harness.rs"]
 mod harness;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -42,7 +41,10 @@ impl Persona for InProcessPersona {
 #[tokio::test]
 async fn slt_in_process() {
     let dir = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
+    )
+    .join("..");
     let engine = Engine::open(dir.path(), &root).unwrap();
     engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
     veil_engine::statement::load_demo(&engine).await.unwrap();

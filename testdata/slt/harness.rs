@@ -1,7 +1,6 @@
 //! sqllogictest harness shared by the in-process and the Flight SQL runners
 //! (included with `#[path]` from each crate's tests).
 
-use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -128,7 +127,10 @@ impl AsyncDB for SltDb {
 
 /// Runs every .slt file of testdata/slt/ with fresh connections.
 pub async fn run_all(connector: Arc<dyn Connector>) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/slt");
+    let dir = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
+    )
+    .join("../testdata/slt");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("testdata/slt")
         .filter_map(|e| e.ok().map(|e| e.path()))

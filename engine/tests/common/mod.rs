@@ -10,13 +10,17 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use veil_engine::{Engine, EngineOptions, Session};
 
 /// The repository root (testdata/ lives there).
-pub fn root() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+/// Read at run time: a test binary may be reused from a clone at another path.
+pub fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
+    )
+    .join("..")
 }
 
 /// An engine on `dir` with the demo users, sources and policies.
 pub async fn demo(dir: &Path, options: EngineOptions) -> Arc<Engine> {
-    let engine = Engine::open_with(dir, root(), options).unwrap();
+    let engine = Engine::open_with(dir, &root(), options).unwrap();
     engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
     veil_engine::statement::load_demo(&engine).await.unwrap();
     engine

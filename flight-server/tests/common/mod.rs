@@ -7,7 +7,6 @@
 pub mod harness;
 
 use std::net::SocketAddr;
-use std::path::Path;
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::FlightInfo;
@@ -26,7 +25,10 @@ pub struct Server {
 
 pub async fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
+    )
+    .join("..");
     let engine = Engine::open(dir.path(), &root).unwrap();
     engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
     veil_engine::statement::load_demo(&engine).await.unwrap();
