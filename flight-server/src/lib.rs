@@ -4,6 +4,7 @@
 //! no policy logic.
 
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod server;
 pub mod service;

@@ -1,6 +1,6 @@
 //! The `veil` command-line tool.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use veil_engine::audit::archive::{self, ExportFormat};
 use veil_engine::store::AuditFilter;
 use veil_engine::{Engine, Session, VeilError};
+use veil_flight_server::bench::{self, BenchError};
 use veil_flight_server::config::{Config, FileConfig, Overrides};
 
 #[derive(Parser)]
@@ -75,6 +76,66 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Benchmarks: TPC-H sample data, governed TPC-H, Flight throughput, charts.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Write TPC-H tables as Parquet (one directory per table).
+    Generate {
+        /// TPC-H scale factor (1 = about 1 GB of raw data).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run the 22 TPC-H queries ungoverned, unrestricted and restricted.
+    Tpch {
+        /// Scale factor (default: the one `generate` recorded in --data).
+        #[arg(long)]
+        scale: Option<f64>,
+        /// The directory `veil bench generate` wrote.
+        #[arg(long)]
+        data: PathBuf,
+        /// Measured rounds per query, after one warm-up round.
+        #[arg(long, default_value_t = 5)]
+        iterations: usize,
+        /// Only these queries (e.g. `--query 1 --query 6`).
+        #[arg(long = "query")]
+        queries: Vec<usize>,
+        /// Write the result as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Draw per-query bars of result files (Veil's and peers') as SVG.
+    Plot {
+        /// Result files (`veil bench tpch --out`, benches/compare_duckdb.py).
+        #[arg(required = true)]
+        results: Vec<PathBuf>,
+        /// The chart.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Stream lineitem over Flight SQL on loopback; time point queries.
+    Flight {
+        /// The directory `veil bench generate` wrote.
+        #[arg(long)]
+        data: PathBuf,
+        /// Streaming runs per principal (the best is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Point queries to time.
+        #[arg(long, default_value_t = 1000)]
+        points: usize,
+        /// Write the report as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -187,6 +248,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         metrics_listen: None,
     };
     match cli.command {
+        Command::Bench { command } => bench(command).await.map_err(|e| e.to_string()),
         Command::Serve {
             listen,
             metrics_listen,
@@ -312,12 +374,90 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+async fn bench(command: BenchCommand) -> Result<(), BenchError> {
+    match command {
+        BenchCommand::Generate { scale, out } => {
+            let t = std::time::Instant::now();
+            let tables = tokio::task::spawn_blocking(move || {
+                bench::generate::generate(scale, &out, std::io::stderr().is_terminal())
+            })
+            .await
+            .map_err(|e| BenchError::Invalid(e.to_string()))??;
+            for g in &tables {
+                println!("{:<9} {:>10} rows  {}", g.table, g.rows, g.dir.display());
+            }
+            println!(
+                "TPC-H scale {scale} written in {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        BenchCommand::Tpch {
+            scale,
+            data,
+            iterations,
+            queries,
+            out,
+        } => {
+            let opts = bench::tpch::TpchOptions {
+                data,
+                scale,
+                iterations,
+                queries,
+            };
+            let result = bench::tpch::run(&opts, |q| {
+                eprintln!(
+                    "{}: ungoverned {:.1} ms, restricted {:.1} ms",
+                    q.name, q.ungoverned_ms, q.restricted_ms
+                )
+            })
+            .await?;
+            print!("{}", result.table());
+            if let Some(out) = out {
+                result.write(&out)?;
+                println!("result written to {}", out.display());
+            }
+            Ok(())
+        }
+        BenchCommand::Plot { results, out } => {
+            let results = results
+                .iter()
+                .map(|p| bench::report::BenchResult::read(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            bench::plot::plot(&results, &out)?;
+            println!("chart written to {}", out.display());
+            Ok(())
+        }
+        BenchCommand::Flight {
+            data,
+            runs,
+            points,
+            out,
+        } => {
+            let report = bench::flight::run(&data, runs, points).await?;
+            print!("{}", report.table());
+            if let Some(out) = out {
+                let text = serde_json::to_string_pretty(&report)
+                    .map_err(|e| BenchError::Invalid(e.to_string()))?;
+                std::fs::write(&out, text + "\n")
+                    .map_err(|e| BenchError::Invalid(format!("{}: {e}", out.display())))?;
+                println!("report written to {}", out.display());
+            }
+            Ok(())
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VEIL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("VEIL_LOG").unwrap_or_else(|_| {
+                // Benchmarks print their own report; one audit line per
+                // query would drown it.
+                let quiet = matches!(cli.command, Command::Bench { .. });
+                tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" })
+            }),
         )
         .with_writer(std::io::stderr);
     match cli.log_format {

@@ -1,0 +1,190 @@
+//! `veil bench flight`: `lineitem` streamed through the Flight SQL server to
+//! the Rust Flight SQL client on loopback (MB/s and rows/s, unrestricted
+//! and restricted principal), and the latency of small point queries.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use datafusion::arrow::array::{Array, RecordBatch};
+use futures::TryStreamExt;
+use serde::Serialize;
+use tonic::transport::Channel;
+
+use super::tpch::{Harness, RESTRICTED, UNRESTRICTED};
+use super::BenchError;
+
+/// The profile users' password (`benches/tpch/governance.sql`).
+const PASSWORD: &str = "bench-pw";
+
+/// One streaming run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    /// Who streamed.
+    pub principal: String,
+    /// Rows received.
+    pub rows: u64,
+    /// Bytes of Arrow data received (buffer slices, as on the wire).
+    pub bytes: u64,
+    /// Best of the runs, in seconds.
+    pub seconds: f64,
+    /// MB (2^20 bytes) per second.
+    pub mb_per_s: f64,
+    /// Rows per second.
+    pub rows_per_s: f64,
+}
+
+/// Point query latencies.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// The query (with a varying key).
+    pub query: String,
+    /// How many ran.
+    pub count: usize,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlightReport {
+    /// Machine description.
+    pub machine: String,
+    /// `SELECT * FROM tpch.lineitem`, per principal.
+    pub throughput: Vec<Throughput>,
+    /// Point queries as the restricted principal.
+    pub latency: Latency,
+}
+
+async fn client(
+    addr: std::net::SocketAddr,
+    user: &str,
+) -> Result<FlightSqlServiceClient<Channel>, BenchError> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .map_err(|e| BenchError::Invalid(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| BenchError::Invalid(format!("connect to {addr}: {e}")))?;
+    let mut client = FlightSqlServiceClient::new(channel);
+    client.handshake(user, PASSWORD).await?;
+    Ok(client)
+}
+
+/// Runs a query and drains every endpoint; returns (rows, bytes).
+async fn drain(
+    client: &mut FlightSqlServiceClient<Channel>,
+    sql: &str,
+) -> Result<(u64, u64), BenchError> {
+    let info = client.execute(sql.to_string(), None).await?;
+    let (mut rows, mut bytes) = (0u64, 0u64);
+    for endpoint in info.endpoint {
+        let ticket = endpoint
+            .ticket
+            .ok_or_else(|| BenchError::Invalid("an endpoint without a ticket".into()))?;
+        let mut stream = client.do_get(ticket).await?;
+        while let Some(batch) = stream.try_next().await? {
+            rows += batch.num_rows() as u64;
+            bytes += batch_bytes(&batch);
+        }
+    }
+    Ok((rows, bytes))
+}
+
+fn batch_bytes(batch: &RecordBatch) -> u64 {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0) as u64)
+        .sum()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+/// Streams lineitem `runs` times per principal (best run reported) and
+/// times `points` point queries.
+pub async fn run(data: &Path, runs: usize, points: usize) -> Result<FlightReport, BenchError> {
+    let harness = Harness::new(data).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| BenchError::io(Path::new("127.0.0.1:0"), e))?;
+    let server = crate::serve(harness.engine.clone(), listener)
+        .map_err(|e| BenchError::io(Path::new("127.0.0.1:0"), e))?;
+    let mut throughput = Vec::new();
+    for user in [UNRESTRICTED, RESTRICTED] {
+        let mut c = client(server.addr, user).await?;
+        let mut best: Option<(Duration, u64, u64)> = None;
+        for _ in 0..runs.max(1) {
+            let t = Instant::now();
+            let (rows, bytes) = drain(&mut c, "SELECT * FROM tpch.lineitem").await?;
+            let d = t.elapsed();
+            if best.is_none_or(|(b, _, _)| d < b) {
+                best = Some((d, rows, bytes));
+            }
+        }
+        if let Some((d, rows, bytes)) = best {
+            let s = d.as_secs_f64().max(1e-9);
+            throughput.push(Throughput {
+                principal: user.to_string(),
+                rows,
+                bytes,
+                seconds: s,
+                mb_per_s: bytes as f64 / 1048576.0 / s,
+                rows_per_s: rows as f64 / s,
+            });
+        }
+    }
+    let mut c = client(server.addr, RESTRICTED).await?;
+    let mut times = Vec::with_capacity(points);
+    for i in 0..points {
+        let sql = format!(
+            "SELECT c_name, c_acctbal FROM tpch.customer WHERE c_custkey = {}",
+            1 + (i as u64 * 7919) % 1000
+        );
+        let t = Instant::now();
+        drain(&mut c, &sql).await?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    let _ = server.shutdown().await;
+    Ok(FlightReport {
+        machine: super::report::machine(),
+        throughput,
+        latency: Latency {
+            query: "SELECT c_name, c_acctbal FROM tpch.customer WHERE c_custkey = <k>".into(),
+            count: points,
+            p50_ms: percentile(&times, 0.5),
+            p99_ms: percentile(&times, 0.99),
+        },
+    })
+}
+
+impl FlightReport {
+    /// The terminal summary.
+    pub fn table(&self) -> String {
+        let mut s = format!("Flight SQL on loopback, {}\n", self.machine);
+        for t in &self.throughput {
+            s.push_str(&format!(
+                "SELECT * FROM tpch.lineitem as {:<20} {:>10} rows {:>9.1} MB in {:>7.3} s: {:>8.1} MB/s {:>12.0} rows/s\n",
+                t.principal,
+                t.rows,
+                t.bytes as f64 / 1048576.0,
+                t.seconds,
+                t.mb_per_s,
+                t.rows_per_s
+            ));
+        }
+        s.push_str(&format!(
+            "{} point queries as {RESTRICTED}: p50 {:.2} ms, p99 {:.2} ms\n",
+            self.latency.count, self.latency.p50_ms, self.latency.p99_ms
+        ));
+        s
+    }
+}

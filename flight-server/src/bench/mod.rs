@@ -1,0 +1,63 @@
+//! `veil bench`: TPC-H sample data, the governed TPC-H benchmark, Flight
+//! throughput and charts. See README.md, "Benchmarks".
+
+pub mod flight;
+pub mod generate;
+pub mod plot;
+pub mod report;
+pub mod tpch;
+
+use std::path::Path;
+
+/// A benchmark that could not run or whose answers are wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Bad options or input files.
+    #[error("{0}")]
+    Invalid(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A query failed.
+    #[error("{query} as {who}: {message}")]
+    Query {
+        /// `q1` .. `q22`, or the query text.
+        query: String,
+        /// Who ran it.
+        who: String,
+        /// The error.
+        message: String,
+    },
+    /// Two answers that must be equal are not.
+    #[error("wrong answer: {0}")]
+    Mismatch(String),
+    /// Engine errors (catalog, governance script).
+    #[error(transparent)]
+    Veil(#[from] veil_engine::VeilError),
+    /// DataFusion errors.
+    #[error(transparent)]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    /// Arrow errors.
+    #[error(transparent)]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    /// Parquet errors.
+    #[error(transparent)]
+    Parquet(#[from] datafusion::parquet::errors::ParquetError),
+    /// Flight client errors.
+    #[error(transparent)]
+    Flight(#[from] arrow_flight::error::FlightError),
+}
+
+impl BenchError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! `veil bench tpch`: the 22 TPC-H queries three ways in one process, so the
+//! cost of governance shows up as ratios:
+//!
+//! - ungoverned: plain DataFusion over the same Parquet files;
+//! - unrestricted: through Veil as `bench_unrestricted`, whom every policy
+//!   of the profile exempts (the cost of the machinery alone);
+//! - restricted: through Veil as `bench_restricted` (masks and row filters).
+//!
+//! Each query runs once per variant to warm up, then `iterations` rounds of
+//! the three variants interleaved; the median of each is reported. The
+//! unrestricted answer must equal the ungoverned one for every query: the
+//! run fails otherwise.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use veil_engine::{Engine, Session};
+
+use super::generate::{recorded_scale, TABLES};
+use super::report::{median, BenchResult, QueryTiming};
+use super::BenchError;
+
+macro_rules! queries {
+    ($($n:literal),*) => {
+        [$(include_str!(concat!("../../../benches/tpch/queries/q", $n, ".sql"))),*]
+    };
+}
+
+/// The 22 TPC-H queries (validation parameters), over `tpch.<table>`.
+pub const QUERIES: [&str; 22] = queries!(
+    "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16", "17",
+    "18", "19", "20", "21", "22"
+);
+
+/// The governance profile (`benches/tpch/governance.sql`).
+pub const PROFILE: &str = include_str!("../../../benches/tpch/governance.sql");
+
+/// The unrestricted principal of the profile.
+pub const UNRESTRICTED: &str = "bench_unrestricted";
+/// The restricted principal of the profile.
+pub const RESTRICTED: &str = "bench_restricted";
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct TpchOptions {
+    /// The directory `veil bench generate` wrote.
+    pub data: PathBuf,
+    /// The scale, if given; must match the one recorded in `data`.
+    pub scale: Option<f64>,
+    /// Measured rounds per query (after one warm-up round).
+    pub iterations: usize,
+    /// Queries to run, 1-based; empty: all 22.
+    pub queries: Vec<usize>,
+}
+
+/// The query text without comments and the final semicolon.
+pub fn query_sql(n: usize) -> Option<String> {
+    let text = QUERIES.get(n.checked_sub(1)?)?;
+    let body: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect();
+    Some(body.join("\n").trim().trim_end_matches(';').to_string())
+}
+
+/// An engine with the profile applied and a plain DataFusion context over
+/// the same files.
+pub struct Harness {
+    /// Plain DataFusion, tables registered as `tpch.<table>`.
+    pub plain: SessionContext,
+    /// Veil's engine on a temporary data directory.
+    pub engine: Arc<Engine>,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    /// Registers the eight tables of `data` both ways and applies the
+    /// governance profile as admin.
+    pub async fn new(data: &Path) -> Result<Self, BenchError> {
+        let data = data.canonicalize().map_err(|e| BenchError::io(data, e))?;
+        let text = data.to_str().filter(|s| !s.contains('\'')).ok_or_else(|| {
+            BenchError::Invalid(format!(
+                "data directory {} must be UTF-8 without quotes",
+                data.display()
+            ))
+        })?;
+        check_data(&data)?;
+        let dir = tempfile::tempdir().map_err(|e| BenchError::io(Path::new("tmp"), e))?;
+        let engine = Engine::open(dir.path(), &data)?;
+        engine.bootstrap_admin(Some(random_password()))?;
+        let profile = PROFILE.replace("{data}", text);
+        veil_engine::statement::apply_script(&mut engine.session("admin"), &profile).await?;
+
+        let plain = SessionContext::new();
+        plain.sql("CREATE SCHEMA tpch").await?.collect().await?;
+        for t in TABLES {
+            let path = format!("{}/", data.join(t).display());
+            plain
+                .register_parquet(format!("tpch.{t}"), &path, ParquetReadOptions::default())
+                .await?;
+        }
+        Ok(Self {
+            plain,
+            engine,
+            _dir: dir,
+        })
+    }
+
+    /// A session of a profile principal.
+    pub fn session(&self, user: &str) -> Session {
+        self.engine.session(user)
+    }
+}
+
+/// Refuses a directory without the eight table directories.
+fn check_data(data: &Path) -> Result<(), BenchError> {
+    for t in TABLES {
+        if !data.join(t).is_dir() {
+            return Err(BenchError::Invalid(format!(
+                "{} has no {t}/ directory: run `veil bench generate --out {}` first",
+                data.display(),
+                data.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn random_password() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+async fn plain(ctx: &SessionContext, sql: &str) -> datafusion::error::Result<Vec<RecordBatch>> {
+    ctx.sql(sql).await?.collect().await
+}
+
+async fn governed(s: &mut Session, sql: &str) -> veil_engine::error::Result<Vec<RecordBatch>> {
+    s.execute(sql).await?.collect().await
+}
+
+/// Rows as text lines, sorted: equal answers give equal lines whatever the
+/// row order of ties.
+pub fn canonical(batches: &[RecordBatch]) -> Result<Vec<String>, BenchError> {
+    let opts = FormatOptions::default().with_null("NULL");
+    let mut lines = Vec::new();
+    for b in batches {
+        let fmts = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
+            .collect::<Result<Vec<_>, _>>()?;
+        for row in 0..b.num_rows() {
+            let cells: Vec<String> = fmts.iter().map(|f| f.value(row).to_string()).collect();
+            lines.push(cells.join("|"));
+        }
+    }
+    lines.sort();
+    Ok(lines)
+}
+
+fn rows(batches: &[RecordBatch]) -> u64 {
+    batches.iter().map(|b| b.num_rows() as u64).sum()
+}
+
+fn ms(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Runs the benchmark; `each` sees every query's timing as it finishes.
+pub async fn run(
+    opts: &TpchOptions,
+    mut each: impl FnMut(&QueryTiming),
+) -> Result<BenchResult, BenchError> {
+    check_data(&opts.data)?;
+    let recorded = recorded_scale(&opts.data);
+    let scale = match (opts.scale, recorded) {
+        (Some(s), Some(r)) if (s - r).abs() > f64::EPSILON * s.max(1.0) => {
+            return Err(BenchError::Invalid(format!(
+                "--scale {s} does not match the scale {r} that {} was generated at",
+                opts.data.display()
+            )))
+        }
+        (Some(s), _) | (None, Some(s)) => s,
+        (None, None) => {
+            return Err(BenchError::Invalid(format!(
+                "{} does not record its scale: pass --scale",
+                opts.data.display()
+            )))
+        }
+    };
+    let queries: Vec<usize> = if opts.queries.is_empty() {
+        (1..=QUERIES.len()).collect()
+    } else {
+        opts.queries.clone()
+    };
+    let harness = Harness::new(&opts.data).await?;
+    let mut unrestricted = harness.session(UNRESTRICTED);
+    let mut restricted = harness.session(RESTRICTED);
+    let mut timings = Vec::new();
+    for n in queries {
+        let sql = query_sql(n)
+            .ok_or_else(|| BenchError::Invalid(format!("there is no TPC-H query {n} (1 to 22)")))?;
+        let name = format!("q{n}");
+        let failed = |who: &str, e: &dyn std::fmt::Display| BenchError::Query {
+            query: name.clone(),
+            who: who.to_string(),
+            message: e.to_string(),
+        };
+        // Warm-up, and the equality check of unrestricted vs ungoverned.
+        let expected = plain(&harness.plain, &sql)
+            .await
+            .map_err(|e| failed("plain DataFusion", &e))?;
+        let got = governed(&mut unrestricted, &sql)
+            .await
+            .map_err(|e| failed(UNRESTRICTED, &e))?;
+        let (want, have) = (canonical(&expected)?, canonical(&got)?);
+        if want != have {
+            let first = want
+                .iter()
+                .zip(&have)
+                .position(|(a, b)| a != b)
+                .unwrap_or(want.len().min(have.len()));
+            return Err(BenchError::Mismatch(format!(
+                "{name}: {UNRESTRICTED} got {} rows, plain DataFusion {}; first difference at \
+                 sorted row {first}: {:?} vs {:?}",
+                have.len(),
+                want.len(),
+                have.get(first),
+                want.get(first)
+            )));
+        }
+        let limited = governed(&mut restricted, &sql)
+            .await
+            .map_err(|e| failed(RESTRICTED, &e))?;
+        let (mut a, mut b, mut c) = (vec![], vec![], vec![]);
+        for _ in 0..opts.iterations.max(1) {
+            let t = Instant::now();
+            plain(&harness.plain, &sql)
+                .await
+                .map_err(|e| failed("plain DataFusion", &e))?;
+            a.push(ms(t));
+            let t = Instant::now();
+            governed(&mut unrestricted, &sql)
+                .await
+                .map_err(|e| failed(UNRESTRICTED, &e))?;
+            b.push(ms(t));
+            let t = Instant::now();
+            governed(&mut restricted, &sql)
+                .await
+                .map_err(|e| failed(RESTRICTED, &e))?;
+            c.push(ms(t));
+        }
+        let timing = QueryTiming {
+            name,
+            ungoverned_ms: median(&mut a),
+            unrestricted_ms: Some(median(&mut b)),
+            restricted_ms: median(&mut c),
+            rows: rows(&expected),
+            restricted_rows: Some(rows(&limited)),
+        };
+        each(&timing);
+        timings.push(timing);
+    }
+    Ok(BenchResult::new(scale, "veil", timings))
+}
