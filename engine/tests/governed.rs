@@ -437,3 +437,41 @@ async fn governed_scans_report_only_a_bucketed_inexact_size() {
         assert_eq!(c.distinct_count, Precision::Absent);
     }
 }
+
+/// A source on which no policy applies to the principal is planned as a
+/// plain scan (DataFusion keeps its statistics, join order and dynamic
+/// filters); a source with any applicable policy keeps the opaque barrier,
+/// and the audit record lists the source either way.
+#[tokio::test]
+async fn exempt_principals_get_plain_scans_and_restricted_ones_the_barrier() {
+    use veil_engine::store::AuditFilter;
+    let (_d, engine) = demo().await;
+    let explain = "EXPLAIN SELECT name, ssn FROM hr.employees WHERE salary > 0";
+    // alice (hr) is exempt from every hr.employees policy.
+    let mut alice = engine.session("alice");
+    let text = q(&mut alice, explain).await.concat().join("\n");
+    assert!(!text.contains("GovernedScan"), "{text}");
+    assert!(text.contains("employees.parquet"), "{text}");
+    let mine = q(&mut alice, "SELECT count(*) FROM hr.employees").await;
+    assert_eq!(mine, vec![vec!["1000".to_string()]]);
+    let last = engine
+        .store()
+        .audit_records(&AuditFilter::default())
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert!(
+        last.entry.detail.contains("hr.employees"),
+        "{}",
+        last.entry.detail
+    );
+    // bob has masks and a row policy there: barrier, no file, no raw value.
+    let mut bob = engine.session("bob");
+    let text = q(&mut bob, explain).await.concat().join("\n");
+    assert!(text.contains("GovernedScan"), "{text}");
+    assert!(!text.contains("employees.parquet"), "{text}");
+    // dave (contractor) is not subscribed at all: still refused.
+    let mut dave = engine.session("dave");
+    let e = err(&mut dave, "SELECT count(*) FROM hr.employees").await;
+    assert!(e.to_string().contains("not subscribed"), "{e}");
+}

@@ -112,6 +112,10 @@ enum BenchCommand {
         /// Write the result as JSON here.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Print the plans (ungoverned, unrestricted, restricted) of the
+        /// selected queries instead of timing them.
+        #[arg(long)]
+        explain: bool,
     },
     /// Draw per-query bars of result files (Veil's and peers') as SVG.
     Plot {
@@ -398,7 +402,12 @@ async fn bench(command: BenchCommand) -> Result<(), BenchError> {
             iterations,
             queries,
             out,
+            explain,
         } => {
+            if explain {
+                print!("{}", bench::tpch::explain(&data, &queries).await?);
+                return Ok(());
+            }
             let opts = bench::tpch::TpchOptions {
                 data,
                 scale,

@@ -57,6 +57,44 @@ pub struct TpchOptions {
     pub queries: Vec<usize>,
 }
 
+/// The physical plans of a query, ungoverned and as each profile principal
+/// (`EXPLAIN` through the same paths the benchmark times), for profiling.
+pub async fn explain(data: &Path, queries: &[usize]) -> Result<String, BenchError> {
+    check_data(data)?;
+    let harness = Harness::new(data).await?;
+    let mut out = String::new();
+    for &n in queries {
+        let sql = query_sql(n)
+            .ok_or_else(|| BenchError::Invalid(format!("there is no TPC-H query {n} (1 to 22)")))?;
+        let explain = format!("EXPLAIN {sql}");
+        let plain = plain(&harness.plain, &explain).await?;
+        out.push_str(&format!("== q{n} ungoverned\n{}\n", plan_text(&plain)?));
+        for user in [UNRESTRICTED, RESTRICTED] {
+            let batches = governed(&mut harness.session(user), &explain).await?;
+            out.push_str(&format!("== q{n} as {user}\n{}\n", plan_text(&batches)?));
+        }
+    }
+    Ok(out)
+}
+
+/// The `plan` column of EXPLAIN output.
+fn plan_text(batches: &[RecordBatch]) -> Result<String, BenchError> {
+    let opts = FormatOptions::default();
+    let mut out = String::new();
+    for b in batches {
+        let (Some(kind), Some(plan)) = (b.column_by_name("plan_type"), b.column_by_name("plan"))
+        else {
+            continue;
+        };
+        let kind = ArrayFormatter::try_new(kind.as_ref(), &opts)?;
+        let plan = ArrayFormatter::try_new(plan.as_ref(), &opts)?;
+        for row in 0..b.num_rows() {
+            out.push_str(&format!("-- {}\n{}\n", kind.value(row), plan.value(row)));
+        }
+    }
+    Ok(out)
+}
+
 /// The query text without comments and the final semicolon.
 pub fn query_sql(n: usize) -> Option<String> {
     let text = QUERIES.get(n.checked_sub(1)?)?;
