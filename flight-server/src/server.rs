@@ -44,10 +44,17 @@ pub fn serve(engine: Arc<Engine>, listener: TcpListener) -> std::io::Result<Serv
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (tx, rx) = oneshot::channel::<()>();
+    // Small responses must not wait for the peer's delayed ACK (Nagle):
+    // without TCP_NODELAY a point query took about 96 ms instead of a few.
+    let incoming = futures::StreamExt::map(TcpListenerStream::new(listener), |conn| {
+        conn.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
     let task = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(incoming, async {
                 let _ = rx.await;
             }),
     );
