@@ -49,7 +49,7 @@ fn source(i: usize) -> DataSource {
         arrow_schema: String::new(),
         columns,
         owners: set([format!("user_{}", i % USERS)]),
-        subscription: if i % 2 == 0 {
+        subscription: if i.is_multiple_of(2) {
             Subscription::Anyone
         } else {
             Subscription::When(format!(
