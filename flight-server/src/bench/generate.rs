@@ -214,6 +214,10 @@ fn write_part(out: &Path, job: &Job, scale: f64, bar: &ProgressBar) -> Result<u6
     let file = File::create(&path).map_err(|e| BenchError::io(&path, e))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+        // Dictionaries stop at 64 KiB, so unique columns (keys, names) fall
+        // back to plain pages early and a point lookup does not decompress
+        // a 1 MiB dictionary page per column (the default limit).
+        .set_dictionary_page_size_limit(64 * 1024)
         .build();
     let mut writer = ArrowWriter::try_new(file, schema, Some(props))?;
     let mut rows = 0;
