@@ -214,7 +214,7 @@ fn ms(start: Instant) -> f64 {
 /// Runs the benchmark; `each` sees every query's timing as it finishes.
 pub async fn run(
     opts: &TpchOptions,
-    mut each: impl FnMut(&QueryTiming),
+    each: impl FnMut(&QueryTiming),
 ) -> Result<BenchResult, BenchError> {
     check_data(&opts.data)?;
     let recorded = recorded_scale(&opts.data);
@@ -233,12 +233,22 @@ pub async fn run(
             )))
         }
     };
+    let harness = Harness::new(&opts.data).await?;
+    run_on(&harness, scale, opts, each).await
+}
+
+/// [`run`] on a harness the caller prepared (tests change its governance).
+pub async fn run_on(
+    harness: &Harness,
+    scale: f64,
+    opts: &TpchOptions,
+    mut each: impl FnMut(&QueryTiming),
+) -> Result<BenchResult, BenchError> {
     let queries: Vec<usize> = if opts.queries.is_empty() {
         (1..=QUERIES.len()).collect()
     } else {
         opts.queries.clone()
     };
-    let harness = Harness::new(&opts.data).await?;
     let mut unrestricted = harness.session(UNRESTRICTED);
     let mut restricted = harness.session(RESTRICTED);
     let mut timings = Vec::new();
