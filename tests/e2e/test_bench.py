@@ -121,3 +121,17 @@ def test_flight_streams_all_of_lineitem(data, tmp_path):
     for t in r["throughput"]:
         assert t["rows"] == lineitem and t["bytes"] > 0 and t["mb_per_s"] > 0
     assert r["latency"]["count"] == 20 and 0 < r["latency"]["p50_ms"] <= r["latency"]["p99_ms"]
+
+
+def test_explain_prints_the_three_plans(data):
+    text = veil("tpch", "--data", str(data), "--explain", "--query", "22")
+    parts = text.split("== q22 ")
+    assert [p.split("\n", 1)[0] for p in parts[1:]] == [
+        "ungoverned", "as bench_unrestricted", "as bench_restricted"]
+    ungoverned, unrestricted, restricted = parts[1:]
+    # The exempt principal gets plain scans; the restricted one the opaque
+    # barrier over customer and orders, with no file of theirs in sight.
+    assert "GovernedScan" not in unrestricted and "customer/part-1.parquet" in unrestricted
+    assert "GovernedScanExec: source=tpch.customer" in restricted
+    assert "customer/part-1.parquet" not in restricted
+    assert "veil_hash[col:tpch.customer.c_phone#v1]" in restricted

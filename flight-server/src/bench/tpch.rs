@@ -57,15 +57,14 @@ pub struct TpchOptions {
     pub queries: Vec<usize>,
 }
 
-/// The physical plans of a query, ungoverned and as each profile principal
-/// (`EXPLAIN` through the same paths the benchmark times), for profiling.
+/// The plans of the selected queries (all 22 when none is given),
+/// ungoverned and as each profile principal (`EXPLAIN` through the same
+/// paths the benchmark times), for profiling.
 pub async fn explain(data: &Path, queries: &[usize]) -> Result<String, BenchError> {
-    check_data(data)?;
     let harness = Harness::new(data).await?;
     let mut out = String::new();
-    for &n in queries {
-        let sql = query_sql(n)
-            .ok_or_else(|| BenchError::Invalid(format!("there is no TPC-H query {n} (1 to 22)")))?;
+    for n in selected(queries) {
+        let sql = query(n)?;
         let explain = format!("EXPLAIN {sql}");
         let plain = plain(&harness.plain, &explain).await?;
         out.push_str(&format!("== q{n} ungoverned\n{}\n", plan_text(&plain)?));
@@ -103,6 +102,21 @@ pub fn query_sql(n: usize) -> Option<String> {
         .filter(|l| !l.trim_start().starts_with("--"))
         .collect();
     Some(body.join("\n").trim().trim_end_matches(';').to_string())
+}
+
+/// The queries to run: those given, or all 22.
+fn selected(queries: &[usize]) -> Vec<usize> {
+    if queries.is_empty() {
+        (1..=QUERIES.len()).collect()
+    } else {
+        queries.to_vec()
+    }
+}
+
+/// The text of query `n`, or an error naming the valid range.
+fn query(n: usize) -> Result<String, BenchError> {
+    query_sql(n)
+        .ok_or_else(|| BenchError::Invalid(format!("there is no TPC-H query {n} (1 to 22)")))
 }
 
 /// An engine with the profile applied and a plain DataFusion context over
@@ -244,17 +258,11 @@ pub async fn run_on(
     opts: &TpchOptions,
     mut each: impl FnMut(&QueryTiming),
 ) -> Result<BenchResult, BenchError> {
-    let queries: Vec<usize> = if opts.queries.is_empty() {
-        (1..=QUERIES.len()).collect()
-    } else {
-        opts.queries.clone()
-    };
     let mut unrestricted = harness.session(UNRESTRICTED);
     let mut restricted = harness.session(RESTRICTED);
     let mut timings = Vec::new();
-    for n in queries {
-        let sql = query_sql(n)
-            .ok_or_else(|| BenchError::Invalid(format!("there is no TPC-H query {n} (1 to 22)")))?;
+    for n in selected(&opts.queries) {
+        let sql = query(n)?;
         let name = format!("q{n}");
         let failed = |who: &str, e: &dyn std::fmt::Display| BenchError::Query {
             query: name.clone(),
