@@ -21,7 +21,7 @@ use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList};
 use datafusion::common::ParamValues;
-use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder};
 use datafusion::logical_expr::{LogicalPlan, Statement};
 use datafusion::optimizer::{Analyzer, Optimizer};
@@ -66,6 +66,10 @@ pub struct EngineOptions {
     /// `VERIFY AUDIT` checks them with the live log. Default:
     /// `<data_dir>/audit-archive`.
     pub audit_archive: Option<PathBuf>,
+    /// Memory, concurrency and time limits of statements.
+    pub limits: crate::limits::Limits,
+    /// Back-off after failed logins.
+    pub login: crate::login::ThrottlePolicy,
 }
 
 impl Default for EngineOptions {
@@ -75,6 +79,8 @@ impl Default for EngineOptions {
             workspace_max_bytes: Some(DEFAULT_WORKSPACE_MAX_BYTES),
             release_delay: crate::workspace::write::RELEASE_DELAY,
             audit_archive: None,
+            limits: crate::limits::Limits::default(),
+            login: crate::login::ThrottlePolicy::default(),
         }
     }
 }
@@ -95,6 +101,8 @@ pub struct Engine {
     options: EngineOptions,
     audit: AuditWriter,
     metrics: crate::metrics::Metrics,
+    admission: crate::limits::Admission,
+    throttle: crate::login::LoginThrottle,
 }
 
 /// A statement's result: its schema and a stream of batches.
@@ -203,6 +211,8 @@ impl Engine {
         let warehouse = Warehouse::open(location, &runtime)?;
         let audit = AuditWriter::start(Arc::clone(&store))?;
         Ok(Arc::new(Self {
+            admission: crate::limits::Admission::new(options.limits.clone()),
+            throttle: crate::login::LoginThrottle::new(options.login.clone()),
             audit,
             metrics: crate::metrics::Metrics::new()?,
             store,
@@ -262,6 +272,11 @@ impl Engine {
     /// The master key (for deriving signing keys at the transport).
     pub fn keys(&self) -> &MasterKey {
         &self.keys
+    }
+
+    /// Admission control and the shared memory budget.
+    pub fn admission(&self) -> &crate::limits::Admission {
+        &self.admission
     }
 
     /// The engine's Prometheus metrics.
@@ -358,52 +373,137 @@ impl Engine {
         Ok(generated.then_some(password))
     }
 
-    /// Checks a user name and password; audits failures.
+    /// Checks a user name and password; see [`Engine::login`].
     pub fn authenticate(&self, user: &str, password: &str) -> Result<User> {
+        self.login(user, password, None)
+    }
+
+    /// Checks a user name and password from `client` (the peer's address,
+    /// when known). Every attempt is audited; failed ones are throttled per
+    /// user and per address ([`crate::login`]): while a back-off runs, an
+    /// attempt is refused without checking the password. The check costs
+    /// the same whether or not the user exists.
+    pub fn login(&self, user: &str, password: &str, client: Option<&str>) -> Result<User> {
+        let keys = crate::login::keys(user, client);
+        if let Some(wait) = self.throttle.blocked(&keys) {
+            let secs = wait.as_secs_f64().ceil() as u64;
+            self.audit_login(
+                user,
+                "error",
+                serde_json::json!({"client": client, "throttled": true, "retry_after_secs": secs}),
+            )?;
+            let from = client.map(|c| format!(" or from {c}")).unwrap_or_default();
+            return Err(VeilError::ResourceExhausted(format!(
+                "too many failed logins for '{user}'{from}; retry in {secs} s"
+            )));
+        }
         let snapshot = self.snapshot()?;
-        let ok = snapshot.users.get(user).and_then(|u| {
-            let hash = u.password_hash.as_ref()?;
-            let parsed = PasswordHash::new(hash).ok()?;
-            Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .ok()
-                .map(|_| u.clone())
-        });
-        let outcome = if ok.is_some() { "ok" } else { "error" };
+        let record = snapshot.users.get(user);
+        let hash = record
+            .and_then(|u| u.password_hash.as_deref())
+            .or(DUMMY_HASH.as_deref());
+        let verified = hash
+            .and_then(|h| PasswordHash::new(h).ok())
+            .is_some_and(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            });
+        let ok = record.filter(|u| verified && u.password_hash.is_some());
+        let backoff = if ok.is_some() {
+            self.throttle.succeeded(&keys[0]);
+            None
+        } else {
+            self.throttle.failed(&keys)
+        };
+        self.audit_login(
+            user,
+            if ok.is_some() { "ok" } else { "error" },
+            serde_json::json!({"client": client, "backoff_secs": backoff.map(|b| b.as_secs())}),
+        )?;
+        ok.cloned().ok_or_else(|| {
+            VeilError::Unauthenticated(format!("invalid user name or password for '{user}'"))
+        })
+    }
+
+    /// Logs in the user a verified client certificate names (mTLS); audited.
+    pub fn login_certificate(&self, user: &str, client: Option<&str>) -> Result<User> {
+        let found = self.snapshot()?.users.get(user).cloned();
+        self.audit_login(
+            user,
+            if found.is_some() { "ok" } else { "error" },
+            serde_json::json!({"client": client, "method": "certificate"}),
+        )?;
+        found.ok_or_else(|| {
+            VeilError::Unauthenticated(format!(
+                "the client certificate names '{user}', who is not a user"
+            ))
+        })
+    }
+
+    fn audit_login(&self, user: &str, outcome: &str, detail: serde_json::Value) -> Result<()> {
         self.store.audit(&AuditEntry {
             actor: user.to_string(),
             impersonated: None,
             action: "Authenticate".into(),
             object: user.to_string(),
-            detail: "{}".into(),
+            detail: detail.to_string(),
             outcome: outcome.into(),
             ..Default::default()
-        })?;
-        ok.ok_or_else(|| {
-            VeilError::Unauthenticated(format!("invalid user name or password for '{user}'"))
         })
     }
 
     /// A session for an authenticated user.
     pub fn session(self: &Arc<Self>, user: &str) -> Session {
+        let credential = self
+            .snapshot()
+            .ok()
+            .and_then(|s| s.users.get(user).map(Credential::of));
         Session {
+            credential,
             engine: Arc::clone(self),
             user: user.to_string(),
             impersonated: None,
             project: None,
             settings: Vec::new(),
+            deadline: None,
         }
     }
 }
+
+/// What a session's login was granted on: when any of it changes (password
+/// changed, a permission revoked, the user dropped) the session ends.
+#[derive(Debug, Clone, PartialEq)]
+struct Credential {
+    password_hash: Option<String>,
+    permissions: std::collections::BTreeSet<Permission>,
+}
+
+impl Credential {
+    fn of(user: &User) -> Self {
+        Self {
+            password_hash: user.password_hash.clone(),
+            permissions: user.permissions.clone(),
+        }
+    }
+}
+
+/// A hash to verify against when the user does not exist or has no
+/// password, so a login costs the same either way.
+static DUMMY_HASH: std::sync::LazyLock<Option<String>> =
+    std::sync::LazyLock::new(|| hash_password("veil: no such user").ok());
 
 /// One client's session: identity, project context and allowed settings.
 #[derive(Debug, Clone)]
 pub struct Session {
     engine: Arc<Engine>,
+    credential: Option<Credential>,
     user: String,
     impersonated: Option<String>,
     project: Option<String>,
     settings: Vec<(String, String)>,
+    /// When the running statement must end (set by `execute_with_params`).
+    deadline: Option<tokio::time::Instant>,
 }
 
 fn refusal(plan: &LogicalPlan) -> Option<String> {
@@ -440,6 +540,39 @@ impl Session {
         SessionConfig::new().options_mut().set(name, value)?;
         self.settings.retain(|(k, _)| k != name);
         self.settings.push((name.to_string(), value.to_string()));
+        Ok(())
+    }
+
+    /// Fails when the login this session stands on was revoked: the user
+    /// was dropped, their password changed or a permission of theirs was
+    /// revoked since the session opened. Other changes (grants, groups,
+    /// attributes, policies) apply to the next statement without a new login.
+    pub fn check_credentials(&self) -> Result<()> {
+        let snapshot = self.engine.snapshot()?;
+        let Some(user) = snapshot.users.get(&self.user) else {
+            return Err(VeilError::Unauthenticated(format!(
+                "user {} no longer exists; session closed",
+                self.user
+            )));
+        };
+        let Some(was) = &self.credential else {
+            return Err(VeilError::Unauthenticated(format!(
+                "session of {} has no login; log in again",
+                self.user
+            )));
+        };
+        if user.password_hash != was.password_hash {
+            return Err(VeilError::Unauthenticated(format!(
+                "the password of {} changed; session closed, log in again",
+                self.user
+            )));
+        }
+        if let Some(p) = was.permissions.difference(&user.permissions).next() {
+            return Err(VeilError::Unauthenticated(format!(
+                "permission {p} of {} was revoked; session closed, log in again",
+                self.user
+            )));
+        }
         Ok(())
     }
 
@@ -619,6 +752,10 @@ impl Session {
         }
         let catalogs = MemoryCatalogProviderList::new();
         catalogs.register_catalog(self.catalog_name().into(), Arc::new(catalog));
+        // This statement's own memory pool: its share of the server's.
+        let runtime = RuntimeEnvBuilder::from_runtime_env(&self.engine.runtime)
+            .with_memory_pool(self.engine.admission.query_pool())
+            .build_arc()?;
 
         let mut analyzer_rules = Analyzer::new().rules;
         let at = analyzer_rules
@@ -637,7 +774,7 @@ impl Session {
 
         let state = SessionStateBuilder::new()
             .with_config(config)
-            .with_runtime_env(Arc::clone(&self.engine.runtime))
+            .with_runtime_env(runtime)
             .with_default_features()
             .with_catalog_list(Arc::new(catalogs) as Arc<dyn CatalogProviderList>)
             .with_analyzer_rules(analyzer_rules)
@@ -778,13 +915,35 @@ impl Session {
     /// it; a query's when its result ends (the end reaches the client only
     /// once the record is durable); anything else, or a refusal, before the
     /// answer is returned.
+    ///
+    /// The statement first waits for a slot (per server and per user), and
+    /// holds it until its result ends or is dropped; it is cancelled when it
+    /// runs past the query timeout.
     pub async fn execute_with_params(
         &mut self,
         sql: &str,
         params: Option<ParamValues>,
     ) -> Result<QueryOutput> {
         let mut audit = Some(self.query_audit(sql));
-        let result = self.dispatch(sql, params, &mut audit).await;
+        let engine = Arc::clone(&self.engine);
+        let timeout = engine.admission.limits().query_timeout;
+        let result = match engine.admission.admit(&self.user).await {
+            Err(e) => Err(e),
+            Ok(slot) => {
+                let deadline = tokio::time::Instant::now() + timeout;
+                self.deadline = Some(deadline);
+                let run = self.dispatch(sql, params, &mut audit);
+                let result = match tokio::time::timeout_at(deadline, run).await {
+                    Ok(result) => result.map(|out| QueryOutput {
+                        schema: out.schema,
+                        stream: crate::limits::holding(out.stream, slot),
+                    }),
+                    Err(_) => Err(crate::limits::timed_out(timeout)),
+                };
+                self.deadline = None;
+                result
+            }
+        };
         if let Err(e) = &result {
             self.engine.metrics.error(e.kind());
         }
@@ -895,7 +1054,11 @@ impl Session {
             plan = plan.with_param_values(params)?;
         }
         let df = ctx.execute_logical_plan(plan).await?;
-        let stream = df.execute_stream().await?;
+        let mut stream = df.execute_stream().await?;
+        if let Some(deadline) = self.deadline {
+            let timeout = self.engine.admission.limits().query_timeout;
+            stream = crate::limits::with_deadline(stream, deadline, timeout);
+        }
         Ok((
             QueryOutput {
                 schema: stream.schema(),

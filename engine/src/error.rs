@@ -132,6 +132,11 @@ impl VeilError {
             }
             VeilError::Conflict(_) => ErrorKind::Aborted,
             VeilError::ResourceExhausted(_) => ErrorKind::ResourceExhausted,
+            VeilError::DataFusion(e)
+                if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) =>
+            {
+                ErrorKind::ResourceExhausted
+            }
             VeilError::DataFusion(e) => match e.as_ref() {
                 DataFusionError::Plan(m) if m.contains("not found") => ErrorKind::NotFound,
                 DataFusionError::SQL(..)

@@ -10,6 +10,8 @@ pub mod engine;
 pub mod error;
 pub mod governance;
 pub mod keys;
+pub mod limits;
+pub mod login;
 pub mod metrics;
 pub mod model;
 pub mod policy;

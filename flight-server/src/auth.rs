@@ -41,12 +41,40 @@ pub fn decode_basic(header: &str) -> Result<(String, String), Status> {
     Ok((u.to_string(), p.to_string()))
 }
 
+/// Who is calling: the peer's IP address and, over mTLS, the user its
+/// verified client certificate names.
+#[derive(Debug, Default, Clone)]
+pub struct Peer {
+    /// The client's IP address, when known.
+    pub addr: Option<String>,
+    /// The common name of a verified client certificate.
+    pub cert_user: Option<String>,
+}
+
+impl Peer {
+    /// The peer of a request.
+    pub fn of<T>(request: &tonic::Request<T>) -> Self {
+        Self {
+            addr: request.remote_addr().map(|a| a.ip().to_string()),
+            cert_user: request
+                .peer_certs()
+                .and_then(|chain| crate::tls::certificate_user(&chain)),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Live {
+    session: Session,
+    expires: i64,
+}
+
 /// Live sessions, by id.
 #[derive(Debug)]
 pub struct Sessions {
     engine: Arc<Engine>,
     signer: Signer,
-    live: Mutex<HashMap<String, Session>>,
+    live: Mutex<HashMap<String, Live>>,
 }
 
 impl Sessions {
@@ -59,12 +87,28 @@ impl Sessions {
         }
     }
 
-    /// Checks a password and opens a session; returns its bearer token.
-    pub fn login(&self, user: &str, password: &str) -> Result<String, Status> {
-        let u = self
-            .engine
-            .authenticate(user, password)
-            .map_err(to_status)?;
+    /// Checks a password (or, with no password and a verified client
+    /// certificate, the certificate) and opens a session; returns its
+    /// bearer token. A client certificate may only log in its own user.
+    pub fn login(&self, user: &str, password: Option<&str>, peer: &Peer) -> Result<String, Status> {
+        if let Some(cert_user) = &peer.cert_user {
+            if cert_user != user {
+                return Err(Status::unauthenticated(format!(
+                    "the client certificate is {cert_user}'s; it cannot log in as {user}"
+                )));
+            }
+        }
+        let client = peer.addr.as_deref();
+        let u = match (password, &peer.cert_user) {
+            (Some(p), _) => self.engine.login(user, p, client),
+            (None, Some(_)) => self.engine.login_certificate(user, client),
+            (None, None) => {
+                return Err(Status::unauthenticated(
+                    "Handshake needs Basic credentials or a client certificate",
+                ))
+            }
+        }
+        .map_err(to_status)?;
         let sid = hex::encode(rand::random::<[u8; 16]>());
         let token = self.signer.sign(
             "token",
@@ -78,14 +122,25 @@ impl Sessions {
             .live
             .lock()
             .map_err(|_| Status::internal("session lock"))?;
-        live.insert(sid, self.engine.session(&u.name));
+        // Sessions whose token expired can never be used again.
+        let now = chrono::Utc::now().timestamp();
+        live.retain(|_, l| l.expires > now);
+        live.insert(
+            sid,
+            Live {
+                session: self.engine.session(&u.name),
+                expires: now + TOKEN_TTL_SECS,
+            },
+        );
         self.engine.metrics().active_sessions.set(live.len() as i64);
         Ok(token)
     }
 
     /// The session behind a request's bearer token (or Basic credentials,
-    /// which open a fresh session). Returns (session id, session).
-    pub fn authenticate(&self, md: &MetadataMap) -> Result<(String, Session), Status> {
+    /// which open a fresh session). Returns (session id, session). A session
+    /// whose login was revoked (user dropped, password changed, permission
+    /// revoked) is closed and refused.
+    pub fn authenticate(&self, md: &MetadataMap, peer: &Peer) -> Result<(String, Session), Status> {
         let header = md
             .get("authorization")
             .ok_or_else(|| {
@@ -100,19 +155,24 @@ impl Sessions {
             t.trim().to_string()
         } else {
             let (u, p) = decode_basic(header)?;
-            self.login(&u, &p)?
+            self.login(&u, Some(&p), peer)?
         };
         let body: TokenBody = self.signer.verify("token", &token)?;
-        let live = self
-            .live
-            .lock()
-            .map_err(|_| Status::internal("session lock"))?;
-        let session = live
-            .get(&body.sid)
-            .cloned()
-            .ok_or_else(|| Status::unauthenticated("session closed or unknown; log in again"))?;
+        let session = {
+            let live = self
+                .live
+                .lock()
+                .map_err(|_| Status::internal("session lock"))?;
+            live.get(&body.sid)
+                .map(|l| l.session.clone())
+                .ok_or_else(|| Status::unauthenticated("session closed or unknown; log in again"))?
+        };
         if session.user() != body.user {
             return Err(Status::unauthenticated("token does not match its session"));
+        }
+        if let Err(e) = session.check_credentials() {
+            self.close(&body.sid);
+            return Err(to_status(e));
         }
         Ok((body.sid, session))
     }
@@ -120,8 +180,8 @@ impl Sessions {
     /// Stores a session's updated settings.
     pub fn store(&self, sid: &str, session: Session) {
         if let Ok(mut live) = self.live.lock() {
-            if live.contains_key(sid) {
-                live.insert(sid.to_string(), session);
+            if let Some(l) = live.get_mut(sid) {
+                l.session = session;
             }
         }
     }

@@ -25,6 +25,78 @@ pub struct FileConfig {
     pub workspace_max_bytes: Option<u64>,
     /// Address of the Prometheus `/metrics` endpoint (none by default).
     pub metrics_listen: Option<String>,
+    /// `[tls]`: serve Flight SQL over TLS.
+    pub tls: Option<TlsSection>,
+    /// `[limits]`: memory, concurrency and time limits.
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+/// The `[tls]` table of `veil.toml`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+    /// PEM CA of required client certificates (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The `[limits]` table of `veil.toml` (sizes as bytes or "512MiB", "4GiB").
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Memory all queries share.
+    pub memory: Option<String>,
+    /// Memory one query may use.
+    pub query_memory: Option<String>,
+    /// Statements running at once.
+    pub max_queries: Option<usize>,
+    /// Statements one user runs at once.
+    pub max_queries_per_user: Option<usize>,
+    /// Statement timeout in seconds.
+    pub query_timeout_secs: Option<f64>,
+    /// Longest wait for a free slot, in seconds.
+    pub queue_timeout_secs: Option<f64>,
+}
+
+/// Parses a size: bytes, or a number with KiB / MiB / GiB / TiB (also K,
+/// M, G, T, KB, MB, GB, TB, all binary).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid size '{text}' (e.g. 536870912, 512MiB, 4GiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => {
+            return Err(format!(
+                "invalid size unit in '{text}' (use KiB, MiB, GiB, TiB)"
+            ))
+        }
+    };
+    let bytes = num * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > usize::MAX as f64 {
+        return Err(format!("size '{text}' is out of range"));
+    }
+    Ok(bytes as usize)
+}
+
+fn parse_secs(secs: f64, what: &str) -> Result<std::time::Duration, String> {
+    std::time::Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{what} must be a positive number of seconds, not {secs}"))
 }
 
 /// The resolved configuration.
@@ -38,6 +110,8 @@ pub struct Config {
     pub engine: veil_engine::EngineOptions,
     /// Address of the Prometheus `/metrics` endpoint, if any.
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS files, when the endpoint serves TLS.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// Settings a flag or environment variable may override.
@@ -53,6 +127,10 @@ pub struct Overrides {
     pub workspace_max_bytes: Option<u64>,
     /// `--metrics-listen` / `VEIL_METRICS_LISTEN`.
     pub metrics_listen: Option<String>,
+    /// `--tls-cert`, `--tls-key`, `--tls-client-ca` (`VEIL_TLS_*`).
+    pub tls: TlsSection,
+    /// `--memory-limit`, `--query-memory`, `--max-queries`, ... (`VEIL_*`).
+    pub limits: LimitsSection,
 }
 
 impl FileConfig {
@@ -79,6 +157,8 @@ impl Config {
             warehouse,
             workspace_max_bytes,
             metrics_listen,
+            tls,
+            limits,
         } = o;
         let metrics_listen = metrics_listen
             .or(file.metrics_listen)
@@ -103,11 +183,55 @@ impl Config {
         if let Some(max) = workspace_max_bytes.or(file.workspace_max_bytes) {
             engine.workspace_max_bytes = (max > 0).then_some(max);
         }
+        let file_tls = file.tls.unwrap_or_default();
+        let tls = match (tls.cert.or(file_tls.cert), tls.key.or(file_tls.key)) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: tls.client_ca.or(file_tls.client_ca),
+            }),
+            (None, None) if tls.client_ca.or(file_tls.client_ca).is_none() => None,
+            _ => {
+                return Err(
+                    "TLS needs both a certificate and a key (tls.cert and tls.key, \
+                     or --tls-cert and --tls-key)"
+                        .into(),
+                )
+            }
+        };
+        let fl = file.limits;
+        let l = &mut engine.limits;
+        if let Some(m) = limits.memory.or(fl.memory) {
+            l.memory = parse_size(&m)?;
+        }
+        if let Some(m) = limits.query_memory.or(fl.query_memory) {
+            l.query_memory = parse_size(&m)?;
+        }
+        if let Some(n) = limits.max_queries.or(fl.max_queries) {
+            l.max_queries = n.max(1);
+        }
+        if let Some(n) = limits.max_queries_per_user.or(fl.max_queries_per_user) {
+            l.max_queries_per_user = n.max(1);
+        }
+        if let Some(s) = limits.query_timeout_secs.or(fl.query_timeout_secs) {
+            l.query_timeout = parse_secs(s, "the query timeout")?;
+        }
+        if let Some(s) = limits.queue_timeout_secs.or(fl.queue_timeout_secs) {
+            l.queue_timeout = parse_secs(s, "the queue timeout")?;
+        }
+        if l.query_memory > l.memory {
+            return Err(format!(
+                "the per-query memory ({}) cannot exceed the server's ({})",
+                veil_engine::limits::human_bytes(l.query_memory),
+                veil_engine::limits::human_bytes(l.memory)
+            ));
+        }
         Ok(Self {
             listen,
             data_dir,
             engine,
             metrics_listen,
+            tls,
         })
     }
 }
@@ -148,5 +272,43 @@ mod tests {
             ..Default::default()
         };
         assert!(Config::resolve(FileConfig::default(), bad).is_err());
+    }
+
+    #[test]
+    fn tls_and_limits_come_from_the_file_and_flags() {
+        let file: FileConfig = toml::from_str(
+            "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n\
+             [limits]\nmemory = \"2GiB\"\nquery_memory = \"256MiB\"\nmax_queries = 4\n\
+             query_timeout_secs = 1.5",
+        )
+        .unwrap();
+        let flags = Overrides {
+            limits: LimitsSection {
+                max_queries_per_user: Some(2),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let c = Config::resolve(file, flags).unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("c.pem"));
+        assert!(tls.client_ca.is_none());
+        let l = &c.engine.limits;
+        assert_eq!(l.memory, 2 << 30);
+        assert_eq!(l.query_memory, 256 << 20);
+        assert_eq!((l.max_queries, l.max_queries_per_user), (4, 2));
+        assert_eq!(l.query_timeout, std::time::Duration::from_millis(1500));
+
+        let half: FileConfig = toml::from_str("[tls]\ncert = \"c.pem\"").unwrap();
+        let e = Config::resolve(half, Overrides::default()).unwrap_err();
+        assert!(e.contains("both a certificate and a key"), "{e}");
+        let greedy: FileConfig =
+            toml::from_str("[limits]\nmemory = \"1GiB\"\nquery_memory = \"2GiB\"").unwrap();
+        assert!(Config::resolve(greedy, Overrides::default()).is_err());
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("1.5 KiB").unwrap(), 1536);
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("0").is_err());
     }
 }

@@ -10,5 +10,6 @@ pub mod server;
 pub mod service;
 pub mod signed;
 pub mod status;
+pub mod tls;
 
 pub use server::{serve, ServeHandle};

@@ -47,6 +47,44 @@ struct Cli {
     command: Command,
 }
 
+/// TLS flags of `veil serve`.
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// PEM certificate (chain) of the server; serves TLS (`grpc+tls://`).
+    #[arg(long, env = "VEIL_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the server certificate.
+    #[arg(long, env = "VEIL_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA: require client certificates it signed (mTLS); the
+    /// certificate's common name is the user.
+    #[arg(long, env = "VEIL_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+/// Resource-limit flags of `veil serve`.
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Memory all queries share (e.g. 4GiB).
+    #[arg(long, env = "VEIL_MEMORY_LIMIT")]
+    memory_limit: Option<String>,
+    /// Memory one query may use (e.g. 1GiB); spilling operators spill past it.
+    #[arg(long, env = "VEIL_QUERY_MEMORY")]
+    query_memory: Option<String>,
+    /// Statements running at once on the server.
+    #[arg(long, env = "VEIL_MAX_QUERIES")]
+    max_queries: Option<usize>,
+    /// Statements one user runs at once.
+    #[arg(long, env = "VEIL_MAX_QUERIES_PER_USER")]
+    max_queries_per_user: Option<usize>,
+    /// Statement timeout in seconds.
+    #[arg(long, env = "VEIL_QUERY_TIMEOUT")]
+    query_timeout: Option<f64>,
+    /// Longest wait for a free slot, in seconds.
+    #[arg(long, env = "VEIL_QUEUE_TIMEOUT")]
+    queue_timeout: Option<f64>,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Text,
@@ -66,6 +104,26 @@ enum Command {
         /// Load the sample data and the demo users and policies.
         #[arg(long)]
         demo: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Write a development CA, a server certificate it signed and client
+    /// certificates (for local TLS and mTLS; not for production).
+    DevCert {
+        /// Output directory.
+        #[arg(long, default_value = "veil-certs")]
+        out: PathBuf,
+        /// Host names and IP addresses of the server certificate.
+        #[arg(long = "host", default_values_t = veil_flight_server::tls::DEV_HOSTS.map(String::from))]
+        hosts: Vec<String>,
+        /// Also write a client certificate for this user (repeatable).
+        #[arg(long = "client")]
+        clients: Vec<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
     },
     /// Run a governance script as admin, idempotently (objects that exist are skipped).
     Apply {
@@ -250,19 +308,59 @@ async fn run(cli: Cli) -> Result<(), String> {
         warehouse: cli.warehouse,
         workspace_max_bytes: cli.workspace_max_bytes,
         metrics_listen: None,
+        ..Default::default()
     };
     match cli.command {
+        Command::DevCert {
+            out,
+            hosts,
+            clients,
+            force,
+        } => {
+            let written = veil_flight_server::tls::DevCert {
+                out: out.clone(),
+                hosts,
+                clients,
+                force,
+            }
+            .write()
+            .map_err(|e| e.to_string())?;
+            for f in &written {
+                println!("wrote {}", f.display());
+            }
+            println!(
+                "serve: veil serve --tls-cert {0}/server.pem --tls-key {0}/server-key.pem \
+                 [--tls-client-ca {0}/ca.pem]; clients trust {0}/ca.pem",
+                out.display()
+            );
+            Ok(())
+        }
         Command::Bench { command } => bench(command).await.map_err(|e| e.to_string()),
         Command::Serve {
             listen,
             metrics_listen,
             demo,
+            tls,
+            limits,
         } => {
             let config = Config::resolve(
                 file,
                 Overrides {
                     listen,
                     metrics_listen,
+                    tls: veil_flight_server::config::TlsSection {
+                        cert: tls.tls_cert,
+                        key: tls.tls_key,
+                        client_ca: tls.tls_client_ca,
+                    },
+                    limits: veil_flight_server::config::LimitsSection {
+                        memory: limits.memory_limit,
+                        query_memory: limits.query_memory,
+                        max_queries: limits.max_queries,
+                        max_queries_per_user: limits.max_queries_per_user,
+                        query_timeout_secs: limits.query_timeout,
+                        queue_timeout_secs: limits.queue_timeout,
+                    },
                     ..overrides
                 },
             )?;
@@ -296,8 +394,17 @@ async fn run(cli: Cli) -> Result<(), String> {
                 veil_flight_server::server::serve_metrics(Arc::clone(&engine), metrics);
                 println!("metrics on http://{bound}/metrics");
             }
-            let handle = veil_flight_server::serve(engine, listener).map_err(|e| e.to_string())?;
+            let tls = config
+                .tls
+                .as_ref()
+                .map(|t| t.server_config())
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            let scheme = if tls.is_some() { "grpc+tls" } else { "grpc" };
+            let handle = veil_flight_server::server::serve_with(engine, listener, tls)
+                .map_err(|e| e.to_string())?;
             println!("listening on {}", handle.addr);
+            println!("clients connect to {scheme}://{}", handle.addr);
             if demo {
                 println!(
                     "connect: python -c \"import adbc_driver_flightsql.dbapi as f; \

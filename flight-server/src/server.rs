@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::ServerTlsConfig;
 use veil_engine::Engine;
 
 use crate::service::VeilFlightSql;
@@ -39,6 +40,15 @@ impl ServeHandle {
 
 /// Serves Flight SQL for `engine` on an already bound listener.
 pub fn serve(engine: Arc<Engine>, listener: TcpListener) -> std::io::Result<ServeHandle> {
+    serve_with(engine, listener, None)
+}
+
+/// [`serve`], over TLS when `tls` is given (see [`crate::tls`]).
+pub fn serve_with(
+    engine: Arc<Engine>,
+    listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
+) -> std::io::Result<ServeHandle> {
     let addr = listener.local_addr()?;
     let service = FlightServiceServer::new(VeilFlightSql::new(engine))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -51,13 +61,18 @@ pub fn serve(engine: Arc<Engine>, listener: TcpListener) -> std::io::Result<Serv
             let _ = s.set_nodelay(true);
         })
     });
-    let task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = rx.await;
-            }),
-    );
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    }
+    let task = tokio::spawn(builder.add_service(service).serve_with_incoming_shutdown(
+        incoming,
+        async {
+            let _ = rx.await;
+        },
+    ));
     Ok(ServeHandle {
         addr,
         shutdown: Some(tx),

@@ -37,7 +37,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status, Streaming};
 use veil_engine::{Engine, Session};
 
-use crate::auth::{decode_basic, Sessions};
+use crate::auth::{decode_basic, Peer, Sessions};
 use crate::signed::Signer;
 use crate::status::to_status;
 pub use statements::Handle;
@@ -100,8 +100,9 @@ impl VeilFlightSql {
     }
 
     /// Authenticates a call and applies its session headers.
-    fn session(&self, md: &MetadataMap) -> Result<(String, Session), Status> {
-        let (sid, mut session) = self.sessions.authenticate(md)?;
+    fn session<T>(&self, request: &Request<T>) -> Result<(String, Session), Status> {
+        let md = request.metadata();
+        let (sid, mut session) = self.sessions.authenticate(md, &Peer::of(request))?;
         apply_headers(&mut session, md)?;
         Ok((sid, session))
     }
@@ -130,16 +131,27 @@ impl FlightSqlService for VeilFlightSql {
         Status,
     > {
         let md = request.metadata();
-        let auth = header(md, "authorization")
-            .ok_or_else(|| Status::unauthenticated("Handshake needs Basic credentials"))?;
-        let (user, password) = decode_basic(auth)?;
-        let token = self.sessions.login(&user, &password)?;
+        let peer = Peer::of(&request);
+        let token = match header(md, "authorization") {
+            Some(auth) => {
+                let (user, password) = decode_basic(auth)?;
+                self.sessions.login(&user, Some(&password), &peer)?
+            }
+            None => match &peer.cert_user {
+                Some(user) => self.sessions.login(user, None, &peer)?,
+                None => {
+                    return Err(Status::unauthenticated(
+                        "Handshake needs Basic credentials or a client certificate",
+                    ))
+                }
+            },
+        };
         // Session headers may arrive on the Handshake too.
         let mut bearer = MetadataMap::new();
         let value = MetadataValue::try_from(format!("Bearer {token}"))
             .map_err(|_| Status::internal("token is not a valid header"))?;
         bearer.insert("authorization", value.clone());
-        let (sid, mut session) = self.sessions.authenticate(&bearer)?;
+        let (sid, mut session) = self.sessions.authenticate(&bearer, &peer)?;
         apply_headers(&mut session, md)?;
         self.sessions.store(&sid, session);
         let reply = HandshakeResponse {
@@ -158,7 +170,7 @@ impl FlightSqlService for VeilFlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let (sid, session) = self.session(request.metadata())?;
+        let (sid, session) = self.session(&request)?;
         let handle = Handle {
             sid: sid.clone(),
             user: session.user().to_string(),
@@ -177,7 +189,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let (sid, session) = self.session(request.metadata())?;
+        let (sid, session) = self.session(&request)?;
         let handle = self.open_handle(&session, &cmd.prepared_statement_handle)?;
         let info = self
             .flight_info(session, &sid, handle, request.into_inner())
@@ -190,7 +202,7 @@ impl FlightSqlService for VeilFlightSql {
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let (_, session) = self.session(request.metadata())?;
+        let (_, session) = self.session(&request)?;
         Ok(Response::new(
             self.do_get_ticket(session, &ticket.statement_handle)
                 .await?,
@@ -202,7 +214,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandPreparedStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let (sid, mut session) = self.session(request.metadata())?;
+        let (sid, mut session) = self.session(&request)?;
         let handle = self.open_handle(&session, &cmd.prepared_statement_handle)?;
         if handle.sid != sid {
             return Err(Status::permission_denied(
@@ -219,7 +231,7 @@ impl FlightSqlService for VeilFlightSql {
         query: ActionCreatePreparedStatementRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let (sid, session) = self.session(request.metadata())?;
+        let (sid, session) = self.session(&request)?;
         let (dataset, params) = session.prepare(&query.query).await.map_err(to_status)?;
         let handle = Handle {
             sid,
@@ -242,7 +254,7 @@ impl FlightSqlService for VeilFlightSql {
     ) -> Result<(), Status> {
         // Handles are self-contained and expire on their own; tickets from
         // them stay valid for partitions fetched later.
-        self.session(request.metadata())?;
+        self.session(&request)?;
         Ok(())
     }
 
@@ -251,7 +263,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
-        let (_, session) = self.session(request.metadata())?;
+        let (_, session) = self.session(&request)?;
         let handle = self.open_handle(&session, &cmd.prepared_statement_handle)?;
         let (schema, batches) = Self::read_batches(request).await?;
         Ok(DoPutPreparedStatementResult {
@@ -264,7 +276,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandPreparedStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let (sid, mut session) = self.session(request.metadata())?;
+        let (sid, mut session) = self.session(&request)?;
         let handle = self.open_handle(&session, &cmd.prepared_statement_handle)?;
         statements::enter(&mut session, handle.project.as_deref())?;
         let (_, batches) = Self::read_batches(request).await?;
@@ -278,7 +290,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandStatementIngest,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let (_, session) = self.session(request.metadata())?;
+        let (_, session) = self.session(&request)?;
         let mode = statements::ingest_mode(&session, &cmd)?;
         let stream = statements::ingest_stream(request).await?;
         let rows = veil_engine::workspace::write::ingest(&session, &cmd.table, mode, stream)
@@ -292,7 +304,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let (sid, mut session) = self.session(request.metadata())?;
+        let (sid, mut session) = self.session(&request)?;
         let n = self.run_update(&mut session, &cmd.query, &[]).await?;
         self.sessions.store(&sid, session);
         Ok(n)
@@ -303,7 +315,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(request.metadata())?;
+        self.session(&request)?;
         let schema = cmd.into_builder().schema();
         metadata_info(cmd, &schema, request.into_inner())
     }
@@ -313,7 +325,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetCatalogs,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let (_, session) = self.session(request.metadata())?;
+        let (_, session) = self.session(&request)?;
         let mut b = cmd.into_builder();
         b.append(veil_engine::catalog::CATALOG);
         for project in session.projects().map_err(to_status)? {
@@ -329,7 +341,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(request.metadata())?;
+        self.session(&request)?;
         let schema = cmd.clone().into_builder().schema();
         metadata_info(cmd, &schema, request.into_inner())
     }
@@ -339,7 +351,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetDbSchemas,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let (_, session) = self.session(request.metadata())?;
+        let (_, session) = self.session(&request)?;
         let schema = cmd.clone().into_builder().schema();
         let batch = metadata::db_schemas(&session, cmd).await?;
         Ok(Response::new(batch_stream(schema, batch)))
@@ -350,7 +362,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(request.metadata())?;
+        self.session(&request)?;
         let schema = cmd.clone().into_builder().schema();
         metadata_info(cmd, &schema, request.into_inner())
     }
@@ -360,7 +372,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetTables,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let (_, session) = self.session(request.metadata())?;
+        let (_, session) = self.session(&request)?;
         let schema = cmd.clone().into_builder().schema();
         let batch = metadata::tables(&session, cmd).await?;
         Ok(Response::new(batch_stream(schema, batch)))
@@ -371,7 +383,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(request.metadata())?;
+        self.session(&request)?;
         let schema = cmd.into_builder().schema();
         metadata_info(cmd, &schema, request.into_inner())
     }
@@ -381,7 +393,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetTableTypes,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.session(request.metadata())?;
+        self.session(&request)?;
         let mut b = cmd.into_builder();
         b.append(metadata::TABLE_TYPE);
         let schema = b.schema();
@@ -394,7 +406,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(request.metadata())?;
+        self.session(&request)?;
         let info = metadata::SQL_INFO
             .as_ref()
             .ok_or_else(|| Status::internal("sql info"))?;
@@ -407,7 +419,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetSqlInfo,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.session(request.metadata())?;
+        self.session(&request)?;
         let info = metadata::SQL_INFO
             .as_ref()
             .ok_or_else(|| Status::internal("sql info"))?;
@@ -422,7 +434,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetXdbcTypeInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(request.metadata())?;
+        self.session(&request)?;
         let info = metadata::XDBC_INFO
             .as_ref()
             .ok_or_else(|| Status::internal("xdbc info"))?;
@@ -435,7 +447,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetXdbcTypeInfo,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.session(request.metadata())?;
+        self.session(&request)?;
         let info = metadata::XDBC_INFO
             .as_ref()
             .ok_or_else(|| Status::internal("xdbc info"))?;
@@ -450,7 +462,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetPrimaryKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(request.metadata())?;
+        self.session(&request)?;
         metadata_info(cmd, &metadata::primary_keys_schema(), request.into_inner())
     }
 
@@ -459,7 +471,7 @@ impl FlightSqlService for VeilFlightSql {
         _cmd: CommandGetPrimaryKeys,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.session(request.metadata())?;
+        self.session(&request)?;
         let schema = metadata::primary_keys_schema();
         Ok(Response::new(batch_stream(
             Arc::clone(&schema),
@@ -472,7 +484,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetExportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(request.metadata())?;
+        self.session(&request)?;
         metadata_info(cmd, &metadata::foreign_keys_schema(), request.into_inner())
     }
 
@@ -481,7 +493,7 @@ impl FlightSqlService for VeilFlightSql {
         _cmd: CommandGetExportedKeys,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.session(request.metadata())?;
+        self.session(&request)?;
         let schema = metadata::foreign_keys_schema();
         Ok(Response::new(batch_stream(
             Arc::clone(&schema),
@@ -494,7 +506,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetImportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(request.metadata())?;
+        self.session(&request)?;
         metadata_info(cmd, &metadata::foreign_keys_schema(), request.into_inner())
     }
 
@@ -503,7 +515,7 @@ impl FlightSqlService for VeilFlightSql {
         _cmd: CommandGetImportedKeys,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.session(request.metadata())?;
+        self.session(&request)?;
         let schema = metadata::foreign_keys_schema();
         Ok(Response::new(batch_stream(
             Arc::clone(&schema),
@@ -516,7 +528,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetCrossReference,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(request.metadata())?;
+        self.session(&request)?;
         metadata_info(cmd, &metadata::foreign_keys_schema(), request.into_inner())
     }
 
@@ -525,7 +537,7 @@ impl FlightSqlService for VeilFlightSql {
         _cmd: CommandGetCrossReference,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.session(request.metadata())?;
+        self.session(&request)?;
         let schema = metadata::foreign_keys_schema();
         Ok(Response::new(batch_stream(
             Arc::clone(&schema),
@@ -537,7 +549,7 @@ impl FlightSqlService for VeilFlightSql {
         &self,
         request: Request<arrow_flight::Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
-        let (sid, mut session) = self.session(request.metadata())?;
+        let (sid, mut session) = self.session(&request)?;
         let action = request.into_inner();
         let body = match action.r#type.as_str() {
             "SetSessionOptions" => {
