@@ -544,10 +544,12 @@ impl Session {
     }
 
     /// Fails when the login this session stands on was revoked: the user
-    /// was dropped, their password changed or a permission of theirs was
-    /// revoked since the session opened. Other changes (grants, groups,
-    /// attributes, policies) apply to the next statement without a new login.
-    pub fn check_credentials(&self) -> Result<()> {
+    /// was dropped, their password changed or a permission they held during
+    /// the session was revoked. Other changes (grants, groups, attributes,
+    /// policies) apply to the next statement without a new login; a grant
+    /// is remembered, so revoking it later ends the session too. Returns
+    /// whether the remembered permissions changed (store the session).
+    pub fn check_credentials(&mut self) -> Result<bool> {
         let snapshot = self.engine.snapshot()?;
         let Some(user) = snapshot.users.get(&self.user) else {
             return Err(VeilError::Unauthenticated(format!(
@@ -555,7 +557,7 @@ impl Session {
                 self.user
             )));
         };
-        let Some(was) = &self.credential else {
+        let Some(was) = &mut self.credential else {
             return Err(VeilError::Unauthenticated(format!(
                 "session of {} has no login; log in again",
                 self.user
@@ -573,7 +575,11 @@ impl Session {
                 self.user
             )));
         }
-        Ok(())
+        let granted = user.permissions.len() > was.permissions.len();
+        if granted {
+            was.permissions = user.permissions.clone();
+        }
+        Ok(granted)
     }
 
     /// The authenticated user.

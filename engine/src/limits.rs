@@ -263,9 +263,8 @@ impl Admission {
             .map_err(|_| {
                 VeilError::ResourceExhausted(format!(
                     "{user} already runs {} statements at once (the per-user limit); \
-                     waited {} s for one to finish",
+                     waited {wait:?} for one to finish",
                     self.limits.max_queries_per_user,
-                    wait.as_secs()
                 ))
             })?
             .map_err(|_| VeilError::Internal("admission closed".into()))?;
@@ -274,9 +273,8 @@ impl Admission {
             .map_err(|_| {
                 VeilError::ResourceExhausted(format!(
                     "the server already runs {} statements at once (its limit); \
-                     waited {} s for one to finish",
+                     waited {wait:?} for one to finish",
                     self.limits.max_queries,
-                    wait.as_secs()
                 ))
             })?
             .map_err(|_| VeilError::Internal("admission closed".into()))?;

@@ -158,7 +158,7 @@ impl Sessions {
             self.login(&u, Some(&p), peer)?
         };
         let body: TokenBody = self.signer.verify("token", &token)?;
-        let session = {
+        let mut session = {
             let live = self
                 .live
                 .lock()
@@ -170,9 +170,13 @@ impl Sessions {
         if session.user() != body.user {
             return Err(Status::unauthenticated("token does not match its session"));
         }
-        if let Err(e) = session.check_credentials() {
-            self.close(&body.sid);
-            return Err(to_status(e));
+        match session.check_credentials() {
+            Err(e) => {
+                self.close(&body.sid);
+                return Err(to_status(e));
+            }
+            Ok(true) => self.store(&body.sid, session.clone()),
+            Ok(false) => {}
         }
         Ok((body.sid, session))
     }

@@ -24,16 +24,27 @@ pub struct Server {
 }
 
 pub async fn start() -> Server {
+    start_with(veil_engine::EngineOptions::default(), None).await
+}
+
+/// A demo server with engine options (limits, login policy), over TLS
+/// when `tls` is given.
+pub async fn start_with(
+    options: veil_engine::EngineOptions,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let root = std::path::PathBuf::from(
         std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
     )
     .join("..");
-    let engine = Engine::open(dir.path(), &root).unwrap();
+    let engine = Engine::open_with(dir.path(), &root, options).unwrap();
     engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
     veil_engine::statement::load_demo(&engine).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let handle = veil_flight_server::serve(std::sync::Arc::clone(&engine), listener).unwrap();
+    let handle =
+        veil_flight_server::server::serve_with(std::sync::Arc::clone(&engine), listener, tls)
+            .unwrap();
     Server {
         _dir: dir,
         handle,
@@ -56,6 +67,24 @@ pub async fn client(
         .await
         .map_err(|e| e.to_string())?;
     Ok(c)
+}
+
+/// Runs one query the way ADBC does (prepare, execute, fetch).
+pub async fn query(
+    c: &mut FlightSqlServiceClient<Channel>,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, String> {
+    let mut prepared = c
+        .prepare(sql.to_string(), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let info = prepared.execute().await.map_err(|e| e.to_string())?;
+    fetch(c, info).await
+}
+
+/// Rows in a result.
+pub fn rows(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(RecordBatch::num_rows).sum()
 }
 
 pub async fn fetch(

@@ -1,0 +1,378 @@
+//! Production hardening over a real socket: TLS and mTLS handshakes with
+//! generated certificates, memory / concurrency / time limits, session
+//! revocation and login back-off.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::time::Duration;
+
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::HandshakeRequest;
+use common::{client, query, rows, start_with};
+use datafusion::arrow::array::Int64Array;
+use futures::StreamExt;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use veil_engine::limits::Limits;
+use veil_engine::login::ThrottlePolicy;
+use veil_engine::EngineOptions;
+use veil_flight_server::tls::{DevCert, TlsFiles, DEV_HOSTS};
+
+/// How the client prints the two codes these tests expect.
+const EXHAUSTED: &str = "Some resource has been exhausted";
+const UNAUTHENTICATED: &str = "The request does not have valid authentication credentials";
+
+fn certs() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    DevCert {
+        out: dir.path().to_path_buf(),
+        hosts: DEV_HOSTS.iter().map(|h| h.to_string()).collect(),
+        clients: vec!["alice".into(), "mallory".into()],
+        force: false,
+    }
+    .write()
+    .unwrap();
+    dir
+}
+
+async fn tls_channel(
+    addr: std::net::SocketAddr,
+    dir: &std::path::Path,
+    identity: Option<&str>,
+) -> Result<Channel, String> {
+    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    if let Some(user) = identity {
+        let cert = std::fs::read(dir.join(format!("{user}.pem"))).unwrap();
+        let key = std::fs::read(dir.join(format!("{user}-key.pem"))).unwrap();
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))
+}
+
+fn count(batches: &[datafusion::arrow::array::RecordBatch]) -> i64 {
+    batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .value(0)
+}
+
+#[tokio::test]
+async fn tls_serves_governed_queries_and_refuses_plaintext() {
+    let dir = certs();
+    let files = TlsFiles {
+        cert: dir.path().join("server.pem"),
+        key: dir.path().join("server-key.pem"),
+        client_ca: None,
+    };
+    let server = start_with(
+        EngineOptions::default(),
+        Some(files.server_config().unwrap()),
+    )
+    .await;
+    let addr = server.handle.addr;
+
+    let channel = tls_channel(addr, dir.path(), None).await.unwrap();
+    let mut bob = FlightSqlServiceClient::new(channel);
+    bob.handshake("bob", "bob-pw").await.unwrap();
+    let batches = query(&mut bob, "SELECT DISTINCT region FROM sales.transactions")
+        .await
+        .unwrap();
+    assert_eq!(rows(&batches), 1, "row policy applies over TLS too");
+
+    // A plaintext client gets nowhere.
+    let plain = client(addr, "bob", "bob-pw").await;
+    assert!(plain.is_err(), "plaintext handshake against a TLS server");
+
+    // A client that does not trust the server's CA fails the handshake.
+    let other = certs();
+    assert!(tls_channel(addr, other.path(), None).await.is_err());
+}
+
+#[tokio::test]
+async fn mtls_needs_a_client_certificate_and_it_names_the_user() {
+    let dir = certs();
+    let files = TlsFiles {
+        cert: dir.path().join("server.pem"),
+        key: dir.path().join("server-key.pem"),
+        client_ca: Some(dir.path().join("ca.pem")),
+    };
+    let server = start_with(
+        EngineOptions::default(),
+        Some(files.server_config().unwrap()),
+    )
+    .await;
+    let addr = server.handle.addr;
+
+    // Without a certificate the TLS handshake (or the first call) fails.
+    let refused = match tls_channel(addr, dir.path(), None).await {
+        Err(_) => true,
+        Ok(ch) => FlightSqlServiceClient::new(ch)
+            .handshake("bob", "bob-pw")
+            .await
+            .is_err(),
+    };
+    assert!(refused, "mTLS server accepted a client without certificate");
+
+    // alice's certificate logs alice in without a password.
+    let channel = tls_channel(addr, dir.path(), Some("alice")).await.unwrap();
+    let response = FlightServiceClient::new(channel.clone())
+        .handshake(futures::stream::iter(vec![HandshakeRequest::default()]))
+        .await
+        .unwrap();
+    let bearer = response
+        .metadata()
+        .get("authorization")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut alice = FlightSqlServiceClient::new(channel.clone());
+    alice.set_token(bearer.trim_start_matches("Bearer ").to_string());
+    let all = query(&mut alice, "SELECT DISTINCT region FROM sales.transactions")
+        .await
+        .unwrap();
+    assert!(rows(&all) >= 2, "alice (three regions) sees more than one");
+
+    // ... but cannot log in as bob, even with bob's password.
+    let as_bob = FlightSqlServiceClient::new(channel)
+        .handshake("bob", "bob-pw")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(as_bob.contains("cannot log in as bob"), "{as_bob}");
+
+    // mallory has a valid certificate but is no Veil user.
+    let channel = tls_channel(addr, dir.path(), Some("mallory"))
+        .await
+        .unwrap();
+    let err = FlightServiceClient::new(channel)
+        .handshake(futures::stream::iter(vec![HandshakeRequest::default()]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(err.message().contains("mallory"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn a_query_over_its_memory_share_fails_cleanly_while_another_runs() {
+    let options = EngineOptions {
+        limits: Limits {
+            query_memory: 4 << 20,
+            ..Limits::default()
+        },
+        ..Default::default()
+    };
+    let server = start_with(options, None).await;
+    let addr = server.handle.addr;
+    let mut bob = client(addr, "bob", "bob-pw").await.unwrap();
+    let mut carol = client(addr, "carol", "carol-pw").await.unwrap();
+
+    // A hash join's build side cannot spill: 2M keys need far more than 4 MiB.
+    let big = "SELECT count(*) FROM generate_series(1, 2000000) a \
+               JOIN generate_series(1, 2000000) b ON a.value = b.value";
+    let small = "SELECT count(*) FROM sales.transactions";
+    let (big, small) = tokio::join!(query(&mut bob, big), query(&mut carol, small));
+    let err = big.unwrap_err();
+    assert!(err.contains(EXHAUSTED), "{err}");
+    assert!(
+        err.contains("query memory limit of 4.0 MiB exceeded"),
+        "{err}"
+    );
+    assert!(count(&small.unwrap()) > 0);
+
+    // The server is healthy and the memory came back.
+    assert_eq!(server.engine.admission().memory().used(), 0);
+    let again = query(&mut bob, "SELECT count(*) FROM sales.transactions")
+        .await
+        .unwrap();
+    assert!(count(&again) > 0);
+    // A sort spills instead of failing: same share, bigger than it.
+    let sorted = query(
+        &mut bob,
+        "SELECT value FROM generate_series(1, 1000000) ORDER BY value DESC LIMIT 1 OFFSET 10",
+    )
+    .await;
+    assert!(sorted.is_ok(), "{sorted:?}");
+}
+
+#[tokio::test]
+async fn slots_per_user_queue_and_time_out_and_a_dropped_stream_frees_its_slot() {
+    let options = EngineOptions {
+        limits: Limits {
+            max_queries: 4,
+            max_queries_per_user: 1,
+            queue_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        },
+        ..Default::default()
+    };
+    let server = start_with(options, None).await;
+    let addr = server.handle.addr;
+    let mut bob = client(addr, "bob", "bob-pw").await.unwrap();
+    let mut bob2 = client(addr, "bob", "bob-pw").await.unwrap();
+    let mut carol = client(addr, "carol", "carol-pw").await.unwrap();
+
+    // bob starts a long stream and reads only its first batch.
+    let info = bob
+        .execute(
+            "SELECT value FROM generate_series(1, 50000000)".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut stream = bob.do_get(ticket).await.unwrap();
+    assert!(stream.next().await.unwrap().is_ok());
+
+    // A second statement of bob's waits for the slot, then is refused.
+    let err = query(&mut bob2, "SELECT 1").await.unwrap_err();
+    assert!(err.contains(EXHAUSTED), "{err}");
+    assert!(err.contains("bob already runs 1 statements"), "{err}");
+    // carol is not held up by bob.
+    assert_eq!(rows(&query(&mut carol, "SELECT 1").await.unwrap()), 1);
+
+    // Dropping the stream cancels the query and frees bob's slot.
+    drop(stream);
+    let mut freed = false;
+    for _ in 0..50 {
+        if server.engine.admission().running() == 0 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed, "the cancelled query still holds its slot");
+    assert_eq!(rows(&query(&mut bob2, "SELECT 1").await.unwrap()), 1);
+}
+
+#[tokio::test]
+async fn a_statement_past_the_query_timeout_is_cancelled() {
+    let options = EngineOptions {
+        limits: Limits {
+            query_timeout: Duration::from_millis(500),
+            ..Limits::default()
+        },
+        ..Default::default()
+    };
+    let server = start_with(options, None).await;
+    let mut bob = client(server.handle.addr, "bob", "bob-pw").await.unwrap();
+    let err = query(
+        &mut bob,
+        "SELECT sum(value % 7) FROM generate_series(1, 100000000000)",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains(EXHAUSTED), "{err}");
+    assert!(err.contains("query timeout (500ms)"), "{err}");
+    assert_eq!(rows(&query(&mut bob, "SELECT 1").await.unwrap()), 1);
+    assert_eq!(server.engine.admission().running(), 0);
+}
+
+#[tokio::test]
+async fn revocation_ends_open_sessions_and_other_changes_apply_at_once() {
+    let server = start_with(EngineOptions::default(), None).await;
+    let addr = server.handle.addr;
+    let mut admin = client(addr, "admin", "admin-pw").await.unwrap();
+    let mut bob = client(addr, "bob", "bob-pw").await.unwrap();
+    let mut carol = client(addr, "carol", "carol-pw").await.unwrap();
+    let mut dave = client(addr, "dave", "dave-pw").await.unwrap();
+    let regions = "SELECT DISTINCT region FROM sales.transactions";
+    assert_eq!(rows(&query(&mut bob, regions).await.unwrap()), 1);
+
+    // An attribute change applies to bob's next statement, same session.
+    query(
+        &mut admin,
+        "ALTER USER bob SET ATTRIBUTE region = ('US', 'EU')",
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows(&query(&mut bob, regions).await.unwrap()), 2);
+    // A grant does too, without a new login.
+    query(&mut admin, "GRANT PERMISSION AUDIT TO bob")
+        .await
+        .unwrap();
+    query(&mut bob, "SELECT count(*) FROM system.audit")
+        .await
+        .unwrap();
+    // A revocation ends the session.
+    query(&mut admin, "REVOKE PERMISSION AUDIT FROM bob")
+        .await
+        .unwrap();
+    let err = query(&mut bob, "SELECT 1").await.unwrap_err();
+    assert!(err.contains(UNAUTHENTICATED), "{err}");
+    assert!(err.contains("permission AUDIT of bob was revoked"), "{err}");
+    client(addr, "bob", "bob-pw").await.unwrap();
+
+    query(&mut admin, "ALTER USER carol SET PASSWORD 'carol-new'")
+        .await
+        .unwrap();
+    let err = query(&mut carol, "SELECT 1").await.unwrap_err();
+    assert!(err.contains("password of carol changed"), "{err}");
+    assert!(client(addr, "carol", "carol-pw").await.is_err());
+    client(addr, "carol", "carol-new").await.unwrap();
+
+    query(&mut admin, "DROP USER dave").await.unwrap();
+    let err = query(&mut dave, "SELECT 1").await.unwrap_err();
+    assert!(err.contains(UNAUTHENTICATED), "{err}");
+    assert!(err.contains("dave no longer exists"), "{err}");
+}
+
+#[tokio::test]
+async fn failed_logins_back_off_per_user_and_address_and_are_audited() {
+    let options = EngineOptions {
+        login: ThrottlePolicy {
+            free_attempts: 2,
+            backoff: Duration::from_millis(800),
+            max_backoff: Duration::from_secs(2),
+            ..ThrottlePolicy::default()
+        },
+        ..Default::default()
+    };
+    let server = start_with(options, None).await;
+    let addr = server.handle.addr;
+    for _ in 0..3 {
+        let e = client(addr, "bob", "guess").await.unwrap_err();
+        assert!(e.contains("invalid user name or password"), "{e}");
+    }
+    // Now even the right password waits, and so does this address.
+    let e = client(addr, "bob", "bob-pw").await.unwrap_err();
+    assert!(e.contains(EXHAUSTED), "{e}");
+    assert!(
+        e.contains("too many failed logins for 'bob' or from 127.0.0.1"),
+        "{e}"
+    );
+    assert!(client(addr, "carol", "carol-pw").await.is_err());
+
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    client(addr, "bob", "bob-pw").await.unwrap();
+    let mut admin = client(addr, "admin", "admin-pw").await.unwrap();
+    let throttled = query(
+        &mut admin,
+        "SELECT count(*) FROM system.audit WHERE action = 'Authenticate' \
+         AND outcome = 'error' AND detail LIKE '%\"throttled\":true%'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(count(&throttled), 2, "bob's and carol's refused attempts");
+    let failed = query(
+        &mut admin,
+        "SELECT count(*) FROM system.audit WHERE action = 'Authenticate' \
+         AND detail LIKE '%\"client\":\"127.0.0.1\"%' AND outcome = 'error'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(count(&failed), 5);
+}
