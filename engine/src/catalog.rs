@@ -51,20 +51,165 @@ pub fn source_schema(source: &DataSource) -> Result<SchemaRef> {
 /// by file and checked against its size and modification time), so planning
 /// does not re-read footers for every statement.
 pub fn raw_table(source: &DataSource, runtime: &RuntimeEnv) -> Result<Arc<dyn TableProvider>> {
-    if let SourceKind::Derived(lineage) = &source.kind {
-        return crate::workspace::parquet_files_table(
-            &lineage.files,
-            source_schema(source)?,
-            runtime,
-        );
+    let inner: Arc<dyn TableProvider> = if let SourceKind::Derived(lineage) = &source.kind {
+        crate::workspace::parquet_files_table(&lineage.files, source_schema(source)?, runtime)?
+    } else {
+        let url = ListingTableUrl::parse(&source.location)?;
+        let config = ListingTableConfig::new(url)
+            .with_listing_options(parquet_options())
+            .with_schema(source_schema(source)?);
+        Arc::new(
+            ListingTable::try_new(config)?
+                .with_cache(runtime.cache_manager.get_file_statistic_cache()),
+        )
+    };
+    Ok(Arc::new(SourceTable {
+        name: source.full_name(),
+        location: source.location.clone(),
+        inner,
+    }))
+}
+
+/// A source's raw table that names the source in every error of its scan,
+/// so that deleted, truncated or corrupt files fail that source's queries
+/// with a clear error (FailedPrecondition) and nothing else; a source whose
+/// files are all gone fails instead of answering with no rows.
+#[derive(Debug)]
+struct SourceTable {
+    name: String,
+    location: String,
+    inner: Arc<dyn TableProvider>,
+}
+
+/// The error a query gets when a data source's files cannot be read: it
+/// names the source and says what to suspect; the location and the
+/// low-level cause go to the server log only (no storage paths to users).
+pub(crate) fn unreadable_source(
+    name: &str,
+    location: &str,
+    cause: &dyn std::fmt::Display,
+) -> VeilError {
+    tracing::warn!(
+        source = name,
+        location,
+        "data source cannot be read: {cause}"
+    );
+    VeilError::FailedPrecondition(format!(
+        "data source {name} cannot be read: one of its files is missing, truncated or \
+         corrupt, or the source has no files left (the server log has the details)"
+    ))
+}
+
+/// Whether a query error comes from reading files (storage or Parquet
+/// decoding) rather than from the query itself.
+fn is_read_error(e: &DataFusionError) -> bool {
+    matches!(
+        e.find_root(),
+        DataFusionError::ParquetError(_)
+            | DataFusionError::ObjectStore(_)
+            | DataFusionError::IoError(_)
+    )
+}
+
+/// Rewrites an execution error that comes from reading a source's files
+/// into [`unreadable_source`]'s error for that source: the one whose
+/// location the cause mentions, else the only source the query read.
+pub(crate) fn explain_read_error(e: VeilError, gctx: Option<&GovernanceContext>) -> VeilError {
+    let (VeilError::DataFusion(d), Some(gctx)) = (&e, gctx) else {
+        return e;
+    };
+    if !is_read_error(d) {
+        return e;
     }
-    let url = ListingTableUrl::parse(&source.location)?;
-    let config = ListingTableConfig::new(url)
-        .with_listing_options(parquet_options())
-        .with_schema(source_schema(source)?);
-    let table =
-        ListingTable::try_new(config)?.with_cache(runtime.cache_manager.get_file_statistic_cache());
-    Ok(Arc::new(table))
+    let text = d.to_string();
+    let read: Vec<&DataSource> = gctx
+        .applied
+        .lock()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| gctx.snapshot.sources.get(&p.source))
+                .collect()
+        })
+        .unwrap_or_default();
+    let path = |s: &DataSource| {
+        let l = s
+            .location
+            .trim_start_matches("file://")
+            .trim_end_matches('/');
+        (!l.is_empty() && text.contains(l)).then_some(())
+    };
+    let source = read
+        .iter()
+        .find(|s| path(s).is_some())
+        .or(if read.len() == 1 { read.first() } else { None });
+    match source {
+        Some(s) => unreadable_source(&format!("data source {}", s.full_name()), &s.location, d),
+        None if read.is_empty() => e,
+        None => {
+            let names: Vec<String> = read.iter().map(|s| s.full_name()).collect();
+            let what = format!("a data source of this query ({})", names.join(", "));
+            unreadable_source(&what, "", d)
+        }
+    }
+}
+
+impl SourceTable {
+    fn unreadable(&self, e: impl std::fmt::Display) -> DataFusionError {
+        unreadable_source(&format!("data source {}", self.name), &self.location, &e).into()
+    }
+}
+
+#[async_trait]
+impl TableProvider for SourceTable {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> datafusion::datasource::TableType {
+        self.inner.table_type()
+    }
+
+    fn statistics(&self) -> Option<datafusion::common::Statistics> {
+        self.inner.statistics()
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&datafusion::logical_expr::Expr],
+    ) -> DfResult<Vec<datafusion::logical_expr::TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[datafusion::logical_expr::Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let args = datafusion::catalog::ScanArgs::default()
+            .with_projection(projection.map(Vec::as_slice))
+            .with_filters(Some(filters))
+            .with_limit(limit);
+        Ok(self.scan_with_args(state, args).await?.into_inner())
+    }
+
+    async fn scan_with_args<'a>(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        args: datafusion::catalog::ScanArgs<'a>,
+    ) -> DfResult<datafusion::catalog::ScanResult> {
+        let result = self
+            .inner
+            .scan_with_args(state, args)
+            .await
+            .map_err(|e| self.unreadable(e))?;
+        let plan = result.plan();
+        if plan.is::<datafusion::physical_plan::empty::EmptyExec>() {
+            return Err(self.unreadable("no Parquet files are there"));
+        }
+        Ok(result)
+    }
 }
 
 /// Catalog `veil` (or a project's catalog) for one principal.

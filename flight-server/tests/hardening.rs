@@ -22,6 +22,7 @@ use veil_flight_server::tls::{DevCert, TlsFiles, DEV_HOSTS};
 
 /// How the client prints the two codes these tests expect.
 const EXHAUSTED: &str = "Some resource has been exhausted";
+const PRECONDITION: &str = "The system is not in a state required for the operation";
 const UNAUTHENTICATED: &str = "The request does not have valid authentication credentials";
 
 fn certs() -> tempfile::TempDir {
@@ -375,4 +376,73 @@ async fn failed_logins_back_off_per_user_and_address_and_are_audited() {
     .await
     .unwrap();
     assert_eq!(count(&failed), 5);
+}
+
+#[tokio::test]
+async fn a_data_source_with_deleted_or_corrupted_files_fails_alone() {
+    let server = start_with(EngineOptions::default(), None).await;
+    let addr = server.handle.addr;
+    let files = tempfile::tempdir().unwrap();
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    for name in ["gone", "bad"] {
+        std::fs::create_dir(files.path().join(name)).unwrap();
+        std::fs::copy(
+            root.join("testdata/sales/transactions.parquet"),
+            files.path().join(name).join("part-0.parquet"),
+        )
+        .unwrap();
+    }
+    let mut admin = client(addr, "admin", "admin-pw").await.unwrap();
+    for name in ["gone", "bad"] {
+        let dir = files.path().join(name);
+        for sql in [
+            format!(
+                "CREATE DATA SOURCE faults.{name} FROM PARQUET '{}/'",
+                dir.display()
+            ),
+            format!("ALTER DATA SOURCE faults.{name} SET SUBSCRIPTION ANYONE"),
+        ] {
+            query(&mut admin, &sql).await.unwrap();
+        }
+    }
+    let mut bob = client(addr, "bob", "bob-pw").await.unwrap();
+    let before = query(&mut bob, "SELECT count(*) FROM faults.bad")
+        .await
+        .unwrap();
+    assert!(count(&before) > 0);
+
+    std::fs::remove_file(files.path().join("gone/part-0.parquet")).unwrap();
+    std::fs::write(
+        files.path().join("bad/part-0.parquet"),
+        b"PAR1 this is not a parquet file any more PAR1",
+    )
+    .unwrap();
+
+    for (name, sql) in [
+        ("gone", "SELECT count(*) FROM faults.gone"),
+        ("bad", "SELECT * FROM faults.bad"),
+    ] {
+        let err = query(&mut bob, sql).await.unwrap_err();
+        assert!(err.contains(PRECONDITION), "{err}");
+        assert!(
+            err.contains(&format!("data source faults.{name} cannot be read")),
+            "{err}"
+        );
+        assert!(
+            !err.contains("part-0.parquet"),
+            "no storage path to users: {err}"
+        );
+    }
+    // Every other source answers as before.
+    let fine = query(&mut bob, "SELECT count(*) FROM sales.transactions")
+        .await
+        .unwrap();
+    assert!(count(&fine) > 0);
+    let joined = query(
+        &mut bob,
+        "SELECT count(*) FROM sales.transactions t JOIN faults.bad b ON t.region = b.region",
+    )
+    .await
+    .unwrap_err();
+    assert!(joined.contains("faults.bad"), "{joined}");
 }

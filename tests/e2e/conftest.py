@@ -25,13 +25,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir, args=(), env=None):
-    """Starts `veil serve --demo` on `data_dir` (with extra CLI `args` and
-    environment `env`); returns (process, uri)."""
+def start_server(data_dir, args=(), env=None, serve_args=()):
+    """Starts `veil serve --demo` on `data_dir` (with extra global CLI `args`,
+    `serve_args` for the serve command and environment `env`); returns
+    (process, uri)."""
     port = _free_port()
     env = {**os.environ, "VEIL_ADMIN_PASSWORD": "admin-pw", "VEIL_LOG": "warn", **(env or {})}
     proc = subprocess.Popen(
-        [str(_binary()), "--data-dir", data_dir, *args, "serve", "--demo", "--listen", f"127.0.0.1:{port}"],
+        [str(_binary()), "--data-dir", data_dir, *args, "serve", "--demo", "--listen", f"127.0.0.1:{port}", *serve_args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

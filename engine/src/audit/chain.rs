@@ -4,6 +4,7 @@
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 use crate::store::{AuditAnchor, AuditEntry, AuditRecord};
 
@@ -69,7 +70,7 @@ impl<'k> Verifier<'k> {
             if r.id != self.next_id {
                 // A gap: the record expected here was removed (or moved).
                 self.first_broken = Some(self.next_id.min(r.id));
-            } else if mac(self.key, &self.prev, &r.at, &r.entry) != r.mac {
+            } else if !bool::from(mac(self.key, &self.prev, &r.at, &r.entry).ct_eq(&r.mac)) {
                 self.first_broken = Some(r.id);
             }
         }

@@ -169,7 +169,10 @@ impl QueryAudit {
                     Some((Ok(batch), Some((inner, audit))))
                 }
                 Some(Err(e)) => {
-                    let e = crate::error::VeilError::from(e);
+                    let e = crate::catalog::explain_read_error(
+                        crate::error::VeilError::from(e),
+                        audit.gctx.as_deref(),
+                    );
                     audit.metrics.error(e.kind());
                     let msg = e.to_string();
                     if let Err(audit_err) = audit.finish(Some(&msg)).await {

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::sync::Mutex;
+use subtle::ConstantTimeEq;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -422,7 +423,7 @@ impl CatalogStore for SqliteStore {
                 r.get(0)
             })
             .optional()?;
-        if stored.as_deref() != Some(anchor.mac.as_slice()) {
+        if !stored.is_some_and(|m| bool::from(m.ct_eq(&anchor.mac))) {
             return Err(VeilError::Conflict(format!(
                 "audit record {} is not the one archived; nothing was removed",
                 anchor.id
