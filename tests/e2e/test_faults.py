@@ -89,22 +89,29 @@ def test_a_full_disk_fails_the_write_clearly_and_keeps_the_previous_version(tmp_
             ]:
                 rows(s, sql)
         with connect(uri, "bob", **{PROJECT: "full_disk"}) as b:
-            rows(b, "CREATE TABLE workspace.small AS SELECT employee_id FROM hr.employees")
-            before = rows(b, "SELECT count(*), sum(employee_id) FROM workspace.small")
-            big = (
-                "SELECT value, sha256(CAST(value AS VARCHAR)) AS h FROM generate_series(1, 3000000)"
+            rows(
+                b,
+                "CREATE TABLE workspace.small AS "
+                "SELECT employee_id, CAST(employee_id AS VARCHAR) AS note FROM hr.employees",
             )
-            with pytest.raises(adbc_driver_manager.Error) as err:
-                rows(b, f"CREATE TABLE workspace.big AS {big}")
-            assert "No space left on device" in str(err.value), str(err.value)
-            with pytest.raises(adbc_driver_manager.Error) as err:
-                rows(b, f"INSERT INTO workspace.small SELECT CAST(value AS INT) FROM ({big})")
-            assert "No space left on device" in str(err.value), str(err.value)
+            before = rows(b, "SELECT count(*), sum(employee_id) FROM workspace.small")
+            # About 200 MB of incompressible text: far more than the 4 MiB disk.
+            big = (
+                "SELECT CAST(value AS INT) AS employee_id, "
+                "encode(sha256(CAST(value AS VARCHAR)), 'hex') AS note "
+                "FROM generate_series(1, 3000000)"
+            )
+            for write in [f"CREATE TABLE workspace.big AS {big}", f"INSERT INTO workspace.small {big}"]:
+                with pytest.raises(adbc_driver_manager.Error) as err:
+                    rows(b, write)
+                assert "(ResourceExhausted;" in str(err.value), str(err.value)
+                assert "warehouse is out of space (No space left on device" in str(err.value)
+                assert "was not committed and the table is unchanged" in str(err.value)
             assert [r[0] for r in rows(b, "SHOW TABLES IN workspace")] == ["small"]
             assert rows(b, "SELECT count(*), sum(employee_id) FROM workspace.small") == before
             # Space comes back once the failed write's files are gone: a
             # small write succeeds again.
-            rows(b, "INSERT INTO workspace.small SELECT employee_id FROM hr.employees LIMIT 1")
+            rows(b, "INSERT INTO workspace.small SELECT employee_id, 'x' FROM hr.employees LIMIT 1")
             assert rows(b, "SELECT count(*) FROM workspace.small")[0][0] == before[0][0] + 1
     finally:
         if proc is not None:

@@ -175,6 +175,28 @@ enum Mode {
     Append(WorkspaceTable),
 }
 
+/// A write that failed because the warehouse's storage is full becomes
+/// ResourceExhausted, saying that nothing changed; other errors pass.
+fn out_of_space(e: VeilError, table: &str) -> VeilError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = match &e {
+        VeilError::DataFusion(d) => Some(d.as_ref()),
+        other => Some(other),
+    };
+    while let Some(c) = cause {
+        let full = c
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull);
+        if full {
+            return VeilError::ResourceExhausted(format!(
+                "the workspace warehouse is out of space ({c}); the write to {table} \
+                 was not committed and the table is unchanged"
+            ));
+        }
+        cause = c.source();
+    }
+    e
+}
+
 /// Runs a recognized workspace statement.
 pub async fn execute(
     session: &Session,
@@ -563,7 +585,7 @@ impl<'a> Writer<'a> {
                 guard.warehouse = None;
                 let _ = warehouse.delete_dir(&staging).await;
                 discard_promoted(warehouse, &guard.table_dir, &write_id).await;
-                return Err(e);
+                return Err(out_of_space(e, name));
             }
         };
         guard.warehouse = None;
