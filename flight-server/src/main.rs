@@ -199,6 +199,23 @@ enum BenchCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Load test: N clients against a `veil serve --demo` child process,
+    /// governed queries of several users, project switches, workspace
+    /// ingest and governance changes mid-run; every answer checked.
+    Load {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 30.0)]
+        duration: f64,
+        /// Seconds between governance changes.
+        #[arg(long, default_value_t = 5.0)]
+        change_every: f64,
+        /// Write the report as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -485,6 +502,17 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+fn write_report<T: serde::Serialize>(report: &T, out: Option<&Path>) -> Result<(), BenchError> {
+    if let Some(out) = out {
+        let text =
+            serde_json::to_string_pretty(report).map_err(|e| BenchError::Invalid(e.to_string()))?;
+        std::fs::write(out, text + "\n")
+            .map_err(|e| BenchError::Invalid(format!("{}: {e}", out.display())))?;
+        println!("report written to {}", out.display());
+    }
+    Ok(())
+}
+
 async fn bench(command: BenchCommand) -> Result<(), BenchError> {
     match command {
         BenchCommand::Generate { scale, out } => {
@@ -552,12 +580,32 @@ async fn bench(command: BenchCommand) -> Result<(), BenchError> {
         } => {
             let report = bench::flight::run(&data, runs, points).await?;
             print!("{}", report.table());
-            if let Some(out) = out {
-                let text = serde_json::to_string_pretty(&report)
-                    .map_err(|e| BenchError::Invalid(e.to_string()))?;
-                std::fs::write(&out, text + "\n")
-                    .map_err(|e| BenchError::Invalid(format!("{}: {e}", out.display())))?;
-                println!("report written to {}", out.display());
+            write_report(&report, out.as_deref())
+        }
+        BenchCommand::Load {
+            clients,
+            duration,
+            change_every,
+            out,
+        } => {
+            let secs = |s: f64, what: &str| {
+                std::time::Duration::try_from_secs_f64(s).map_err(|_| {
+                    BenchError::Invalid(format!("{what} must be a positive number of seconds"))
+                })
+            };
+            let report = bench::load::run(
+                clients,
+                secs(duration, "--duration")?,
+                secs(change_every, "--change-every")?,
+            )
+            .await?;
+            print!("{}", report.table());
+            write_report(&report, out.as_deref())?;
+            if report.unexpected_errors > 0 || report.wrong_answers > 0 {
+                return Err(BenchError::Mismatch(format!(
+                    "{} unexpected errors and {} wrong answers under load",
+                    report.unexpected_errors, report.wrong_answers
+                )));
             }
             Ok(())
         }

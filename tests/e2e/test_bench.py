@@ -135,3 +135,24 @@ def test_explain_prints_the_three_plans(data):
     assert "GovernedScanExec: source=tpch.customer" in restricted
     assert "customer/part-1.parquet" not in restricted
     assert "veil_hash[col:tpch.customer.c_phone#v1]" in restricted
+
+
+def test_load_smoke_run_has_no_unexpected_errors_or_wrong_answers(tmp_path):
+    """`veil bench load` at CI size: 8 clients for 30 s against a real
+    server process, governance changes every 5 s; no timing assertions."""
+    out = tmp_path / "load.json"
+    done = subprocess.run(
+        [str(_binary()), "bench", "load", "--clients", "8", "--duration", "30", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    assert report["unexpected_errors"] == 0 and report["wrong_answers"] == 0, report
+    assert report["operations"] > 0 and report["rows_ingested"] > 0
+    assert report["governance_changes"] >= 3
+    assert report["server_peak_rss_mb"] > 0
+    # dave is not subscribed to hr.employees: his refusals are expected ones.
+    assert any(k.startswith("expected: PermissionDenied") for k in report["errors"]), report["errors"]

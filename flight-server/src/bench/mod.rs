@@ -3,6 +3,7 @@
 
 pub mod flight;
 pub mod generate;
+pub mod load;
 pub mod plot;
 pub mod report;
 pub mod tpch;
