@@ -1,0 +1,1 @@
+CREATE USER alice PASSWORD 'alice-pw' GROUPS ('hr', 'staff') ATTRIBUTES (region = ('EU', 'US', 'APAC'), clearance = 'high');

@@ -1,0 +1,1 @@
+CREATE PURPOSE 'Research' DESCRIPTION 'Studies on historical data';

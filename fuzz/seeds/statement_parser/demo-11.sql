@@ -1,0 +1,1 @@
+CREATE PURPOSE 'Fraud Detection' PARENT 'Research' DESCRIPTION 'Finding fraudulent card use' ACKNOWLEDGEMENT 'I will use this data only for fraud detection';

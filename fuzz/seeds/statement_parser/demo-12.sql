@@ -1,0 +1,1 @@
+CREATE DATA SOURCE hr.employees FROM PARQUET 'testdata/hr/employees.parquet';

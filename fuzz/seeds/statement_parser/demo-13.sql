@@ -1,0 +1,1 @@
+CREATE DATA SOURCE payments.cards FROM PARQUET 'testdata/payments/cards.parquet';

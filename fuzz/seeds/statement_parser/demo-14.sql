@@ -1,0 +1,1 @@
+CREATE DATA SOURCE sales.transactions FROM PARQUET 'testdata/sales/transactions.parquet';

@@ -1,0 +1,1 @@
+ALTER DATA SOURCE hr.employees TAG COLUMN ssn WITH ('PII.SSN');

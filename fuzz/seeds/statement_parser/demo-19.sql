@@ -1,0 +1,1 @@
+ALTER DATA SOURCE payments.cards TAG COLUMN card_number WITH ('PCI');

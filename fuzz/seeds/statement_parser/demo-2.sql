@@ -1,0 +1,1 @@
+CREATE USER bob PASSWORD 'bob-pw' GROUPS ('analysts', 'staff') ATTRIBUTES (region = 'US');

@@ -1,0 +1,1 @@
+ALTER DATA SOURCE hr.employees SET SUBSCRIPTION WHEN has_group('staff');

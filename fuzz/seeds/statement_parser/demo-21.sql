@@ -1,0 +1,1 @@
+ALTER DATA SOURCE payments.cards SET SUBSCRIPTION WHEN has_group('staff');

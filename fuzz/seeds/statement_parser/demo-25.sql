@@ -1,0 +1,1 @@
+CREATE MASKING POLICY salary_round ON COLUMNS TAGGED 'Financial' USING ROUND 10000 UNLESS has_group('hr');

@@ -1,0 +1,1 @@
+CREATE MASKING POLICY card_last4 ON payments.cards (card_number) USING SHOW_LAST 4 UNLESS has_attribute('clearance', 'high');

@@ -1,0 +1,1 @@
+CREATE ROW POLICY employees_region ON hr.employees USING attribute_contains('region', region) UNLESS has_group('hr');

@@ -1,0 +1,1 @@
+CREATE ROW POLICY transactions_region ON sales.transactions USING attribute_contains('region', region) UNLESS has_purpose('Research');

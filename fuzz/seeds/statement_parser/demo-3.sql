@@ -1,0 +1,1 @@
+CREATE USER carol PASSWORD 'carol-pw' GROUPS ('analysts', 'staff') ATTRIBUTES (region = ('EU'));

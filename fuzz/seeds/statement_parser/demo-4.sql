@@ -1,0 +1,1 @@
+CREATE USER dave PASSWORD 'dave-pw' GROUPS ('contractors') ATTRIBUTES (region = 'APAC');

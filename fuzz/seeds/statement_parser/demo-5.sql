@@ -1,0 +1,1 @@
+CREATE USER sally PASSWORD 'sally-pw' GROUPS ('hr', 'staff') ATTRIBUTES (region = ('EU', 'US'), clearance = 'high');

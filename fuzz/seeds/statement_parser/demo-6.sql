@@ -1,0 +1,1 @@
+CREATE USER pam PASSWORD 'pam-pw' GROUPS ('staff');
