@@ -58,20 +58,6 @@ pub struct FlightReport {
     pub latency: Latency,
 }
 
-async fn client(
-    addr: std::net::SocketAddr,
-    user: &str,
-) -> Result<FlightSqlServiceClient<Channel>, BenchError> {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .map_err(|e| BenchError::Invalid(e.to_string()))?
-        .connect()
-        .await
-        .map_err(|e| BenchError::Invalid(format!("connect to {addr}: {e}")))?;
-    let mut client = FlightSqlServiceClient::new(channel);
-    client.handshake(user, PASSWORD).await?;
-    Ok(client)
-}
-
 /// Runs a query and drains every endpoint; returns (rows, bytes).
 async fn drain(
     client: &mut FlightSqlServiceClient<Channel>,
@@ -100,14 +86,6 @@ fn batch_bytes(batch: &RecordBatch) -> u64 {
         .sum()
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
-}
-
 /// Streams lineitem `runs` times per principal (best run reported) and
 /// times `points` point queries.
 pub async fn run(data: &Path, runs: usize, points: usize) -> Result<FlightReport, BenchError> {
@@ -119,7 +97,7 @@ pub async fn run(data: &Path, runs: usize, points: usize) -> Result<FlightReport
         .map_err(|e| BenchError::io(Path::new("127.0.0.1:0"), e))?;
     let mut throughput = Vec::new();
     for user in [UNRESTRICTED, RESTRICTED] {
-        let mut c = client(server.addr, user).await?;
+        let mut c = super::flight_client(&server.addr.to_string(), user, PASSWORD, None).await?;
         let mut best: Option<(Duration, u64, u64)> = None;
         for _ in 0..runs.max(1) {
             let t = Instant::now();
@@ -141,7 +119,7 @@ pub async fn run(data: &Path, runs: usize, points: usize) -> Result<FlightReport
             });
         }
     }
-    let mut c = client(server.addr, RESTRICTED).await?;
+    let mut c = super::flight_client(&server.addr.to_string(), RESTRICTED, PASSWORD, None).await?;
     let mut times = Vec::with_capacity(points);
     for i in 0..points {
         let sql = format!(
@@ -160,8 +138,8 @@ pub async fn run(data: &Path, runs: usize, points: usize) -> Result<FlightReport
         latency: Latency {
             query: "SELECT c_name, c_acctbal FROM tpch.customer WHERE c_custkey = <k>".into(),
             count: points,
-            p50_ms: percentile(&times, 0.5),
-            p99_ms: percentile(&times, 0.99),
+            p50_ms: super::percentile(&times, 0.5),
+            p99_ms: super::percentile(&times, 0.99),
         },
     })
 }

@@ -121,18 +121,7 @@ impl LoadReport {
 type Client = FlightSqlServiceClient<Channel>;
 
 async fn connect(addr: &str, user: &str, project: Option<&str>) -> Result<Client, BenchError> {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .map_err(|e| BenchError::Invalid(e.to_string()))?
-        .connect()
-        .await
-        .map_err(|e| BenchError::Invalid(format!("connect to {addr}: {e}")))?;
-    let mut c = FlightSqlServiceClient::new(channel);
-    if let Some(p) = project {
-        c.set_header("x-veil-project", p);
-    }
-    let password = format!("{user}-pw");
-    c.handshake(user, &password).await?;
-    Ok(c)
+    super::flight_client(addr, user, &format!("{user}-pw"), project).await
 }
 
 /// Runs a statement the ADBC way (prepare, execute, fetch); the rows as text.
@@ -439,14 +428,6 @@ async fn client_loop(
     Ok(ingested)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
-}
-
 /// Runs the load: `clients` clients for `duration`, a governance change
 /// every `change_every`. Fails when any answer is wrong or any error is
 /// unexpected (after writing nothing: the caller writes the report).
@@ -525,8 +506,8 @@ pub async fn run(
         duration_s: elapsed.as_secs_f64(),
         operations: outcomes.len() as u64,
         throughput_ops_s: outcomes.len() as f64 / elapsed.as_secs_f64().max(1e-9),
-        p50_ms: percentile(&latencies, 0.50),
-        p99_ms: percentile(&latencies, 0.99),
+        p50_ms: super::percentile(&latencies, 0.50),
+        p99_ms: super::percentile(&latencies, 0.99),
         errors,
         unexpected_errors: unexpected,
         wrong_answers: wrong,

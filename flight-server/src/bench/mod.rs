@@ -54,6 +54,37 @@ pub enum BenchError {
     Flight(#[from] arrow_flight::error::FlightError),
 }
 
+/// A logged-in Flight SQL client on `addr` (host:port), inside `project`
+/// (header `x-veil-project`) when given.
+pub(crate) async fn flight_client(
+    addr: &str,
+    user: &str,
+    password: &str,
+    project: Option<&str>,
+) -> Result<arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>, BenchError>
+{
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .map_err(|e| BenchError::Invalid(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| BenchError::Invalid(format!("connect to {addr}: {e}")))?;
+    let mut c = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+    if let Some(p) = project {
+        c.set_header("x-veil-project", p);
+    }
+    c.handshake(user, password).await?;
+    Ok(c)
+}
+
+/// The `p` quantile (0..1) of sorted durations, in milliseconds.
+pub(crate) fn percentile(sorted: &[std::time::Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
 impl BenchError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         Self::Io {
