@@ -274,6 +274,19 @@ impl Engine {
         &self.keys
     }
 
+    /// The metrics in Prometheus text format, with the gauges of running
+    /// statements and query memory brought up to date.
+    pub fn render_metrics(&self) -> Result<String> {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.metrics
+            .statements_running
+            .set(gauge(self.admission.running()));
+        self.metrics
+            .query_memory_bytes
+            .set(gauge(self.admission.memory().used()));
+        self.metrics.render()
+    }
+
     /// Admission control and the shared memory budget.
     pub fn admission(&self) -> &crate::limits::Admission {
         &self.admission

@@ -21,6 +21,10 @@ pub struct Metrics {
     pub active_sessions: IntGauge,
     /// Seconds the governance analyzer takes per statement.
     pub policy_evaluation: Histogram,
+    /// Statements holding a slot now (set when rendered).
+    pub statements_running: IntGauge,
+    /// Bytes of the shared query memory in use (set when rendered).
+    pub query_memory_bytes: IntGauge,
 }
 
 fn registered<C: prometheus::core::Collector + Clone + 'static>(
@@ -73,6 +77,19 @@ impl Metrics {
                     .buckets(vec![
                         0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1,
                     ]),
+                )
+                .map_err(internal)?,
+            )?,
+            statements_running: registered(
+                &registry,
+                IntGauge::new("statements_running", "Statements holding a slot now")
+                    .map_err(internal)?,
+            )?,
+            query_memory_bytes: registered(
+                &registry,
+                IntGauge::new(
+                    "query_memory_bytes",
+                    "Bytes of the shared query memory pool in use",
                 )
                 .map_err(internal)?,
             )?,

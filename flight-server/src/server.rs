@@ -90,7 +90,7 @@ pub fn serve_metrics(engine: Arc<Engine>, listener: TcpListener) -> JoinHandle<(
         axum::routing::get(move || {
             let engine = Arc::clone(&engine);
             async move {
-                match engine.metrics().render() {
+                match engine.render_metrics() {
                     Ok(text) => (
                         StatusCode::OK,
                         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

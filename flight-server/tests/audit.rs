@@ -135,6 +135,9 @@ async fn metrics_count_statements_errors_rows_and_sessions() {
     assert!(value("veil_rows_served_total") >= got.len() as f64);
     assert!(value("veil_active_sessions") >= 1.0);
     assert!(value("veil_policy_evaluation_seconds_count") >= 1.0);
+    // Nothing runs between statements: no slot held, no query memory in use.
+    assert_eq!(value("veil_statements_running"), 0.0);
+    assert_eq!(value("veil_query_memory_bytes"), 0.0);
     // Labels carry codes and kinds only: no SQL, no user names, no values.
     assert!(!text.contains("bob") && !text.contains("hr.employees"));
     assert!(http_get(metrics_addr, "/other").await.contains("404"));
