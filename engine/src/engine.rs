@@ -26,6 +26,7 @@ use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder};
 use datafusion::logical_expr::{LogicalPlan, Statement};
 use datafusion::optimizer::{Analyzer, Optimizer};
 use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use rand::distr::{Alphanumeric, SampleString};
 
@@ -103,6 +104,7 @@ pub struct Engine {
     metrics: crate::metrics::Metrics,
     admission: crate::limits::Admission,
     throttle: crate::login::LoginThrottle,
+    plans: crate::plan_cache::PlanCache,
 }
 
 /// A statement's result: its schema and a stream of batches.
@@ -213,6 +215,7 @@ impl Engine {
         Ok(Arc::new(Self {
             admission: crate::limits::Admission::new(options.limits.clone()),
             throttle: crate::login::LoginThrottle::new(options.login.clone()),
+            plans: Default::default(),
             audit,
             metrics: crate::metrics::Metrics::new()?,
             store,
@@ -519,6 +522,18 @@ pub struct Session {
     deadline: Option<tokio::time::Instant>,
 }
 
+/// `SET name = value` when `name` may be set by a session.
+fn settable(variable: &str, value: String) -> Result<(String, String)> {
+    let name = variable.to_ascii_lowercase();
+    if !SETTABLE_OPTIONS.contains(&name.as_str()) {
+        return Err(VeilError::PermissionDenied(format!(
+            "SET {name} is not allowed; settable options: {}",
+            SETTABLE_OPTIONS.join(", ")
+        )));
+    }
+    Ok((name, value))
+}
+
 fn refusal(plan: &LogicalPlan) -> Option<String> {
     let what = match plan {
         LogicalPlan::Ddl(d) => format!("DDL ({})", d.name()),
@@ -539,10 +554,12 @@ fn refusal(plan: &LogicalPlan) -> Option<String> {
     ))
 }
 
-/// A planned SQL statement: a query, or a write into the project's workspace.
+/// A planned SQL statement: a query, a write into the project's workspace,
+/// or `SET` (the option and value, or why it is refused).
 enum Planned {
     Query(LogicalPlan),
     Workspace(WorkspaceOp),
+    Set(Result<(String, String)>),
 }
 
 impl Session {
@@ -803,11 +820,14 @@ impl Session {
         Ok((SessionContext::new_with_state(state), gctx))
     }
 
-    /// Plans SQL into a verified logical plan (no DDL, DML, COPY or SET),
-    /// or recognizes a workspace write.
+    /// Plans SQL once into a verified logical plan (no DDL, DML, COPY or
+    /// other statements), or recognizes a workspace write or a `SET`.
     async fn plan_sql(&self, ctx: &SessionContext, sql: &str) -> Result<Planned> {
         let sql = statement::number_placeholders(sql);
         let plan = ctx.state().create_logical_plan(&sql).await?;
+        if let LogicalPlan::Statement(Statement::SetVariable(set)) = &plan {
+            return Ok(Planned::Set(settable(&set.variable, set.value.to_string())));
+        }
         if let Some(op) = crate::workspace::write::recognize(&plan, self.project.as_deref())? {
             return Ok(Planned::Workspace(op));
         }
@@ -843,12 +863,7 @@ impl Session {
     pub async fn prepare(&self, sql: &str) -> Result<(SchemaRef, SchemaRef)> {
         let result = self.prepare_plan(sql).await;
         if let Err(e) = &result {
-            self.engine.metrics.error(e.kind());
-            let mut audit = self.query_audit(sql);
-            audit.entry.action = "Prepare".into();
-            if let Err(audit_err) = audit.finish(Some(&e.to_string())).await {
-                tracing::error!("{audit_err}");
-            }
+            self.audit_prepare_error(sql, e).await;
         }
         result
     }
@@ -859,11 +874,11 @@ impl Session {
             return Ok((empty(), empty()));
         }
         let (ctx, _) = self.context()?;
-        if let Some(set) = self.parse_set(&ctx, sql).await? {
-            set?;
-            return Ok((empty(), empty()));
-        }
         let (plan, write) = match self.plan_sql(&ctx, sql).await? {
+            Planned::Set(set) => {
+                set?;
+                return Ok((empty(), empty()));
+            }
             Planned::Query(plan) => (plan, false),
             Planned::Workspace(op) => match op {
                 WorkspaceOp::Insert { input, .. } | WorkspaceOp::Create { input, .. } => {
@@ -902,26 +917,77 @@ impl Session {
         Ok((Arc::new(schema), param_schema))
     }
 
-    /// Recognizes `SET name = value`; Some(Ok) when it is an allowed option.
-    async fn parse_set(
+    /// Plans a query now for [`Session::execute_planned`] later (Flight
+    /// SQL's GetFlightInfo, then DoGet): returns the result schema and the
+    /// id of the kept physical plan ([`crate::plan_cache`]). Statements
+    /// that are not queries (governance statements, `SET`, workspace
+    /// writes) report an empty schema and no plan; they run when executed.
+    /// A refused or failing statement leaves its audit record here.
+    pub async fn plan_ahead(
         &self,
-        ctx: &SessionContext,
         sql: &str,
-    ) -> Result<Option<Result<(String, String)>>> {
-        let Ok(plan) = ctx.state().create_logical_plan(sql).await else {
-            return Ok(None);
-        };
-        let LogicalPlan::Statement(Statement::SetVariable(set)) = plan else {
-            return Ok(None);
-        };
-        let name = set.variable.to_ascii_lowercase();
-        if !SETTABLE_OPTIONS.contains(&name.as_str()) {
-            return Ok(Some(Err(VeilError::PermissionDenied(format!(
-                "SET {name} is not allowed; settable options: {}",
-                SETTABLE_OPTIONS.join(", ")
-            )))));
+        params: Option<ParamValues>,
+    ) -> Result<(SchemaRef, Option<String>)> {
+        let result = self.plan_ahead_inner(sql, params).await;
+        if let Err(e) = &result {
+            self.audit_prepare_error(sql, e).await;
         }
-        Ok(Some(Ok((name, set.value.to_string()))))
+        result
+    }
+
+    async fn plan_ahead_inner(
+        &self,
+        sql: &str,
+        params: Option<ParamValues>,
+    ) -> Result<(SchemaRef, Option<String>)> {
+        let empty = || Arc::new(Schema::empty());
+        if statement::parse(sql)?.is_some() {
+            return Ok((empty(), None));
+        }
+        let (ctx, gctx) = self.context()?;
+        let plan = match self.plan_sql(&ctx, sql).await? {
+            Planned::Query(plan) => plan,
+            Planned::Set(set) => {
+                set?;
+                return Ok((empty(), None));
+            }
+            Planned::Workspace(_) => return Ok((empty(), None)),
+        };
+        let plan = match params {
+            Some(params) => plan.with_param_values(params)?,
+            None => plan,
+        };
+        let plan = ctx.state().create_physical_plan(&plan).await?;
+        let schema = plan.schema();
+        let key = self.plan_key(gctx.snapshot.version, sql);
+        let id = self.engine.plans.put(crate::plan_cache::PlannedQuery {
+            key,
+            ctx,
+            gctx,
+            plan,
+        });
+        Ok((schema, id))
+    }
+
+    /// What a kept plan must match to run in this session now.
+    fn plan_key(&self, version: u64, sql: &str) -> crate::plan_cache::PlanKey {
+        crate::plan_cache::PlanKey {
+            user: self.user.clone(),
+            impersonated: self.impersonated.clone(),
+            project: self.project.clone(),
+            settings: self.settings.clone(),
+            version,
+            sql: sql.to_string(),
+        }
+    }
+
+    async fn audit_prepare_error(&self, sql: &str, e: &VeilError) {
+        self.engine.metrics.error(e.kind());
+        let mut audit = self.query_audit(sql);
+        audit.entry.action = "Prepare".into();
+        if let Err(audit_err) = audit.finish(Some(&e.to_string())).await {
+            tracing::error!("{audit_err}");
+        }
     }
 
     /// Runs one statement.
@@ -943,6 +1009,35 @@ impl Session {
         sql: &str,
         params: Option<ParamValues>,
     ) -> Result<QueryOutput> {
+        self.run_statement(sql, params, None).await
+    }
+
+    /// Runs a statement like [`Session::execute_with_params`], with the plan
+    /// [`Session::plan_ahead`] kept under `plan` when it is still valid for
+    /// this session (same user, impersonation, project, settings and policy
+    /// version); otherwise the statement is planned again.
+    pub async fn execute_planned(
+        &mut self,
+        sql: &str,
+        params: Option<ParamValues>,
+        plan: Option<&str>,
+    ) -> Result<QueryOutput> {
+        let planned = match plan {
+            Some(id) => {
+                let key = self.plan_key(self.engine.store.version()?, sql);
+                self.engine.plans.take(id, &key)
+            }
+            None => None,
+        };
+        self.run_statement(sql, params, planned).await
+    }
+
+    async fn run_statement(
+        &mut self,
+        sql: &str,
+        params: Option<ParamValues>,
+        planned: Option<crate::plan_cache::PlannedQuery>,
+    ) -> Result<QueryOutput> {
         let mut audit = Some(self.query_audit(sql));
         let engine = Arc::clone(&self.engine);
         let timeout = engine.admission.limits().query_timeout;
@@ -951,7 +1046,7 @@ impl Session {
             Ok(slot) => {
                 let deadline = tokio::time::Instant::now() + timeout;
                 self.deadline = Some(deadline);
-                let run = self.dispatch(sql, params, &mut audit);
+                let run = self.dispatch(sql, params, planned, &mut audit);
                 let result = match tokio::time::timeout_at(deadline, run).await {
                     Ok(result) => result.map(|out| QueryOutput {
                         schema: out.schema,
@@ -1000,8 +1095,20 @@ impl Session {
         &mut self,
         sql: &str,
         params: Option<ParamValues>,
+        planned: Option<crate::plan_cache::PlannedQuery>,
         audit: &mut Option<QueryAudit>,
     ) -> Result<QueryOutput> {
+        if let Some(planned) = planned {
+            let out = self.start(&planned.ctx, planned.plan)?;
+            return Ok(match audit.take() {
+                Some(mut a) => {
+                    a.entry.action = "Query".into();
+                    a.gctx = Some(planned.gctx);
+                    a.wrap(out)
+                }
+                None => out,
+            });
+        }
         let parsed = statement::parse(sql);
         if let Some(a) = audit.as_mut() {
             a.entry.action = match &parsed {
@@ -1021,7 +1128,8 @@ impl Session {
             return Ok(out);
         }
         let (ctx, gctx) = self.context()?;
-        if let Some(set) = self.parse_set(&ctx, sql).await? {
+        let planned = self.plan_sql(&ctx, sql).await?;
+        if let Planned::Set(set) = planned {
             if let Some(a) = audit.as_mut() {
                 a.entry.action = "Set".into();
             }
@@ -1036,7 +1144,7 @@ impl Session {
         if let Some(a) = audit.as_mut() {
             a.gctx = Some(Arc::clone(&gctx));
         }
-        let (out, recorded) = self.run_query(&ctx, &gctx, sql, params).await?;
+        let (out, recorded) = self.run_query(&ctx, &gctx, planned, sql, params).await?;
         Ok(match audit.take() {
             Some(a) if recorded => {
                 a.discard();
@@ -1053,11 +1161,15 @@ impl Session {
         &self,
         ctx: &SessionContext,
         gctx: &GovernanceContext,
+        planned: Planned,
         sql: &str,
         params: Option<ParamValues>,
     ) -> Result<(QueryOutput, bool)> {
-        let mut plan = match self.plan_sql(ctx, sql).await? {
+        let mut plan = match planned {
             Planned::Query(plan) => plan,
+            Planned::Set(_) => {
+                return Err(VeilError::Internal("SET reached query execution".into()))
+            }
             Planned::Workspace(mut op) => {
                 if let Some(params) = params {
                     if let WorkspaceOp::Insert { input, .. } | WorkspaceOp::Create { input, .. } =
@@ -1072,18 +1184,20 @@ impl Session {
         if let Some(params) = params {
             plan = plan.with_param_values(params)?;
         }
-        let df = ctx.execute_logical_plan(plan).await?;
-        let mut stream = df.execute_stream().await?;
+        let plan = ctx.state().create_physical_plan(&plan).await?;
+        Ok((self.start(ctx, plan)?, false))
+    }
+
+    /// Starts a physical plan; the stream ends at the statement's deadline.
+    fn start(&self, ctx: &SessionContext, plan: Arc<dyn ExecutionPlan>) -> Result<QueryOutput> {
+        let mut stream = execute_stream(plan, ctx.task_ctx())?;
         if let Some(deadline) = self.deadline {
             let timeout = self.engine.admission.limits().query_timeout;
             stream = crate::limits::with_deadline(stream, deadline, timeout);
         }
-        Ok((
-            QueryOutput {
-                schema: stream.schema(),
-                stream,
-            },
-            false,
-        ))
+        Ok(QueryOutput {
+            schema: stream.schema(),
+            stream,
+        })
     }
 }

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod login;
 pub mod metrics;
 pub mod model;
+mod plan_cache;
 pub mod policy;
 pub mod principal;
 pub mod project;

@@ -475,3 +475,68 @@ async fn exempt_principals_get_plain_scans_and_restricted_ones_the_barrier() {
     let e = err(&mut dave, "SELECT count(*) FROM hr.employees").await;
     assert!(e.to_string().contains("not subscribed"), "{e}");
 }
+
+/// Runs a query through the plan kept by `plan_ahead` (Flight SQL's
+/// GetFlightInfo, then DoGet).
+async fn planned(s: &mut Session, sql: &str, plan: Option<&str>) -> Vec<Vec<String>> {
+    let out = s.execute_planned(sql, None, plan).await.unwrap();
+    rows(&out.collect().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_plan_made_ahead_never_runs_under_other_policies_users_or_sql() {
+    let (_d, engine) = demo().await;
+    let mut admin = engine.session("admin");
+    let mut bob = engine.session("bob");
+    let mut alice = engine.session("alice");
+    let sql = "SELECT DISTINCT region FROM hr.employees ORDER BY region";
+    let us = vec![vec!["US".to_string()]];
+
+    // Planned, then run: bob's governed answer and an audit record naming
+    // the row policy that made it.
+    let (schema, id) = bob.plan_ahead(sql, None).await.unwrap();
+    assert_eq!(schema.field(0).name(), "region");
+    let id = id.expect("a query is planned ahead");
+    assert_eq!(planned(&mut bob, sql, Some(&id)).await, us);
+    let audit = engine
+        .store()
+        .audit_records(&Default::default())
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(audit.entry.action, "Query");
+    assert!(audit.entry.detail.contains("employees_region"), "{audit:?}");
+    // A plan is taken once; the same id again plans anew, same answer.
+    assert_eq!(planned(&mut bob, sql, Some(&id)).await, us);
+
+    // Another user presenting bob's plan gets their own answer.
+    let (_, id) = bob.plan_ahead(sql, None).await.unwrap();
+    let all = planned(&mut alice, sql, id.as_deref()).await;
+    assert_eq!(all.len(), 3, "{all:?}");
+    // Other SQL presenting bob's plan gets that SQL's answer.
+    let (_, id) = bob.plan_ahead(sql, None).await.unwrap();
+    let other = "SELECT count(*) FROM hr.employees WHERE region = 'EU'";
+    assert_eq!(planned(&mut bob, other, id.as_deref()).await, [["0"]]);
+    // Other settings or a project: planned anew.
+    let (_, id) = bob.plan_ahead(sql, None).await.unwrap();
+    q(&mut bob, "SET datafusion.execution.batch_size = 7").await;
+    assert_eq!(planned(&mut bob, sql, id.as_deref()).await, us);
+
+    // A policy change between planning and running: the kept plan is
+    // dropped and the new attribute applies.
+    let (_, id) = bob.plan_ahead(sql, None).await.unwrap();
+    q(&mut admin, "ALTER USER bob SET ATTRIBUTE region = ('EU')").await;
+    assert_eq!(
+        planned(&mut bob, sql, id.as_deref()).await,
+        [["EU"]],
+        "a plan made before the change must not run after it"
+    );
+    // Governance statements and SET are not planned ahead.
+    let (schema, id) = bob.plan_ahead("SHOW DATA SOURCES", None).await.unwrap();
+    assert!(schema.fields().is_empty() && id.is_none());
+    let (_, id) = bob
+        .plan_ahead("SET datafusion.execution.batch_size = 9", None)
+        .await
+        .unwrap();
+    assert!(id.is_none());
+}

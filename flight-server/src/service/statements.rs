@@ -66,6 +66,10 @@ struct TicketBody {
     policy_version: u64,
     /// Precomputed rows (governance statements), Arrow IPC stream, base64.
     results: Option<String>,
+    /// The engine's id of the plan made for GetFlightInfo, which DoGet runs
+    /// when it is still valid (see `veil_engine::Session::plan_ahead`).
+    #[serde(default)]
+    plan: Option<String>,
 }
 
 fn ipc_encode(schema: &Schema, batches: &[RecordBatch]) -> Result<String, Status> {
@@ -248,7 +252,10 @@ impl VeilFlightSql {
         let version = self.engine.snapshot().map_err(to_status)?.version;
         enter(&mut session, handle.project.as_deref())?;
         let params = decode_params(&handle.params)?;
-        let (prepared, _) = session.prepare(&handle.sql).await.map_err(to_status)?;
+        let (prepared, plan) = session
+            .plan_ahead(&handle.sql, params.clone())
+            .await
+            .map_err(to_status)?;
         // Governance statements and SET have no result schema: run them now.
         let (schema, results) = if prepared.fields().is_empty() {
             let out = session
@@ -268,6 +275,7 @@ impl VeilFlightSql {
             project: session.project().map(str::to_string),
             policy_version: version,
             results,
+            plan,
         };
         let token = self.signer.sign("ticket", &body, TICKET_TTL_SECS)?;
         let ticket = TicketStatementQuery {
@@ -310,7 +318,7 @@ impl VeilFlightSql {
         enter(&mut session, body.project.as_deref())?;
         let params = decode_params(&body.handle.params)?;
         let out = session
-            .execute_with_params(&body.handle.sql, params)
+            .execute_planned(&body.handle.sql, params, body.plan.as_deref())
             .await
             .map_err(to_status)?;
         Ok(encode_stream(out))
