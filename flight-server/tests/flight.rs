@@ -100,6 +100,32 @@ async fn tickets_are_bound_to_their_user_and_signed() {
 }
 
 #[tokio::test]
+async fn a_ticket_runs_under_the_policies_in_force_at_doget() {
+    let s = start().await;
+    let mut bob = client(s.handle.addr, "bob", "bob-pw").await.unwrap();
+    let mut admin = client(s.handle.addr, "admin", "admin-pw").await.unwrap();
+    let sql = "SELECT DISTINCT region FROM hr.employees";
+    // GetFlightInfo plans the query (and keeps the plan for its DoGet).
+    let planned = bob.execute(sql.into(), None).await.unwrap();
+    let fresh = bob.execute(sql.into(), None).await.unwrap();
+    assert_eq!(
+        harness::rows(&fetch(&mut bob, fresh).await.unwrap()),
+        vec![vec!["US".to_string()]]
+    );
+    // bob's attribute changes between GetFlightInfo and DoGet: the DoGet
+    // answers under the change, never with the plan made before it.
+    let change = admin
+        .execute("ALTER USER bob SET ATTRIBUTE region = ('EU')".into(), None)
+        .await
+        .unwrap();
+    fetch(&mut admin, change).await.unwrap();
+    assert_eq!(
+        harness::rows(&fetch(&mut bob, planned).await.unwrap()),
+        vec![vec!["EU".to_string()]]
+    );
+}
+
+#[tokio::test]
 async fn metadata_lists_only_subscribed_sources() {
     let s = start().await;
     let mut dave = client(s.handle.addr, "dave", "dave-pw").await.unwrap();
