@@ -14,8 +14,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(any) = Any::decode(data) {
         let _ = Command::try_from(any);
     }
-    let _ = session_options::decode::<arrow_flight::SetSessionOptionsRequest>(data);
-    let _ = session_options::decode::<arrow_flight::CloseSessionRequest>(data);
+    let _ = session_options::decode::<session_options::SetSessionOptionsRequest>(data);
     if let Ok(ticket) = TicketStatementQuery::decode(data) {
         let signer = Signer::new([7; 32]);
         let text = String::from_utf8_lossy(&ticket.statement_handle);

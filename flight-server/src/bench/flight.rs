@@ -45,6 +45,11 @@ pub struct Latency {
     pub p50_ms: f64,
     /// 99th percentile, ms.
     pub p99_ms: f64,
+    /// Median of the GetFlightInfo call alone (the server plans), ms.
+    pub info_p50_ms: f64,
+    /// Median of the DoGet call alone (the server runs the plan and
+    /// records the audit), ms.
+    pub doget_p50_ms: f64,
 }
 
 /// The whole report.
@@ -58,12 +63,22 @@ pub struct FlightReport {
     pub latency: Latency,
 }
 
-/// Runs a query and drains every endpoint; returns (rows, bytes).
+/// What one query took.
+struct Drained {
+    rows: u64,
+    bytes: u64,
+    /// The GetFlightInfo call.
+    info: Duration,
+}
+
+/// Runs a query and drains every endpoint.
 async fn drain(
     client: &mut FlightSqlServiceClient<Channel>,
     sql: &str,
-) -> Result<(u64, u64), BenchError> {
+) -> Result<Drained, BenchError> {
+    let t = Instant::now();
     let info = client.execute(sql.to_string(), None).await?;
+    let info_time = t.elapsed();
     let (mut rows, mut bytes) = (0u64, 0u64);
     for endpoint in info.endpoint {
         let ticket = endpoint
@@ -75,7 +90,11 @@ async fn drain(
             bytes += batch_bytes(&batch);
         }
     }
-    Ok((rows, bytes))
+    Ok(Drained {
+        rows,
+        bytes,
+        info: info_time,
+    })
 }
 
 fn batch_bytes(batch: &RecordBatch) -> u64 {
@@ -101,7 +120,7 @@ pub async fn run(data: &Path, runs: usize, points: usize) -> Result<FlightReport
         let mut best: Option<(Duration, u64, u64)> = None;
         for _ in 0..runs.max(1) {
             let t = Instant::now();
-            let (rows, bytes) = drain(&mut c, "SELECT * FROM tpch.lineitem").await?;
+            let Drained { rows, bytes, .. } = drain(&mut c, "SELECT * FROM tpch.lineitem").await?;
             let d = t.elapsed();
             if best.is_none_or(|(b, _, _)| d < b) {
                 best = Some((d, rows, bytes));
@@ -121,16 +140,22 @@ pub async fn run(data: &Path, runs: usize, points: usize) -> Result<FlightReport
     }
     let mut c = super::flight_client(&server.addr.to_string(), RESTRICTED, PASSWORD, None).await?;
     let mut times = Vec::with_capacity(points);
+    let (mut infos, mut dogets) = (Vec::with_capacity(points), Vec::with_capacity(points));
     for i in 0..points {
         let sql = format!(
             "SELECT c_name, c_acctbal FROM tpch.customer WHERE c_custkey = {}",
             1 + (i as u64 * 7919) % 1000
         );
         let t = Instant::now();
-        drain(&mut c, &sql).await?;
-        times.push(t.elapsed());
+        let info = drain(&mut c, &sql).await?.info;
+        let total = t.elapsed();
+        times.push(total);
+        infos.push(info);
+        dogets.push(total.saturating_sub(info));
     }
     times.sort();
+    infos.sort();
+    dogets.sort();
     let _ = server.shutdown().await;
     Ok(FlightReport {
         machine: super::report::machine(),
@@ -140,6 +165,8 @@ pub async fn run(data: &Path, runs: usize, points: usize) -> Result<FlightReport
             count: points,
             p50_ms: super::percentile(&times, 0.5),
             p99_ms: super::percentile(&times, 0.99),
+            info_p50_ms: super::percentile(&infos, 0.5),
+            doget_p50_ms: super::percentile(&dogets, 0.5),
         },
     })
 }
@@ -160,8 +187,13 @@ impl FlightReport {
             ));
         }
         s.push_str(&format!(
-            "{} point queries as {RESTRICTED}: p50 {:.2} ms, p99 {:.2} ms\n",
-            self.latency.count, self.latency.p50_ms, self.latency.p99_ms
+            "{} point queries as {RESTRICTED}: p50 {:.2} ms, p99 {:.2} ms \
+             (GetFlightInfo p50 {:.2} ms, DoGet p50 {:.2} ms)\n",
+            self.latency.count,
+            self.latency.p50_ms,
+            self.latency.p99_ms,
+            self.latency.info_p50_ms,
+            self.latency.doget_p50_ms
         ));
         s
     }
