@@ -10,7 +10,8 @@ use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, UnaryOperator, Value,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use crate::error::{Result, VeilError};
 use crate::principal::Principal;
@@ -55,14 +56,64 @@ pub fn normalize_current_user(sql: &str) -> std::borrow::Cow<'_, str> {
 /// A sqlparser `Parser` over `sql`, built from tokens: unlike
 /// `Parser::try_with_sql` it logs nothing, so statement text (a password in
 /// `CREATE USER`) never reaches a debug log.
+/// Refuses, too, what [`check_name_chains`] refuses.
 pub(crate) fn quiet_parser<'a>(
     dialect: &'a GenericDialect,
     sql: &str,
-) -> std::result::Result<Parser<'a>, datafusion::sql::sqlparser::parser::ParserError> {
-    let tokens = datafusion::sql::sqlparser::tokenizer::Tokenizer::new(dialect, sql)
-        .with_unescape(true)
-        .tokenize_with_location()?;
+) -> std::result::Result<Parser<'a>, ParserError> {
+    let tokens = tokens(dialect, sql)?;
+    check_name_chains(&tokens).map_err(|e| ParserError::ParserError(e.to_string()))?;
     Ok(Parser::new(dialect).with_tokens_with_locations(tokens))
+}
+
+/// The tokens of `sql` (sqlparser's tokenizer: linear, logs nothing).
+pub(crate) fn tokens(
+    dialect: &GenericDialect,
+    sql: &str,
+) -> std::result::Result<Vec<TokenWithSpan>, ParserError> {
+    Ok(Tokenizer::new(dialect, sql)
+        .with_unescape(true)
+        .tokenize_with_location()?)
+}
+
+/// The most `.` one chain of names and subscripts may hold (`a.b[1].c`
+/// holds two; nothing but names, numbers, subscripts and whitespace may
+/// sit between them). Real names have at most catalog, schema, table,
+/// column and a few struct fields.
+pub const MAX_NAME_PARTS: usize = 16;
+
+/// Refuses a longer chain than [`MAX_NAME_PARTS`] before any parser sees
+/// the text: sqlparser 0.62 (the one DataFusion 55 uses) takes time
+/// exponential in the length of a chain that fails to parse (fixed
+/// upstream in apache/datafusion-sqlparser-rs#2344). The `policy_expression`
+/// fuzz target found a 71-byte statement that took 4 s in a release build,
+/// and each further part doubles it; any user could have pinned a server
+/// thread with one statement.
+pub fn check_name_chains(tokens: &[TokenWithSpan]) -> Result<()> {
+    let mut dots = 0usize;
+    for t in tokens {
+        match &t.token {
+            Token::Period => {
+                dots += 1;
+                if dots > MAX_NAME_PARTS {
+                    return Err(VeilError::InvalidArgument(format!(
+                        "a name or subscript chain with more than {MAX_NAME_PARTS} '.' \
+                         (near line {}, column {}) is not accepted",
+                        t.span.start.line, t.span.start.column
+                    )));
+                }
+            }
+            Token::Whitespace(_)
+            | Token::Word(_)
+            | Token::Number(..)
+            | Token::LBracket
+            | Token::RBracket
+            | Token::Colon
+            | Token::DoubleColon => {}
+            _ => dots = 0,
+        }
+    }
+    Ok(())
 }
 
 /// Parses a condition's SQL text.

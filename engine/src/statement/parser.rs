@@ -265,9 +265,12 @@ pub fn parse(sql: &str) -> Result<Option<GovStatement>> {
     let normalized = crate::condition::normalize_current_user(sql);
     let sql: &str = &normalized;
     let dialect = GenericDialect {};
-    let Ok(parser) = crate::condition::quiet_parser(&dialect, sql) else {
+    let Ok(tokens) = crate::condition::tokens(&dialect, sql) else {
         return Ok(None);
     };
+    // Before any parser (ours or DataFusion's) sees the statement.
+    crate::condition::check_name_chains(&tokens)?;
+    let parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let mut p = P { p: parser, sql };
     let first = p.peek_word(0).unwrap_or_default();
     let second = p.peek_word(1).unwrap_or_default();
