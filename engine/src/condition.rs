@@ -10,6 +10,7 @@ use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, UnaryOperator, Value,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
@@ -77,9 +78,10 @@ pub(crate) fn tokens(
 }
 
 /// The most `.` one chain of names and subscripts may hold (`a.b[1].c`
-/// holds two; nothing but names, numbers, subscripts and whitespace may
-/// sit between them). Real names have at most catalog, schema, table,
-/// column and a few struct fields.
+/// holds two). A chain is names, numbers, subscripts and whitespace; any
+/// other token ends it, and so does a keyword that does not follow a `.`
+/// (`CASE WHEN t.a THEN t.b ...` is many short chains). Real names have at
+/// most catalog, schema, table, column and a few struct fields.
 pub const MAX_NAME_PARTS: usize = 16;
 
 /// Refuses a longer chain than [`MAX_NAME_PARTS`] before any parser sees
@@ -91,10 +93,13 @@ pub const MAX_NAME_PARTS: usize = 16;
 /// thread with one statement.
 pub fn check_name_chains(tokens: &[TokenWithSpan]) -> Result<()> {
     let mut dots = 0usize;
+    let mut after_dot = false;
     for t in tokens {
+        let was_after_dot = std::mem::replace(&mut after_dot, false);
         match &t.token {
             Token::Period => {
                 dots += 1;
+                after_dot = true;
                 if dots > MAX_NAME_PARTS {
                     return Err(VeilError::InvalidArgument(format!(
                         "a name or subscript chain with more than {MAX_NAME_PARTS} '.' \
@@ -103,8 +108,9 @@ pub fn check_name_chains(tokens: &[TokenWithSpan]) -> Result<()> {
                     )));
                 }
             }
-            Token::Whitespace(_)
-            | Token::Word(_)
+            Token::Whitespace(_) => after_dot = was_after_dot,
+            Token::Word(w) if w.keyword != Keyword::NoKeyword && !was_after_dot => dots = 0,
+            Token::Word(_)
             | Token::Number(..)
             | Token::LBracket
             | Token::RBracket
@@ -289,6 +295,30 @@ mod tests {
             .or_default()
             .insert("EU".into());
         p
+    }
+
+    fn chains(sql: &str) -> Result<()> {
+        check_name_chains(&tokens(&GenericDialect {}, sql).unwrap())
+    }
+
+    #[test]
+    fn long_name_chains_are_refused_and_long_queries_are_not() {
+        let chain = |n: usize| vec!["ab"; n].join(".");
+        assert!(chains(&format!("SELECT {}", chain(17))).is_ok());
+        let e = chains(&format!("SELECT {}", chain(18))).unwrap_err();
+        assert!(e.to_string().contains("more than 16 '.'"), "{e}");
+        // Keywords in field position stay in the chain (the fuzz input).
+        assert!(chains(&format!("SELECT a.{}", vec!["to"; 17].join("."))).is_err());
+        assert!(chains(&format!("SELECT a{}", "[1].b".repeat(17))).is_err());
+        // Many qualified names in one expression, split by keywords.
+        let arms: String = (0..40)
+            .map(|i| format!(" WHEN s.t{i}.a THEN s.t{i}.b"))
+            .collect();
+        assert!(chains(&format!("SELECT CASE{arms} END FROM c.s.t")).is_ok());
+        let joins: String = (0..40)
+            .map(|i| format!(" JOIN c.s.t{i} USING (k)"))
+            .collect();
+        assert!(chains(&format!("SELECT x.y FROM c.s.t{joins}")).is_ok());
     }
 
     #[test]
