@@ -517,7 +517,14 @@ async fn a_plan_made_ahead_never_runs_under_other_policies_users_or_sql() {
     let (_, id) = bob.plan_ahead(sql, None).await.unwrap();
     let other = "SELECT count(*) FROM hr.employees WHERE region = 'EU'";
     assert_eq!(planned(&mut bob, other, id.as_deref()).await, [["0"]]);
-    // Other settings or a project: planned anew.
+    // Planned while impersonating bob, run as oneself: one's own answer.
+    admin.impersonate(Some("bob")).unwrap();
+    let (_, id) = admin.plan_ahead(sql, None).await.unwrap();
+    admin.impersonate(None).unwrap();
+    let own = planned(&mut admin, sql, id.as_deref()).await;
+    assert_eq!(own, q(&mut admin, sql).await);
+    assert_ne!(own, us, "the impersonated user's plan ran as admin");
+    // Other settings: planned anew.
     let (_, id) = bob.plan_ahead(sql, None).await.unwrap();
     q(&mut bob, "SET datafusion.execution.batch_size = 7").await;
     assert_eq!(planned(&mut bob, sql, id.as_deref()).await, us);
