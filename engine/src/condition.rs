@@ -9,13 +9,11 @@
 use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, UnaryOperator, Value,
 };
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::keywords::Keyword;
-use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
+use datafusion::sql::sqlparser::tokenizer::Token;
 
 use crate::error::{Result, VeilError};
 use crate::principal::Principal;
+use crate::sql_guard::{checked_tokens, quiet_parser, BoundedDialect};
 
 /// A compiled condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,84 +52,17 @@ pub fn normalize_current_user(sql: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// A sqlparser `Parser` over `sql`, built from tokens: unlike
-/// `Parser::try_with_sql` it logs nothing, so statement text (a password in
-/// `CREATE USER`) never reaches a debug log.
-/// Refuses, too, what [`check_name_chains`] refuses.
-pub(crate) fn quiet_parser<'a>(
-    dialect: &'a GenericDialect,
-    sql: &str,
-) -> std::result::Result<Parser<'a>, ParserError> {
-    let tokens = tokens(dialect, sql)?;
-    check_name_chains(&tokens).map_err(|e| ParserError::ParserError(e.to_string()))?;
-    Ok(Parser::new(dialect).with_tokens_with_locations(tokens))
-}
-
-/// The tokens of `sql` (sqlparser's tokenizer: linear, logs nothing).
-pub(crate) fn tokens(
-    dialect: &GenericDialect,
-    sql: &str,
-) -> std::result::Result<Vec<TokenWithSpan>, ParserError> {
-    Ok(Tokenizer::new(dialect, sql)
-        .with_unescape(true)
-        .tokenize_with_location()?)
-}
-
-/// The most `.` one chain of names and subscripts may hold (`a.b[1].c`
-/// holds two). A chain is names, numbers, subscripts and whitespace; any
-/// other token ends it, and so does a keyword that does not follow a `.`
-/// (`CASE WHEN t.a THEN t.b ...` is many short chains). Real names have at
-/// most catalog, schema, table, column and a few struct fields.
-pub const MAX_NAME_PARTS: usize = 16;
-
-/// Refuses a longer chain than [`MAX_NAME_PARTS`] before any parser sees
-/// the text: sqlparser 0.62 (the one DataFusion 55 uses) takes time
-/// exponential in the length of a chain that fails to parse (fixed
-/// upstream in apache/datafusion-sqlparser-rs#2344). The `policy_expression`
-/// fuzz target found a 71-byte statement that took 4 s in a release build,
-/// and each further part doubles it; any user could have pinned a server
-/// thread with one statement.
-pub fn check_name_chains(tokens: &[TokenWithSpan]) -> Result<()> {
-    let mut dots = 0usize;
-    let mut after_dot = false;
-    for t in tokens {
-        let was_after_dot = std::mem::replace(&mut after_dot, false);
-        match &t.token {
-            Token::Period => {
-                dots += 1;
-                after_dot = true;
-                if dots > MAX_NAME_PARTS {
-                    return Err(VeilError::InvalidArgument(format!(
-                        "a name or subscript chain with more than {MAX_NAME_PARTS} '.' \
-                         (near line {}, column {}) is not accepted",
-                        t.span.start.line, t.span.start.column
-                    )));
-                }
-            }
-            Token::Whitespace(_) => after_dot = was_after_dot,
-            Token::Word(w) if w.keyword != Keyword::NoKeyword && !was_after_dot => dots = 0,
-            Token::Word(_)
-            | Token::Number(..)
-            | Token::LBracket
-            | Token::RBracket
-            | Token::Colon
-            | Token::DoubleColon => {}
-            _ => dots = 0,
-        }
-    }
-    Ok(())
-}
-
 /// Parses a condition's SQL text.
 pub fn parse_condition(text: &str) -> Result<Condition> {
-    quiet_parser(&GenericDialect {}, &normalize_current_user(text))
-        .and_then(|mut p| {
-            let e = p.parse_expr()?;
-            p.expect_token(&datafusion::sql::sqlparser::tokenizer::Token::EOF)?;
-            Ok(e)
-        })
-        .map_err(|e| bad(text, e))
-        .and_then(|expr| compile(&expr, text))
+    let sql = normalize_current_user(text);
+    let dialect = BoundedDialect::for_sql(&sql);
+    let parsed = checked_tokens(&dialect, &sql).and_then(|tokens| {
+        let mut p = quiet_parser(&dialect, tokens.map_err(|e| bad(text, e))?);
+        let e = p.parse_expr().map_err(|e| bad(text, e))?;
+        p.expect_token(&Token::EOF).map_err(|e| bad(text, e))?;
+        Ok(e)
+    });
+    dialect.finish(parsed).and_then(|expr| compile(&expr, text))
 }
 
 /// The string literal arguments of a principal function call.
@@ -295,30 +226,6 @@ mod tests {
             .or_default()
             .insert("EU".into());
         p
-    }
-
-    fn chains(sql: &str) -> Result<()> {
-        check_name_chains(&tokens(&GenericDialect {}, sql).unwrap())
-    }
-
-    #[test]
-    fn long_name_chains_are_refused_and_long_queries_are_not() {
-        let chain = |n: usize| vec!["ab"; n].join(".");
-        assert!(chains(&format!("SELECT {}", chain(17))).is_ok());
-        let e = chains(&format!("SELECT {}", chain(18))).unwrap_err();
-        assert!(e.to_string().contains("more than 16 '.'"), "{e}");
-        // Keywords in field position stay in the chain (the fuzz input).
-        assert!(chains(&format!("SELECT a.{}", vec!["to"; 17].join("."))).is_err());
-        assert!(chains(&format!("SELECT a{}", "[1].b".repeat(17))).is_err());
-        // Many qualified names in one expression, split by keywords.
-        let arms: String = (0..40)
-            .map(|i| format!(" WHEN s.t{i}.a THEN s.t{i}.b"))
-            .collect();
-        assert!(chains(&format!("SELECT CASE{arms} END FROM c.s.t")).is_ok());
-        let joins: String = (0..40)
-            .map(|i| format!(" JOIN c.s.t{i} USING (k)"))
-            .collect();
-        assert!(chains(&format!("SELECT x.y FROM c.s.t{joins}")).is_ok());
     }
 
     #[test]

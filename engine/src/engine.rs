@@ -824,7 +824,10 @@ impl Session {
     /// other statements), or recognizes a workspace write or a `SET`.
     async fn plan_sql(&self, ctx: &SessionContext, sql: &str) -> Result<Planned> {
         let sql = statement::number_placeholders(sql);
-        let plan = ctx.state().create_logical_plan(&sql).await?;
+        let state = ctx.state();
+        let limit = state.config_options().sql_parser.recursion_limit.get();
+        let statement = crate::sql_guard::parse_statement(&sql, limit)?;
+        let plan = state.statement_to_plan(statement).await?;
         if let LogicalPlan::Statement(Statement::SetVariable(set)) = &plan {
             return Ok(Planned::Set(settable(&set.variable, set.value.to_string())));
         }

@@ -18,6 +18,7 @@ mod plan_cache;
 pub mod policy;
 pub mod principal;
 pub mod project;
+pub mod sql_guard;
 pub mod statement;
 pub mod store;
 pub mod workspace;

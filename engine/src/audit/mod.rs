@@ -47,6 +47,20 @@ pub fn applied_json(gctx: &GovernanceContext) -> (String, serde_json::Value) {
     (names.join(","), sources)
 }
 
+/// `sql` as the audit keeps it: whole, unless it is over the parser's
+/// limit (then it was refused unparsed): its first bytes and its length.
+fn bounded_text(sql: &str) -> String {
+    let max = crate::sql_guard::MAX_SQL_BYTES;
+    if sql.len() <= max {
+        return sql.to_string();
+    }
+    let mut end = max;
+    while !sql.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} ... ({} bytes in all)", &sql[..end], sql.len())
+}
+
 /// One query's record, written when its result ends (or fails, or is
 /// dropped by the client).
 pub(crate) struct QueryAudit {
@@ -72,7 +86,7 @@ impl QueryAudit {
     ) -> Self {
         Self {
             entry,
-            sql: sql.to_string(),
+            sql: bounded_text(sql),
             started: Instant::now(),
             gctx,
             writer,

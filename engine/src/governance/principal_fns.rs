@@ -76,7 +76,10 @@ pub fn parsing_state() -> &'static SessionState {
 
 /// Parses a row predicate against `schema` (principal functions unresolved).
 pub fn parse_predicate(sql: &str, schema: &DFSchema) -> Result<Expr> {
-    parsing_state().create_logical_expr(&crate::condition::normalize_current_user(sql), schema)
+    let state = parsing_state();
+    let limit = state.config_options().sql_parser.recursion_limit.get();
+    let expr = crate::sql_guard::parse_expr(&crate::condition::normalize_current_user(sql), limit)?;
+    state.create_logical_expr_from_sql_expr(expr, schema)
 }
 
 fn lit_str(e: &Expr) -> Option<&str> {

@@ -1,7 +1,6 @@
 //! Parser for governance statements, on top of sqlparser's tokenizer and
 //! expression parser.
 
-use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
 
@@ -9,6 +8,7 @@ use super::ast::{GovStatement, ProjectAction};
 use crate::condition::parse_condition;
 use crate::error::{Result, VeilError};
 use crate::model::{Applicability, MaskMethod, Permission, Subscription, Target};
+use crate::sql_guard::BoundedDialect;
 
 struct P<'a> {
     p: Parser<'a>,
@@ -263,14 +263,17 @@ impl<'a> P<'a> {
 /// (then it is ordinary SQL for DataFusion).
 pub fn parse(sql: &str) -> Result<Option<GovStatement>> {
     let normalized = crate::condition::normalize_current_user(sql);
-    let sql: &str = &normalized;
-    let dialect = GenericDialect {};
-    let Ok(tokens) = crate::condition::tokens(&dialect, sql) else {
+    let dialect = BoundedDialect::for_sql(&normalized);
+    dialect.finish(parse_with(&dialect, &normalized))
+}
+
+fn parse_with(dialect: &BoundedDialect, sql: &str) -> Result<Option<GovStatement>> {
+    // Before any parser (ours or DataFusion's) sees the statement; text
+    // that does not tokenize is left to DataFusion's error.
+    let Ok(tokens) = crate::sql_guard::checked_tokens(dialect, sql)? else {
         return Ok(None);
     };
-    // Before any parser (ours or DataFusion's) sees the statement.
-    crate::condition::check_name_chains(&tokens)?;
-    let parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
+    let parser = crate::sql_guard::quiet_parser(dialect, tokens);
     let mut p = P { p: parser, sql };
     let first = p.peek_word(0).unwrap_or_default();
     let second = p.peek_word(1).unwrap_or_default();

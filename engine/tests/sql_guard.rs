@@ -1,0 +1,139 @@
+//! The step budget against real statements: every query in the repository
+//! (TPC-H, the .slt suites, the demo and benchmark set-up scripts) parses
+//! to exactly what the generic dialect gives, within a small fraction of
+//! its budget.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::{Path, PathBuf};
+
+use datafusion::sql::parser::DFParserBuilder;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use veil_engine::sql_guard::{BoundedDialect, MIN_STEPS, STEPS_PER_BYTE};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn files(dir: &str, ext: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(root().join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The SQL of every `statement` and `query` record of an .slt file.
+fn slt_statements(text: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line.starts_with("statement ") || line.starts_with("query ") {
+            let sql: Vec<&str> = lines
+                .by_ref()
+                .take_while(|l| !l.trim().is_empty() && *l != "----")
+                .collect();
+            out.push(sql.join("\n"));
+        }
+    }
+    out
+}
+
+fn corpus() -> Vec<String> {
+    let mut all = vec![];
+    for f in files("benches/tpch/queries", "sql") {
+        all.push(std::fs::read_to_string(f).unwrap());
+    }
+    for f in files("testdata/slt", "slt") {
+        all.extend(slt_statements(&std::fs::read_to_string(f).unwrap()));
+    }
+    for f in ["testdata/demo/setup.sql", "benches/tpch/governance.sql"] {
+        let text = std::fs::read_to_string(root().join(f)).unwrap();
+        all.extend(veil_engine::statement::split_script(&text).unwrap());
+    }
+    all
+}
+
+#[test]
+fn parses_like_the_generic_dialect_within_a_fraction_of_the_budget() {
+    let (mut queries, mut governance, mut worst) = (0, 0, 0.0f64);
+    for sql in corpus() {
+        if veil_engine::statement::parse(&sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .is_some()
+        {
+            governance += 1;
+            continue;
+        }
+        let bounded = BoundedDialect::for_sql(&sql);
+        let ours = DFParserBuilder::new(sql.as_str())
+            .with_dialect(&bounded)
+            .build()
+            .and_then(|mut p| p.parse_statements());
+        let generic = DFParserBuilder::new(sql.as_str())
+            .with_dialect(&GenericDialect {})
+            .build()
+            .and_then(|mut p| p.parse_statements());
+        match (&ours, &generic) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "{sql}"),
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{sql}"),
+            _ => panic!("{sql}: bounded {ours:?} vs generic {generic:?}"),
+        }
+        assert!(!bounded.exhausted(), "{sql}");
+        let budget = (sql.len() as u64 * STEPS_PER_BYTE).max(MIN_STEPS) as f64;
+        worst = worst.max(bounded.steps() as f64 / budget);
+        println!(
+            "{:>6} steps {:>6} bytes {sql:.60}",
+            bounded.steps(),
+            sql.len()
+        );
+        queries += 1;
+    }
+    println!("{queries} queries, {governance} governance statements; worst share of the budget {worst:.3}");
+    assert!(
+        queries >= 140 && governance >= 150,
+        "{queries} / {governance}"
+    );
+    assert!(
+        worst < 0.1,
+        "a real statement used {worst:.2} of its budget"
+    );
+}
+
+/// The densest constructs real SQL has (long operator chains, IN lists,
+/// nested parentheses and calls) take at most 2 steps per byte: a quarter
+/// of the budget.
+#[test]
+fn dense_statements_stay_well_within_the_budget() {
+    let cases = [
+        format!("SELECT {}1{}", "(".repeat(40), ")".repeat(40)),
+        format!("SELECT {}", vec!["1"; 5000].join("+")),
+        format!("SELECT {}", vec!["-1"; 5000].join("*")),
+        format!("SELECT {}", vec!["a"; 5000].join(" OR ")),
+        format!("SELECT x IN ({})", vec!["1"; 5000].join(",")),
+        format!("SELECT {}1{}", "abs(".repeat(40), ")".repeat(40)),
+        format!("SELECT {}1", "NOT ".repeat(40)),
+        format!("SELECT CASE {} END", vec!["WHEN a THEN b"; 2000].join(" ")),
+        format!("SELECT {}", vec!["a.b"; 5000].join(",")),
+        format!("SELECT {}", vec!["'x'"; 5000].join("||")),
+        format!(
+            "SELECT {}1 AS int){}",
+            "CAST(".repeat(30),
+            " AS int)".repeat(29)
+        ),
+        format!("SELECT a[1]{}", "[1]".repeat(40)),
+        format!("SELECT {}", vec!["interval '1 day'"; 500].join("+")),
+    ];
+    for sql in cases {
+        let bounded = BoundedDialect::for_sql(&sql);
+        DFParserBuilder::new(sql.as_str())
+            .with_dialect(&bounded)
+            .build()
+            .and_then(|mut p| p.parse_statements())
+            .unwrap_or_else(|e| panic!("{sql:.60}: {e}"));
+        let per_byte = bounded.steps() as f64 / sql.len() as f64;
+        assert!(per_byte <= 2.0, "{per_byte:.2} steps per byte: {sql:.60}");
+    }
+}
