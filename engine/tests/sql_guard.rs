@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 
 use datafusion::sql::parser::DFParserBuilder;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
-use veil_engine::sql_guard::{BoundedDialect, MIN_STEPS, STEPS_PER_BYTE};
+use veil_engine::sql_guard::{
+    BoundedDialect, MAX_OPERATORS, MIN_STEPS, STEPS_PER_BYTE, WORKER_STACK_BYTES,
+};
+
+mod common;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -109,15 +113,15 @@ fn parses_like_the_generic_dialect_within_a_fraction_of_the_budget() {
 fn dense_statements_stay_well_within_the_budget() {
     let cases = [
         format!("SELECT {}1{}", "(".repeat(40), ")".repeat(40)),
-        format!("SELECT {}", vec!["1"; 5000].join("+")),
-        format!("SELECT {}", vec!["-1"; 5000].join("*")),
-        format!("SELECT {}", vec!["a"; 5000].join(" OR ")),
+        format!("SELECT {}", vec!["1"; 2000].join("+")),
+        format!("SELECT {}", vec!["-1"; 2000].join("*")),
+        format!("SELECT {}", vec!["a"; 2000].join(" OR ")),
         format!("SELECT x IN ({})", vec!["1"; 5000].join(",")),
         format!("SELECT {}1{}", "abs(".repeat(40), ")".repeat(40)),
         format!("SELECT {}1", "NOT ".repeat(40)),
         format!("SELECT CASE {} END", vec!["WHEN a THEN b"; 2000].join(" ")),
         format!("SELECT {}", vec!["a.b"; 5000].join(",")),
-        format!("SELECT {}", vec!["'x'"; 5000].join("||")),
+        format!("SELECT {}", vec!["'x'"; 2000].join("||")),
         format!(
             "SELECT {}1 AS int){}",
             "CAST(".repeat(30),
@@ -136,4 +140,42 @@ fn dense_statements_stay_well_within_the_budget() {
         let per_byte = bounded.steps() as f64 / sql.len() as f64;
         assert!(per_byte <= 2.0, "{per_byte:.2} steps per byte: {sql:.60}");
     }
+}
+
+/// Statements at the limits run through the whole engine (parse, plan,
+/// governance rule, optimizer, execution, drop) as bob on a thread with a
+/// server worker's stack.
+#[test]
+fn statements_at_the_limits_plan_and_run_on_a_worker_stack() {
+    std::thread::Builder::new()
+        .stack_size(WORKER_STACK_BYTES)
+        .spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let engine = common::demo(dir.path(), Default::default()).await;
+                let mut bob = engine.session("bob");
+                let n = MAX_OPERATORS as usize;
+                let sum = format!("SELECT {}", vec!["1"; n].join("+"));
+                assert_eq!(common::one(&mut bob, &sum).await, n.to_string());
+                let ors: Vec<String> = (1..n / 2).map(|i| format!("employee_id = {i}")).collect();
+                let filter = format!(
+                    "SELECT count(*) FROM hr.employees WHERE {}",
+                    ors.join(" OR ")
+                );
+                common::one(&mut bob, &filter).await;
+                common::run(&mut bob, &format!("EXPLAIN VERBOSE {filter}")).await;
+                let nested = format!("SELECT {}1{}", "(".repeat(20), ")".repeat(20));
+                assert_eq!(common::one(&mut bob, &nested).await, "1");
+                let bad = format!("SELECT {} + 'x'", vec!["salary"; n - 1].join("+"));
+                let e = common::err(&mut bob, &format!("{bad} FROM hr.employees")).await;
+                assert!(!e.to_string().is_empty());
+            });
+        })
+        .unwrap()
+        .join()
+        .unwrap();
 }

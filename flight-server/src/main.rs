@@ -628,7 +628,13 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Deep (but accepted) statements recurse in DataFusion's planner; give
+    // every worker the stack the engine's parser limits are sized for.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(veil_engine::sql_guard::WORKER_STACK_BYTES)
+        .build()
+    {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
