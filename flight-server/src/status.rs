@@ -3,6 +3,11 @@
 use tonic::{Code, Status};
 use veil_engine::{ErrorKind, VeilError};
 
+/// Longest status message sent: errors that quote a statement (a syntax
+/// error in a 1 MiB script) would otherwise not fit in the HTTP/2 trailers
+/// a client accepts, and the client would see a protocol error instead.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
 /// The gRPC status for an engine error. Internal errors keep their message
 /// (it never holds data values or keys) but get code Internal.
 pub fn to_status(e: VeilError) -> Status {
@@ -17,7 +22,16 @@ pub fn to_status(e: VeilError) -> Status {
         ErrorKind::ResourceExhausted => Code::ResourceExhausted,
         ErrorKind::Internal => Code::Internal,
     };
-    Status::new(code, e.to_string())
+    let mut message = e.to_string();
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str(" ... (message truncated)");
+    }
+    Status::new(code, message)
 }
 
 /// Converts anything that converts into an engine error.

@@ -503,6 +503,18 @@ async fn parser_bombs_are_refused_and_the_server_keeps_serving() {
         assert!(started.elapsed() < Duration::from_secs(10), "{sql:.40}");
         assert_eq!(rows(&query(&mut bob, "SELECT 1").await.unwrap()), 1);
     }
+    // An error that quotes a long statement arrives whole, cut to 4 KiB.
+    let long = format!(
+        "CREATE USER x PASSWORD 'p' GROUPS ({}",
+        "'g',".repeat(100_000)
+    );
+    let e = query(&mut bob, &long).await.unwrap_err();
+    assert!(e.contains("invalid argument: syntax error"), "{e:.200}");
+    assert!(
+        e.contains("(message truncated)") && e.len() < 8192,
+        "{}",
+        e.len()
+    );
     let refused = server
         .engine
         .store()
