@@ -80,7 +80,9 @@ fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
 }
 
 fn read_anchor(tx: &Connection, key: &str) -> Result<AuditAnchor> {
-    let v: String = tx.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))?;
+    let v: String = tx
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))?;
     let bad = || VeilError::Internal(format!("catalog meta {key} is corrupt"));
     let (id, mac) = v.split_once(':').ok_or_else(bad)?;
     Ok(AuditAnchor {
@@ -90,10 +92,8 @@ fn read_anchor(tx: &Connection, key: &str) -> Result<AuditAnchor> {
 }
 
 fn write_anchor(tx: &Connection, key: &str, a: &AuditAnchor) -> Result<()> {
-    tx.execute(
-        "UPDATE meta SET value = ?2 WHERE key = ?1",
-        params![key, format!("{}:{}", a.id, hex::encode(&a.mac))],
-    )?;
+    tx.prepare_cached("UPDATE meta SET value = ?2 WHERE key = ?1")?
+        .execute(params![key, format!("{}:{}", a.id, hex::encode(&a.mac))])?;
     Ok(())
 }
 
@@ -185,27 +185,28 @@ impl SqliteStore {
     fn append(&self, tx: &Transaction<'_>, entries: &[AuditEntry]) -> Result<()> {
         let mut head = read_anchor(tx, "audit_head")?;
         let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO audit (id, at, actor, impersonated, action, object, detail, outcome, mac, project)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
         for e in entries {
             let mac = chain::mac(&self.audit_key, &head.mac, &at, e);
             head.id += 1;
-            tx.execute(
-                "INSERT INTO audit (id, at, actor, impersonated, action, object, detail, outcome, mac, project)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
-                    head.id,
-                    at,
-                    e.actor,
-                    e.impersonated,
-                    e.action,
-                    e.object,
-                    e.detail,
-                    e.outcome,
-                    mac,
-                    e.project
-                ],
-            )?;
+            insert.execute(params![
+                head.id,
+                at,
+                e.actor,
+                e.impersonated,
+                e.action,
+                e.object,
+                e.detail,
+                e.outcome,
+                mac,
+                e.project
+            ])?;
             head.mac = mac;
         }
+        drop(insert);
         write_anchor(tx, "audit_head", &head)
     }
 }
@@ -250,11 +251,9 @@ fn check_expected(tx: &Transaction<'_>, project: &str, name: &str, expect: Expec
 impl CatalogStore for SqliteStore {
     fn version(&self) -> Result<u64> {
         let conn = self.read()?;
-        let v: String = conn.query_row(
-            "SELECT value FROM meta WHERE key = 'policy_version'",
-            [],
-            |r| r.get(0),
-        )?;
+        let v: String = conn
+            .prepare_cached("SELECT value FROM meta WHERE key = 'policy_version'")?
+            .query_row([], |r| r.get(0))?;
         v.parse()
             .map_err(|_| VeilError::Internal("policy_version is not a number".into()))
     }
