@@ -56,6 +56,23 @@ def test_subscription_and_error_codes(server):
         assert tables == ["transactions"]
 
 
+def test_parser_bombs_are_refused_and_the_connection_keeps_working(server):
+    # Each would take hours (exponential backtracking in sqlparser 0.62) or
+    # abort the server (stack overflow) without the parser limits.
+    bombs = [
+        ("SELECT " + "x-not-b." * 30, "too complex to parse"),
+        ("SELECT " + "interval " * 20000 + "1", "nests too deeply"),
+        ("SELECT " + "+".join(["1"] * 100000), "more than 2048 operators"),
+    ]
+    with connect(server, "bob") as b:
+        for sql, why in bombs:
+            with pytest.raises(adbc_driver_manager.Error) as err:
+                rows(b, sql)
+            assert "INVALID_ARGUMENT" in str(err.value) or "invalid argument" in str(err.value)
+            assert why in str(err.value)
+            assert rows(b, "SELECT 1 AS one") == [(1,)]
+
+
 def test_get_objects_and_table_schema(server):
     with connect(server, "alice") as a:
         objects = a.adbc_get_objects(depth="tables").read_all().to_pylist()
