@@ -5,7 +5,7 @@
 //! record content), so an edited, removed or reordered record breaks the chain.
 
 use std::path::Path;
-use std::sync::{mpsc, Mutex};
+use std::sync::Mutex;
 use subtle::ConstantTimeEq;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
@@ -105,35 +105,6 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
     reader: Option<Mutex<Connection>>,
     audit_key: [u8; 32],
-    /// Dropping it stops the checkpoint thread.
-    _checkpoints: Option<mpsc::Sender<()>>,
-}
-
-/// How often the checkpoint thread copies the WAL into the database file.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// Checkpoints the WAL from a connection and thread of its own, so that no
-/// commit pays for copying the WAL into the database file (SQLite's
-/// automatic checkpoint runs inside the commit that crosses 1,000 pages,
-/// and every audited query's end waits for a commit). PASSIVE checkpoints
-/// never block the writer or readers. The thread ends when `stop`'s
-/// sender is dropped.
-fn start_checkpoints(path: &Path) -> Result<mpsc::Sender<()>> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    let (stop, stopped) = mpsc::channel::<()>();
-    std::thread::Builder::new()
-        .name("veil-checkpoint".into())
-        .spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY)
-            {
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!("catalog checkpoint failed (retried): {e}");
-                }
-            }
-        })
-        .map_err(|e| VeilError::Internal(format!("cannot start the checkpoint thread: {e}")))?;
-    Ok(stop)
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -157,8 +128,6 @@ impl SqliteStore {
     pub fn open(path: &Path, audit_key: [u8; 32]) -> Result<Self> {
         let conn = Connection::open(path)?;
         let mut store = Self::init(conn, audit_key)?;
-        store.lock()?.pragma_update(None, "wal_autocheckpoint", 0)?;
-        store._checkpoints = Some(start_checkpoints(path)?);
         let reader = Connection::open(path)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
         reader.pragma_update(None, "query_only", "ON")?;
@@ -194,7 +163,6 @@ impl SqliteStore {
             conn: Mutex::new(conn),
             reader: None,
             audit_key,
-            _checkpoints: None,
         })
     }
 
@@ -464,42 +432,5 @@ impl CatalogStore for SqliteStore {
         write_anchor(&tx, "audit_anchor", anchor)?;
         tx.commit()?;
         Ok(removed)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Commits never checkpoint (so no audited query waits for one); the
-    /// checkpoint thread copies the WAL into the database file meanwhile,
-    /// and the chain stays intact.
-    #[test]
-    fn the_wal_is_checkpointed_outside_commits() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("catalog.sqlite");
-        let store = SqliteStore::open(&path, [7; 32]).unwrap();
-        let autocheckpoint: i64 = store
-            .lock()
-            .unwrap()
-            .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
-            .unwrap();
-        assert_eq!(autocheckpoint, 0);
-        let before = std::fs::metadata(&path).unwrap().len();
-        let entry = AuditEntry {
-            actor: "bob".into(),
-            action: "Query".into(),
-            detail: "x".repeat(2000),
-            outcome: "ok".into(),
-            ..Default::default()
-        };
-        for _ in 0..2000 {
-            store.audit_batch(std::slice::from_ref(&entry)).unwrap();
-        }
-        // Four checkpoint periods: the 4 MB of records reach the file.
-        std::thread::sleep(CHECKPOINT_EVERY * 4);
-        let after = std::fs::metadata(&path).unwrap().len();
-        assert!(after > before + 3_000_000, "{before} -> {after}");
-        assert_eq!(store.verify_audit().unwrap().records, 2000);
     }
 }
