@@ -85,6 +85,12 @@ fn parses_like_the_generic_dialect_within_a_fraction_of_the_budget() {
             (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{sql}"),
             _ => panic!("{sql}: bounded {ours:?} vs generic {generic:?}"),
         }
+        // The path queries take (compacted whitespace, checked tokens).
+        if let Ok(generic) = &generic {
+            let guarded = veil_engine::sql_guard::parse_statement(&sql, 50)
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            assert_eq!(Some(&guarded), generic.front(), "{sql}");
+        }
         assert!(!bounded.exhausted(), "{sql}");
         let budget = (sql.len() as u64 * STEPS_PER_BYTE).max(MIN_STEPS) as f64;
         worst = worst.max(bounded.steps() as f64 / budget);
