@@ -1,8 +1,8 @@
 //! Parsing SQL with bounded work and bounded stack.
 //!
-//! sqlparser 0.62 (the version DataFusion 55 uses) has three ways to be
-//! made to misbehave by a short statement, all measured on this version
-//! with the generic dialect:
+//! sqlparser 0.62 (the version DataFusion 55 uses) can be made to
+//! misbehave by a short statement in four ways, all measured on this
+//! version with the generic dialect:
 //!
 //! - **Exponential time.** On some statements that fail to parse it retries
 //!   the same sub-expression from both arms of a speculative parse at every
@@ -17,17 +17,23 @@
 //! - **Deep trees.** `1+1+...+1` is parsed in a loop but builds a tree as
 //!   deep as the chain is long, and dropping it recurses: 100,000 terms
 //!   overflow a 2 MiB stack.
+//! - **Padding.** The parser skips whitespace token by token at every
+//!   look-ahead, so spaces or comments after a costly shape make each of
+//!   its steps as slow as the padding is long.
 //!
 //! Every parser in Veil (DataFusion's statement parser, the governance
 //! statement parser, conditions, row predicates) therefore runs on tokens
-//! checked by [`check_tokens`] and with a [`BoundedDialect`]: the generic
-//! dialect plus counters in the hooks sqlparser calls at every expression
-//! prefix, infix operator and precedence decision. A statement may take
-//! [`STEPS_PER_BYTE`] steps per byte of text (real statements take at most
-//! 2, see `engine/tests/sql_guard.rs`) and hold [`MAX_OPERATORS`] operators;
-//! a prefix is refused when the stack is nearly used up. Past a limit every
-//! hook fails, so any speculation unwinds at once, and the statement is
-//! refused with InvalidArgument, whichever shape caused it.
+//! from [`checked_tokens`] (text at most [`MAX_SQL_BYTES`], each run of
+//! whitespace made one token, nesting and name chains checked) and with a
+//! [`BoundedDialect`]: the generic dialect plus counters in the hooks
+//! sqlparser calls at every expression prefix, infix operator and
+//! precedence decision. A statement may take [`STEPS_PER_BYTE`] steps per
+//! byte of text, between [`MIN_STEPS`] and [`MAX_STEPS`] (real statements
+//! take at most 2 per byte, see `engine/tests/sql_guard.rs`), and hold
+//! [`MAX_OPERATORS`] operators; a prefix is refused when the stack is
+//! nearly used up. Past a limit every hook fails, so any speculation
+//! unwinds at once, and the statement is refused with InvalidArgument,
+//! whichever shape caused it.
 
 use std::any::TypeId;
 use std::cell::Cell;
@@ -136,10 +142,7 @@ impl BoundedDialect {
     pub fn finish<T>(&self, result: Result<T>) -> Result<T> {
         let why = match self.hit.get() {
             None => return result,
-            Some(Limit::Steps) => format!(
-                "it needs more than {} parser steps (at most {STEPS_PER_BYTE} per byte of text)",
-                self.budget
-            ),
+            Some(Limit::Steps) => format!("it needs more than {} parser steps", self.budget),
             Some(Limit::Operators) => format!("it has more than {MAX_OPERATORS} operators"),
             Some(Limit::Stack) => "it nests too deeply".to_string(),
         };
@@ -169,8 +172,8 @@ impl BoundedDialect {
 
 /// Forwards the generic dialect's own settings (sqlparser 0.62's
 /// `dialect/generic.rs`; every other method keeps the trait's default, as
-/// the generic dialect does). `parses_like_the_generic_dialect` checks the
-/// list against real statements.
+/// the generic dialect does). `engine/tests/sql_guard.rs` checks the list
+/// against every statement in the repository.
 macro_rules! forward_generic {
     ($($method:ident),* $(,)?) => {
         $(fn $method(&self) -> bool { self.inner.$method() })*
@@ -526,7 +529,8 @@ mod tests {
         }
     }
 
-    /// Runs `f` on a thread with a worker thread's 2 MiB stack.
+    /// Runs `f` on a thread with a 2 MiB stack (tokio's default for
+    /// workers, smaller than the `veil` server's).
     fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
         std::thread::Builder::new()
             .stack_size(2 << 20)

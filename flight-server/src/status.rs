@@ -24,11 +24,7 @@ pub fn to_status(e: VeilError) -> Status {
     };
     let mut message = e.to_string();
     if message.len() > MAX_MESSAGE_BYTES {
-        let mut end = MAX_MESSAGE_BYTES;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
+        message.truncate(message.floor_char_boundary(MAX_MESSAGE_BYTES));
         message.push_str(" ... (message truncated)");
     }
     Status::new(code, message)

@@ -54,10 +54,7 @@ fn bounded_text(sql: &str) -> String {
     if sql.len() <= max {
         return sql.to_string();
     }
-    let mut end = max;
-    while !sql.is_char_boundary(end) {
-        end -= 1;
-    }
+    let end = sql.floor_char_boundary(max);
     format!("{} ... ({} bytes in all)", &sql[..end], sql.len())
 }
 
