@@ -291,3 +291,106 @@ async fn no_key_byte_in_explain_errors_logs_audit_or_catalog() {
         }
     }
 }
+
+/// Inside a masked-joins project a join on two equal HASH (or ENCRYPT) masks
+/// compares raw keys (engine/src/governance/raw_key_join.rs): every shape of
+/// join returns what the token join returns, the keys that come out are
+/// tokens, and the raw key columns never reach a result or an EXPLAIN line
+/// outside the join. Where the keys differ (outside the project), the join
+/// still compares tokens and matches nothing.
+#[tokio::test]
+async fn a_masked_join_compares_raw_keys_and_returns_only_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), true).await;
+    let mut carol = engine.session("carol");
+    const RAW: &str = "__veil_raw_key_";
+
+    // Outside the project the two columns have their own keys.
+    let plan = text(&mut carol, &format!("EXPLAIN {JOIN}")).await;
+    assert!(!plan.contains(RAW), "different keys must compare tokens:\n{plan}");
+    assert_eq!(text(&mut carol, JOIN).await, "0\n");
+
+    carol.use_project(Some("joins")).unwrap();
+    let plan = text(&mut carol, &format!("EXPLAIN {JOIN}")).await;
+    assert!(plan.contains(RAW), "the project key join compares raw keys:\n{plan}");
+
+    // Each shape, against the same join forced onto tokens (a key that is
+    // an expression is left alone): the same answer.
+    let t = "sales.transactions t";
+    let c = "payments.cards c";
+    for (shape, raw_join, token_join) in [
+        (
+            "inner",
+            format!("SELECT count(*), sum(t.amount) FROM {t} JOIN {c} ON t.card_id = c.card_id"),
+            format!("SELECT count(*), sum(t.amount) FROM {t} JOIN {c} ON t.card_id + 0 = c.card_id + 0"),
+        ),
+        (
+            "implicit, through a subquery alias",
+            format!("SELECT count(*) FROM (SELECT card_id AS k, region FROM sales.transactions) t, {c} WHERE t.k = c.card_id AND t.region = 'EU'"),
+            format!("SELECT count(*) FROM (SELECT card_id AS k, region FROM sales.transactions) t, {c} WHERE t.k + 0 = c.card_id + 0 AND t.region = 'EU'"),
+        ),
+        (
+            "left, with a filter between",
+            format!("SELECT count(*), count(c.card_id) FROM {c} LEFT JOIN (SELECT * FROM sales.transactions WHERE merchant <> 'x') t ON t.card_id = c.card_id"),
+            format!("SELECT count(*), count(c.card_id) FROM {c} LEFT JOIN (SELECT * FROM sales.transactions WHERE merchant <> 'x') t ON t.card_id + 0 = c.card_id + 0"),
+        ),
+        (
+            "semi",
+            "SELECT count(*) FROM payments.cards WHERE card_id IN (SELECT card_id FROM sales.transactions)".to_string(),
+            "SELECT count(*) FROM payments.cards WHERE card_id + 0 IN (SELECT card_id + 0 FROM sales.transactions)".to_string(),
+        ),
+        (
+            "anti",
+            "SELECT count(*) FROM payments.cards WHERE card_id NOT IN (SELECT card_id FROM sales.transactions)".to_string(),
+            "SELECT count(*) FROM payments.cards WHERE card_id + 0 NOT IN (SELECT card_id + 0 FROM sales.transactions)".to_string(),
+        ),
+        (
+            "three-way",
+            format!("SELECT count(*) FROM {t} JOIN {c} ON t.card_id = c.card_id JOIN payments.cards c2 ON c2.card_id = t.card_id"),
+            format!("SELECT count(*) FROM {t} JOIN {c} ON t.card_id + 0 = c.card_id + 0 JOIN payments.cards c2 ON c2.card_id + 0 = t.card_id + 0"),
+        ),
+        (
+            "ENCRYPT, strings",
+            "SELECT count(*) FROM hr.employees a JOIN hr.employees b ON a.email = b.email".to_string(),
+            "SELECT count(*) FROM hr.employees a JOIN hr.employees b ON concat(a.email, '') = concat(b.email, '')".to_string(),
+        ),
+    ] {
+        let plan = text(&mut carol, &format!("EXPLAIN {raw_join}")).await;
+        assert!(plan.contains(RAW), "{shape}: not rewritten:\n{plan}");
+        let plan = text(&mut carol, &format!("EXPLAIN {token_join}")).await;
+        assert!(!plan.contains(RAW), "{shape}: control rewritten:\n{plan}");
+        let got = text(&mut carol, &raw_join).await;
+        assert_eq!(got, text(&mut carol, &token_join).await, "{shape}");
+        assert!(!got.starts_with("0\n") && !got.contains("rror"), "{shape}: {got}");
+    }
+
+    // What comes out is tokens, never the raw 1..=1000 card ids, and no
+    // raw key column is part of any result.
+    let tokens: std::collections::BTreeSet<String> = text(&mut carol, "SELECT card_id FROM payments.cards")
+        .await
+        .lines()
+        .map(String::from)
+        .collect();
+    for sql in [
+        format!("SELECT t.card_id, c.card_id FROM {t} JOIN {c} ON t.card_id = c.card_id"),
+        format!("SELECT card_id FROM {t} JOIN {c} USING (card_id)"),
+        format!("SELECT * FROM {t} JOIN {c} ON t.card_id = c.card_id"),
+    ] {
+        let out = carol.execute(&sql).await.unwrap().collect().await.unwrap();
+        let names: Vec<String> = out[0]
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert!(!names.iter().any(|n| n.contains(RAW)), "{sql}: {names:?}");
+        let keys = text(&mut carol, &sql.replace("SELECT *", "SELECT t.card_id, c.card_id")).await;
+        assert!(!keys.is_empty());
+        for k in keys.lines() {
+            assert!(tokens.contains(k), "{sql}: {k} is not a token");
+            assert!(k.parse::<i64>().map_or(true, |v| !(1..=1000).contains(&v)), "{sql}: raw {k}");
+        }
+    }
+    let analyzed = text(&mut carol, &format!("EXPLAIN ANALYZE {JOIN}")).await;
+    assert!(!analyzed.contains("DynamicFilter"), "{analyzed}");
+}

@@ -89,6 +89,16 @@ pub fn mask_udf(spec: MaskSpec) -> std::result::Result<ScalarUDF, UdfError> {
     })
 }
 
+/// Whether `udf` is a keyed mask that gives different values of one type
+/// different tokens (HASH, ENCRYPT). Two such UDFs that compare equal use one
+/// key, so their tokens of two columns of one type are equal exactly when
+/// the values are (up to HMAC collisions, about 2^-64 per pair of values for
+/// 64-bit integer tokens).
+pub fn is_injective_mask(udf: &ScalarUDF) -> bool {
+    let any: &dyn std::any::Any = udf.inner().as_ref();
+    any.is::<MaskUdf<HashMask>>() || any.is::<MaskUdf<EncryptMask>>()
+}
+
 fn wrap<M: ArrayMask>(name: String, mask: M) -> ScalarUDF {
     ScalarUDF::new_from_impl(MaskUdf {
         name,

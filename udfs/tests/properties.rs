@@ -376,3 +376,29 @@ fn differently_keyed_masks_are_never_equal_for_datafusion() {
         assert_ne!(a.schema_name().to_string(), o.schema_name().to_string());
     }
 }
+
+/// The engine joins on raw keys only under masks this names injective
+/// (engine/src/governance/raw_key_join.rs): keyed HASH and ENCRYPT, and no
+/// mask that maps two values to one output.
+#[test]
+fn only_keyed_masks_are_injective() {
+    use veil_udfs::is_injective_mask;
+    for spec in [MaskSpec::Hash(key("k", 1)), MaskSpec::Encrypt(key("k", 1))] {
+        assert!(is_injective_mask(&mask_udf(spec).unwrap()));
+    }
+    for spec in [
+        MaskSpec::Null,
+        MaskSpec::Constant("x".into()),
+        MaskSpec::Regex {
+            pattern: "[0-9]".into(),
+            replacement: "#".into(),
+        },
+        MaskSpec::ShowFirst(2),
+        MaskSpec::ShowLast(4),
+        MaskSpec::Round(10.0),
+        MaskSpec::DateTrunc("month".parse().unwrap()),
+    ] {
+        let udf = mask_udf(spec).unwrap();
+        assert!(!is_injective_mask(&udf), "{} is not injective", udf.name());
+    }
+}
