@@ -307,12 +307,18 @@ async fn a_masked_join_compares_raw_keys_and_returns_only_tokens() {
 
     // Outside the project the two columns have their own keys.
     let plan = text(&mut carol, &format!("EXPLAIN {JOIN}")).await;
-    assert!(!plan.contains(RAW), "different keys must compare tokens:\n{plan}");
+    assert!(
+        !plan.contains(RAW),
+        "different keys must compare tokens:\n{plan}"
+    );
     assert_eq!(text(&mut carol, JOIN).await, "0\n");
 
     carol.use_project(Some("joins")).unwrap();
     let plan = text(&mut carol, &format!("EXPLAIN {JOIN}")).await;
-    assert!(plan.contains(RAW), "the project key join compares raw keys:\n{plan}");
+    assert!(
+        plan.contains(RAW),
+        "the project key join compares raw keys:\n{plan}"
+    );
 
     // Each shape, against the same join forced onto tokens (a key that is
     // an expression is left alone): the same answer.
@@ -366,11 +372,12 @@ async fn a_masked_join_compares_raw_keys_and_returns_only_tokens() {
 
     // What comes out is tokens, never the raw 1..=1000 card ids, and no
     // raw key column is part of any result.
-    let tokens: std::collections::BTreeSet<String> = text(&mut carol, "SELECT card_id FROM payments.cards")
-        .await
-        .lines()
-        .map(String::from)
-        .collect();
+    let tokens: std::collections::BTreeSet<String> =
+        text(&mut carol, "SELECT card_id FROM payments.cards")
+            .await
+            .lines()
+            .map(String::from)
+            .collect();
     for sql in [
         format!("SELECT t.card_id, c.card_id FROM {t} JOIN {c} ON t.card_id = c.card_id"),
         format!("SELECT card_id FROM {t} JOIN {c} USING (card_id)"),
@@ -384,13 +391,27 @@ async fn a_masked_join_compares_raw_keys_and_returns_only_tokens() {
             .map(|f| f.name().clone())
             .collect();
         assert!(!names.iter().any(|n| n.contains(RAW)), "{sql}: {names:?}");
-        let keys = text(&mut carol, &sql.replace("SELECT *", "SELECT t.card_id, c.card_id")).await;
+        let keys = text(
+            &mut carol,
+            &sql.replace("SELECT *", "SELECT t.card_id, c.card_id"),
+        )
+        .await;
         assert!(!keys.is_empty());
         for k in keys.lines() {
             assert!(tokens.contains(k), "{sql}: {k} is not a token");
-            assert!(k.parse::<i64>().map_or(true, |v| !(1..=1000).contains(&v)), "{sql}: raw {k}");
+            assert!(
+                k.parse::<i64>().map_or(true, |v| !(1..=1000).contains(&v)),
+                "{sql}: raw {k}"
+            );
         }
     }
+    // SQL cannot name a raw key column: names resolve before it exists.
+    let e = text(
+        &mut carol,
+        &format!("SELECT t.{RAW}0 FROM {t} JOIN {c} ON t.card_id = c.card_id"),
+    )
+    .await;
+    assert!(e.contains("No field named"), "{e}");
     let analyzed = text(&mut carol, &format!("EXPLAIN ANALYZE {JOIN}")).await;
     assert!(!analyzed.contains("DynamicFilter"), "{analyzed}");
 }

@@ -102,7 +102,13 @@ fn expose(plan: &LogicalPlan, col: &Column, name: &str) -> Result<Option<Exposed
                     let [Expr::Column(raw)] = args.as_slice() else {
                         return Ok(None);
                     };
-                    let raw_type = p.input.schema().qualified_field_from_column(raw)?.1.data_type().clone();
+                    let raw_type = p
+                        .input
+                        .schema()
+                        .qualified_field_from_column(raw)?
+                        .1
+                        .data_type()
+                        .clone();
                     Some((Expr::Column(raw.clone()), func, raw_type, None))
                 }
                 Expr::Column(inner) => expose(&p.input, &inner, name)?
@@ -250,10 +256,14 @@ impl OptimizerRule for RawKeyJoin {
             return Ok(Transformed::no(plan));
         }
         let rebuilt = rebuild_join(join, left, right, on)?;
-        let columns = join.schema.columns().into_iter().map(Expr::Column).collect();
-        Ok(Transformed::yes(LogicalPlan::Projection(Projection::try_new(
-            columns,
-            Arc::new(LogicalPlan::Join(rebuilt)),
-        )?)))
+        let columns = join
+            .schema
+            .columns()
+            .into_iter()
+            .map(Expr::Column)
+            .collect();
+        Ok(Transformed::yes(LogicalPlan::Projection(
+            Projection::try_new(columns, Arc::new(LogicalPlan::Join(rebuilt)))?,
+        )))
     }
 }
