@@ -34,7 +34,7 @@ use crate::audit::{AuditWriter, QueryAudit};
 use crate::catalog::{VeilCatalog, CATALOG};
 use crate::error::{Result, VeilError};
 use crate::governance::leakproof::{LiftUnsafeFilters, SecureFilterPushdown};
-use crate::governance::raw_key_join::RawKeyJoin;
+use crate::governance::raw_keys::{RawKeyGroup, RawKeyJoin};
 use crate::governance::{GovernanceContext, GovernanceRule, GovernedQueryPlanner};
 use crate::keys::MasterKey;
 use crate::model::{CatalogSnapshot, Permission, User};
@@ -808,6 +808,7 @@ impl Session {
             .unwrap_or(optimizer_rules.len());
         optimizer_rules.insert(at, Arc::new(SecureFilterPushdown));
         optimizer_rules.push(Arc::new(RawKeyJoin));
+        optimizer_rules.push(Arc::new(RawKeyGroup));
         optimizer_rules.push(Arc::new(LiftUnsafeFilters));
 
         let state = SessionStateBuilder::new()

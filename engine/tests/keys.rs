@@ -293,7 +293,7 @@ async fn no_key_byte_in_explain_errors_logs_audit_or_catalog() {
 }
 
 /// Inside a masked-joins project a join on two equal HASH (or ENCRYPT) masks
-/// compares raw keys (engine/src/governance/raw_key_join.rs): every shape of
+/// compares raw keys (engine/src/governance/raw_keys.rs): every shape of
 /// join returns what the token join returns, the keys that come out are
 /// tokens, and the raw key columns never reach a result or an EXPLAIN line
 /// outside the join. Where the keys differ (outside the project), the join
@@ -414,4 +414,74 @@ async fn a_masked_join_compares_raw_keys_and_returns_only_tokens() {
     assert!(e.contains("No field named"), "{e}");
     let analyzed = text(&mut carol, &format!("EXPLAIN ANALYZE {JOIN}")).await;
     assert!(!analyzed.contains("DynamicFilter"), "{analyzed}");
+}
+
+/// A GROUP BY on a HASH or ENCRYPT mask groups the raw values and masks
+/// each group's key once (`RawKeyGroup`): the same groups and the same
+/// tokens as grouping the tokens, in every shape, inside a project and out.
+#[tokio::test]
+async fn a_group_by_on_a_keyed_mask_groups_raw_values_and_returns_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), true).await;
+    const RAW: &str = "__veil_raw_key_";
+    for project in [None, Some("joins")] {
+        let mut carol = engine.session("carol");
+        carol.use_project(project).unwrap();
+        let tokens: std::collections::BTreeSet<String> =
+            text(&mut carol, "SELECT card_id FROM sales.transactions")
+                .await
+                .lines()
+                .map(String::from)
+                .collect();
+        let one = tokens.iter().next().unwrap().clone();
+        for (shape, raw_group, token_group) in [
+            (
+                "group by",
+                "SELECT card_id, count(*), sum(amount) FROM sales.transactions GROUP BY card_id ORDER BY card_id".to_string(),
+                "SELECT card_id + 0, count(*), sum(amount) FROM sales.transactions GROUP BY card_id + 0 ORDER BY 1".to_string(),
+            ),
+            (
+                "with an unmasked key, HAVING on the token",
+                format!("SELECT region, card_id, count(*) FROM sales.transactions GROUP BY region, card_id HAVING card_id <> {one} ORDER BY 2, 1"),
+                format!("SELECT region, card_id + 0, count(*) FROM sales.transactions GROUP BY region, card_id + 0 HAVING card_id + 0 <> {one} ORDER BY 2, 1"),
+            ),
+            (
+                "distinct",
+                "SELECT DISTINCT card_id FROM sales.transactions ORDER BY 1".to_string(),
+                "SELECT DISTINCT card_id + 0 FROM sales.transactions ORDER BY 1".to_string(),
+            ),
+            (
+                "count distinct",
+                "SELECT count(DISTINCT card_id), max(card_id) FROM sales.transactions".to_string(),
+                "SELECT count(DISTINCT card_id + 0), max(card_id + 0) FROM sales.transactions".to_string(),
+            ),
+            (
+                "ENCRYPT, strings",
+                "SELECT email, count(*) FROM hr.employees GROUP BY email ORDER BY email".to_string(),
+                "SELECT concat(email, ''), count(*) FROM hr.employees GROUP BY concat(email, '') ORDER BY 1".to_string(),
+            ),
+        ] {
+            let plan = text(&mut carol, &format!("EXPLAIN {raw_group}")).await;
+            assert!(plan.contains(RAW), "{shape}: not rewritten:\n{plan}");
+            let plan = text(&mut carol, &format!("EXPLAIN {token_group}")).await;
+            assert!(!plan.contains(RAW), "{shape}: control rewritten:\n{plan}");
+            let got = text(&mut carol, &raw_group).await;
+            assert_eq!(got, text(&mut carol, &token_group).await, "{shape} in {project:?}");
+            assert!(got.lines().count() > 1 && !got.contains("rror"), "{shape}: {got}");
+        }
+        // The keys that come out are tokens; no column is a raw key.
+        let sql = "SELECT card_id, count(*) FROM sales.transactions GROUP BY card_id";
+        let out = carol.execute(sql).await.unwrap().collect().await.unwrap();
+        assert_eq!(out[0].schema().field(0).name(), "card_id");
+        assert_eq!(out[0].num_columns(), 2);
+        let keys = text(
+            &mut carol,
+            "SELECT card_id FROM sales.transactions GROUP BY card_id",
+        )
+        .await;
+        assert_eq!(keys.lines().count(), tokens.len());
+        for k in keys.lines() {
+            assert!(tokens.contains(k), "{k} is not a token");
+        }
+    }
 }

@@ -378,7 +378,7 @@ fn differently_keyed_masks_are_never_equal_for_datafusion() {
 }
 
 /// The engine joins on raw keys only under masks this names injective
-/// (engine/src/governance/raw_key_join.rs): keyed HASH and ENCRYPT, and no
+/// (engine/src/governance/raw_keys.rs): keyed HASH and ENCRYPT, and no
 /// mask that maps two values to one output.
 #[test]
 fn only_keyed_masks_are_injective() {

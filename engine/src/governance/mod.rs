@@ -12,7 +12,7 @@
 //! - No user expression sees an unmasked value of a masked column: the mask
 //!   projection is the only consumer of raw columns (besides the key
 //!   comparison of a join on two equal injective masks, which
-//!   [`raw_key_join::RawKeyJoin`] makes on the raw values), and the barrier
+//!   [`raw_keys::RawKeyJoin`] makes on the raw values), and the barrier
 //!   lets no
 //!   predicate on a masked column through (DataFusion's filter pushdown stops
 //!   at the node; [`leakproof::SecureFilterPushdown`] moves only leakproof
@@ -28,7 +28,7 @@
 pub mod leakproof;
 pub mod node;
 pub mod principal_fns;
-pub mod raw_key_join;
+pub mod raw_keys;
 pub mod rule;
 pub mod table;
 
