@@ -25,6 +25,7 @@ use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder};
 use datafusion::logical_expr::{LogicalPlan, Statement};
 use datafusion::optimizer::{Analyzer, Optimizer};
+use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
@@ -34,7 +35,7 @@ use crate::audit::{AuditWriter, QueryAudit};
 use crate::catalog::{VeilCatalog, CATALOG};
 use crate::error::{Result, VeilError};
 use crate::governance::leakproof::{LiftUnsafeFilters, SecureFilterPushdown};
-use crate::governance::raw_keys::{RawKeyGroup, RawKeyJoin};
+use crate::governance::raw_keys::{RawKeyJoin, RawKeyJoinMode};
 use crate::governance::{GovernanceContext, GovernanceRule, GovernedQueryPlanner};
 use crate::keys::MasterKey;
 use crate::model::{CatalogSnapshot, Permission, User};
@@ -808,7 +809,13 @@ impl Session {
             .unwrap_or(optimizer_rules.len());
         optimizer_rules.insert(at, Arc::new(SecureFilterPushdown));
         optimizer_rules.push(Arc::new(RawKeyJoin));
-        optimizer_rules.push(Arc::new(RawKeyGroup));
+        let mut physical_rules = PhysicalOptimizer::new().rules;
+        let at = physical_rules
+            .iter()
+            .position(|r| r.name() == "join_selection")
+            .map(|i| i + 1)
+            .unwrap_or(physical_rules.len());
+        physical_rules.insert(at, Arc::new(RawKeyJoinMode));
         optimizer_rules.push(Arc::new(LiftUnsafeFilters));
 
         let state = SessionStateBuilder::new()
@@ -818,6 +825,7 @@ impl Session {
             .with_catalog_list(Arc::new(catalogs) as Arc<dyn CatalogProviderList>)
             .with_analyzer_rules(analyzer_rules)
             .with_optimizer_rules(optimizer_rules)
+            .with_physical_optimizer_rules(physical_rules)
             .with_query_planner(Arc::new(GovernedQueryPlanner))
             .build();
         Ok((SessionContext::new_with_state(state), gctx))

@@ -416,72 +416,71 @@ async fn a_masked_join_compares_raw_keys_and_returns_only_tokens() {
     assert!(!analyzed.contains("DynamicFilter"), "{analyzed}");
 }
 
-/// A GROUP BY on a HASH or ENCRYPT mask groups the raw values and masks
-/// each group's key once (`RawKeyGroup`): the same groups and the same
-/// tokens as grouping the tokens, in every shape, inside a project and out.
+/// A partitioned hash join sends each row to `hash(key) % n` with public
+/// hash seeds, and each partition's rows come out together: on raw keys
+/// that would let a user read bits of a hash of the raw value off the
+/// batches. Joins on raw keys therefore run as CollectLeft, where the same
+/// join on tokens (tables too big to collect) is partitioned.
 #[tokio::test]
-async fn a_group_by_on_a_keyed_mask_groups_raw_values_and_returns_tokens() {
+async fn raw_key_joins_never_partition_on_the_raw_key() {
+    use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch};
+    use datafusion::parquet::arrow::ArrowWriter;
+    const ROWS: i64 = 300_000;
     let dir = tempfile::tempdir().unwrap();
-    let engine = open(dir.path(), true).await;
-    const RAW: &str = "__veil_raw_key_";
-    for project in [None, Some("joins")] {
-        let mut carol = engine.session("carol");
-        carol.use_project(project).unwrap();
-        let tokens: std::collections::BTreeSet<String> =
-            text(&mut carol, "SELECT card_id FROM sales.transactions")
-                .await
-                .lines()
-                .map(String::from)
-                .collect();
-        let one = tokens.iter().next().unwrap().clone();
-        for (shape, raw_group, token_group) in [
-            (
-                "group by",
-                "SELECT card_id, count(*), sum(amount) FROM sales.transactions GROUP BY card_id ORDER BY card_id".to_string(),
-                "SELECT card_id + 0, count(*), sum(amount) FROM sales.transactions GROUP BY card_id + 0 ORDER BY 1".to_string(),
+    for (name, step) in [("a", 1), ("b", 2)] {
+        let keys: ArrayRef = Arc::new(Int64Array::from_iter_values((0..ROWS).map(|i| i * step)));
+        let vals: ArrayRef = Arc::new(Int64Array::from_iter_values(0..ROWS));
+        let batch = RecordBatch::try_from_iter([("k", keys), ("v", vals)]).unwrap();
+        let file = std::fs::File::create(dir.path().join(format!("{name}.parquet"))).unwrap();
+        let mut w = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+    let engine = Engine::open(dir.path(), &root()).unwrap();
+    engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
+    veil_engine::statement::load_demo(&engine).await.unwrap();
+    let mut admin = engine.session("admin");
+    for name in ["a", "b"] {
+        let path = dir.path().join(format!("{name}.parquet"));
+        for sql in [
+            format!(
+                "CREATE DATA SOURCE big.{name} FROM PARQUET '{}'",
+                path.display()
             ),
-            (
-                "with an unmasked key, HAVING on the token",
-                format!("SELECT region, card_id, count(*) FROM sales.transactions GROUP BY region, card_id HAVING card_id <> {one} ORDER BY 2, 1"),
-                format!("SELECT region, card_id + 0, count(*) FROM sales.transactions GROUP BY region, card_id + 0 HAVING card_id + 0 <> {one} ORDER BY 2, 1"),
-            ),
-            (
-                "distinct",
-                "SELECT DISTINCT card_id FROM sales.transactions ORDER BY 1".to_string(),
-                "SELECT DISTINCT card_id + 0 FROM sales.transactions ORDER BY 1".to_string(),
-            ),
-            (
-                "count distinct",
-                "SELECT count(DISTINCT card_id), max(card_id) FROM sales.transactions".to_string(),
-                "SELECT count(DISTINCT card_id + 0), max(card_id + 0) FROM sales.transactions".to_string(),
-            ),
-            (
-                "ENCRYPT, strings",
-                "SELECT email, count(*) FROM hr.employees GROUP BY email ORDER BY email".to_string(),
-                "SELECT concat(email, ''), count(*) FROM hr.employees GROUP BY concat(email, '') ORDER BY 1".to_string(),
-            ),
+            format!("ALTER DATA SOURCE big.{name} SET SUBSCRIPTION ANYONE"),
+            format!("ALTER DATA SOURCE big.{name} TAG COLUMN k WITH ('Key.Big')"),
         ] {
-            let plan = text(&mut carol, &format!("EXPLAIN {raw_group}")).await;
-            assert!(plan.contains(RAW), "{shape}: not rewritten:\n{plan}");
-            let plan = text(&mut carol, &format!("EXPLAIN {token_group}")).await;
-            assert!(!plan.contains(RAW), "{shape}: control rewritten:\n{plan}");
-            let got = text(&mut carol, &raw_group).await;
-            assert_eq!(got, text(&mut carol, &token_group).await, "{shape} in {project:?}");
-            assert!(got.lines().count() > 1 && !got.contains("rror"), "{shape}: {got}");
-        }
-        // The keys that come out are tokens; no column is a raw key.
-        let sql = "SELECT card_id, count(*) FROM sales.transactions GROUP BY card_id";
-        let out = carol.execute(sql).await.unwrap().collect().await.unwrap();
-        assert_eq!(out[0].schema().field(0).name(), "card_id");
-        assert_eq!(out[0].num_columns(), 2);
-        let keys = text(
-            &mut carol,
-            "SELECT card_id FROM sales.transactions GROUP BY card_id",
-        )
-        .await;
-        assert_eq!(keys.lines().count(), tokens.len());
-        for k in keys.lines() {
-            assert!(tokens.contains(k), "{k} is not a token");
+            run(&mut admin, &sql).await;
         }
     }
+    run(
+        &mut admin,
+        "CREATE MASKING POLICY big_keys ON COLUMNS TAGGED 'Key.Big' USING HASH",
+    )
+    .await;
+    let mut sally = engine.session("sally");
+    for sql in [
+        "CREATE PROJECT big",
+        "ALTER PROJECT big ADD DATA SOURCE big.a",
+        "ALTER PROJECT big ADD DATA SOURCE big.b",
+        "ALTER PROJECT big SET MASKED JOINS ON",
+        "USE PROJECT big",
+        "SET datafusion.execution.target_partitions = 4",
+    ] {
+        run(&mut sally, sql).await;
+    }
+    let raw = "SELECT count(*), sum(a.v) FROM big.a a JOIN big.b b ON a.k = b.k";
+    let tokens = "SELECT count(*), sum(a.v) FROM big.a a JOIN big.b b ON a.k + 0 = b.k + 0";
+    let plan = text(&mut sally, &format!("EXPLAIN {tokens}")).await;
+    assert!(plan.contains("mode=Partitioned"), "control:\n{plan}");
+    let plan = text(&mut sally, &format!("EXPLAIN {raw}")).await;
+    assert!(plan.contains("__veil_raw_key_"), "{plan}");
+    assert!(plan.contains("mode=CollectLeft"), "{plan}");
+    assert!(!plan.contains("Hash([__veil_raw_key"), "{plan}");
+    let got = text(&mut sally, raw).await;
+    assert_eq!(got, text(&mut sally, tokens).await);
+    assert_eq!(
+        got,
+        format!("{}\n{}\n", ROWS / 2, (0..ROWS).step_by(2).sum::<i64>())
+    );
 }

@@ -1,66 +1,86 @@
-//! Masked keys compared raw: an equi-join whose two keys are the same
+//! Masked joins on raw keys: an equi-join whose two keys are the same
 //! injective keyed mask (HASH or ENCRYPT under one key) of two columns of one
 //! type compares the raw values instead of the tokens ([`RawKeyJoin`]), and
-//! a GROUP BY on such a mask groups the raw values and masks each group's key
-//! once ([`RawKeyGroup`]).
+//! runs so that nothing about its output depends on those values
+//! ([`RawKeyJoinMode`]).
 //!
 //! ```text
 //!   Join on tok_a = tok_b                 Projection [join's columns]   (drops the raw keys)
 //!     Projection [hash_k(a) AS tok_a]  =>   Join on raw_0 = raw_1
 //!     Projection [hash_k(b) AS tok_b]         Projection [hash_k(a) AS tok_a, a AS raw_0]
 //!                                             Projection [hash_k(b) AS tok_b, b AS raw_1]
-//!
-//!   Aggregate by tok_a: count(*)          Projection [hash_k(raw_0) AS tok_a, count(*)]
-//!     Projection [hash_k(a) AS tok_a]  =>   Aggregate by raw_0: count(*)
-//!                                             Projection [hash_k(a) AS tok_a, a AS raw_0]
 //! ```
 //!
 //! Under one key, HASH and ENCRYPT give two values of one type equal tokens
 //! exactly when the values are equal (canonical, type-tagged input;
 //! [`veil_udfs::is_injective_mask`]), so the join matches the same pairs of
-//! rows, NULLs included, and the groups hold the same rows; the results are
-//! the token results. What changes is the cost: no key has to be masked to
-//! be joined, a query that does not return the keys masks nothing, and a
-//! GROUP BY masks one key per group (TPC-H SF1 orders x customer in a
-//! masked-joins project was 4.2x the ungoverned join; 6M rows grouped by a
-//! 3-value HASHed column 2.8x the raw grouping; see README).
+//! rows, NULLs included, and its result is the token join's result. What
+//! changes is the cost: no key has to be masked to be joined, and a query
+//! that does not return the keys masks nothing (TPC-H SF1 orders x customer
+//! in a masked-joins project: 4.2x the ungoverned join before, see README).
 //!
 //! What it keeps:
-//! - The raw columns exist only between the mask projections and the join or
-//!   aggregate, under internal names SQL cannot name (the statement was
-//!   resolved before the optimizer runs). No user expression reads them; only
-//!   the key comparison does, and what leaves the join or aggregate is
-//!   tokens (the join drops the raw keys, the aggregate masks them).
+//! - The raw columns exist only between the mask projections and the join's
+//!   own projection right above it, under internal names SQL cannot name
+//!   (the statement was resolved before the optimizer runs). No user
+//!   expression reads them; only the join's key comparison does.
 //! - Equal masks are equal UDFs, which compare equal only when their key
 //!   handles do (project key and version, or source, column and version).
 //!   Keys of two columns, two sources outside a project, two projects or two
 //!   versions never compare equal, so masked keys that must not join still
 //!   compare tokens and still match nothing.
+//! - Output order and batch boundaries never depend on a raw key. A
+//!   partitioned hash join sends each row to partition `hash(key) % n` with
+//!   DataFusion's fixed, public hash seeds, and each partition's rows come
+//!   out together. On raw keys, a user who may `SET target_partitions` could
+//!   read `hash(raw) mod n` for several n off the batches, rebuild the hash
+//!   and test guesses offline. [`RawKeyJoinMode`] therefore runs these joins
+//!   as `CollectLeft`: one hash table of the build side, probe rows in their
+//!   input order, no repartitioning on the key.
 //! - The join's dynamic filter, the only way its key values travel, stops at
 //!   the barrier like any physical filter pushdown (`node.rs`), and no
 //!   operator above a barrier prints its values.
 //! - Floats (0.0 and -0.0, NaNs share tokens), dictionaries and nested types
-//!   keep the token comparison.
+//!   keep the token join.
+//!
+//! GROUP BY keeps grouping tokens. Grouping raw values and masking each
+//! group's key afterwards would give the same groups, but an aggregate that
+//! runs out of memory spills runs sorted by the group key, so its output
+//! would come out in raw-value order; and a partitioned aggregate places
+//! groups by `hash(key) % n` like the join above.
 
+use std::any::Any;
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, Result};
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{
-    Aggregate, Expr, Filter, Join, LogicalPlan, Projection, ScalarUDF, SubqueryAlias,
+    Expr, Filter, Join, LogicalPlan, Projection, ScalarUDF, SubqueryAlias,
 };
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
+use datafusion::physical_expr::expressions::Column as PhysicalColumn;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+use datafusion::physical_plan::ExecutionPlan;
 use veil_udfs::is_injective_mask;
 
 /// Prefix of the raw key columns this rule adds.
 const RAW_KEY: &str = "__veil_raw_key_";
 
-/// The optimizer rule (see the module docs).
+/// The logical optimizer rule (see the module docs).
 #[derive(Debug, Default)]
 pub struct RawKeyJoin;
+
+/// The physical optimizer rule, run right after DataFusion's join
+/// selection: hash joins on raw keys run as `CollectLeft` (see the module
+/// docs).
+#[derive(Debug, Default)]
+pub struct RawKeyJoinMode;
 
 /// Types whose equality is exactly equality of their canonical mask input.
 fn joinable(t: &DataType) -> bool {
@@ -282,66 +302,46 @@ impl OptimizerRule for RawKeyJoin {
     }
 }
 
-/// The GROUP BY rule (see the module docs).
-#[derive(Debug, Default)]
-pub struct RawKeyGroup;
+fn is_raw_key(e: &Arc<dyn PhysicalExpr>) -> bool {
+    let any: &dyn Any = e.as_ref();
+    any.downcast_ref::<PhysicalColumn>()
+        .is_some_and(|c| c.name().starts_with(RAW_KEY))
+}
 
-impl OptimizerRule for RawKeyGroup {
-    fn name(&self) -> &str {
-        "veil_raw_key_group"
-    }
-
-    fn apply_order(&self) -> Option<ApplyOrder> {
-        Some(ApplyOrder::BottomUp)
-    }
-
-    fn rewrite(
+impl PhysicalOptimizerRule for RawKeyJoinMode {
+    fn optimize(
         &self,
-        plan: LogicalPlan,
-        _config: &dyn OptimizerConfig,
-    ) -> Result<Transformed<LogicalPlan>> {
-        let LogicalPlan::Aggregate(agg) = &plan else {
-            return Ok(Transformed::no(plan));
-        };
-        let mut input = Arc::clone(&agg.input);
-        let mut group = agg.group_expr.clone();
-        let mut masks: Vec<Option<Arc<ScalarUDF>>> = vec![None; group.len()];
-        let mut names = FreshNames::default();
-        for (g, mask) in group.iter_mut().zip(masks.iter_mut()) {
-            let Expr::Column(c) = g.clone().unalias() else {
-                continue;
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|p| {
+            let any: &dyn Any = p.as_ref();
+            let Some(join) = any.downcast_ref::<HashJoinExec>() else {
+                return Ok(Transformed::no(p));
             };
-            let Some(e) = expose(&input, &c, &names.next(&plan)?)? else {
-                continue;
-            };
-            if !joinable(&e.raw_type) {
-                continue;
+            let raw = join
+                .on()
+                .iter()
+                .any(|(l, r)| is_raw_key(l) || is_raw_key(r));
+            if !raw || *join.partition_mode() == PartitionMode::CollectLeft {
+                return Ok(Transformed::no(p));
             }
-            *g = Expr::Column(e.raw);
-            *mask = Some(e.mask);
-            input = Arc::new(e.plan);
-        }
-        if masks.iter().all(Option::is_none) {
-            return Ok(Transformed::no(plan));
-        }
-        let rebuilt = Aggregate::try_new(input, group, agg.aggr_expr.clone())?;
-        // Same names, types and order as before: group keys masked again.
-        let exprs = rebuilt
-            .schema
-            .iter()
-            .zip(agg.schema.iter())
-            .enumerate()
-            .map(|(i, (new, (qualifier, field)))| {
-                let col = Expr::Column(Column::from(new));
-                let expr = match masks.get(i).cloned().flatten() {
-                    Some(mask) => Expr::ScalarFunction(ScalarFunction::new_udf(mask, vec![col])),
-                    None => col,
-                };
-                expr.alias_qualified(qualifier.cloned(), field.name())
-            })
-            .collect();
-        Ok(Transformed::yes(LogicalPlan::Projection(
-            Projection::try_new(exprs, Arc::new(LogicalPlan::Aggregate(rebuilt)))?,
-        )))
+            let collect_left = join
+                .builder()
+                .with_partition_mode(PartitionMode::CollectLeft)
+                .build()?;
+            Ok(Transformed::yes(
+                Arc::new(collect_left) as Arc<dyn ExecutionPlan>
+            ))
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "veil_raw_key_join_mode"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
     }
 }
