@@ -114,10 +114,14 @@ struct Exposed {
     raw_type: DataType,
 }
 
-/// Rebuilds `plan` so that it also outputs, under `name`, the raw input of
-/// the mask that produces `col`; None when `col` is not an injective mask of
-/// a plain column reached through nodes that pass columns through.
-fn expose(plan: &LogicalPlan, col: &Column, name: &str) -> Result<Option<Exposed>> {
+/// Gives a fresh raw key name; called only once a mask is found.
+type NameFn<'a> = dyn FnMut() -> Result<String> + 'a;
+
+/// Rebuilds `plan` so that it also outputs, under a fresh name, the raw
+/// input of the mask that produces `col`; None when `col` is not an
+/// injective mask of a plain column reached through nodes that pass columns
+/// through.
+fn expose(plan: &LogicalPlan, col: &Column, name: &mut NameFn) -> Result<Option<Exposed>> {
     let Ok(i) = plan.schema().index_of_column(col) else {
         return Ok(None);
     };
@@ -138,17 +142,19 @@ fn expose(plan: &LogicalPlan, col: &Column, name: &str) -> Result<Option<Exposed
                         .1
                         .data_type()
                         .clone();
-                    Some((Expr::Column(raw.clone()), func, raw_type, None))
+                    Some((Expr::Column(raw.clone()), name()?, func, raw_type, None))
                 }
-                Expr::Column(inner) => expose(&p.input, &inner, name)?
-                    .map(|e| (Expr::Column(e.raw), e.mask, e.raw_type, Some(e.plan))),
+                Expr::Column(inner) => expose(&p.input, &inner, name)?.map(|e| {
+                    let n = e.raw.name.clone();
+                    (Expr::Column(e.raw), n, e.mask, e.raw_type, Some(e.plan))
+                }),
                 _ => None,
             };
-            let Some((raw, mask, raw_type, input)) = found else {
+            let Some((raw, name, mask, raw_type, input)) = found else {
                 return Ok(None);
             };
             let mut exprs = p.expr.clone();
-            exprs.push(raw.alias(name));
+            exprs.push(raw.alias(&name));
             let input = input.map(Arc::new).unwrap_or_else(|| Arc::clone(&p.input));
             Ok(Some(Exposed {
                 plan: LogicalPlan::Projection(Projection::try_new(exprs, input)?),
@@ -176,7 +182,7 @@ fn expose(plan: &LogicalPlan, col: &Column, name: &str) -> Result<Option<Exposed
             let plan = SubqueryAlias::try_new(Arc::new(e.plan), s.alias.clone())?;
             Ok(Some(Exposed {
                 plan: LogicalPlan::SubqueryAlias(plan),
-                raw: Column::new(Some(s.alias.clone()), name),
+                raw: Column::new(Some(s.alias.clone()), e.raw.name.clone()),
                 ..e
             }))
         }
@@ -272,11 +278,11 @@ impl OptimizerRule for RawKeyJoin {
             let (Expr::Column(l), Expr::Column(r)) = &*pair else {
                 continue;
             };
-            let (l_name, r_name) = (names.next(&plan)?, names.next(&plan)?);
-            let Some(le) = expose(&left, l, &l_name)? else {
+            let mut name = || names.next(&plan);
+            let Some(le) = expose(&left, l, &mut name)? else {
                 continue;
             };
-            let Some(re) = expose(&right, r, &r_name)? else {
+            let Some(re) = expose(&right, r, &mut name)? else {
                 continue;
             };
             if le.mask != re.mask || le.raw_type != re.raw_type || !joinable(&le.raw_type) {
