@@ -50,6 +50,18 @@ def test_masked_joins_across_restart_and_rotation():
         with connect(uri, "carol", **IN_PROJECT) as c:
             assert rows(c, JOIN) == [(unmasked,)]
             inside = rows(c, TOKENS)
+            # The join compares raw keys inside the engine; what comes out,
+            # directly or through a prepared statement with a parameter, is
+            # tokens on both sides, never the raw card ids 1..1000.
+            tokens = {r[0] for r in rows(c, "SELECT card_id FROM payments.cards")}
+            pairs = rows(
+                c,
+                "SELECT t.card_id, c.card_id FROM sales.transactions t "
+                "JOIN payments.cards c ON t.card_id = c.card_id WHERE t.amount >= ?",
+                (0.0,),
+            )
+            assert len(pairs) == unmasked
+            assert all(a == b and a in tokens and not 1 <= a <= 1000 for a, b in pairs)
         assert inside != outside
     finally:
         stop_server(proc)
