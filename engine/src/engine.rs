@@ -809,6 +809,8 @@ impl Session {
             .unwrap_or(optimizer_rules.len());
         optimizer_rules.insert(at, Arc::new(SecureFilterPushdown));
         optimizer_rules.push(Arc::new(RawKeyJoin));
+        optimizer_rules.push(Arc::new(LiftUnsafeFilters));
+        // Joins on raw keys never partition by them (governance/raw_keys.rs).
         let mut physical_rules = PhysicalOptimizer::new().rules;
         let at = physical_rules
             .iter()
@@ -816,7 +818,6 @@ impl Session {
             .map(|i| i + 1)
             .unwrap_or(physical_rules.len());
         physical_rules.insert(at, Arc::new(RawKeyJoinMode));
-        optimizer_rules.push(Arc::new(LiftUnsafeFilters));
 
         let state = SessionStateBuilder::new()
             .with_config(config)

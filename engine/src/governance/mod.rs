@@ -13,8 +13,7 @@
 //!   projection is the only consumer of raw columns (besides the key
 //!   comparison of a join on two equal injective masks, which
 //!   [`raw_keys::RawKeyJoin`] makes on the raw values), and the barrier
-//!   lets no
-//!   predicate on a masked column through (DataFusion's filter pushdown stops
+//!   lets no predicate on a masked column through (DataFusion's filter pushdown stops
 //!   at the node; [`leakproof::SecureFilterPushdown`] moves only leakproof
 //!   conjuncts on unmasked columns below it, and
 //!   [`leakproof::LiftUnsafeFilters`] lifts back anything else the optimizer

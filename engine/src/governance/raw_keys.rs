@@ -165,17 +165,16 @@ fn expose(plan: &LogicalPlan, col: &Column, name: &mut NameFn) -> Result<Option<
                 raw_type,
             }))
         }
-        LogicalPlan::Filter(f) => Ok(expose(&f.input, col, name)?
-            .map(|e| {
-                Ok::<_, datafusion::error::DataFusionError>(Exposed {
-                    plan: LogicalPlan::Filter(Filter::try_new(
-                        f.predicate.clone(),
-                        Arc::new(e.plan),
-                    )?),
-                    ..e
-                })
-            })
-            .transpose()?),
+        LogicalPlan::Filter(f) => {
+            let Some(e) = expose(&f.input, col, name)? else {
+                return Ok(None);
+            };
+            let plan = Filter::try_new(f.predicate.clone(), Arc::new(e.plan))?;
+            Ok(Some(Exposed {
+                plan: LogicalPlan::Filter(plan),
+                ..e
+            }))
+        }
         LogicalPlan::SubqueryAlias(s) => {
             let inner = Column::from(s.input.schema().qualified_field(i));
             let Some(e) = expose(&s.input, &inner, name)? else {
