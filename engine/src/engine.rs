@@ -35,6 +35,7 @@ use crate::audit::{AuditWriter, QueryAudit};
 use crate::catalog::{VeilCatalog, CATALOG};
 use crate::error::{Result, VeilError};
 use crate::governance::leakproof::{LiftUnsafeFilters, SecureFilterPushdown};
+use crate::governance::raw_groups::RawKeyGroup;
 use crate::governance::raw_keys::{RawKeyJoin, RawKeyJoinMode};
 use crate::governance::{GovernanceContext, GovernanceRule, GovernedQueryPlanner};
 use crate::keys::MasterKey;
@@ -818,6 +819,12 @@ impl Session {
             .map(|i| i + 1)
             .unwrap_or(physical_rules.len());
         physical_rules.insert(at, Arc::new(RawKeyJoinMode));
+        // Partial aggregates group raw keys; last, so nothing reshapes them.
+        let at = physical_rules
+            .iter()
+            .position(|r| r.name() == "SanityCheckPlan")
+            .unwrap_or(physical_rules.len());
+        physical_rules.insert(at, Arc::new(RawKeyGroup));
 
         let state = SessionStateBuilder::new()
             .with_config(config)

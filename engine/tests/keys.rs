@@ -484,3 +484,160 @@ async fn raw_key_joins_never_partition_on_the_raw_key() {
         format!("{}\n{}\n", ROWS / 2, (0..ROWS).step_by(2).sum::<i64>())
     );
 }
+
+/// A source for the GROUP BY tests: a 3-value string column with NULLs
+/// (HASH), a 5-value integer (HASH), a 4-value string (ENCRYPT), a 4-value
+/// string (SHOW_LAST 2, not injective: "xa1"/"ya1" share a value) and an
+/// amount, 100,000 rows over many batches. Returns bob's session.
+async fn grouping_source(dir: &Path) -> (Arc<Engine>, Session) {
+    use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+    use datafusion::parquet::arrow::ArrowWriter;
+    let n = 100_000usize;
+    let region: ArrayRef = Arc::new(StringArray::from_iter(
+        (0..n).map(|i| (i % 11 != 0).then_some(["EU", "US", "APAC"][i % 3])),
+    ));
+    let tier: ArrayRef = Arc::new(Int64Array::from_iter_values((0..n as i64).map(|i| i % 5)));
+    let code: ArrayRef = Arc::new(StringArray::from_iter_values(
+        (0..n).map(|i| ["alpha", "beta", "gamma", "delta"][i % 4]),
+    ));
+    let tail: ArrayRef = Arc::new(StringArray::from_iter_values(
+        (0..n).map(|i| ["xa1", "ya1", "xb2", "yb2"][i % 4]),
+    ));
+    let amount: ArrayRef = Arc::new(Int64Array::from_iter_values(
+        (0..n as i64).map(|i| i % 1000),
+    ));
+    let batch = RecordBatch::try_from_iter([
+        ("region", region),
+        ("tier", tier),
+        ("code", code),
+        ("tail", tail),
+        ("amount", amount),
+    ])
+    .unwrap();
+    let path = dir.join("groups.parquet");
+    let mut w =
+        ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let engine = open(dir, true).await;
+    let mut admin = engine.session("admin");
+    for sql in [
+        format!("CREATE DATA SOURCE g.s FROM PARQUET '{}'", path.display()),
+        "ALTER DATA SOURCE g.s SET SUBSCRIPTION ANYONE".into(),
+        "CREATE MASKING POLICY g_region ON g.s (region) USING HASH".into(),
+        "CREATE MASKING POLICY g_tier ON g.s (tier) USING HASH".into(),
+        "CREATE MASKING POLICY g_code ON g.s (code) USING ENCRYPT".into(),
+        "CREATE MASKING POLICY g_tail ON g.s (tail) USING SHOW_LAST 2".into(),
+    ] {
+        run(&mut admin, &sql).await;
+    }
+    let bob = engine.session("bob");
+    (engine, bob)
+}
+
+/// Line numbers (in EXPLAIN's physical plan, top down) of the first line
+/// containing `needle`.
+fn line_of(plan: &str, needle: &str) -> Option<usize> {
+    plan.lines().position(|l| l.contains(needle))
+}
+
+#[tokio::test]
+async fn a_masked_group_by_groups_raw_values_and_returns_only_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_engine, mut bob) = grouping_source(dir.path()).await;
+
+    // What bob sees row by row, grouped here: the expected groups.
+    let all = common::rows(&mut bob, "SELECT region, tier, code, tail, amount FROM g.s").await;
+    assert_eq!(all.len(), 100_000);
+    let expect = |key: &dyn Fn(&Vec<String>) -> String| {
+        let mut groups: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+        for row in &all {
+            let g = groups.entry(key(row)).or_default();
+            g.0 += 1;
+            g.1 += row[4].parse::<i64>().unwrap();
+        }
+        groups
+            .into_iter()
+            .map(|(k, (count, sum))| format!("{k} {count} {sum}"))
+            .collect::<Vec<_>>()
+    };
+    let sorted = |rows: Vec<Vec<String>>| {
+        let mut lines: Vec<String> = rows.into_iter().map(|r| r.join(" ")).collect();
+        lines.sort();
+        lines
+    };
+    for (c, name, groups) in [
+        (0, "region", 4),
+        (1, "tier", 5),
+        (2, "code", 4),
+        (3, "tail", 2),
+    ] {
+        let expected = expect(&|r| r[c].clone());
+        assert_eq!(expected.len(), groups, "{name}: {expected:?}");
+        for partitions in [1, 4] {
+            run(
+                &mut bob,
+                &format!("SET datafusion.execution.target_partitions = {partitions}"),
+            )
+            .await;
+            let sql = format!("SELECT {name}, count(*), sum(amount) FROM g.s GROUP BY {name}");
+            let got = sorted(common::rows(&mut bob, &sql).await);
+            assert_eq!(got, expected, "{name}, {partitions} partitions");
+            let plan = text(&mut bob, &format!("EXPLAIN {sql}")).await;
+            // The partial aggregate groups the raw column and its keys are
+            // masked right above it; nothing else groups raw values.
+            let raw = plan.contains(&format!("mode=Partial, gby=[{name}@"))
+                && matches!(
+                    (line_of(&plan, &format!("@0) as {name}, count")), line_of(&plan, "mode=Partial")),
+                    (Some(mask), Some(partial)) if mask < partial
+                );
+            // Injective masks group raw values; SHOW_LAST keeps its tokens.
+            assert_eq!(raw, name != "tail", "{name}, {partitions}:\n{plan}");
+            if raw {
+                // Split, never Single (which may spill runs sorted by key),
+                // and repartitioned by tokens, never by the raw values.
+                assert!(!plan.contains("mode=Single"), "{plan}");
+                assert!(plan.contains("mode=Final"), "{plan}");
+                if let Some(hash) = line_of(&plan, "partitioning=Hash(") {
+                    assert!(Some(hash) < line_of(&plan, &format!("@0) as {name}, count")));
+                }
+                assert_eq!(
+                    partitions > 1,
+                    plan.contains("partitioning=Hash("),
+                    "{plan}"
+                );
+            }
+        }
+    }
+    // Two keys at once: the same pairs as row by row.
+    let expected = expect(&|r| format!("{} {}", r[0], r[2]))
+        .into_iter()
+        .map(|l| l.rsplitn(3, ' ').last().unwrap().to_string())
+        .collect::<Vec<_>>();
+    let got = sorted(
+        common::rows(
+            &mut bob,
+            "SELECT region, code FROM g.s GROUP BY region, code",
+        )
+        .await,
+    );
+    assert_eq!(got, expected);
+    assert_eq!(got.len(), 16);
+
+    // No raw value comes out of any shape that reads the grouped column.
+    for sql in [
+        "SELECT region, code, count(*) FROM g.s GROUP BY region, code",
+        "SELECT DISTINCT region FROM g.s",
+        "SELECT region, count(*) FROM g.s GROUP BY region HAVING count(*) > 10",
+        "SELECT region, min(region), max(code) FROM g.s GROUP BY region",
+        "SELECT count(DISTINCT region), count(DISTINCT code) FROM g.s",
+        "SELECT region FROM g.s GROUP BY region ORDER BY region LIMIT 2",
+        "SELECT region, tier, sum(amount) FROM g.s GROUP BY ROLLUP(region, tier)",
+    ] {
+        let out = text(&mut bob, sql).await;
+        for raw in ["EU", "APAC", "alpha", "gamma", "xa1"] {
+            assert!(!out.contains(raw), "{sql}: {out}");
+        }
+        assert!(!out.contains("rror"), "{sql}: {out}");
+    }
+}

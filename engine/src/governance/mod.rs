@@ -10,9 +10,10 @@
 //!
 //! Guarantees kept here:
 //! - No user expression sees an unmasked value of a masked column: the mask
-//!   projection is the only consumer of raw columns (besides the key
-//!   comparison of a join on two equal injective masks, which
-//!   [`raw_keys::RawKeyJoin`] makes on the raw values), and the barrier
+//!   projection is the only consumer of raw columns (besides the equality
+//!   comparisons of a join on two equal injective masks, which
+//!   [`raw_keys::RawKeyJoin`] makes on the raw values, and of a partial
+//!   aggregate grouping by one, [`raw_groups::RawKeyGroup`]), and the barrier
 //!   lets no predicate on a masked column through (DataFusion's filter pushdown stops
 //!   at the node; [`leakproof::SecureFilterPushdown`] moves only leakproof
 //!   conjuncts on unmasked columns below it, and
@@ -27,6 +28,7 @@
 pub mod leakproof;
 pub mod node;
 pub mod principal_fns;
+pub mod raw_groups;
 pub mod raw_keys;
 pub mod rule;
 pub mod table;

@@ -43,11 +43,9 @@
 //! - Floats (0.0 and -0.0, NaNs share tokens), dictionaries and nested types
 //!   keep the token join.
 //!
-//! GROUP BY keeps grouping tokens. Grouping raw values and masking each
-//! group's key afterwards would give the same groups, but an aggregate that
-//! runs out of memory spills runs sorted by the group key, so its output
-//! would come out in raw-value order; and a partitioned aggregate places
-//! groups by `hash(key) % n` like the join above.
+//! GROUP BY: a partial aggregate may group raw values the same way, but
+//! everything that places, sorts or spills groups by key must see tokens
+//! (`raw_groups.rs`).
 
 use std::any::Any;
 use std::collections::HashSet;
@@ -87,7 +85,7 @@ pub struct RawKeyJoinMode;
 /// their full-precision text). Left out: floats, Date64 (its text drops the
 /// time of day a value may carry), fixed-size binary (no text form) and
 /// every nested or dictionary type.
-fn joinable(t: &DataType) -> bool {
+pub(crate) fn raw_comparable(t: &DataType) -> bool {
     use DataType::*;
     t.is_integer()
         || matches!(
@@ -286,7 +284,7 @@ impl OptimizerRule for RawKeyJoin {
             let Some(re) = expose(&right, r, &mut name)? else {
                 continue;
             };
-            if le.mask != re.mask || le.raw_type != re.raw_type || !joinable(&le.raw_type) {
+            if le.mask != re.mask || le.raw_type != re.raw_type || !raw_comparable(&le.raw_type) {
                 continue;
             }
             *pair = (Expr::Column(le.raw), Expr::Column(re.raw));
