@@ -180,6 +180,50 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
+    // Where the time goes, phase by phase, on one state per side.
+    let mut g = c.benchmark_group("planning_3way_join_phases");
+    for (side, state, sql) in [
+        ("plain", plain.state(), plain_join.as_str()),
+        ("governed", ctx.state(), join),
+    ] {
+        let logical = rt.block_on(state.create_logical_plan(sql)).expect("plan");
+        let analyzed = state
+            .analyzer()
+            .execute_and_check(logical.clone(), state.config_options(), |_, _| {})
+            .expect("analyze");
+        let optimized = state.optimize(&logical).expect("optimize");
+        g.bench_function(format!("{side}_sql_to_logical"), |b| {
+            b.iter(|| rt.block_on(state.create_logical_plan(sql)).expect("plan"))
+        });
+        g.bench_function(format!("{side}_analyze"), |b| {
+            b.iter(|| {
+                state
+                    .analyzer()
+                    .execute_and_check(logical.clone(), state.config_options(), |_, _| {})
+                    .expect("analyze")
+            })
+        });
+        g.bench_function(format!("{side}_optimize"), |b| {
+            b.iter(|| {
+                state
+                    .optimizer()
+                    .optimize(analyzed.clone(), &state, |_, _| {})
+                    .expect("optimize")
+            })
+        });
+        g.bench_function(format!("{side}_physical"), |b| {
+            b.iter(|| {
+                rt.block_on(
+                    state
+                        .query_planner()
+                        .create_physical_plan(&optimized, &state),
+                )
+                .expect("physical")
+            })
+        });
+    }
+    g.finish();
+
     let mut g = c.benchmark_group("group_6m_rows_by_3_values");
     g.sample_size(10);
     g.bench_function("raw_column", |b| {

@@ -20,6 +20,7 @@ use argon2::Argon2;
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList};
+use datafusion::common::format::{ExplainAnalyzeCategories, MetricCategory};
 use datafusion::common::ParamValues;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder};
@@ -786,6 +787,11 @@ impl Session {
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(self.catalog_name(), "public");
+        // EXPLAIN ANALYZE shows row counts and timings only: byte and
+        // memory metrics of operators that compare raw keys (raw_keys.rs,
+        // raw_groups.rs) would measure raw values.
+        config.options_mut().explain.analyze_categories =
+            ExplainAnalyzeCategories::Only(vec![MetricCategory::Rows, MetricCategory::Timing]);
         for (k, v) in &self.settings {
             config.options_mut().set(k, v)?;
         }

@@ -414,6 +414,18 @@ async fn a_masked_join_compares_raw_keys_and_returns_only_tokens() {
     assert!(e.contains("No field named"), "{e}");
     let analyzed = text(&mut carol, &format!("EXPLAIN ANALYZE {JOIN}")).await;
     assert!(!analyzed.contains("DynamicFilter"), "{analyzed}");
+    assert_no_byte_metrics(&analyzed);
+}
+
+/// EXPLAIN ANALYZE shows row counts and timings, never byte or memory
+/// metrics: the build side of a raw-key join or a raw-key partial
+/// aggregate holds raw values, and their size would show.
+fn assert_no_byte_metrics(analyzed: &str) {
+    assert!(analyzed.contains("output_rows="), "{analyzed}");
+    assert!(analyzed.contains("elapsed_compute="), "{analyzed}");
+    for metric in ["mem_used", "bytes", "memory"] {
+        assert!(!analyzed.contains(metric), "{metric}: {analyzed}");
+    }
 }
 
 /// A partitioned hash join sends each row to `hash(key) % n` with public
@@ -609,6 +621,14 @@ async fn a_masked_group_by_groups_raw_values_and_returns_only_tokens() {
             }
         }
     }
+    let analyzed = text(
+        &mut bob,
+        "EXPLAIN ANALYZE SELECT region, count(*) FROM g.s GROUP BY region",
+    )
+    .await;
+    assert!(analyzed.contains("mode=Partial"), "{analyzed}");
+    assert_no_byte_metrics(&analyzed);
+
     // Two keys at once: the same pairs as row by row.
     let expected = expect(&|r| format!("{} {}", r[0], r[2]))
         .into_iter()
