@@ -65,6 +65,31 @@ pub fn parse_condition(text: &str) -> Result<Condition> {
     dialect.finish(parsed).and_then(|expr| compile(&expr, text))
 }
 
+/// Most parsed conditions [`cached_condition`] keeps; it starts over when full.
+const CACHE_CAP: usize = 4096;
+
+/// [`parse_condition`], remembered by text: every query evaluates the
+/// conditions of the policies on the sources it reads, and parsing them
+/// was a tenth of governed planning. Only conditions that parse are kept
+/// (a failure is parsed, and reported, each time).
+pub fn cached_condition(text: &str) -> Result<std::sync::Arc<Condition>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<Condition>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(c) = cache.lock().ok().and_then(|m| m.get(text).cloned()) {
+        return Ok(c);
+    }
+    let parsed = Arc::new(parse_condition(text)?);
+    if let Ok(mut m) = cache.lock() {
+        if m.len() >= CACHE_CAP {
+            m.clear();
+        }
+        m.insert(text.to_string(), Arc::clone(&parsed));
+    }
+    Ok(parsed)
+}
+
 /// The string literal arguments of a principal function call.
 pub(crate) fn string_args(args: &FunctionArguments) -> Option<Vec<String>> {
     match args {

@@ -12,7 +12,7 @@
 //! - Fail closed: a condition that does not parse is an error naming the
 //!   policy, never a silent skip.
 
-use crate::condition::parse_condition;
+use crate::condition::cached_condition;
 use crate::error::{Result, VeilError};
 use crate::model::{
     tag_covers, Applicability, CatalogSnapshot, DataSource, Lineage, MaskMethod, Policy,
@@ -74,7 +74,7 @@ pub enum Access {
 
 fn applies(policy: &Policy, p: &Principal) -> Result<bool> {
     let cond = |c: &str| {
-        parse_condition(c).map_err(|e| VeilError::PolicyFailure {
+        cached_condition(c).map_err(|e| VeilError::PolicyFailure {
             policy: policy.name.clone(),
             reason: e.to_string(),
         })
@@ -142,7 +142,7 @@ fn own_subscription(p: &Principal, source: &DataSource) -> Result<std::result::R
         Subscription::Anyone => true,
         Subscription::OwnersOnly => false,
         Subscription::Users(users) => p.user.as_ref().is_some_and(|u| users.contains(u)),
-        Subscription::When(c) => parse_condition(c)
+        Subscription::When(c) => cached_condition(c)
             .map_err(|e| VeilError::PolicyFailure {
                 policy: format!("subscription of {name}"),
                 reason: e.to_string(),

@@ -304,8 +304,12 @@ impl AnalyzerRule for GovernanceRule {
                 LogicalPlan::TableScan(scan) => {
                     return match GovernedTable::from_source(&scan.source) {
                         Some(table) => {
-                            rewrote = true;
-                            Ok(Transformed::yes(self.ctx.rewrite_scan(scan, &table)?))
+                            let before = Arc::clone(&scan.projected_schema);
+                            let after = self.ctx.rewrite_scan(scan, &table)?;
+                            // The scan already showed the visible (masked)
+                            // schema; recompute above only if that changed.
+                            rewrote |= after.schema() != &before;
+                            Ok(Transformed::yes(after))
                         }
                         None => Ok(Transformed::no(LogicalPlan::TableScan(scan))),
                     };
@@ -313,7 +317,7 @@ impl AnalyzerRule for GovernanceRule {
                 other => other,
             };
             if rewrote {
-                // Masks can change column types: recompute the schemas above.
+                // A schema changed below: recompute the schemas above.
                 Ok(Transformed::yes(node.recompute_schema()?))
             } else {
                 Ok(Transformed::no(node))
