@@ -621,13 +621,15 @@ async fn a_masked_group_by_groups_raw_values_and_returns_only_tokens() {
             }
         }
     }
-    let analyzed = text(
-        &mut bob,
-        "EXPLAIN ANALYZE SELECT region, count(*) FROM g.s GROUP BY region",
-    )
-    .await;
-    assert!(analyzed.contains("mode=Partial"), "{analyzed}");
-    assert_no_byte_metrics(&analyzed);
+    for explain in ["EXPLAIN ANALYZE", "EXPLAIN ANALYZE VERBOSE"] {
+        let analyzed = text(
+            &mut bob,
+            &format!("{explain} SELECT region, count(*) FROM g.s GROUP BY region"),
+        )
+        .await;
+        assert!(analyzed.contains("mode=Partial"), "{analyzed}");
+        assert_no_byte_metrics(&analyzed);
+    }
 
     // Two keys at once: the same pairs as row by row.
     let expected = expect(&|r| format!("{} {}", r[0], r[2]))

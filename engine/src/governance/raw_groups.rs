@@ -132,19 +132,14 @@ fn rewrite(plan: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
         read.extend(collect_columns(&e).iter().map(Column::index));
     }
 
-    // Grouping positions whose column is an injective mask of a raw column,
-    // with that mask; `replaced` by projection column (GROUP BY a, a).
+    // Projection columns that are an injective mask of a raw column and
+    // that only the grouping reads, with their mask.
     let mut exprs: Vec<ProjectionExpr> = projection.expr().to_vec();
-    let mut replaced: HashMap<usize, Arc<dyn PhysicalExpr>> = HashMap::new();
-    let mut masks: Vec<(usize, Arc<dyn PhysicalExpr>)> = Vec::new();
-    for (position, (e, _)) in group.iter().enumerate() {
-        let Some(index) = plain(e).filter(|i| !read.contains(i)) else {
+    let mut masks: HashMap<usize, Arc<dyn PhysicalExpr>> = HashMap::new();
+    for (e, _) in group {
+        let Some(index) = plain(e).filter(|i| !read.contains(i) && !masks.contains_key(i)) else {
             continue;
         };
-        if let Some(mask) = replaced.get(&index) {
-            masks.push((position, Arc::clone(mask)));
-            continue;
-        }
         let Some(slot) = exprs.get_mut(index) else {
             continue;
         };
@@ -163,8 +158,7 @@ fn rewrite(plan: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
             continue;
         }
         slot.expr = Arc::clone(arg);
-        replaced.insert(index, Arc::clone(&mask));
-        masks.push((position, mask));
+        masks.insert(index, mask);
     }
     if masks.is_empty() {
         return Ok(None);
@@ -187,13 +181,18 @@ fn rewrite(plan: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
     }
     let partial: Arc<dyn ExecutionPlan> = Arc::new(partial);
 
-    // Mask each group key the partial aggregate emits; pass the rest through.
+    // Mask each group key the partial aggregate emits (its first columns,
+    // in grouping order); pass the rest through.
     let schema = partial.schema();
     let mut outputs = Vec::with_capacity(schema.fields().len());
     for (i, field) in schema.fields().iter().enumerate() {
         let column: Arc<dyn PhysicalExpr> = Arc::new(Column::new(field.name(), i));
-        let expr = match masks.iter().find(|(p, _)| *p == i) {
-            Some((_, mask)) => Arc::clone(mask).with_new_children(vec![column])?,
+        let mask = group
+            .get(i)
+            .and_then(|(e, _)| plain(e))
+            .and_then(|index| masks.get(&index));
+        let expr = match mask {
+            Some(mask) => Arc::clone(mask).with_new_children(vec![column])?,
             None => column,
         };
         outputs.push(ProjectionExpr {
