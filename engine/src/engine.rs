@@ -34,6 +34,7 @@ use rand::distr::{Alphanumeric, SampleString};
 
 use crate::audit::{AuditWriter, QueryAudit};
 use crate::catalog::{VeilCatalog, CATALOG};
+use crate::catalog_cache::{CatalogKey, PrincipalView};
 use crate::error::{Result, VeilError};
 use crate::governance::leakproof::{LiftUnsafeFilters, SecureFilterPushdown};
 use crate::governance::raw_groups::RawKeyGroup;
@@ -109,6 +110,8 @@ pub struct Engine {
     admission: crate::limits::Admission,
     throttle: crate::login::LoginThrottle,
     plans: crate::plan_cache::PlanCache,
+    /// Each principal's catalog at the current policy version.
+    catalogs: crate::catalog_cache::CatalogCache,
 }
 
 /// A statement's result: its schema and a stream of batches.
@@ -220,6 +223,7 @@ impl Engine {
             admission: crate::limits::Admission::new(options.limits.clone()),
             throttle: crate::login::LoginThrottle::new(options.login.clone()),
             plans: Default::default(),
+            catalogs: Default::default(),
             audit,
             metrics: crate::metrics::Metrics::new()?,
             store,
@@ -771,18 +775,30 @@ impl Session {
     /// Builds the DataFusion context for one statement.
     pub fn context(&self) -> Result<(SessionContext, Arc<GovernanceContext>)> {
         let snapshot = self.engine.snapshot()?;
-        let principal = self.principal(&snapshot)?;
-        let gctx = Arc::new(GovernanceContext {
-            principal,
+        let key = CatalogKey {
+            user: self.user.clone(),
+            impersonated: self.impersonated.clone(),
             project: self.project.clone(),
-            snapshot,
-            keys: self.engine.keys.clone(),
-            applied: Mutex::new(Vec::new()),
-            metrics: self.engine.metrics.clone(),
-        });
-        let system = self.system_tables(&gctx.snapshot)?;
-        let catalog =
-            VeilCatalog::build(&gctx, &self.engine.runtime, &self.engine.warehouse, system)?;
+        };
+        let view = self
+            .engine
+            .catalogs
+            .get_or_build(snapshot.version, key, || {
+                let gctx = self.governance_context(self.principal(&snapshot)?, &snapshot);
+                let system = self.system_tables(&snapshot)?;
+                let catalog = VeilCatalog::build(
+                    &gctx,
+                    &self.engine.runtime,
+                    &self.engine.warehouse,
+                    system,
+                )?;
+                Ok(PrincipalView {
+                    principal: gctx.principal,
+                    catalog: Arc::new(catalog),
+                })
+            })?;
+        let gctx = Arc::new(self.governance_context(view.principal.clone(), &snapshot));
+        let catalog = Arc::clone(&view.catalog);
         let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
@@ -796,7 +812,7 @@ impl Session {
             config.options_mut().set(k, v)?;
         }
         let catalogs = MemoryCatalogProviderList::new();
-        catalogs.register_catalog(self.catalog_name().into(), Arc::new(catalog));
+        catalogs.register_catalog(self.catalog_name().into(), catalog);
         // This statement's own memory pool: its share of the server's.
         let runtime = RuntimeEnvBuilder::from_runtime_env(&self.engine.runtime)
             .with_memory_pool(self.engine.admission.query_pool())
@@ -843,6 +859,22 @@ impl Session {
             .with_query_planner(Arc::new(GovernedQueryPlanner))
             .build();
         Ok((SessionContext::new_with_state(state), gctx))
+    }
+
+    /// What the governance rule of one statement decides with.
+    fn governance_context(
+        &self,
+        principal: Principal,
+        snapshot: &Arc<CatalogSnapshot>,
+    ) -> GovernanceContext {
+        GovernanceContext {
+            principal,
+            project: self.project.clone(),
+            snapshot: Arc::clone(snapshot),
+            keys: self.engine.keys.clone(),
+            applied: Mutex::new(Vec::new()),
+            metrics: self.engine.metrics.clone(),
+        }
     }
 
     /// Plans SQL once into a verified logical plan (no DDL, DML, COPY or

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod catalog;
+mod catalog_cache;
 pub mod condition;
 pub mod engine;
 pub mod error;
