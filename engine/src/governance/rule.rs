@@ -15,7 +15,7 @@ use datafusion::common::tree_node::Transformed;
 use datafusion::common::{DFSchema, DataFusionError, Result};
 use datafusion::datasource::provider_as_source;
 use datafusion::logical_expr::expr::ScalarFunction;
-use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
+use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
     Expr, ExprSchemable, LogicalPlan, Projection, ScalarUDF, TableScan, TableScanBuilder,
 };
@@ -184,14 +184,9 @@ impl GovernanceContext {
             return Ok(raw);
         }
 
-        // Pruning hints: the policy conjuncts, pushed into the raw scan.
-        let raw = match (&row_predicate, raw) {
-            (Some(p), LogicalPlan::TableScan(mut s)) => {
-                s.filters = split_conjunction_owned(p.clone());
-                LogicalPlan::TableScan(s)
-            }
-            (_, raw) => raw,
-        };
+        // The physical barrier offers the row policy to the Parquet scan
+        // for pruning (node.rs), so the raw scan carries no copy of it.
+        let unmasked = masked.is_empty();
         let barrier = GovernedScanNode {
             source: decision.source.clone(),
             input: raw,
@@ -201,6 +196,10 @@ impl GovernanceContext {
         }
         .into_plan();
         self.record_applied(&decision, applied_rows);
+        if unmasked {
+            // Row policies only: the barrier already shows the raw columns.
+            return Ok(barrier);
+        }
         Ok(LogicalPlan::Projection(Projection::try_new(
             exprs,
             Arc::new(barrier),
