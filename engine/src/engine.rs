@@ -23,7 +23,8 @@ use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList};
 use datafusion::common::format::{ExplainAnalyzeCategories, MetricCategory};
 use datafusion::common::ParamValues;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
-use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder};
+use datafusion::execution::session_state::SessionState;
+use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::{LogicalPlan, Statement};
 use datafusion::optimizer::{Analyzer, Optimizer};
 use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
@@ -39,7 +40,9 @@ use crate::error::{Result, VeilError};
 use crate::governance::leakproof::{LiftUnsafeFilters, SecureFilterPushdown};
 use crate::governance::raw_groups::RawKeyGroup;
 use crate::governance::raw_keys::{RawKeyJoin, RawKeyJoinMode};
-use crate::governance::{GovernanceContext, GovernanceRule, GovernedQueryPlanner};
+use crate::governance::{
+    GovernanceContext, GovernanceRule, GovernedQueryPlanner, StatementGovernance,
+};
 use crate::keys::MasterKey;
 use crate::model::{CatalogSnapshot, Permission, User};
 use crate::principal::Principal;
@@ -56,6 +59,68 @@ pub const SETTABLE_OPTIONS: &[&str] = &[
     "datafusion.execution.time_zone",
     "datafusion.sql_parser.enable_ident_normalization",
 ];
+
+/// The one settable option that changes functions (`now()`, ...).
+const TIME_ZONE: &str = "datafusion.execution.time_zone";
+
+/// The session state every statement starts from (a clone of it, then its
+/// catalog, settings and [`StatementGovernance`]): DataFusion's functions
+/// and rules, the governance analyzer rule right before type coercion, and
+/// the governance optimizer rules. Built once per engine, because
+/// registering DataFusion's functions again cost more than the rest of a
+/// statement's context.
+fn statement_state(runtime: Arc<RuntimeEnv>) -> SessionState {
+    let mut config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_create_default_catalog_and_schema(false)
+        .with_default_catalog_and_schema(CATALOG, "public");
+    // EXPLAIN ANALYZE shows row counts and timings only: byte and
+    // memory metrics of operators that compare raw keys (raw_keys.rs,
+    // raw_groups.rs) would measure raw values.
+    config.options_mut().explain.analyze_categories =
+        ExplainAnalyzeCategories::Only(vec![MetricCategory::Rows, MetricCategory::Timing]);
+
+    let mut analyzer_rules = Analyzer::new().rules;
+    let at = analyzer_rules
+        .iter()
+        .position(|r| r.name() == "type_coercion")
+        .unwrap_or(0);
+    analyzer_rules.insert(at, Arc::new(GovernanceRule));
+    let mut optimizer_rules = Optimizer::new().rules;
+    let at = optimizer_rules
+        .iter()
+        .position(|r| r.name() == "push_down_filter")
+        .map(|i| i + 1)
+        .unwrap_or(optimizer_rules.len());
+    optimizer_rules.insert(at, Arc::new(SecureFilterPushdown));
+    optimizer_rules.push(Arc::new(RawKeyJoin));
+    optimizer_rules.push(Arc::new(LiftUnsafeFilters));
+    // Joins on raw keys never partition by them (governance/raw_keys.rs).
+    let mut physical_rules = PhysicalOptimizer::new().rules;
+    let at = physical_rules
+        .iter()
+        .position(|r| r.name() == "join_selection")
+        .map(|i| i + 1)
+        .unwrap_or(physical_rules.len());
+    physical_rules.insert(at, Arc::new(RawKeyJoinMode));
+    // Partial aggregates group raw keys; last, so nothing reshapes them.
+    let at = physical_rules
+        .iter()
+        .position(|r| r.name() == "SanityCheckPlan")
+        .unwrap_or(physical_rules.len());
+    physical_rules.insert(at, Arc::new(RawKeyGroup));
+
+    SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_catalog_list(Arc::new(MemoryCatalogProviderList::new()))
+        .with_analyzer_rules(analyzer_rules)
+        .with_optimizer_rules(optimizer_rules)
+        .with_physical_optimizer_rules(physical_rules)
+        .with_query_planner(Arc::new(GovernedQueryPlanner))
+        .build()
+}
 
 /// Engine settings beyond the data directory.
 #[derive(Debug, Clone)]
@@ -112,6 +177,8 @@ pub struct Engine {
     plans: crate::plan_cache::PlanCache,
     /// Each principal's catalog at the current policy version.
     catalogs: crate::catalog_cache::CatalogCache,
+    /// What every statement's session state is cloned from.
+    statement_state: SessionState,
 }
 
 /// A statement's result: its schema and a stream of batches.
@@ -224,6 +291,7 @@ impl Engine {
             throttle: crate::login::LoginThrottle::new(options.login.clone()),
             plans: Default::default(),
             catalogs: Default::default(),
+            statement_state: statement_state(Arc::clone(&runtime)),
             audit,
             metrics: crate::metrics::Metrics::new()?,
             store,
@@ -235,6 +303,14 @@ impl Engine {
             warehouse,
             options,
         }))
+    }
+
+    /// A statement's runtime: the engine's, with the statement's own memory
+    /// pool (its share of the server's).
+    pub(crate) fn statement_runtime(&self) -> Result<Arc<RuntimeEnv>> {
+        Ok(RuntimeEnvBuilder::from_runtime_env(&self.runtime)
+            .with_memory_pool(self.admission.query_pool())
+            .build_arc()?)
     }
 
     /// Where workspaces live.
@@ -799,65 +875,22 @@ impl Session {
             })?;
         let gctx = Arc::new(self.governance_context(view.principal.clone(), &snapshot));
         let catalog = Arc::clone(&view.catalog);
-        let mut config = SessionConfig::new()
-            .with_information_schema(true)
-            .with_create_default_catalog_and_schema(false)
-            .with_default_catalog_and_schema(self.catalog_name(), "public");
-        // EXPLAIN ANALYZE shows row counts and timings only: byte and
-        // memory metrics of operators that compare raw keys (raw_keys.rs,
-        // raw_groups.rs) would measure raw values.
-        config.options_mut().explain.analyze_categories =
-            ExplainAnalyzeCategories::Only(vec![MetricCategory::Rows, MetricCategory::Timing]);
-        for (k, v) in &self.settings {
-            config.options_mut().set(k, v)?;
-        }
         let catalogs = MemoryCatalogProviderList::new();
         catalogs.register_catalog(self.catalog_name().into(), catalog);
-        // This statement's own memory pool: its share of the server's.
-        let runtime = RuntimeEnvBuilder::from_runtime_env(&self.engine.runtime)
-            .with_memory_pool(self.engine.admission.query_pool())
-            .build_arc()?;
-
-        let mut analyzer_rules = Analyzer::new().rules;
-        let at = analyzer_rules
-            .iter()
-            .position(|r| r.name() == "type_coercion")
-            .unwrap_or(0);
-        analyzer_rules.insert(at, Arc::new(GovernanceRule::new(Arc::clone(&gctx))));
-        let mut optimizer_rules = Optimizer::new().rules;
-        let at = optimizer_rules
-            .iter()
-            .position(|r| r.name() == "push_down_filter")
-            .map(|i| i + 1)
-            .unwrap_or(optimizer_rules.len());
-        optimizer_rules.insert(at, Arc::new(SecureFilterPushdown));
-        optimizer_rules.push(Arc::new(RawKeyJoin));
-        optimizer_rules.push(Arc::new(LiftUnsafeFilters));
-        // Joins on raw keys never partition by them (governance/raw_keys.rs).
-        let mut physical_rules = PhysicalOptimizer::new().rules;
-        let at = physical_rules
-            .iter()
-            .position(|r| r.name() == "join_selection")
-            .map(|i| i + 1)
-            .unwrap_or(physical_rules.len());
-        physical_rules.insert(at, Arc::new(RawKeyJoinMode));
-        // Partial aggregates group raw keys; last, so nothing reshapes them.
-        let at = physical_rules
-            .iter()
-            .position(|r| r.name() == "SanityCheckPlan")
-            .unwrap_or(physical_rules.len());
-        physical_rules.insert(at, Arc::new(RawKeyGroup));
-
-        let state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_runtime_env(runtime)
-            .with_default_features()
-            .with_catalog_list(Arc::new(catalogs) as Arc<dyn CatalogProviderList>)
-            .with_analyzer_rules(analyzer_rules)
-            .with_optimizer_rules(optimizer_rules)
-            .with_physical_optimizer_rules(physical_rules)
-            .with_query_planner(Arc::new(GovernedQueryPlanner))
-            .build();
+        let mut state = self.engine.statement_state.clone();
+        state.register_catalog_list(Arc::new(catalogs));
+        let options = state.config_mut().options_mut();
+        options.catalog.default_catalog = self.catalog_name().to_string();
+        for (k, v) in &self.settings {
+            options.set(k, v)?;
+        }
+        options
+            .extensions
+            .insert(StatementGovernance(Arc::clone(&gctx)));
+        if self.settings.iter().any(|(k, _)| k == TIME_ZONE) {
+            // Functions that read the time zone are made again for it.
+            state = SessionStateBuilder::new_from_existing(state).build();
+        }
         Ok((SessionContext::new_with_state(state), gctx))
     }
 
@@ -1250,7 +1283,9 @@ impl Session {
 
     /// Starts a physical plan; the stream ends at the statement's deadline.
     fn start(&self, ctx: &SessionContext, plan: Arc<dyn ExecutionPlan>) -> Result<QueryOutput> {
-        let mut stream = execute_stream(plan, ctx.task_ctx())?;
+        let task = TaskContext::from(&*ctx.state_ref().read())
+            .with_runtime(self.engine.statement_runtime()?);
+        let mut stream = execute_stream(plan, Arc::new(task))?;
         if let Some(deadline) = self.deadline {
             let timeout = self.engine.admission.limits().query_timeout;
             stream = crate::limits::with_deadline(stream, deadline, timeout);

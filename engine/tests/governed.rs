@@ -548,3 +548,33 @@ async fn a_plan_made_ahead_never_runs_under_other_policies_users_or_sql() {
         .unwrap();
     assert!(id.is_none());
 }
+
+#[tokio::test]
+async fn the_statement_governance_cannot_be_set_listed_or_left_out() {
+    use datafusion::optimizer::AnalyzerRule;
+    use veil_engine::governance::GovernanceRule;
+    let (_d, engine) = demo().await;
+    let mut bob = engine.session("bob");
+    // Not settable, not even named in the settings a user can list.
+    let e = err(&mut bob, "SET veil_governance.principal = 'admin'").await;
+    assert!(e.to_string().contains("is not allowed"), "{e}");
+    let listed = q(
+        &mut bob,
+        "SELECT name FROM information_schema.df_settings WHERE name LIKE '%veil%'",
+    )
+    .await;
+    assert!(listed.is_empty(), "{listed:?}");
+    // The rule refuses a plan that comes without a statement's governance.
+    let (ctx, _) = bob.context().unwrap();
+    let plan = ctx
+        .state()
+        .create_logical_plan("SELECT name FROM hr.employees")
+        .await
+        .unwrap();
+    let bare = datafusion::common::config::ConfigOptions::new();
+    let e = GovernanceRule.analyze(plan, &bare).unwrap_err();
+    assert!(e.to_string().contains("no governance context"), "{e}");
+    // Bob's own statements still see his view only.
+    let names = q(&mut bob, "SELECT DISTINCT region FROM hr.employees").await;
+    assert_eq!(names, vec![vec!["US".to_string()]]);
+}

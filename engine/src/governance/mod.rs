@@ -34,5 +34,5 @@ pub mod rule;
 pub mod table;
 
 pub use node::{GovernedQueryPlanner, GovernedScanNode};
-pub use rule::{GovernanceContext, GovernanceRule};
+pub use rule::{GovernanceContext, GovernanceRule, StatementGovernance};
 pub use table::GovernedTable;

@@ -1,16 +1,17 @@
 //! The governance analyzer rule: rewrites every scan of a [`GovernedTable`]
 //! into mask projection -> barrier -> raw scan, for one principal.
 //!
-//! The rule instance is built per statement and holds the identity and the
-//! catalog snapshot; nothing comes from `ConfigOptions` (which SQL `SET` can
-//! change). It walks subqueries, keeps output names, and is idempotent: after
-//! the rewrite no `GovernedTable` scan is left, so a second run changes
-//! nothing.
+//! The identity and the catalog snapshot come from the statement's
+//! [`StatementGovernance`], which the engine puts into the statement's
+//! `ConfigOptions` and SQL `SET` cannot change (only a few execution
+//! options are settable at all, `engine::SETTABLE_OPTIONS`). It walks
+//! subqueries, keeps output names, and is idempotent: after the rewrite no
+//! `GovernedTable` scan is left, so a second run changes nothing.
 
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::config::ConfigOptions;
+use datafusion::common::config::{ConfigEntry, ConfigExtension, ConfigOptions, ExtensionOptions};
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{DFSchema, DataFusionError, Result};
 use datafusion::datasource::provider_as_source;
@@ -57,17 +58,47 @@ pub struct GovernanceContext {
     pub metrics: crate::metrics::Metrics,
 }
 
-/// The analyzer rule.
-#[derive(Debug)]
-pub struct GovernanceRule {
-    ctx: Arc<GovernanceContext>,
+/// The analyzer rule. One instance serves every statement: each
+/// statement's [`GovernanceContext`] travels in its `ConfigOptions` as
+/// [`StatementGovernance`], and a plan analyzed without one is refused.
+#[derive(Debug, Default)]
+pub struct GovernanceRule;
+
+/// A statement's governance context, as a `ConfigOptions` extension (so
+/// the engine can reuse one session state for every statement). SQL can
+/// neither set nor list it: `SET veil_governance.<anything>` fails and it
+/// shows no entries in `SHOW ALL` or `information_schema.df_settings`.
+#[derive(Debug, Clone)]
+pub struct StatementGovernance(pub Arc<GovernanceContext>);
+
+impl ExtensionOptions for StatementGovernance {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn cloned(&self) -> Box<dyn ExtensionOptions> {
+        Box::new(self.clone())
+    }
+
+    fn set(&mut self, key: &str, _value: &str) -> Result<()> {
+        Err(VeilError::PermissionDenied(format!(
+            "{}.{key} is the statement's governance and cannot be set",
+            Self::PREFIX
+        ))
+        .into())
+    }
+
+    fn entries(&self) -> Vec<ConfigEntry> {
+        Vec::new()
+    }
 }
 
-impl GovernanceRule {
-    /// A rule for one principal and snapshot.
-    pub fn new(ctx: Arc<GovernanceContext>) -> Self {
-        Self { ctx }
-    }
+impl ConfigExtension for StatementGovernance {
+    const PREFIX: &'static str = "veil_governance";
 }
 
 fn policy_failure(policy: &str, reason: impl std::fmt::Display) -> DataFusionError {
@@ -295,8 +326,14 @@ impl AnalyzerRule for GovernanceRule {
         "veil_governance"
     }
 
-    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
-        let _timer = self.ctx.metrics.policy_evaluation.start_timer();
+    fn analyze(&self, plan: LogicalPlan, config: &ConfigOptions) -> Result<LogicalPlan> {
+        let Some(StatementGovernance(ctx)) = config.extensions.get::<StatementGovernance>() else {
+            return Err(VeilError::Internal(
+                "refusing to plan: the statement has no governance context".into(),
+            )
+            .into());
+        };
+        let _timer = ctx.metrics.policy_evaluation.start_timer();
         let mut rewrote = false;
         plan.transform_up_with_subqueries(|node| {
             let node = match node {
@@ -304,7 +341,7 @@ impl AnalyzerRule for GovernanceRule {
                     return match GovernedTable::from_source(&scan.source) {
                         Some(table) => {
                             let before = Arc::clone(&scan.projected_schema);
-                            let after = self.ctx.rewrite_scan(scan, &table)?;
+                            let after = ctx.rewrite_scan(scan, &table)?;
                             // The scan already showed the visible (masked)
                             // schema; recompute above only if that changed.
                             rewrote |= after.schema() != &before;

@@ -19,7 +19,7 @@ use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::config::TableParquetOptions;
 use datafusion::common::TableReference;
 use datafusion::dataframe::DataFrameWriteOptions;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -561,6 +561,10 @@ impl<'a> Writer<'a> {
             write_id: write_id.clone(),
         };
         let written = async {
+            // Runs with the statement's own memory pool.
+            let state = SessionStateBuilder::new_from_existing(state)
+                .with_runtime_env(engine.statement_runtime()?)
+                .build();
             let df = DataFrame::new(state, plan);
             let url = format!("{}/", warehouse.url_of(&staging));
             let counts = df
