@@ -134,36 +134,34 @@ fn bench(c: &mut Criterion) {
         .replace("payments.", "")
         .replace("hr.", "");
 
-    let mut g = c.benchmark_group("planning_3way_join");
-    g.bench_function("plain_datafusion", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let plan = plain
-                    .state()
-                    .create_logical_plan(&plain_join)
-                    .await
-                    .expect("plan");
-                plain
-                    .state()
-                    .create_physical_plan(&plan)
-                    .await
-                    .expect("physical")
-            })
-        })
-    });
     let bob = engine.session("bob");
-    g.bench_function("governed_restricted", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let (ctx, _) = bob.context().expect("context");
-                let plan = ctx.state().create_logical_plan(join).await.expect("plan");
-                ctx.state()
-                    .create_physical_plan(&plan)
-                    .await
-                    .expect("physical")
-            })
+    let plan_plain = || {
+        rt.block_on(async {
+            let plan = plain
+                .state()
+                .create_logical_plan(&plain_join)
+                .await
+                .expect("plan");
+            plain
+                .state()
+                .create_physical_plan(&plan)
+                .await
+                .expect("physical")
         })
-    });
+    };
+    let plan_governed = || {
+        rt.block_on(async {
+            let (ctx, _) = bob.context().expect("context");
+            let plan = ctx.state().create_logical_plan(join).await.expect("plan");
+            ctx.state()
+                .create_physical_plan(&plan)
+                .await
+                .expect("physical")
+        })
+    };
+    let mut g = c.benchmark_group("planning_3way_join");
+    g.bench_function("plain_datafusion", |b| b.iter(plan_plain));
+    g.bench_function("governed_restricted", |b| b.iter(plan_governed));
     // The machine is noisy (runs of the two benchmarks above differ by up
     // to 30 %), so the cost of governance is also measured directly: each
     // iteration plans the plain and the governed query back to back, and
@@ -173,28 +171,10 @@ fn bench(c: &mut Criterion) {
             let mut added: i128 = 0;
             for _ in 0..iters {
                 let start = std::time::Instant::now();
-                rt.block_on(async {
-                    let plan = plain
-                        .state()
-                        .create_logical_plan(&plain_join)
-                        .await
-                        .expect("plan");
-                    plain
-                        .state()
-                        .create_physical_plan(&plan)
-                        .await
-                        .expect("physical")
-                });
+                plan_plain();
                 let plain_took = start.elapsed();
                 let start = std::time::Instant::now();
-                rt.block_on(async {
-                    let (ctx, _) = bob.context().expect("context");
-                    let plan = ctx.state().create_logical_plan(join).await.expect("plan");
-                    ctx.state()
-                        .create_physical_plan(&plan)
-                        .await
-                        .expect("physical")
-                });
+                plan_governed();
                 added += start.elapsed().as_nanos() as i128 - plain_took.as_nanos() as i128;
             }
             std::time::Duration::from_nanos(added.max(0) as u64)
@@ -203,19 +183,8 @@ fn bench(c: &mut Criterion) {
     g.bench_function("governed_context_only", |b| {
         b.iter(|| bob.context().expect("context"))
     });
-    let (ctx, _) = bob.context().expect("context");
-    g.bench_function("governed_reused_context", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let plan = ctx.state().create_logical_plan(join).await.expect("plan");
-                ctx.state()
-                    .create_physical_plan(&plan)
-                    .await
-                    .expect("physical")
-            })
-        })
-    });
     g.finish();
+    let (ctx, _) = bob.context().expect("context");
 
     // Where the time goes, phase by phase, on one state per side.
     let mut g = c.benchmark_group("planning_3way_join_phases");

@@ -4,8 +4,8 @@
 //! ```text
 //!   Projection [mask(col) AS col, ...]            one projection, masks from raw inputs
 //!     GovernedScan: source (barrier)              evaluates row policies exactly; opaque
-//!       TableScan raw (filters: row policy,       row policy copies are pruning hints only
-//!                      leakproof user conjuncts)
+//!       TableScan raw (filters: leakproof         the physical barrier also gives the row
+//!                      user conjuncts)            policy to the Parquet scan, for pruning
 //! ```
 //!
 //! Guarantees kept here:
