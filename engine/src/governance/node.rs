@@ -25,7 +25,7 @@ use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::stats::Precision;
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{internal_err, DFSchemaRef, Result, Statistics};
 use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::session_state::SessionState;
@@ -348,6 +348,24 @@ fn optimize_hidden_input(
             inner = Arc::clone(filter.input());
         }
     }
+    // Outside a barrier, DataFusion splits a scan's files into byte ranges
+    // for its parent (EnforceDistribution); the hidden scan has no parent
+    // there, so it is split here, or a one-file source is read by one core.
+    let config = session.config_options();
+    let target = config.execution.target_partitions;
+    if config.optimizer.repartition_file_scans && target > 1 {
+        inner = inner
+            .transform_up(|p| {
+                if !p.children().is_empty() {
+                    return Ok(Transformed::no(p));
+                }
+                Ok(match p.repartitioned(target, config)? {
+                    Some(split) => Transformed::yes(split),
+                    None => Transformed::no(p),
+                })
+            })?
+            .data;
+    }
     Ok(inner)
 }
 
@@ -380,7 +398,7 @@ mod tests {
 
     /// Plans `GovernedScan(region = 'US')` over the demo employees file
     /// and returns the barrier's hidden input, printed.
-    async fn hidden_input(pushdown_filters: bool) -> String {
+    async fn hidden_input(pushdown_filters: bool, partitions: usize) -> String {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../testdata/hr/employees.parquet"
@@ -395,6 +413,10 @@ mod tests {
             .execution
             .parquet
             .pushdown_filters = pushdown_filters;
+        let options = state.config_mut().options_mut();
+        options.execution.target_partitions = partitions;
+        // The demo file is small: split it anyway.
+        options.optimizer.repartition_file_min_size = 0;
         let ctx = SessionContext::new_with_state(state);
         ctx.register_parquet("employees", path, ParquetReadOptions::default())
             .await
@@ -430,13 +452,25 @@ mod tests {
     async fn the_row_policy_prunes_the_hidden_parquet_scan() {
         // Statistics pruning only: the scan takes the predicate, and the
         // filter left for the barrier (which evaluates it anyway) is gone.
-        let inner = hidden_input(false).await;
+        let inner = hidden_input(false, 1).await;
         assert!(inner.starts_with("DataSourceExec"), "{inner}");
         assert!(inner.contains("predicate=region@"), "{inner}");
         assert!(!inner.contains("FilterExec"), "{inner}");
         // With pushdown_filters the scan applies it while decoding too.
-        let inner = hidden_input(true).await;
+        let inner = hidden_input(true, 1).await;
         assert!(inner.starts_with("DataSourceExec"), "{inner}");
+        assert!(inner.contains("predicate=region@"), "{inner}");
+    }
+
+    #[tokio::test]
+    async fn the_hidden_scan_is_split_across_target_partitions() {
+        // One file, read by four partitions (byte ranges), as DataFusion
+        // does for a scan outside a barrier.
+        assert!(hidden_input(false, 1)
+            .await
+            .contains("file_groups={1 group:"));
+        let inner = hidden_input(false, 4).await;
+        assert!(inner.contains("file_groups={4 groups:"), "{inner}");
         assert!(inner.contains("predicate=region@"), "{inner}");
     }
 }
