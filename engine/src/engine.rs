@@ -22,6 +22,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList};
 use datafusion::common::format::{ExplainAnalyzeCategories, MetricCategory};
 use datafusion::common::ParamValues;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, TaskContext};
@@ -59,6 +60,9 @@ pub const SETTABLE_OPTIONS: &[&str] = &[
     "datafusion.execution.time_zone",
     "datafusion.sql_parser.enable_ident_normalization",
 ];
+
+/// How long a source directory's file list is reused before it is listed again.
+pub const LISTING_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The one settable option that changes functions (`now()`, ...).
 const TIME_ZONE: &str = "datafusion.execution.time_zone";
@@ -279,7 +283,13 @@ impl Engine {
         options: EngineOptions,
     ) -> Result<Arc<Self>> {
         let snapshot = store.load()?;
-        let runtime = Arc::new(RuntimeEnv::default());
+        // Directory listings are cached for a second only: a file added to
+        // a source's directory is read by the queries planned after that.
+        let runtime = RuntimeEnvBuilder::new()
+            .with_cache_manager(
+                CacheManagerConfig::default().with_list_files_cache_ttl(Some(LISTING_TTL)),
+            )
+            .build_arc()?;
         let location = options
             .warehouse
             .as_deref()

@@ -578,3 +578,29 @@ async fn the_statement_governance_cannot_be_set_listed_or_left_out() {
     let names = q(&mut bob, "SELECT DISTINCT region FROM hr.employees").await;
     assert_eq!(names, vec![vec!["US".to_string()]]);
 }
+
+#[tokio::test]
+async fn a_file_added_to_a_source_directory_is_read_by_the_next_query() {
+    let (_d, engine) = demo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = repo_root().join("testdata/sales/transactions.parquet");
+    std::fs::copy(&file, dir.path().join("a.parquet")).unwrap();
+    let mut admin = engine.session("admin");
+    for sql in [
+        format!(
+            "CREATE DATA SOURCE grow.t FROM PARQUET '{}/'",
+            dir.path().display()
+        ),
+        "ALTER DATA SOURCE grow.t SET SUBSCRIPTION ANYONE".into(),
+    ] {
+        q(&mut admin, &sql).await;
+    }
+    let one = q(&mut admin, "SELECT count(*) FROM grow.t").await;
+    std::fs::copy(&file, dir.path().join("b.parquet")).unwrap();
+    // Listings are reused for LISTING_TTL.
+    tokio::time::sleep(veil_engine::engine::LISTING_TTL + std::time::Duration::from_millis(200))
+        .await;
+    let two = q(&mut admin, "SELECT count(*) FROM grow.t").await;
+    let n = |r: &Vec<Vec<String>>| r[0][0].parse::<u64>().unwrap();
+    assert_eq!(n(&two), 2 * n(&one));
+}
