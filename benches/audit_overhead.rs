@@ -5,7 +5,10 @@
 //!
 //! `cargo bench -p veil-engine --bench audit_overhead` (VEIL_BENCH_QUERIES
 //! total queries per run, default 8000; VEIL_BENCH_CLIENTS, default 8;
-//! median of 5 interleaved runs).
+//! VEIL_BENCH_ROUNDS rounds of one audited and one unaudited run, default
+//! 9; VEIL_BENCH_ONLY=audited|unaudited runs one side only, for profiling).
+//! Prints each round, the median throughputs, the median of the rounds'
+//! costs and the process's CPU time per query on each side (Linux).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -78,9 +81,27 @@ async fn engine(dir: &Path, audited: bool) -> Arc<Engine> {
     engine
 }
 
-/// Runs `queries` small queries from `clients` concurrent sessions; returns the wall time.
-async fn run(engine: &Arc<Engine>, clients: usize, queries: usize) -> Duration {
+/// CPU time this process has used (user + system), from /proc (Linux);
+/// None elsewhere.
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name: utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// One run: wall time and the process's CPU time over it.
+struct Run {
+    wall: Duration,
+    cpu: Option<Duration>,
+}
+
+/// Runs `queries` small queries from `clients` concurrent sessions.
+async fn run(engine: &Arc<Engine>, clients: usize, queries: usize) -> Run {
     let start = Instant::now();
+    let cpu = cpu_time();
     let mut tasks = vec![];
     for c in 0..clients {
         let engine = Arc::clone(engine);
@@ -99,17 +120,22 @@ async fn run(engine: &Arc<Engine>, clients: usize, queries: usize) -> Duration {
     for t in tasks {
         t.await.expect("client");
     }
-    start.elapsed()
+    let wall = start.elapsed();
+    Run {
+        wall,
+        cpu: cpu.zip(cpu_time()).map(|(a, b)| b.saturating_sub(a)),
+    }
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
 fn main() {
     let queries = env("VEIL_BENCH_QUERIES", 8000);
     let clients = env("VEIL_BENCH_CLIENTS", 8);
+    let rounds = env("VEIL_BENCH_ROUNDS", 9).max(1);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (with_dir, without_dir) = (
         tempfile::tempdir().expect("tmp"),
@@ -124,20 +150,59 @@ fn main() {
     // Warm-up.
     rt.block_on(run(&with, clients, clients * 20));
     rt.block_on(run(&without, clients, clients * 20));
-    let (mut a, mut b) = (vec![], vec![]);
-    for _ in 0..5 {
-        a.push(rt.block_on(run(&with, clients, queries)));
-        b.push(rt.block_on(run(&without, clients, queries)));
+    // Rounds of one audited and one unaudited run back to back (the order
+    // alternates); this machine's speed drifts between rounds, so each
+    // round's ratio is taken and the median ratio reported.
+    let qps = |r: &Run| queries as f64 / r.wall.as_secs_f64();
+    let cpu_us = |r: &Run| r.cpu.map(|c| c.as_secs_f64() * 1e6 / queries as f64);
+    // VEIL_BENCH_ONLY=audited|unaudited runs one side only (to profile it).
+    let only = std::env::var("VEIL_BENCH_ONLY").ok();
+    if let Some(engine) = match only.as_deref() {
+        Some("audited") => Some(&with),
+        Some("unaudited") => Some(&without),
+        _ => None,
+    } {
+        for _ in 0..rounds {
+            let r = rt.block_on(run(engine, clients, queries));
+            let cpu = cpu_us(&r).unwrap_or(f64::NAN);
+            println!("  {:.0} queries/s, {cpu:.0} µs CPU per query", qps(&r));
+        }
+        return;
     }
-    let (a, b) = (median(a), median(b));
-    let qps = |d: Duration| queries as f64 / d.as_secs_f64();
-    println!("{queries} small governed queries from {clients} clients (median of 5):");
-    println!("  audited:     {:>8.0} queries/s ({:?})", qps(a), a);
-    println!("  not audited: {:>8.0} queries/s ({:?})", qps(b), b);
+    let (mut a, mut b, mut cost, mut cpu_a, mut cpu_b) = (vec![], vec![], vec![], vec![], vec![]);
+    for round in 0..rounds {
+        let (x, y) = if round % 2 == 0 {
+            let x = rt.block_on(run(&with, clients, queries));
+            (x, rt.block_on(run(&without, clients, queries)))
+        } else {
+            let y = rt.block_on(run(&without, clients, queries));
+            (rt.block_on(run(&with, clients, queries)), y)
+        };
+        println!(
+            "  round {round}: audited {:.0} q/s, not audited {:.0} q/s",
+            qps(&x),
+            qps(&y)
+        );
+        cost.push((1.0 - qps(&x) / qps(&y)) * 100.0);
+        a.push(qps(&x));
+        b.push(qps(&y));
+        cpu_a.extend(cpu_us(&x));
+        cpu_b.extend(cpu_us(&y));
+    }
+    println!("{queries} small governed queries from {clients} clients, {rounds} rounds (medians):");
+    println!("  audited:     {:>8.0} queries/s", median(a));
+    println!("  not audited: {:>8.0} queries/s", median(b));
     println!(
-        "  audit cost:  {:.1}% of throughput",
-        (1.0 - qps(a) / qps(b)) * 100.0
+        "  audit cost:  {:.1}% of throughput (median of the rounds' costs)",
+        median(cost)
     );
+    if !cpu_a.is_empty() && !cpu_b.is_empty() {
+        let (ca, cb) = (median(cpu_a), median(cpu_b));
+        println!(
+            "  CPU per query: {ca:.0} µs audited, {cb:.0} µs not audited ({:+.1}%)",
+            (ca / cb - 1.0) * 100.0
+        );
+    }
     let records = with
         .store()
         .audit_records(&AuditFilter::default())

@@ -604,3 +604,37 @@ async fn a_file_added_to_a_source_directory_is_read_by_the_next_query() {
     let n = |r: &Vec<Vec<String>>| r[0][0].parse::<u64>().unwrap();
     assert_eq!(n(&two), 2 * n(&one));
 }
+
+/// `attribute_contains` on an integer column: attribute values are text,
+/// so "007" names 7, and a value that is no integer of the column (text,
+/// out of range) matches nothing instead of failing the query.
+#[tokio::test]
+async fn attribute_contains_on_an_integer_column_matches_the_integers_it_names() {
+    let (_dir, engine) = demo().await;
+    let mut admin = engine.session("admin");
+    for sql in [
+        "CREATE USER ivan PASSWORD 'ivan-pw' GROUPS ('analysts', 'staff') \
+         ATTRIBUTES (region = ('EU', 'US', 'APAC'), ids = ('3', '007', 'abc', '99999999999999999999', '-0'))",
+        "CREATE ROW POLICY ids_only ON hr.employees USING attribute_contains('ids', employee_id)",
+    ] {
+        q(&mut admin, sql).await;
+    }
+    let mut ivan = engine.session("ivan");
+    assert_eq!(
+        q(
+            &mut ivan,
+            "SELECT employee_id FROM hr.employees ORDER BY employee_id"
+        )
+        .await,
+        vec![vec!["3".to_string()], vec!["7".to_string()]]
+    );
+    // Filters on the column still combine with the policy.
+    assert_eq!(
+        q(
+            &mut ivan,
+            "SELECT count(*) FROM hr.employees WHERE employee_id > 5"
+        )
+        .await,
+        vec![vec!["1".to_string()]]
+    );
+}

@@ -7,6 +7,7 @@
 //! a literal (or an IN list) for the effective principal. A placeholder that
 //! somehow reached execution fails the query instead of guessing.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::datatypes::DataType;
@@ -15,7 +16,8 @@ use datafusion::common::{exec_err, plan_err, DFSchema, Result, ScalarValue};
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::{FunctionRegistry, SessionStateBuilder};
 use datafusion::logical_expr::{
-    lit, ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    lit, ColumnarValue, Expr, ExprSchemable, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature, Volatility,
 };
 
 use crate::principal::Principal;
@@ -94,8 +96,31 @@ fn lit_str(e: &Expr) -> Option<&str> {
     }
 }
 
-/// Replaces every principal function in `expr` by its value for `p`.
-pub fn resolve(expr: Expr, p: &Principal) -> Result<Expr> {
+/// The literals `attribute_contains` compares `column` (of type `t`) with.
+/// Attribute values are strings; for an integer column each value that is
+/// an integer of the column's range becomes a literal of the column's type
+/// (so "007" names 7, as a cast would), and the others can never match:
+/// they are left out rather than failing every query with a cast error.
+fn attribute_literals(values: &BTreeSet<String>, t: &DataType) -> Vec<Expr> {
+    if !t.is_integer() {
+        return values.iter().map(|v| lit(v.as_str())).collect();
+    }
+    values
+        .iter()
+        .filter_map(|v| {
+            let n: i128 = v.parse().ok()?;
+            let scalar = match i64::try_from(n) {
+                Ok(n) => ScalarValue::Int64(Some(n)),
+                Err(_) => ScalarValue::UInt64(Some(u64::try_from(n).ok()?)),
+            };
+            scalar.cast_to(t).ok().map(lit)
+        })
+        .collect()
+}
+
+/// Replaces every principal function in `expr` by its value for `p`;
+/// `schema` is the schema `expr` applies to.
+pub fn resolve(expr: Expr, p: &Principal, schema: &DFSchema) -> Result<Expr> {
     expr.transform_up(|e| {
         let Expr::ScalarFunction(f) = &e else {
             return Ok(Transformed::no(e));
@@ -114,10 +139,11 @@ pub fn resolve(expr: Expr, p: &Principal) -> Result<Expr> {
             ("has_attribute", [Some(k), Some(v)]) => lit(p.has_attribute(k, v)),
             ("has_purpose", [Some(x)]) => lit(p.purposes.contains(*x)),
             ("attribute_contains", [Some(k), _]) => {
+                let column_type = f.args[1].get_type(schema)?;
                 let values: Vec<Expr> = p
                     .attributes
                     .get(*k)
-                    .map(|vs| vs.iter().map(|v| lit(v.as_str())).collect())
+                    .map(|vs| attribute_literals(vs, &column_type))
                     .unwrap_or_default();
                 if values.is_empty() {
                     lit(false)

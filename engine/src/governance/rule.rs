@@ -157,8 +157,8 @@ impl GovernanceContext {
                 Err(DataFusionError::SchemaError(..)) if rf.global => continue,
                 Err(e) => return Err(policy_failure(&rf.policy, e)),
             };
-            let resolved =
-                resolve(parsed, &self.principal).map_err(|e| policy_failure(&rf.policy, e))?;
+            let resolved = resolve(parsed, &self.principal, raw_schema)
+                .map_err(|e| policy_failure(&rf.policy, e))?;
             match resolved.get_type(raw_schema) {
                 Ok(t) if t.is_null() || t == datafusion::arrow::datatypes::DataType::Boolean => {}
                 Ok(t) => {

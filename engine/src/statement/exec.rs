@@ -189,7 +189,7 @@ fn validate_row_predicate(source: &DataSource, predicate: &str, policy: &str) ->
         ))
     };
     let parsed = parse_predicate(predicate, &df).map_err(|e| bad(e.to_string()))?;
-    let resolved = resolve(parsed, &Principal::default()).map_err(|e| bad(e.to_string()))?;
+    let resolved = resolve(parsed, &Principal::default(), &df).map_err(|e| bad(e.to_string()))?;
     match resolved.get_type(&df) {
         Ok(DataType::Boolean) | Ok(DataType::Null) => Ok(()),
         Ok(t) => Err(bad(format!("it has type {t}, not boolean"))),
