@@ -12,8 +12,9 @@
 //! here and then hidden, so EXPLAIN (any form) shows one opaque line,
 //! statistics are only the raw size rounded up to a power of two (for join
 //! ordering), metrics count only rows that passed the policy,
-//! and physical filter pushdown (including dynamic join filters) cannot reach
-//! the raw scan.
+//! and physical filter pushdown cannot reach the raw scan, except dynamic
+//! filters (join keys, TopK thresholds) on columns it passes unmasked,
+//! which are leakproof (see `GovernedScanExec::accepts_early`).
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -24,6 +25,7 @@ use datafusion::arrow::array::AsArray;
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::Session;
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{internal_err, DFSchemaRef, Result, Statistics};
@@ -34,11 +36,16 @@ use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext
 use datafusion::logical_expr::{
     Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
 };
+use datafusion::physical_expr::expressions::{Column, DynamicFilterPhysicalExpr};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{
-    Boundedness, EmissionType, ReplaceChildrenOptions,
+    Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
 };
 use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::filter_pushdown::{
+    ChildFilterPushdownResult, ChildPushdownResult, FilterPushdownPhase, FilterPushdownPropagation,
+    PushedDown,
+};
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -152,6 +159,8 @@ struct GovernedScanExec {
     source: String,
     inner: Arc<dyn ExecutionPlan>,
     predicate: Option<Arc<dyn PhysicalExpr>>,
+    /// Raw columns the barrier's parent masks (dynamic filters on them stay out).
+    masked: Arc<[String]>,
     cache: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -161,6 +170,7 @@ impl GovernedScanExec {
         source: String,
         inner: Arc<dyn ExecutionPlan>,
         predicate: Option<Arc<dyn PhysicalExpr>>,
+        masked: Arc<[String]>,
     ) -> Self {
         let schema = inner.schema();
         let cache = Arc::new(PlanProperties::new(
@@ -173,9 +183,88 @@ impl GovernedScanExec {
             source,
             inner,
             predicate,
+            masked,
             cache,
             metrics: ExecutionPlanMetricsSet::new(),
         }
+    }
+
+    /// Whether `filter` may run on raw rows before the row policy: a
+    /// dynamic filter (a join's build-side keys, a TopK's threshold:
+    /// comparisons of columns with values the query already holds, which
+    /// cannot fail) whose every input is a plain column the barrier passes
+    /// unmasked. A filter on a masked column arrives rewritten through the
+    /// mask (its input is the mask's UDF, not a column) and stays out.
+    fn accepts_early(&self, filter: &Arc<dyn PhysicalExpr>) -> bool {
+        let any: &dyn std::any::Any = filter.as_ref();
+        if !any.is::<DynamicFilterPhysicalExpr>() {
+            return false;
+        }
+        let schema = self.inner.schema();
+        let inputs = filter.children();
+        !inputs.is_empty()
+            && inputs.iter().all(|e| {
+                let any: &dyn std::any::Any = e.as_ref();
+                any.downcast_ref::<Column>().is_some_and(|c| {
+                    schema
+                        .fields()
+                        .get(c.index())
+                        .is_some_and(|f| f.name() == c.name())
+                        && !self.masked.iter().any(|m| m == c.name())
+                })
+            })
+    }
+}
+
+/// Offers `filters` (over `plan`'s output) to the scan at the bottom of a
+/// barrier's hidden input, through the nodes above it as DataFusion's own
+/// filter pushdown would; returns the rewritten input, or None when
+/// nothing took them.
+fn push_into_hidden(
+    plan: &Arc<dyn ExecutionPlan>,
+    filters: Vec<Arc<dyn PhysicalExpr>>,
+    config: &ConfigOptions,
+) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    let phase = FilterPushdownPhase::Post;
+    match plan.children().as_slice() {
+        [] => {
+            let offered = ChildPushdownResult {
+                parent_filters: filters
+                    .into_iter()
+                    .map(|filter| ChildFilterPushdownResult {
+                        filter,
+                        child_results: vec![],
+                    })
+                    .collect(),
+                self_filters: vec![],
+            };
+            Ok(plan
+                .handle_child_pushdown_result(phase, offered, config)?
+                .updated_node)
+        }
+        [child] => {
+            let description = plan.gather_filters_for_pushdown(phase, filters, config)?;
+            let passed: Vec<_> = description
+                .parent_filters()
+                .into_iter()
+                .next()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|f| matches!(f.discriminant, PushedDown::Yes))
+                .map(|f| f.predicate)
+                .collect();
+            if passed.is_empty() {
+                return Ok(None);
+            }
+            match push_into_hidden(child, passed, config)? {
+                Some(new_child) => Ok(Some(Arc::clone(plan).replace_children(
+                    vec![new_child],
+                    ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+                )?)),
+                None => Ok(None),
+            }
+        }
+        _ => Ok(None),
     }
 }
 
@@ -247,6 +336,47 @@ impl ExecutionPlan for GovernedScanExec {
         Ok(Arc::new(out))
     }
 
+    /// Leakproof dynamic filters (see [`GovernedScanExec::accepts_early`])
+    /// go on to the hidden scan, which may skip row groups, pages and (with
+    /// `pushdown_filters`) rows that cannot match; the barrier still
+    /// applies the row policy to every row the scan returns. Every filter
+    /// is reported unsupported, so the parent keeps evaluating its own.
+    fn handle_child_pushdown_result(
+        &self,
+        phase: FilterPushdownPhase,
+        child_pushdown_result: ChildPushdownResult,
+        config: &ConfigOptions,
+    ) -> Result<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
+        let filters: Vec<_> = child_pushdown_result
+            .parent_filters
+            .into_iter()
+            .map(|f| f.filter)
+            .collect();
+        let mut result = FilterPushdownPropagation::with_parent_pushdown_result(vec![
+            PushedDown::No;
+            filters.len()
+        ]);
+        if phase != FilterPushdownPhase::Post {
+            return Ok(result);
+        }
+        let early: Vec<_> = filters
+            .into_iter()
+            .filter(|f| self.accepts_early(f))
+            .collect();
+        if early.is_empty() {
+            return Ok(result);
+        }
+        if let Some(inner) = push_into_hidden(&self.inner, early, config)? {
+            result = result.with_updated_node(Arc::new(GovernedScanExec::new(
+                self.source.clone(),
+                inner,
+                self.predicate.clone(),
+                Arc::clone(&self.masked),
+            )) as Arc<dyn ExecutionPlan>);
+        }
+        Ok(result)
+    }
+
     fn execute(
         &self,
         partition: usize,
@@ -310,6 +440,7 @@ impl ExtensionPlanner for GovernedScanPlanner {
             node.source.clone(),
             optimize_hidden_input(Arc::clone(physical), predicate.as_ref(), session)?,
             predicate,
+            node.masked.clone().into(),
         ))))
     }
 }
@@ -472,5 +603,80 @@ mod tests {
         let inner = hidden_input(false, 4).await;
         assert!(inner.contains("file_groups={4 groups:"), "{inner}");
         assert!(inner.contains("predicate=region@"), "{inner}");
+    }
+
+    /// The barrier found anywhere in `plan`.
+    fn find_barrier(plan: &Arc<dyn ExecutionPlan>) -> Option<&GovernedScanExec> {
+        if let Some(b) = plan.downcast_ref::<GovernedScanExec>() {
+            return Some(b);
+        }
+        plan.children().into_iter().find_map(find_barrier)
+    }
+
+    /// Plans `picked JOIN GovernedScan(employees) USING employee_id`, where
+    /// `picked` is a few employees (the build side), and returns the
+    /// barrier's hidden input, printed.
+    async fn hidden_input_of_a_joined_barrier(masked: Vec<String>) -> String {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../testdata/hr/employees.parquet"
+        );
+        let mut state = SessionStateBuilder::new()
+            .with_default_features()
+            .with_query_planner(Arc::new(GovernedQueryPlanner))
+            .build();
+        state.config_mut().options_mut().execution.target_partitions = 1;
+        let ctx = SessionContext::new_with_state(state);
+        for name in ["employees", "picked"] {
+            ctx.register_parquet(name, path, ParquetReadOptions::default())
+                .await
+                .unwrap();
+        }
+        let mut scans = vec![];
+        for name in ["picked", "employees"] {
+            let table = ctx.table_provider(name).await.unwrap();
+            scans.push(LogicalPlanBuilder::scan(name, provider_as_source(table), None).unwrap());
+        }
+        let [picked, employees] = <[_; 2]>::try_from(scans).unwrap();
+        let picked = picked
+            .filter(col("picked.employee_id").lt(lit(3)))
+            .unwrap()
+            .project(vec![col("picked.employee_id")])
+            .unwrap()
+            .build()
+            .unwrap();
+        let barrier = GovernedScanNode {
+            source: "hr.employees".into(),
+            input: employees.build().unwrap(),
+            row_predicate: Some(col("region").eq(lit("US"))),
+            masked,
+            policies: vec!["employees_region".into()],
+        }
+        .into_plan();
+        let join = LogicalPlanBuilder::from(picked)
+            .join(
+                barrier,
+                datafusion::logical_expr::JoinType::Inner,
+                (vec!["picked.employee_id"], vec!["employees.employee_id"]),
+                None,
+            )
+            .unwrap()
+            .build()
+            .unwrap();
+        let plan = ctx.state().create_physical_plan(&join).await.unwrap();
+        let exec = find_barrier(&plan).expect("a barrier");
+        let shown = displayable(exec.inner.as_ref()).indent(true).to_string();
+        shown
+    }
+
+    #[tokio::test]
+    async fn a_join_key_dynamic_filter_reaches_the_hidden_scan_only_on_an_unmasked_column() {
+        // employee_id passes the barrier unmasked: the join's build-side
+        // keys may prune the raw scan (the policy still runs on every row).
+        let inner = hidden_input_of_a_joined_barrier(vec![]).await;
+        assert!(inner.contains("DynamicFilter"), "{inner}");
+        // Masked, it must not: the raw values are not what the join sees.
+        let inner = hidden_input_of_a_joined_barrier(vec!["employee_id".into()]).await;
+        assert!(!inner.contains("DynamicFilter"), "{inner}");
     }
 }

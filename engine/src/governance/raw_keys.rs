@@ -38,8 +38,9 @@
 //!   as `CollectLeft`: one hash table of the build side, probe rows in their
 //!   input order, no repartitioning on the key.
 //! - The join's dynamic filter, the only way its key values travel, stops at
-//!   the barrier like any physical filter pushdown (`node.rs`), and no
-//!   operator above a barrier prints its values.
+//!   the barrier: a barrier lets dynamic filters through only on columns it
+//!   passes unmasked (`node.rs`), and a raw key is the raw value of a masked
+//!   column. No operator above a barrier prints its values.
 //! - Floats (0.0 and -0.0, NaNs share tokens), dictionaries and nested types
 //!   keep the token join.
 //!
