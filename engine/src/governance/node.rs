@@ -527,17 +527,25 @@ mod tests {
 
     use super::*;
 
+    /// The demo employees file.
+    const EMPLOYEES: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../testdata/hr/employees.parquet"
+    );
+
+    /// A session state that plans barriers.
+    fn governed_state() -> SessionState {
+        SessionStateBuilder::new()
+            .with_default_features()
+            .with_query_planner(Arc::new(GovernedQueryPlanner))
+            .build()
+    }
+
     /// Plans `GovernedScan(region = 'US')` over the demo employees file
     /// and returns the barrier's hidden input, printed.
     async fn hidden_input(pushdown_filters: bool, partitions: usize) -> String {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../testdata/hr/employees.parquet"
-        );
-        let mut state = SessionStateBuilder::new()
-            .with_default_features()
-            .with_query_planner(Arc::new(GovernedQueryPlanner))
-            .build();
+        let path = EMPLOYEES;
+        let mut state = governed_state();
         state
             .config_mut()
             .options_mut()
@@ -617,14 +625,8 @@ mod tests {
     /// `picked` is a few employees (the build side), and returns the
     /// barrier's hidden input, printed.
     async fn hidden_input_of_a_joined_barrier(masked: Vec<String>) -> String {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../testdata/hr/employees.parquet"
-        );
-        let mut state = SessionStateBuilder::new()
-            .with_default_features()
-            .with_query_planner(Arc::new(GovernedQueryPlanner))
-            .build();
+        let path = EMPLOYEES;
+        let mut state = governed_state();
         state.config_mut().options_mut().execution.target_partitions = 1;
         let ctx = SessionContext::new_with_state(state);
         for name in ["employees", "picked"] {
