@@ -605,11 +605,11 @@ async fn a_file_added_to_a_source_directory_is_read_by_the_next_query() {
     assert_eq!(n(&two), 2 * n(&one));
 }
 
-/// `attribute_contains` on an integer column: attribute values are text,
+/// `attribute_contains` on integer and date columns: attribute values are text,
 /// so "007" names 7, and a value that is no integer of the column (text,
 /// out of range) matches nothing instead of failing the query.
 #[tokio::test]
-async fn attribute_contains_on_an_integer_column_matches_the_integers_it_names() {
+async fn attribute_contains_on_a_typed_column_matches_the_values_that_cast() {
     let (_dir, engine) = demo().await;
     let mut admin = engine.session("admin");
     for sql in [
@@ -637,4 +637,26 @@ async fn attribute_contains_on_an_integer_column_matches_the_integers_it_names()
         .await,
         vec![vec!["1".to_string()]]
     );
+    // The same on a date column: a date that is no date matches nothing.
+    let hired = q(
+        &mut ivan,
+        "SELECT CAST(hire_date AS VARCHAR) FROM hr.employees WHERE employee_id = 3",
+    )
+    .await;
+    let day = hired[0][0].clone();
+    for sql in [
+        "DROP POLICY ids_only".to_string(),
+        format!("ALTER USER ivan SET ATTRIBUTE days = ('{day}', 'not-a-date', '2024-13-45')"),
+        "CREATE ROW POLICY hired_on ON hr.employees USING attribute_contains('days', hire_date)"
+            .to_string(),
+    ] {
+        q(&mut admin, &sql).await;
+    }
+    let seen = q(
+        &mut ivan,
+        "SELECT CAST(hire_date AS VARCHAR) FROM hr.employees",
+    )
+    .await;
+    assert!(!seen.is_empty());
+    assert!(seen.iter().all(|r| r[0] == day), "{seen:?}");
 }

@@ -97,24 +97,19 @@ fn lit_str(e: &Expr) -> Option<&str> {
 }
 
 /// The literals `attribute_contains` compares `column` (of type `t`) with.
-/// Attribute values are strings; for an integer column each value that is
-/// an integer of the column's range becomes a literal of the column's type
-/// (so "007" names 7, as a cast would), and the others can never match:
-/// they are left out rather than failing every query with a cast error.
+/// Attribute values are text. On a numeric or temporal column each value
+/// becomes a literal of the column's type as a cast makes it ("007" names
+/// 7, "2024-01-31" a date); a value that does not cast (text, out of
+/// range) can match no row and is left out, where DataFusion's coercion
+/// would have failed every query with a cast error.
 fn attribute_literals(values: &BTreeSet<String>, t: &DataType) -> Vec<Expr> {
-    if !t.is_integer() {
+    if !(t.is_numeric() || t.is_temporal()) {
         return values.iter().map(|v| lit(v.as_str())).collect();
     }
     values
         .iter()
-        .filter_map(|v| {
-            let n: i128 = v.parse().ok()?;
-            let scalar = match i64::try_from(n) {
-                Ok(n) => ScalarValue::Int64(Some(n)),
-                Err(_) => ScalarValue::UInt64(Some(u64::try_from(n).ok()?)),
-            };
-            scalar.cast_to(t).ok().map(lit)
-        })
+        .filter_map(|v| ScalarValue::Utf8(Some(v.clone())).cast_to(t).ok())
+        .map(lit)
         .collect()
 }
 
