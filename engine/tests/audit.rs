@@ -142,6 +142,22 @@ async fn every_statement_leaves_exactly_one_record() {
     assert_eq!(new.len(), 1);
     assert_eq!(new[0].entry.action, "Prepare");
     assert_eq!(new[0].entry.outcome, "error");
+    // A result dropped unread is recorded as cancelled.
+    let out = bob.execute("SELECT name FROM hr.employees").await.unwrap();
+    drop(out);
+    // Every statement handed its record over: the group-commit writer is
+    // waiting for none (a leak would delay every later commit).
+    assert_eq!(engine.audit_writer().pending_records(), 0);
+    // That record is written without anyone waiting for it.
+    let mut outcome = String::new();
+    for _ in 0..200 {
+        outcome = records(&engine).pop().unwrap().entry.outcome;
+        if outcome == "cancelled" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(outcome, "cancelled");
 }
 
 #[tokio::test]

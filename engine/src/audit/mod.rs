@@ -66,6 +66,8 @@ pub(crate) struct QueryAudit {
     pub(crate) started: Instant,
     pub(crate) gctx: Option<Arc<GovernanceContext>>,
     pub(crate) writer: AuditWriter,
+    /// Held until the record is handed to the writer.
+    pending: Option<writer::PendingRecord>,
     metrics: crate::metrics::Metrics,
     rows: u64,
     done: bool,
@@ -86,6 +88,7 @@ impl QueryAudit {
             sql: bounded_text(sql),
             started: Instant::now(),
             gctx,
+            pending: Some(writer.pending()),
             writer,
             metrics,
             rows: 0,
@@ -132,6 +135,7 @@ impl QueryAudit {
     /// change it made).
     pub(crate) fn discard(mut self) {
         self.done = true;
+        self.pending = None;
         self.metrics
             .statements
             .with_label_values(&["write", "ok"])
@@ -165,7 +169,7 @@ impl QueryAudit {
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             "statement"
         );
-        self.writer.record(entry).await
+        self.writer.record(entry, self.pending.take()).await
     }
 
     /// Wraps a result so its record is written when the stream ends; the
@@ -213,6 +217,8 @@ impl Drop for QueryAudit {
             // The client went away before the end: record what was sent.
             let entry = self.finished_entry("cancelled", None);
             self.writer.record_detached(entry);
+            // Only now, so a batch being gathered sees the record first.
+            self.pending = None;
         }
     }
 }

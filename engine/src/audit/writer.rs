@@ -1,9 +1,21 @@
 //! Group commit of audit records: concurrent queries hand their records to
 //! one writer thread, which appends everything waiting in one transaction
 //! and only then tells each query its record is durable.
+//!
+//! Every commit costs a WAL fsync, and on a busy server that fsync, not
+//! the insert, is most of what auditing costs. So, like PostgreSQL's
+//! `commit_delay` / `commit_siblings`, the writer holds a batch open for
+//! more records while the CPUs have other statements to run anyway: only
+//! while more statements are still running than the machine has cores
+//! (each running statement holds a [`PendingRecord`]), and never longer
+//! than [`COMMIT_DELAY`]. A lone statement, or a few on an idle machine,
+//! is committed at once; the wait never leaves a core idle that a running
+//! statement could use.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -13,29 +25,84 @@ use crate::store::{AuditEntry, CatalogStore};
 /// Most records appended in one transaction.
 const MAX_BATCH: usize = 512;
 
+/// Longest a batch is held open for more records.
+pub const COMMIT_DELAY: Duration = Duration::from_millis(2);
+
 type Waiter = Option<oneshot::Sender<Result<()>>>;
 
 /// Hands audit records to the writer thread.
 #[derive(Debug, Clone)]
 pub struct AuditWriter {
     tx: mpsc::Sender<(AuditEntry, Waiter)>,
+    pending: Arc<AtomicUsize>,
+}
+
+/// A record a running statement will hand over later; while enough are
+/// outstanding, the writer holds its batch open for them (dropping it says
+/// the record was handed over or will never come).
+#[derive(Debug)]
+pub struct PendingRecord(Arc<AtomicUsize>);
+
+impl Drop for PendingRecord {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// When to stop gathering a batch.
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    /// Keep the batch open only while more statements than this still run.
+    running_above: usize,
+    /// And no longer than this.
+    at_most: Duration,
+}
+
+/// Gathers one batch: `first`, everything already queued, and what arrives
+/// while `hold` allows.
+fn gather(
+    rx: &mpsc::Receiver<(AuditEntry, Waiter)>,
+    first: (AuditEntry, Waiter),
+    pending: &AtomicUsize,
+    hold: Hold,
+) -> Vec<(AuditEntry, Waiter)> {
+    let mut batch = vec![first];
+    let deadline = Instant::now() + hold.at_most;
+    while batch.len() < MAX_BATCH {
+        if let Ok(next) = rx.try_recv() {
+            batch.push(next);
+            continue;
+        }
+        if pending.load(Ordering::Acquire) <= hold.running_above {
+            break;
+        }
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            break;
+        }
+        match rx.recv_timeout(wait) {
+            Ok(next) => batch.push(next),
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    batch
 }
 
 impl AuditWriter {
     /// Starts the writer thread for `store`; it ends when every handle is dropped.
     pub fn start(store: Arc<dyn CatalogStore>) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<(AuditEntry, Waiter)>();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let others = Arc::clone(&pending);
+        let hold = Hold {
+            running_above: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            at_most: COMMIT_DELAY,
+        };
         std::thread::Builder::new()
             .name("veil-audit".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(next) => batch.push(next),
-                            Err(_) => break,
-                        }
-                    }
+                    let batch = gather(&rx, first, &others, hold);
                     let (entries, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
                     let result = store.audit_batch(&entries);
                     if let Err(e) = &result {
@@ -50,15 +117,28 @@ impl AuditWriter {
                 }
             })
             .map_err(|e| VeilError::Internal(format!("cannot start the audit writer: {e}")))?;
-        Ok(Self { tx })
+        Ok(Self { tx, pending })
     }
 
-    /// Appends a record and waits until it is durable.
-    pub async fn record(&self, entry: AuditEntry) -> Result<()> {
+    /// Notes that a statement started whose record will come later.
+    pub fn pending(&self) -> PendingRecord {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        PendingRecord(Arc::clone(&self.pending))
+    }
+
+    /// How many running statements have yet to hand over their record.
+    pub fn pending_records(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Appends a record and waits until it is durable. `handed` is the
+    /// statement's pending mark, released once the record is queued (so a
+    /// batch held open for it sees it).
+    pub async fn record(&self, entry: AuditEntry, handed: Option<PendingRecord>) -> Result<()> {
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send((entry, Some(done)))
-            .map_err(|_| VeilError::Internal("the audit writer has stopped".into()))?;
+        let sent = self.tx.send((entry, Some(done)));
+        drop(handed);
+        sent.map_err(|_| VeilError::Internal("the audit writer has stopped".into()))?;
         wait.await
             .map_err(|_| VeilError::Internal("the audit writer has stopped".into()))?
     }
@@ -69,5 +149,92 @@ impl AuditWriter {
         if self.tx.send((entry, None)).is_err() {
             tracing::error!("audit writer has stopped; a record was lost");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(action: &str) -> (AuditEntry, Waiter) {
+        let e = AuditEntry {
+            action: action.into(),
+            ..Default::default()
+        };
+        (e, None)
+    }
+
+    /// Hold a batch open while more than one statement runs, for up to
+    /// `secs`.
+    fn hold(secs: u64) -> Hold {
+        Hold {
+            running_above: 1,
+            at_most: Duration::from_secs(secs),
+        }
+    }
+
+    #[test]
+    fn a_record_with_few_statements_running_is_committed_at_once() {
+        let (tx, rx) = mpsc::channel();
+        tx.send(entry("Queued")).unwrap();
+        // One statement still runs: no more than the cores, no wait.
+        let pending = AtomicUsize::new(1);
+        let started = Instant::now();
+        let batch = gather(&rx, entry("Query"), &pending, hold(30));
+        // What was queued joins; the 30 s allowed were not sat out.
+        assert_eq!(batch.len(), 2);
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_batch_held_for_silent_statements_closes_at_the_deadline() {
+        let (tx, rx) = mpsc::channel::<(AuditEntry, Waiter)>();
+        let pending = AtomicUsize::new(5);
+        let limit = Hold {
+            running_above: 1,
+            at_most: Duration::from_millis(50),
+        };
+        let started = Instant::now();
+        let batch = gather(&rx, entry("Query"), &pending, limit);
+        assert_eq!(batch.len(), 1);
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert!(started.elapsed() < Duration::from_secs(10));
+        drop(tx);
+    }
+
+    #[test]
+    fn a_batch_held_open_takes_the_records_of_statements_that_finish() {
+        let (tx, rx) = mpsc::channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let writer = AuditWriter {
+            tx,
+            pending: Arc::clone(&pending),
+        };
+        // Three statements run; two finish and hand their records over
+        // (record first, then the mark, as `record` does).
+        let marks: Vec<PendingRecord> = (0..3).map(|_| writer.pending()).collect();
+        assert_eq!(writer.pending_records(), 3);
+        let sender = {
+            let writer = writer.clone();
+            std::thread::spawn(move || {
+                for (i, mark) in marks.into_iter().enumerate() {
+                    std::thread::sleep(Duration::from_millis(20));
+                    writer.record_detached(entry(&format!("Q{i}")).0);
+                    drop(mark);
+                }
+            })
+        };
+        let started = Instant::now();
+        let batch = gather(&rx, entry("First"), &pending, hold(30));
+        sender.join().unwrap();
+        // Held while two or more ran: the first two records joined, and
+        // the batch closed when only one statement was left, long before
+        // the 30 s allowed.
+        let actions: Vec<_> = batch.iter().map(|(e, _)| e.action.as_str()).collect();
+        assert!(actions.starts_with(&["First", "Q0", "Q1"]), "{actions:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // Nothing lost: what the batch did not take is still queued.
+        assert_eq!(batch.len() + rx.try_iter().count(), 4);
+        assert_eq!(writer.pending_records(), 0);
     }
 }
