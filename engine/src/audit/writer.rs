@@ -2,8 +2,10 @@
 //! one writer thread, which appends everything waiting in one transaction
 //! and only then tells each query its record is durable.
 //!
-//! Every commit costs a WAL fsync, and on a busy server that fsync, not
-//! the insert, is most of what auditing costs. So, like PostgreSQL's
+//! Every commit costs WAL writes and an fsync, and on a busy server the
+//! number of commits, not the inserts, is most of what auditing costs
+//! (with `synchronous=NORMAL` and no batching it cost as much as with
+//! FULL). So, like PostgreSQL's
 //! `commit_delay` / `commit_siblings`, the writer holds a batch open for
 //! more records while the CPUs have other statements to run anyway: only
 //! while more than twice as many statements are still running as the
@@ -179,7 +181,7 @@ mod tests {
     fn a_record_with_few_statements_running_is_committed_at_once() {
         let (tx, rx) = mpsc::channel();
         tx.send(entry("Queued")).unwrap();
-        // One statement still runs: no more than the cores, no wait.
+        // One statement still runs, not more than `running_above`: no wait.
         let pending = AtomicUsize::new(1);
         let started = Instant::now();
         let batch = gather(&rx, entry("Query"), &pending, hold(30));
