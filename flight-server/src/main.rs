@@ -12,6 +12,13 @@ use veil_engine::{Engine, Session, VeilError};
 use veil_flight_server::bench::{self, BenchError};
 use veil_flight_server::config::{Config, FileConfig, Overrides};
 
+/// mimalloc instead of the system allocator (as DataFusion's own CLI
+/// does): after a large query, glibc's allocator spent about a tenth of a
+/// point query's CPU consolidating and splitting free chunks (README,
+/// "Benchmarks").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "veil",
@@ -189,7 +196,8 @@ enum BenchCommand {
         /// The directory `veil bench generate` wrote.
         #[arg(long)]
         data: PathBuf,
-        /// Streaming runs per principal (the best is reported).
+        /// Streaming runs per principal (the best is reported; 0 times
+        /// the point queries only).
         #[arg(long, default_value_t = 3)]
         runs: usize,
         /// Point queries to time.
