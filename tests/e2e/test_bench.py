@@ -123,6 +123,14 @@ def test_flight_streams_all_of_lineitem(data, tmp_path):
     assert r["latency"]["count"] == 20 and 0 < r["latency"]["p50_ms"] <= r["latency"]["p99_ms"]
 
 
+def test_flight_with_no_runs_times_only_the_point_queries(data, tmp_path):
+    out = tmp_path / "flight.json"
+    veil("flight", "--data", str(data), "--runs", "0", "--points", "5", "--out", str(out))
+    r = json.loads(out.read_text())
+    assert r["throughput"] == []
+    assert r["latency"]["count"] == 5 and 0 < r["latency"]["p50_ms"] <= r["latency"]["p99_ms"]
+
+
 def test_explain_prints_the_three_plans(data):
     text = veil("tpch", "--data", str(data), "--explain", "--query", "22")
     parts = text.split("== q22 ")
