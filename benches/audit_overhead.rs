@@ -22,6 +22,10 @@ use veil_engine::store::{
 };
 use veil_engine::{Engine, EngineOptions};
 
+/// The allocator the `veil` binary uses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The SQLite store with query records dropped (the baseline).
 #[derive(Debug)]
 struct NoAudit(SqliteStore);
