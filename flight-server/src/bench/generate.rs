@@ -218,6 +218,9 @@ fn write_part(out: &Path, job: &Job, scale: f64, bar: &ProgressBar) -> Result<u6
         // back to plain pages early and a point lookup does not decompress
         // a 1 MiB dictionary page per column (the default limit).
         .set_dictionary_page_size_limit(64 * 1024)
+        // Pages of 4096 rows instead of 20,000: a point lookup decodes a
+        // fifth as much per column; TPC-H measured no loss (README).
+        .set_data_page_row_count_limit(4096)
         .build();
     let mut writer = ArrowWriter::try_new(file, schema, Some(props))?;
     let mut rows = 0;
