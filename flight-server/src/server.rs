@@ -16,6 +16,19 @@ use crate::service::VeilFlightSql;
 /// Largest Flight message accepted (bigger ones get ResourceExhausted).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Largest HTTP/2 frame the server accepts, advertised to clients (the
+/// protocol's default is 16 KiB). A client uploading a large Arrow stream
+/// (DoPut, ingest) then sends it in a few large frames instead of tens of
+/// thousands of small ones: the `flight_ingest` bench went from 431-542
+/// to 635-794 MB/s on loopback with it and the windows below.
+pub const MAX_FRAME_BYTES: u32 = 1 << 20;
+
+/// HTTP/2 flow-control windows the server grants a client's uploads, per
+/// stream and per connection (h2's default is 64 KiB, which stalls a fast
+/// sender every 64 KiB until the window update comes back).
+const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+
 /// A running server.
 #[derive(Debug)]
 pub struct ServeHandle {
@@ -61,7 +74,10 @@ pub fn serve_with(
             let _ = s.set_nodelay(true);
         })
     });
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder()
+        .max_frame_size(MAX_FRAME_BYTES)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
     if let Some(tls) = tls {
         builder = builder
             .tls_config(tls)
