@@ -20,7 +20,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// protocol's default is 16 KiB). A client uploading a large Arrow stream
 /// (DoPut, ingest) then sends it in a few large frames instead of tens of
 /// thousands of small ones: the `flight_ingest` bench went from 431-542
-/// to 635-794 MB/s on loopback with it and the windows below.
+/// to 849-872 MB/s on loopback with it and the windows below.
 pub const MAX_FRAME_BYTES: u32 = 1 << 20;
 
 /// HTTP/2 flow-control windows the server grants a client's uploads, per

@@ -57,7 +57,8 @@ pub enum BenchError {
 /// Largest HTTP/2 frame the bench's client accepts (the protocol's default
 /// is 16 KiB): the server then sends each Arrow batch in a few frames.
 /// With the default, `veil bench flight` streamed lineitem at 175-249 MB/s;
-/// with this, 400-466 MB/s (same binary, runs alternating, 2026-12-02).
+/// with this, 400-466 MB/s (one build switching it, runs alternating,
+/// 2026-12-02).
 const CLIENT_MAX_FRAME_BYTES: u32 = 4 << 20;
 
 /// A logged-in Flight SQL client on `addr` (host:port), inside `project`
