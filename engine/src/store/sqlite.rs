@@ -57,6 +57,28 @@ const MIGRATIONS: &[&str] = &[
         SELECT 'audit_head', COALESCE(
             (SELECT id || ':' || lower(hex(mac)) FROM audit ORDER BY id DESC LIMIT 1), '0:');
 "#,
+    // The audit table without AUTOINCREMENT: ids come from the chain's head
+    // (never reused, archives included), and every group commit no longer
+    // rewrites the `sqlite_sequence` page (one WAL frame fewer per commit).
+    r#"
+    CREATE TABLE audit_rowid (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        impersonated TEXT,
+        action TEXT NOT NULL,
+        object TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        mac BLOB NOT NULL,
+        project TEXT
+    );
+    INSERT INTO audit_rowid (id, at, actor, impersonated, action, object, detail, outcome, mac, project)
+        SELECT id, at, actor, impersonated, action, object, detail, outcome, mac, project
+        FROM audit ORDER BY id;
+    DROP TABLE audit;
+    ALTER TABLE audit_rowid RENAME TO audit;
+"#,
 ];
 
 const AUDIT_COLUMNS: &str =
@@ -140,20 +162,25 @@ impl SqliteStore {
         Self::init(Connection::open_in_memory()?, audit_key)
     }
 
-    fn init(mut conn: Connection, audit_key: [u8; 32]) -> Result<Self> {
+    fn init(conn: Connection, audit_key: [u8; 32]) -> Result<Self> {
+        Self::migrate(conn, audit_key, MIGRATIONS)
+    }
+
+    /// Applies the `migrations` not applied yet (tests stop at older schemas).
+    fn migrate(mut conn: Connection, audit_key: [u8; 32], migrations: &[&str]) -> Result<Self> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let applied: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let applied = usize::try_from(applied).unwrap_or(0);
-        if applied > MIGRATIONS.len() {
+        if applied > migrations.len() {
             return Err(VeilError::FailedPrecondition(format!(
                 "catalog schema version {applied} is newer than this server ({})",
-                MIGRATIONS.len()
+                migrations.len()
             )));
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        for (i, sql) in migrations.iter().enumerate().skip(applied) {
             let tx = conn.transaction()?;
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
@@ -432,5 +459,94 @@ impl CatalogStore for SqliteStore {
         write_anchor(&tx, "audit_anchor", anchor)?;
         tx.commit()?;
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: usize) -> AuditEntry {
+        AuditEntry {
+            actor: "alice".into(),
+            action: "Query".into(),
+            object: format!("q{n}"),
+            detail: "{}".into(),
+            outcome: "ok".into(),
+            ..Default::default()
+        }
+    }
+
+    fn open_at(path: &Path, migrations: &[&str]) -> SqliteStore {
+        SqliteStore::migrate(Connection::open(path).unwrap(), [7; 32], migrations).unwrap()
+    }
+
+    /// A catalog written before the audit table lost AUTOINCREMENT keeps its
+    /// records, ids and chain, and goes on from its head.
+    #[test]
+    fn the_audit_table_migrates_off_autoincrement_with_its_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        let before = MIGRATIONS.len() - 1;
+        {
+            let old = open_at(&path, &MIGRATIONS[..before]);
+            let entries: Vec<_> = (0..5).map(entry).collect();
+            old.audit_batch(&entries).unwrap();
+            // Archive the first two (the anchor moves past them).
+            let second = old.audit_records(&AuditFilter::default()).unwrap()[1].clone();
+            old.archive_audit(&AuditAnchor {
+                id: second.id,
+                mac: second.mac,
+            })
+            .unwrap();
+        }
+        let store = open_at(&path, MIGRATIONS);
+        let conn = store.lock().unwrap();
+        let table_sql: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'audit'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(!table_sql.contains("AUTOINCREMENT"), "{table_sql}");
+        drop(conn);
+        let verified = store.verify_audit().unwrap();
+        assert_eq!((verified.records, verified.first_broken), (3, None));
+        store.audit_batch(&[entry(5)]).unwrap();
+        let ids: Vec<i64> = store
+            .audit_records(&AuditFilter::default())
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, [3, 4, 5, 6]);
+        assert_eq!(store.verify_audit().unwrap().first_broken, None);
+    }
+
+    /// With every record archived, the next id still follows the head (no
+    /// reuse of an archived id, which AUTOINCREMENT used to guarantee).
+    #[test]
+    fn ids_are_never_reused_after_the_whole_log_is_archived() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("catalog.db"), [7; 32]).unwrap();
+        store.audit_batch(&[entry(0), entry(1)]).unwrap();
+        let last = store.audit_records(&AuditFilter::default()).unwrap()[1].clone();
+        let removed = store
+            .archive_audit(&AuditAnchor {
+                id: last.id,
+                mac: last.mac,
+            })
+            .unwrap();
+        assert_eq!(removed, 2);
+        store.audit_batch(&[entry(2)]).unwrap();
+        let ids: Vec<i64> = store
+            .audit_records(&AuditFilter::default())
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, [3]);
+        assert_eq!(store.verify_audit().unwrap().first_broken, None);
     }
 }
