@@ -83,6 +83,25 @@ def test_get_objects_and_table_schema(server):
         assert "ssn" in schema.names and "salary" in schema.names
 
 
+def test_strings_arrive_as_classic_utf8_not_views(server):
+    # Parquet strings are Utf8View inside DataFusion; JDBC and older Arrow
+    # clients cannot read view types, so results and metadata carry Utf8.
+    import pyarrow as pa
+
+    with connect(server, "alice") as a, connect(server, "bob") as b:
+        announced = a.adbc_get_table_schema("employees", db_schema_filter="hr")
+        for conn in (a, b):
+            with conn.cursor() as cur:
+                cur.execute("SELECT ssn, email, region FROM hr.employees LIMIT 3")
+                table = cur.fetch_arrow_table()
+            assert [f.type for f in table.schema] == [pa.string()] * 3, table.schema
+            assert table.num_rows == 3
+        assert announced.field("email").type == pa.string()
+        assert not any(
+            t in (pa.string_view(), pa.binary_view()) for t in announced.types
+        ), announced
+
+
 def test_governance_statements(server):
     with connect(server, "admin", "admin-pw") as admin:
         assert rows(admin, "CREATE USER frank PASSWORD 'frank-pw' GROUPS ('staff') ATTRIBUTES (region = ('EU'))") == [

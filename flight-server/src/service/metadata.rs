@@ -120,7 +120,7 @@ pub async fn tables(session: &Session, cmd: CommandGetTables) -> Result<RecordBa
             schema,
             table,
             TABLE_TYPE,
-            &arrow_schema,
+            &super::wire::client_schema(arrow_schema),
         )
         .map_err(|e| Status::internal(e.to_string()))?;
     }

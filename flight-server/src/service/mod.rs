@@ -8,6 +8,7 @@
 mod metadata;
 pub mod session_options;
 mod statements;
+mod wire;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -242,8 +243,8 @@ impl FlightSqlService for VeilFlightSql {
         };
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: self.sign_handle(&handle)?.into(),
-            dataset_schema: schema_bytes(&dataset)?,
-            parameter_schema: schema_bytes(&params)?,
+            dataset_schema: schema_bytes(&wire::client_schema(dataset))?,
+            parameter_schema: schema_bytes(&wire::client_schema(params))?,
         })
     }
 

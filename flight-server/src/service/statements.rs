@@ -34,7 +34,7 @@ use veil_engine::workspace::write::{IfExists, IngestMode};
 use veil_engine::workspace::WORKSPACE_SCHEMA;
 use veil_engine::{QueryOutput, Session, VeilError};
 
-use super::{DoGetStream, VeilFlightSql};
+use super::{wire, DoGetStream, VeilFlightSql};
 use crate::status::to_status;
 
 /// Lifetime of tickets and prepared handles.
@@ -108,16 +108,23 @@ fn row_params(batch: &RecordBatch, row: usize) -> Result<ParamValues, Status> {
 }
 
 /// Streams a result as Flight data; engine errors keep their gRPC code.
+/// View types travel as their classic forms (see `wire`).
 pub(super) fn encode_stream(out: QueryOutput) -> DoGetStream {
     let stream = out
         .stream
         .map_err(|e| FlightError::Tonic(Box::new(to_status(VeilError::from(e)))));
-    Box::pin(
-        FlightDataEncoderBuilder::new()
-            .with_schema(out.schema)
-            .build(stream)
-            .map_err(Status::from),
-    )
+    let encoder = FlightDataEncoderBuilder::new();
+    let encoded = match wire::wire_schema(&out.schema) {
+        None => encoder.with_schema(out.schema).build(stream),
+        Some(to) => {
+            let sent = Arc::clone(&to);
+            let stream = stream.and_then(move |b| {
+                std::future::ready(wire::wire_batch(&b, &to).map_err(FlightError::Arrow))
+            });
+            encoder.with_schema(sent).build(stream)
+        }
+    };
+    Box::pin(encoded.map_err(Status::from))
 }
 
 fn decode_params(params: &Option<String>) -> Result<Option<ParamValues>, Status> {
@@ -284,7 +291,7 @@ impl VeilFlightSql {
         let endpoint =
             FlightEndpoint::new().with_ticket(Ticket::new(ticket.as_any().encode_to_vec()));
         FlightInfo::new()
-            .try_with_schema(&schema)
+            .try_with_schema(&wire::client_schema(schema))
             .map_err(|e| Status::internal(e.to_string()))
             .map(|i| i.with_endpoint(endpoint).with_descriptor(descriptor))
     }
