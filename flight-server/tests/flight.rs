@@ -399,6 +399,13 @@ async fn metadata_reports_the_masked_types_a_query_returns() {
             }
             let views = format!("{:?}", returned.fields());
             assert!(!views.contains("View"), "{user}: {name}: {views}");
+            // A prepared statement announces the same types.
+            let prepared = c
+                .prepare(format!("SELECT * FROM {name}"), None)
+                .await
+                .unwrap();
+            let dataset = prepared.dataset_schema().unwrap();
+            assert_eq!(types(dataset), types(&returned), "{user}: {name} prepared");
         }
     }
     // SHOW_LAST turns bob's card numbers into plain strings; alice's
