@@ -5,6 +5,7 @@
 //! `x-veil-project`). Statement handling lives in `statements`, catalog
 //! metadata in `metadata`.
 
+mod encode;
 mod metadata;
 pub mod session_options;
 mod statements;

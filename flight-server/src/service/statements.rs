@@ -12,7 +12,6 @@ use std::io::Cursor;
 use std::sync::Arc;
 
 use arrow_flight::decode::FlightRecordBatchStream;
-use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::sql::server::PeekableFlightDataStream;
 use arrow_flight::sql::{CommandStatementIngest, ProstMessageExt, TicketStatementQuery};
@@ -34,7 +33,7 @@ use veil_engine::workspace::write::{IfExists, IngestMode};
 use veil_engine::workspace::WORKSPACE_SCHEMA;
 use veil_engine::{QueryOutput, Session, VeilError};
 
-use super::{wire, DoGetStream, VeilFlightSql};
+use super::{encode, wire, DoGetStream, VeilFlightSql};
 use crate::status::to_status;
 
 /// Lifetime of tickets and prepared handles.
@@ -110,21 +109,20 @@ fn row_params(batch: &RecordBatch, row: usize) -> Result<ParamValues, Status> {
 /// Streams a result as Flight data; engine errors keep their gRPC code.
 /// View types travel as their classic forms (see `wire`).
 pub(super) fn encode_stream(out: QueryOutput) -> DoGetStream {
-    let stream = out
-        .stream
-        .map_err(|e| FlightError::Tonic(Box::new(to_status(VeilError::from(e)))));
-    let encoder = FlightDataEncoderBuilder::new();
-    let encoded = match wire::wire_schema(&out.schema) {
-        None => encoder.with_schema(out.schema).build(stream),
+    let stream = out.stream.map_err(|e| to_status(VeilError::from(e)));
+    match wire::wire_schema(&out.schema) {
+        None => encode::flight_stream(&out.schema, stream),
         Some(to) => {
             let sent = Arc::clone(&to);
-            let stream = stream.and_then(move |b| {
-                std::future::ready(wire::wire_batch(&b, &to).map_err(FlightError::Arrow))
-            });
-            encoder.with_schema(sent).build(stream)
+            let stream =
+                stream.and_then(move |b| {
+                    std::future::ready(wire::wire_batch(&b, &to).map_err(|e| {
+                        Status::internal(format!("cannot convert a result batch: {e}"))
+                    }))
+                });
+            encode::flight_stream(&sent, stream)
         }
-    };
-    Box::pin(encoded.map_err(Status::from))
+    }
 }
 
 fn decode_params(params: &Option<String>) -> Result<Option<ParamValues>, Status> {

@@ -8,6 +8,10 @@
 //! `Binary`, nested types included. Inside the engine nothing changes
 //! (views stay where DataFusion is faster with them).
 //!
+//! Dictionary-encoded columns (DataFusion's partition columns, for one)
+//! travel as their values, as arrow-flight's encoder sends them by default,
+//! so the types FlightInfo announces are the types that arrive.
+//!
 //! Top-level view columns are converted by [`view_values`] (each value
 //! copied once); nested ones go through arrow's cast.
 //!
@@ -35,7 +39,9 @@ fn wire_type(t: &DataType) -> DataType {
         DataType::FixedSizeList(f, n) => DataType::FixedSizeList(wire_field(f), *n),
         DataType::Struct(fields) => DataType::Struct(fields.iter().map(wire_field).collect()),
         DataType::Map(f, sorted) => DataType::Map(wire_field(f), *sorted),
-        DataType::Dictionary(k, v) => DataType::Dictionary(k.clone(), Box::new(wire_type(v))),
+        // Dictionaries travel as their values (arrow-flight's default,
+        // "hydrated"), so what FlightInfo announces is what arrives.
+        DataType::Dictionary(_, v) => wire_type(v),
         other => other.clone(),
     }
 }
@@ -271,6 +277,24 @@ mod tests {
         let (offsets, values) = view_values(&masked).unwrap();
         assert_eq!(offsets.as_ref(), &[0, 0, 4]);
         assert_eq!(values.as_slice(), b"tiny");
+    }
+
+    #[test]
+    fn dictionary_columns_arrive_as_their_values() {
+        use datafusion::arrow::array::DictionaryArray;
+        use datafusion::arrow::datatypes::Int32Type;
+
+        let dict: DictionaryArray<Int32Type> =
+            vec![Some("north"), None, Some("south"), Some("north")]
+                .into_iter()
+                .collect();
+        let schema = Schema::new(vec![Field::new("region", dict.data_type().clone(), true)]);
+        let batch = RecordBatch::try_new(Arc::new(schema.clone()), vec![Arc::new(dict)]).unwrap();
+        let to = wire_schema(&schema).expect("dictionaries change on the wire");
+        assert_eq!(to.field(0).data_type(), &DataType::Utf8);
+        let sent = wire_batch(&batch, &to).unwrap();
+        let values: Vec<Option<&str>> = sent.column(0).as_string::<i32>().iter().collect();
+        assert_eq!(values, [Some("north"), None, Some("south"), Some("north")]);
     }
 
     #[test]
