@@ -120,6 +120,8 @@ def test_flight_streams_all_of_lineitem(data, tmp_path):
     assert [t["principal"] for t in r["throughput"]] == ["bench_unrestricted", "bench_restricted"]
     for t in r["throughput"]:
         assert t["rows"] == lineitem and t["bytes"] > 0 and t["mb_per_s"] > 0
+        # Both units describe the same run.
+        assert abs(t["gb_per_s"] * 1e9 - t["mb_per_s"] * 1048576) <= 1e-6 * t["gb_per_s"] * 1e9
     assert r["latency"]["count"] == 20 and 0 < r["latency"]["p50_ms"] <= r["latency"]["p99_ms"]
 
 
