@@ -9,6 +9,12 @@
 //! 9; VEIL_BENCH_ONLY=audited|unaudited runs one side only, for profiling).
 //! Prints each round, the median throughputs, the median of the rounds'
 //! costs and the process's CPU time per query on each side (Linux).
+//!
+//! Then the same clients offer a fixed rate (VEIL_BENCH_RATE queries/s,
+//! default 1000, the load; 0 skips it), in the same number of
+//! alternating rounds: what each side served, its CPU per query and share
+//! of the machine, and latency p50 / p99 counted from when each query was
+//! due.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -96,14 +102,20 @@ fn cpu_time() -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
-/// One run: wall time and the process's CPU time over it.
+/// One run: wall time, the process's CPU time over it and each query's
+/// latency.
 struct Run {
     wall: Duration,
     cpu: Option<Duration>,
+    latencies: Vec<Duration>,
 }
 
-/// Runs `queries` small queries from `clients` concurrent sessions.
-async fn run(engine: &Arc<Engine>, clients: usize, queries: usize) -> Run {
+/// Runs `queries` small queries from `clients` concurrent sessions: back
+/// to back (closed loop) when `rate` is None, else paced so that together
+/// they offer `rate` queries per second. A paced query's latency counts
+/// from when it was due, not when it was sent, so a server that falls
+/// behind shows it in the latency (no coordinated omission).
+async fn run(engine: &Arc<Engine>, clients: usize, queries: usize, rate: Option<f64>) -> Run {
     let start = Instant::now();
     let cpu = cpu_time();
     let mut tasks = vec![];
@@ -111,24 +123,46 @@ async fn run(engine: &Arc<Engine>, clients: usize, queries: usize) -> Run {
         let engine = Arc::clone(engine);
         tasks.push(tokio::spawn(async move {
             let mut bob = engine.session("bob");
+            let mut latencies = Vec::with_capacity(queries / clients);
             for i in 0..queries / clients {
+                let due = match rate {
+                    // Client c sends the (i * clients + c)-th query overall.
+                    Some(rate) => {
+                        let due = start + Duration::from_secs_f64((i * clients + c) as f64 / rate);
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
                 let sql = format!(
                     "SELECT name, email FROM hr.employees WHERE employee_id = {}",
                     (c * 7919 + i) % 311 + 1
                 );
                 let out = bob.execute(&sql).await.expect("query");
                 out.collect().await.expect("rows");
+                latencies.push(due.elapsed());
             }
+            latencies
         }));
     }
+    let mut latencies = Vec::with_capacity(queries);
     for t in tasks {
-        t.await.expect("client");
+        latencies.extend(t.await.expect("client"));
     }
     let wall = start.elapsed();
     Run {
         wall,
         cpu: cpu.zip(cpu_time()).map(|(a, b)| b.saturating_sub(a)),
+        latencies,
     }
+}
+
+/// The `q`-quantile of `v` (0.0..=1.0).
+fn quantile(v: &mut [Duration], q: f64) -> Duration {
+    v.sort();
+    v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or_default()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -152,8 +186,8 @@ fn main() {
         )
     });
     // Warm-up.
-    rt.block_on(run(&with, clients, clients * 20));
-    rt.block_on(run(&without, clients, clients * 20));
+    rt.block_on(run(&with, clients, clients * 20, None));
+    rt.block_on(run(&without, clients, clients * 20, None));
     // Rounds of one audited and one unaudited run back to back (the order
     // alternates); this machine's speed drifts between rounds, so each
     // round's ratio is taken and the median ratio reported.
@@ -167,7 +201,7 @@ fn main() {
         _ => None,
     } {
         for _ in 0..rounds {
-            let r = rt.block_on(run(engine, clients, queries));
+            let r = rt.block_on(run(engine, clients, queries, None));
             let cpu = cpu_us(&r).unwrap_or(f64::NAN);
             println!("  {:.0} queries/s, {cpu:.0} µs CPU per query", qps(&r));
         }
@@ -176,11 +210,11 @@ fn main() {
     let (mut a, mut b, mut cost, mut cpu_a, mut cpu_b) = (vec![], vec![], vec![], vec![], vec![]);
     for round in 0..rounds {
         let (x, y) = if round % 2 == 0 {
-            let x = rt.block_on(run(&with, clients, queries));
-            (x, rt.block_on(run(&without, clients, queries)))
+            let x = rt.block_on(run(&with, clients, queries, None));
+            (x, rt.block_on(run(&without, clients, queries, None)))
         } else {
-            let y = rt.block_on(run(&without, clients, queries));
-            (rt.block_on(run(&with, clients, queries)), y)
+            let y = rt.block_on(run(&without, clients, queries, None));
+            (rt.block_on(run(&with, clients, queries, None)), y)
         };
         println!(
             "  round {round}: audited {:.0} q/s, not audited {:.0} q/s",
@@ -207,6 +241,19 @@ fn main() {
             (ca / cb - 1.0) * 100.0
         );
     }
+    // The load: the same clients offering a fixed rate
+    // (VEIL_BENCH_RATE queries/s, default 1000; 0 skips this part).
+    let rate = env("VEIL_BENCH_RATE", 1000);
+    if rate > 0 {
+        paced(
+            &rt,
+            [&with, &without],
+            clients,
+            queries,
+            rounds,
+            rate as f64,
+        );
+    }
     let records = with
         .store()
         .audit_records(&AuditFilter::default())
@@ -217,5 +264,61 @@ fn main() {
         with.verify_audit()
             .map(|v| v.first_broken.is_none())
             .unwrap_or(false)
+    );
+}
+
+/// Rounds of one audited and one unaudited run at `rate` queries/s offered
+/// (order alternating), then what each side served, its CPU and latency.
+fn paced(
+    rt: &tokio::runtime::Runtime,
+    engines: [&Arc<Engine>; 2],
+    clients: usize,
+    queries: usize,
+    rounds: usize,
+    rate: f64,
+) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mut runs: [Vec<Run>; 2] = [vec![], vec![]];
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for side in order {
+            runs[side].push(rt.block_on(run(engines[side], clients, queries, Some(rate))));
+        }
+    }
+    let qps = |r: &Run| queries as f64 / r.wall.as_secs_f64();
+    let cpu_us = |r: &Run| r.cpu.map(|c| c.as_secs_f64() * 1e6 / queries as f64);
+    let share = |r: &Run| {
+        r.cpu
+            .map(|c| c.as_secs_f64() / r.wall.as_secs_f64() / cores * 100.0)
+    };
+    println!("{queries} queries offered at {rate:.0} queries/s by {clients} clients, {rounds} rounds (medians):");
+    let mut cpu = [f64::NAN; 2];
+    for (side, name) in [(0, "audited:    "), (1, "not audited:")] {
+        let rs = &runs[side];
+        cpu[side] = median(rs.iter().filter_map(cpu_us).collect());
+        let mut lat: Vec<Duration> = rs
+            .iter()
+            .flat_map(|r| r.latencies.iter().copied())
+            .collect();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "  {name} {:>5.0} queries/s served, {:.0} µs CPU per query ({:.0}% of the machine), latency p50 {:.2} ms, p99 {:.2} ms",
+            median(rs.iter().map(qps).collect()),
+            cpu[side],
+            median(rs.iter().filter_map(share).collect()),
+            ms(quantile(&mut lat, 0.5)),
+            ms(quantile(&mut lat, 0.99)),
+        );
+    }
+    let cost = median(
+        runs[0]
+            .iter()
+            .zip(&runs[1])
+            .map(|(a, b)| (1.0 - qps(a) / qps(b)) * 100.0)
+            .collect(),
+    );
+    println!(
+        "  audit cost at this load: {cost:.1}% of throughput, CPU per query {:+.1}%",
+        (cpu[0] / cpu[1] - 1.0) * 100.0
     );
 }
