@@ -6,7 +6,9 @@
 //! `cargo bench -p veil-engine --bench audit_overhead` (VEIL_BENCH_QUERIES
 //! total queries per run, default 8000; VEIL_BENCH_CLIENTS, default 8;
 //! VEIL_BENCH_ROUNDS rounds of one audited and one unaudited run, default
-//! 9; VEIL_BENCH_ONLY=audited|unaudited runs one side only, for profiling).
+//! 9; VEIL_BENCH_ONLY=audited|unaudited runs one side only, for profiling;
+//! VEIL_BENCH_COMMIT_DELAY_US sets the writer's low-load hold, the
+//! `audit_commit_delay_ms` setting, on both sides).
 //! Prints each round, the median throughputs, the median of the rounds'
 //! costs and the process's CPU time per query on each side (Linux).
 //!
@@ -86,6 +88,8 @@ async fn engine(dir: &Path, audited: bool) -> Arc<Engine> {
     let store: Arc<dyn CatalogStore> = Arc::new(BenchStore(sqlite, audited));
     let options = EngineOptions {
         warehouse: Some(dir.join("warehouse").to_string_lossy().into_owned()),
+        // VEIL_BENCH_COMMIT_DELAY_US: the `audit_commit_delay_ms` setting.
+        audit_commit_delay: Duration::from_micros(env("VEIL_BENCH_COMMIT_DELAY_US", 0) as u64),
         ..Default::default()
     };
     let engine = Engine::new(store, keys, &root, options).expect("engine");

@@ -25,6 +25,9 @@ pub struct FileConfig {
     pub workspace_max_bytes: Option<u64>,
     /// Address of the Prometheus `/metrics` endpoint (none by default).
     pub metrics_listen: Option<String>,
+    /// How long a group commit of audit records may also be held open
+    /// while only a few statements run, in milliseconds (0 to 2; default 0).
+    pub audit_commit_delay_ms: Option<f64>,
     /// `[tls]`: serve Flight SQL over TLS.
     pub tls: Option<TlsSection>,
     /// `[limits]`: memory, concurrency and time limits.
@@ -183,6 +186,14 @@ impl Config {
         if let Some(max) = workspace_max_bytes.or(file.workspace_max_bytes) {
             engine.workspace_max_bytes = (max > 0).then_some(max);
         }
+        if let Some(ms) = file.audit_commit_delay_ms {
+            engine.audit_commit_delay = (0.0..=2.0)
+                .contains(&ms)
+                .then(|| std::time::Duration::from_secs_f64(ms / 1000.0))
+                .ok_or_else(|| {
+                    format!("audit_commit_delay_ms must be between 0 and 2, not {ms}")
+                })?;
+        }
         let file_tls = file.tls.unwrap_or_default();
         let tls = match (tls.cert.or(file_tls.cert), tls.key.or(file_tls.key)) {
             (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
@@ -310,5 +321,27 @@ mod tests {
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("-1").is_err());
         assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn the_audit_commit_delay_is_read_and_bounded() {
+        let resolve = |text: &str| {
+            let file: FileConfig = toml::from_str(text).unwrap();
+            Config::resolve(file, Overrides::default())
+        };
+        let default = resolve("").unwrap();
+        assert_eq!(default.engine.audit_commit_delay, std::time::Duration::ZERO);
+        let set = resolve("audit_commit_delay_ms = 1").unwrap();
+        assert_eq!(
+            set.engine.audit_commit_delay,
+            std::time::Duration::from_millis(1)
+        );
+        for bad in ["audit_commit_delay_ms = 5", "audit_commit_delay_ms = -1"] {
+            let err = resolve(bad).unwrap_err();
+            assert!(
+                err.contains("audit_commit_delay_ms must be between 0 and 2"),
+                "{err}"
+            );
+        }
     }
 }

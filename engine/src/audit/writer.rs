@@ -15,6 +15,11 @@
 //! a running statement is not always on a CPU (it reads files, waits for
 //! its client), and holding while only `cores` ran left CPUs idle (paired
 //! runs of `benches/audit_overhead.rs`: 10.4-14.4 % against 5.9-6.2 %).
+//!
+//! Optionally (`audit_commit_delay_ms`, off by default) a batch is also held
+//! while fewer statements run, as long as at least one is still running,
+//! for at most that delay: fewer commits (less CPU per query) for more
+//! latency under moderate load. A lone statement is never held.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -60,6 +65,8 @@ struct Hold {
     running_above: usize,
     /// And no longer than this.
     at_most: Duration,
+    /// While fewer run (but at least one), hold for at most this (zero: not at all).
+    few_running: Duration,
 }
 
 /// Gathers one batch: `first`, everything already queued, and what arrives
@@ -71,15 +78,18 @@ fn gather(
     hold: Hold,
 ) -> Vec<(AuditEntry, Waiter)> {
     let mut batch = vec![first];
-    let deadline = Instant::now() + hold.at_most;
+    let started = Instant::now();
+    let (busy, few) = (started + hold.at_most, started + hold.few_running);
     while batch.len() < MAX_BATCH {
         if let Ok(next) = rx.try_recv() {
             batch.push(next);
             continue;
         }
-        if pending.load(Ordering::Acquire) <= hold.running_above {
-            break;
-        }
+        let deadline = match pending.load(Ordering::Acquire) {
+            running if running > hold.running_above => busy,
+            0 => break,
+            _ => few,
+        };
         let wait = deadline.saturating_duration_since(Instant::now());
         if wait.is_zero() {
             break;
@@ -93,14 +103,17 @@ fn gather(
 }
 
 impl AuditWriter {
-    /// Starts the writer thread for `store`; it ends when every handle is dropped.
-    pub fn start(store: Arc<dyn CatalogStore>) -> Result<Self> {
+    /// Starts the writer thread for `store`; it ends when every handle is
+    /// dropped. `few_running`: how long a batch may also be held while only
+    /// a few statements run (zero: never).
+    pub fn start(store: Arc<dyn CatalogStore>, few_running: Duration) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<(AuditEntry, Waiter)>();
         let pending = Arc::new(AtomicUsize::new(0));
         let others = Arc::clone(&pending);
         let hold = Hold {
             running_above: 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
             at_most: COMMIT_DELAY,
+            few_running: few_running.min(COMMIT_DELAY),
         };
         std::thread::Builder::new()
             .name("veil-audit".into())
@@ -174,6 +187,7 @@ mod tests {
         Hold {
             running_above: 1,
             at_most: Duration::from_secs(secs),
+            few_running: Duration::ZERO,
         }
     }
 
@@ -197,6 +211,7 @@ mod tests {
         let limit = Hold {
             running_above: 1,
             at_most: Duration::from_millis(50),
+            few_running: Duration::ZERO,
         };
         let started = Instant::now();
         let batch = gather(&rx, entry("Query"), &pending, limit);
@@ -240,5 +255,38 @@ mod tests {
         // Nothing lost: what the batch did not take is still queued.
         assert_eq!(batch.len() + rx.try_iter().count(), 4);
         assert_eq!(writer.pending_records(), 0);
+    }
+
+    #[test]
+    fn with_a_low_load_delay_a_batch_waits_for_the_few_still_running() {
+        let (tx, rx) = mpsc::channel();
+        let pending = Arc::new(AtomicUsize::new(1));
+        let low = Hold {
+            running_above: 4,
+            at_most: Duration::from_secs(30),
+            few_running: Duration::from_secs(30),
+        };
+        // One statement runs (not above 4): held for it; it hands its
+        // record over and the batch closes as nothing runs any more.
+        let sender = {
+            let pending = Arc::clone(&pending);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                tx.send(entry("Late")).unwrap();
+                pending.fetch_sub(1, Ordering::AcqRel);
+                tx
+            })
+        };
+        let started = Instant::now();
+        let batch = gather(&rx, entry("First"), &pending, low);
+        let tx = sender.join().unwrap();
+        let actions: Vec<_> = batch.iter().map(|(e, _)| e.action.as_str()).collect();
+        assert_eq!(actions, ["First", "Late"]);
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // With nothing running, the same hold commits at once.
+        let started = Instant::now();
+        assert_eq!(gather(&rx, entry("Alone"), &pending, low).len(), 1);
+        assert!(started.elapsed() < Duration::from_secs(10));
+        drop(tx);
     }
 }
