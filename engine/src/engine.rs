@@ -300,7 +300,12 @@ impl Engine {
             .as_deref()
             .ok_or_else(|| VeilError::InvalidArgument("no warehouse location configured".into()))?;
         let warehouse = Warehouse::open(location, &runtime)?;
-        let audit = AuditWriter::start(Arc::clone(&store), options.audit_commit_delay)?;
+        let metrics = crate::metrics::Metrics::new()?;
+        let audit = AuditWriter::start(
+            Arc::clone(&store),
+            options.audit_commit_delay,
+            metrics.audit_commits.clone(),
+        )?;
         Ok(Arc::new(Self {
             admission: crate::limits::Admission::new(options.limits.clone()),
             throttle: crate::login::LoginThrottle::new(options.login.clone()),
@@ -308,7 +313,7 @@ impl Engine {
             catalogs: Default::default(),
             statement_state: statement_state(Arc::clone(&runtime)),
             audit,
-            metrics: crate::metrics::Metrics::new()?,
+            metrics,
             store,
             keys,
             snapshot: RwLock::new(Arc::new(snapshot)),

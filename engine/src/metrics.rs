@@ -1,6 +1,6 @@
 //! Prometheus metrics of one engine: statements by kind and outcome, errors
-//! by code, rows served, active sessions and the time policy evaluation
-//! (the governance analyzer) takes. Labels carry codes and kinds only, never
+//! by code, rows served, active sessions, the time policy evaluation
+//! (the governance analyzer) takes and the audit writer's group commits. Labels carry codes and kinds only, never
 //! SQL text, names or values.
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
@@ -25,6 +25,30 @@ pub struct Metrics {
     pub statements_running: IntGauge,
     /// Bytes of the shared query memory in use (set when rendered).
     pub query_memory_bytes: IntGauge,
+    /// The audit writer's group commits.
+    pub audit_commits: AuditCommitMetrics,
+}
+
+/// What the audit writer counts: commits, the records they carried and how
+/// long each took (insert, commit and sync), so an operator can see records
+/// per commit and choose `audit_commit_delay_ms`.
+#[derive(Debug, Clone)]
+pub struct AuditCommitMetrics {
+    /// Group commits of statement records.
+    pub commits: IntCounter,
+    /// Records those commits carried.
+    pub records: IntCounter,
+    /// Seconds each group commit took, sync included.
+    pub seconds: Histogram,
+}
+
+impl AuditCommitMetrics {
+    /// Counts one group commit of `records` records that took `took`.
+    pub fn committed(&self, records: usize, took: std::time::Duration) {
+        self.commits.inc();
+        self.records.inc_by(records as u64);
+        self.seconds.observe(took.as_secs_f64());
+    }
 }
 
 fn registered<C: prometheus::core::Collector + Clone + 'static>(
@@ -93,6 +117,37 @@ impl Metrics {
                 )
                 .map_err(internal)?,
             )?,
+            audit_commits: AuditCommitMetrics {
+                commits: registered(
+                    &registry,
+                    IntCounter::new(
+                        "audit_group_commits_total",
+                        "Group commits of statement audit records",
+                    )
+                    .map_err(internal)?,
+                )?,
+                records: registered(
+                    &registry,
+                    IntCounter::new(
+                        "audit_group_commit_records_total",
+                        "Audit records written by group commits",
+                    )
+                    .map_err(internal)?,
+                )?,
+                seconds: registered(
+                    &registry,
+                    Histogram::with_opts(
+                        HistogramOpts::new(
+                            "audit_group_commit_seconds",
+                            "Time one group commit of audit records takes, sync included",
+                        )
+                        .buckets(vec![
+                            0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.25,
+                        ]),
+                    )
+                    .map_err(internal)?,
+                )?,
+            },
             registry,
         })
     }

@@ -130,6 +130,8 @@ pub struct Overrides {
     pub workspace_max_bytes: Option<u64>,
     /// `--metrics-listen` / `VEIL_METRICS_LISTEN`.
     pub metrics_listen: Option<String>,
+    /// `--audit-commit-delay-ms` / `VEIL_AUDIT_COMMIT_DELAY_MS`.
+    pub audit_commit_delay_ms: Option<f64>,
     /// `--tls-cert`, `--tls-key`, `--tls-client-ca` (`VEIL_TLS_*`).
     pub tls: TlsSection,
     /// `--memory-limit`, `--query-memory`, `--max-queries`, ... (`VEIL_*`).
@@ -160,6 +162,7 @@ impl Config {
             warehouse,
             workspace_max_bytes,
             metrics_listen,
+            audit_commit_delay_ms,
             tls,
             limits,
         } = o;
@@ -186,7 +189,7 @@ impl Config {
         if let Some(max) = workspace_max_bytes.or(file.workspace_max_bytes) {
             engine.workspace_max_bytes = (max > 0).then_some(max);
         }
-        if let Some(ms) = file.audit_commit_delay_ms {
+        if let Some(ms) = audit_commit_delay_ms.or(file.audit_commit_delay_ms) {
             engine.audit_commit_delay = (0.0..=2.0)
                 .contains(&ms)
                 .then(|| std::time::Duration::from_secs_f64(ms / 1000.0))
@@ -343,5 +346,25 @@ mod tests {
                 "{err}"
             );
         }
+        // The flag (or VEIL_AUDIT_COMMIT_DELAY_MS) wins over the file, and is
+        // bounded the same way.
+        let flag = |ms: f64| {
+            let file: FileConfig = toml::from_str("audit_commit_delay_ms = 1").unwrap();
+            let o = Overrides {
+                audit_commit_delay_ms: Some(ms),
+                ..Default::default()
+            };
+            Config::resolve(file, o)
+        };
+        assert_eq!(
+            flag(0.5).unwrap().engine.audit_commit_delay,
+            std::time::Duration::from_micros(500)
+        );
+        assert_eq!(
+            flag(0.0).unwrap().engine.audit_commit_delay,
+            std::time::Duration::ZERO
+        );
+        assert!(flag(f64::NAN).is_err());
+        assert!(flag(3.0).unwrap_err().contains("between 0 and 2"));
     }
 }

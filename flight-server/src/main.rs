@@ -108,6 +108,10 @@ enum Command {
         /// Address of the Prometheus `/metrics` endpoint (off by default).
         #[arg(long, env = "VEIL_METRICS_LISTEN")]
         metrics_listen: Option<String>,
+        /// How long the audit writer may also hold a group commit open while
+        /// a few statements still run, in milliseconds (0 to 2; default 0).
+        #[arg(long, env = "VEIL_AUDIT_COMMIT_DELAY_MS")]
+        audit_commit_delay_ms: Option<f64>,
         /// Load the sample data and the demo users and policies.
         #[arg(long)]
         demo: bool,
@@ -364,6 +368,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Serve {
             listen,
             metrics_listen,
+            audit_commit_delay_ms,
             demo,
             tls,
             limits,
@@ -373,6 +378,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 Overrides {
                     listen,
                     metrics_listen,
+                    audit_commit_delay_ms,
                     tls: veil_flight_server::config::TlsSection {
                         cert: tls.tls_cert,
                         key: tls.tls_key,

@@ -135,6 +135,12 @@ async fn metrics_count_statements_errors_rows_and_sessions() {
     assert!(value("veil_rows_served_total") >= got.len() as f64);
     assert!(value("veil_active_sessions") >= 1.0);
     assert!(value("veil_policy_evaluation_seconds_count") >= 1.0);
+    // The query's record was durable before its answer: at least one group
+    // commit, carrying at least one record each, each one timed.
+    let commits = value("veil_audit_group_commits_total");
+    assert!(commits >= 1.0, "{text}");
+    assert!(value("veil_audit_group_commit_records_total") >= commits);
+    assert!(value("veil_audit_group_commit_seconds_count") >= 1.0);
     // Nothing runs between statements: no slot held, no query memory in use.
     assert_eq!(value("veil_statements_running"), 0.0);
     assert_eq!(value("veil_query_memory_bytes"), 0.0);

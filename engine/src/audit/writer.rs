@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::error::{Result, VeilError};
+use crate::metrics::AuditCommitMetrics;
 use crate::store::{AuditEntry, CatalogStore};
 
 /// Most records appended in one transaction.
@@ -105,8 +106,12 @@ fn gather(
 impl AuditWriter {
     /// Starts the writer thread for `store`; it ends when every handle is
     /// dropped. `few_running`: how long a batch may also be held while only
-    /// a few statements run (zero: never).
-    pub fn start(store: Arc<dyn CatalogStore>, few_running: Duration) -> Result<Self> {
+    /// a few statements run (zero: never); `metrics` counts the commits.
+    pub fn start(
+        store: Arc<dyn CatalogStore>,
+        few_running: Duration,
+        metrics: AuditCommitMetrics,
+    ) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<(AuditEntry, Waiter)>();
         let pending = Arc::new(AtomicUsize::new(0));
         let others = Arc::clone(&pending);
@@ -121,9 +126,13 @@ impl AuditWriter {
                 while let Ok(first) = rx.recv() {
                     let batch = gather(&rx, first, &others, hold);
                     let (entries, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    let started = Instant::now();
                     let result = store.audit_batch(&entries);
-                    if let Err(e) = &result {
-                        tracing::error!(records = entries.len(), "audit write failed: {e}");
+                    match &result {
+                        Ok(()) => metrics.committed(entries.len(), started.elapsed()),
+                        Err(e) => {
+                            tracing::error!(records = entries.len(), "audit write failed: {e}")
+                        }
                     }
                     for w in waiters.into_iter().flatten() {
                         let _ = w.send(match &result {
