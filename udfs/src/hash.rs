@@ -208,3 +208,77 @@ impl ArrayMask for HashMask {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::KeyHandle;
+    use datafusion::arrow::array::{
+        Array, AsArray, LargeStringArray, StringArray, StringViewArray,
+    };
+
+    /// The token by definition: the first 16 bytes of HMAC-SHA256(key,
+    /// 's' || value), in lowercase hex.
+    fn expected(key: &[u8; 32], value: &str) -> String {
+        let mut mac = HmacSha256::new_from_slice(key).unwrap();
+        mac.update(b"s");
+        mac.update(value.as_bytes());
+        mac.finalize().into_bytes()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    #[test]
+    fn string_tokens_are_the_truncated_hmac_of_the_tagged_value_and_keep_nulls() {
+        let bytes = [9u8; 32];
+        let mask = HashMask::new(MaskKey::new(
+            KeyHandle {
+                id: "col:s.t.c".into(),
+                version: 1,
+            },
+            bytes,
+        ))
+        .unwrap();
+        let rows = vec![
+            Some("alice"),
+            None,
+            Some(""),
+            Some("a value longer than one sixty-four byte block of SHA-256 input, to be sure"),
+            None,
+            Some("ünïcödé"),
+        ];
+        let inputs: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(rows.clone())),
+            Arc::new(LargeStringArray::from(rows.clone())),
+            Arc::new(StringViewArray::from(rows.clone())),
+            // A slice: offsets and nulls not starting at zero.
+            Arc::new(StringArray::from([vec![Some("skip")], rows.clone()].concat()).slice(1, 6)),
+        ];
+        for input in inputs {
+            let out = mask.mask(&input).unwrap();
+            assert_eq!(out.len(), rows.len());
+            assert_eq!(
+                out.data_type(),
+                &mask.return_type(input.data_type()).unwrap()
+            );
+            let got: Vec<Option<String>> = match out.data_type() {
+                DataType::Utf8View => out
+                    .as_string_view()
+                    .iter()
+                    .map(|v| v.map(String::from))
+                    .collect(),
+                _ => out
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|v| v.map(String::from))
+                    .collect(),
+            };
+            let want: Vec<Option<String>> = rows
+                .iter()
+                .map(|r| r.map(|v| expected(&bytes, v)))
+                .collect();
+            assert_eq!(got, want, "{}", input.data_type());
+        }
+    }
+}
