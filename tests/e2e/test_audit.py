@@ -121,6 +121,16 @@ def _veil(data_dir, *args):
     )
 
 
+def test_an_audit_commit_delay_out_of_bounds_refuses_to_start():
+    data_dir = tempfile.mkdtemp(prefix="veil-audit-delay-")
+    with pytest.raises(RuntimeError, match="audit_commit_delay_ms must be between 0 and 2, not 9"):
+        proc, _ = start_server(data_dir, serve_args=["--audit-commit-delay-ms", "9"])
+        stop_server(proc)
+    with pytest.raises(RuntimeError, match="audit_commit_delay_ms must be between 0 and 2"):
+        proc, _ = start_server(data_dir, env={"VEIL_AUDIT_COMMIT_DELAY_MS": "-1"})
+        stop_server(proc)
+
+
 def test_audit_commands_metrics_and_json_logs():
     data_dir = tempfile.mkdtemp(prefix="veil-audit-cli-")
     metrics_port = _free_port()
@@ -128,6 +138,7 @@ def test_audit_commands_metrics_and_json_logs():
         data_dir,
         args=["--log-format", "json"],
         env={"VEIL_METRICS_LISTEN": f"127.0.0.1:{metrics_port}", "VEIL_LOG": "info"},
+        serve_args=["--audit-commit-delay-ms", "1"],
     )
     try:
         with connect(uri, "bob") as b:
@@ -136,6 +147,10 @@ def test_audit_commands_metrics_and_json_logs():
         assert 'veil_statements_total{kind="query",outcome="ok"}' in text
         assert "veil_active_sessions" in text
         assert "bob" not in text
+        # The query's record was committed (and counted) before its answer.
+        metric = {l.split(" ")[0]: float(l.split(" ")[1]) for l in text.splitlines() if l and not l.startswith("#")}
+        assert metric["veil_audit_group_commits_total"] >= 1, text
+        assert metric["veil_audit_group_commit_records_total"] >= metric["veil_audit_group_commits_total"], text
     finally:
         stop_server(proc)
     logs = [json.loads(line) for line in proc.stdout.read().splitlines() if line.startswith("{")]
