@@ -19,7 +19,6 @@
 //! due.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,15 +34,11 @@ use veil_engine::{Engine, EngineOptions};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Group commits of query records on the audited side (batches written).
-static COMMITS: AtomicUsize = AtomicUsize::new(0);
-
-/// The SQLite store, either writing query records (counting its group
-/// commits) or dropping them (the baseline).
+/// The SQLite store with query records dropped (the baseline).
 #[derive(Debug)]
-struct BenchStore(SqliteStore, bool);
+struct NoAudit(SqliteStore);
 
-impl CatalogStore for BenchStore {
+impl CatalogStore for NoAudit {
     fn version(&self) -> veil_engine::Result<u64> {
         self.0.version()
     }
@@ -53,12 +48,8 @@ impl CatalogStore for BenchStore {
     fn apply(&self, changes: &[Change], audit: &AuditEntry) -> veil_engine::Result<u64> {
         self.0.apply(changes, audit)
     }
-    fn audit_batch(&self, entries: &[AuditEntry]) -> veil_engine::Result<()> {
-        if !self.1 {
-            return Ok(());
-        }
-        COMMITS.fetch_add(1, Ordering::Relaxed);
-        self.0.audit_batch(entries)
+    fn audit_batch(&self, _entries: &[AuditEntry]) -> veil_engine::Result<()> {
+        Ok(())
     }
     fn audit_records(&self, f: &AuditFilter) -> veil_engine::Result<Vec<AuditRecord>> {
         self.0.audit_records(f)
@@ -85,7 +76,11 @@ async fn engine(dir: &Path, audited: bool) -> Arc<Engine> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let keys = MasterKey::load_or_create(dir).expect("keys");
     let sqlite = SqliteStore::open(&dir.join("catalog.sqlite"), keys.audit_key()).expect("store");
-    let store: Arc<dyn CatalogStore> = Arc::new(BenchStore(sqlite, audited));
+    let store: Arc<dyn CatalogStore> = if audited {
+        Arc::new(sqlite)
+    } else {
+        Arc::new(NoAudit(sqlite))
+    };
     let options = EngineOptions {
         warehouse: Some(dir.join("warehouse").to_string_lossy().into_owned()),
         // VEIL_BENCH_COMMIT_DELAY_US: the `audit_commit_delay_ms` setting.
@@ -166,9 +161,14 @@ async fn run(engine: &Arc<Engine>, clients: usize, queries: usize, rate: Option<
     }
 }
 
-/// Audited records per group commit since the commit counter read `since`.
-fn per_commit(records: usize, since: usize) -> f64 {
-    records as f64 / COMMITS.load(Ordering::Relaxed).saturating_sub(since).max(1) as f64
+/// Group commits `engine`'s audit writer has made (its `/metrics` counter).
+fn commits(engine: &Engine) -> u64 {
+    engine.metrics().audit_commits.commits.get()
+}
+
+/// Audited records per group commit since `engine` had made `since` commits.
+fn per_commit(engine: &Engine, records: usize, since: u64) -> f64 {
+    records as f64 / commits(engine).saturating_sub(since).max(1) as f64
 }
 
 /// The `q`-quantile of `v` (0.0..=1.0).
@@ -222,7 +222,7 @@ fn main() {
         return;
     }
     let (mut a, mut b, mut cost, mut cpu_a, mut cpu_b) = (vec![], vec![], vec![], vec![], vec![]);
-    let commits = COMMITS.load(Ordering::Relaxed);
+    let since = commits(&with);
     for round in 0..rounds {
         let (x, y) = if round % 2 == 0 {
             let x = rt.block_on(run(&with, clients, queries, None));
@@ -251,7 +251,7 @@ fn main() {
     );
     println!(
         "  records per group commit: {:.1}",
-        per_commit(queries * rounds, commits)
+        per_commit(&with, queries * rounds, since)
     );
     if !cpu_a.is_empty() && !cpu_b.is_empty() {
         let (ca, cb) = (median(cpu_a), median(cpu_b));
@@ -298,7 +298,7 @@ fn paced(
 ) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let mut runs: [Vec<Run>; 2] = [vec![], vec![]];
-    let commits = COMMITS.load(Ordering::Relaxed);
+    let since = commits(engines[0]);
     for round in 0..rounds {
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for side in order {
@@ -340,6 +340,6 @@ fn paced(
     println!(
         "  audit cost at this load: {cost:.1}% of throughput, CPU per query {:+.1}%; records per group commit: {:.1}",
         (cpu[0] / cpu[1] - 1.0) * 100.0,
-        per_commit(queries * rounds, commits)
+        per_commit(engines[0], queries * rounds, since)
     );
 }

@@ -1,7 +1,7 @@
 //! Prometheus metrics of one engine: statements by kind and outcome, errors
-//! by code, rows served, active sessions, the time policy evaluation
-//! (the governance analyzer) takes and the audit writer's group commits. Labels carry codes and kinds only, never
-//! SQL text, names or values.
+//! by code, rows served, active sessions, the time policy evaluation (the
+//! governance analyzer) takes and the audit writer's group commits. Labels
+//! carry codes and kinds only, never SQL text, names or values.
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 

@@ -190,11 +190,12 @@ impl Config {
             engine.workspace_max_bytes = (max > 0).then_some(max);
         }
         if let Some(ms) = audit_commit_delay_ms.or(file.audit_commit_delay_ms) {
-            engine.audit_commit_delay = (0.0..=2.0)
+            let max = veil_engine::audit::writer::COMMIT_DELAY.as_secs_f64() * 1000.0;
+            engine.audit_commit_delay = (0.0..=max)
                 .contains(&ms)
                 .then(|| std::time::Duration::from_secs_f64(ms / 1000.0))
                 .ok_or_else(|| {
-                    format!("audit_commit_delay_ms must be between 0 and 2, not {ms}")
+                    format!("audit_commit_delay_ms must be between 0 and {max}, not {ms}")
                 })?;
         }
         let file_tls = file.tls.unwrap_or_default();
