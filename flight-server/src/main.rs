@@ -163,6 +163,9 @@ enum BenchCommand {
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
+        /// How data pages are compressed.
+        #[arg(long, value_enum, default_value = "zstd")]
+        compression: bench::generate::PageCompression,
     },
     /// Run the 22 TPC-H queries ungoverned, unrestricted and restricted.
     Tpch {
@@ -529,10 +532,14 @@ fn write_report<T: serde::Serialize>(report: &T, out: Option<&Path>) -> Result<(
 
 async fn bench(command: BenchCommand) -> Result<(), BenchError> {
     match command {
-        BenchCommand::Generate { scale, out } => {
+        BenchCommand::Generate {
+            scale,
+            out,
+            compression,
+        } => {
             let t = std::time::Instant::now();
             let tables = tokio::task::spawn_blocking(move || {
-                bench::generate::generate(scale, &out, std::io::stderr().is_terminal())
+                bench::generate::generate(scale, &out, compression, std::io::stderr().is_terminal())
             })
             .await
             .map_err(|e| BenchError::Invalid(e.to_string()))??;

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use veil_flight_server::bench::generate::generate;
+use veil_flight_server::bench::generate::{generate, PageCompression};
 use veil_flight_server::bench::tpch::{run_on, Harness, TpchOptions};
 use veil_flight_server::bench::BenchError;
 
@@ -12,7 +12,7 @@ use veil_flight_server::bench::BenchError;
 async fn the_equality_check_fails_a_run_whose_unrestricted_answer_differs() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("tpch");
-    generate(0.01, &data, false).unwrap();
+    generate(0.01, &data, PageCompression::Zstd, false).unwrap();
     let opts = TpchOptions {
         data: data.clone(),
         scale: None,
@@ -37,5 +37,48 @@ async fn the_equality_check_fails_a_run_whose_unrestricted_answer_differs() {
     match run_on(&harness, 0.01, &opts, |_| {}).await {
         Err(BenchError::Mismatch(m)) => assert!(m.starts_with("q1:"), "{m}"),
         other => panic!("expected a mismatch, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn generate_writes_the_chosen_compression_and_the_queries_read_it() {
+    use datafusion::parquet::basic::Compression;
+    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+
+    for (choice, codec) in [
+        (PageCompression::Lz4, Compression::LZ4_RAW),
+        (PageCompression::Snappy, Compression::SNAPPY),
+        (PageCompression::None, Compression::UNCOMPRESSED),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("tpch");
+        generate(0.001, &data, choice, false).unwrap();
+        let file = std::fs::File::open(data.join("lineitem").join("part-1.parquet")).unwrap();
+        let meta = SerializedFileReader::new(file).unwrap().metadata().clone();
+        for rg in meta.row_groups() {
+            for col in rg.columns() {
+                assert_eq!(
+                    col.compression(),
+                    codec,
+                    "{choice:?}: {}",
+                    col.column_path()
+                );
+            }
+        }
+        let marker = std::fs::read_to_string(data.join("veil-tpch.json")).unwrap();
+        assert!(
+            marker.contains(&format!("\"compression\":\"{}\"", choice.name())),
+            "{marker}"
+        );
+        // The harness reads the files and the equality check passes.
+        let opts = TpchOptions {
+            data: data.clone(),
+            scale: None,
+            iterations: 1,
+            queries: vec![6],
+        };
+        let harness = Harness::new(&data).await.unwrap();
+        let ok = run_on(&harness, 0.001, &opts, |_| {}).await.unwrap();
+        assert_eq!(ok.queries.len(), 1);
     }
 }

@@ -2,8 +2,9 @@
 //! the `tpchgen` / `tpchgen-arrow` crates (no downloads, no dbgen).
 //!
 //! Each table becomes a directory `<out>/<table>/` of `part-<n>.parquet`
-//! files (zstd level 1, page statistics), so a table is one data source
-//! location. Large tables are generated in several parts on all cores.
+//! files (page statistics; pages compressed with the chosen
+//! [`PageCompression`]), so a table is one data source location. Large
+//! tables are generated in several parts on all cores.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -79,6 +80,41 @@ fn batches(table: &str, scale: f64, part: i32, parts: i32) -> Batches {
     }
 }
 
+/// How the data pages of the generated files are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PageCompression {
+    /// zstd level 1: the smallest files, the slowest to read.
+    Zstd,
+    /// Snappy: what Spark, pyarrow and DuckDB write by default.
+    Snappy,
+    /// LZ4 (the `LZ4_RAW` codec).
+    Lz4,
+    /// No compression.
+    None,
+}
+
+impl PageCompression {
+    /// The Parquet codec.
+    fn codec(self) -> Result<Compression, BenchError> {
+        Ok(match self {
+            PageCompression::Zstd => Compression::ZSTD(ZstdLevel::try_new(1)?),
+            PageCompression::Snappy => Compression::SNAPPY,
+            PageCompression::Lz4 => Compression::LZ4_RAW,
+            PageCompression::None => Compression::UNCOMPRESSED,
+        })
+    }
+
+    /// Its name on the command line and in the marker file.
+    pub fn name(self) -> &'static str {
+        match self {
+            PageCompression::Zstd => "zstd",
+            PageCompression::Snappy => "snappy",
+            PageCompression::Lz4 => "lz4",
+            PageCompression::None => "none",
+        }
+    }
+}
+
 /// One unit of work: a part of a table.
 struct Job {
     table: &'static str,
@@ -97,14 +133,21 @@ pub struct Generated {
     pub rows: u64,
 }
 
-/// Writes the eight TPC-H tables at `scale` under `out`, replacing what an
-/// earlier run wrote there. Shows a progress bar when `progress` is set.
-pub fn generate(scale: f64, out: &Path, progress: bool) -> Result<Vec<Generated>, BenchError> {
+/// Writes the eight TPC-H tables at `scale` under `out`, pages compressed
+/// with `compression`, replacing what an earlier run wrote there. Shows a
+/// progress bar when `progress` is set.
+pub fn generate(
+    scale: f64,
+    out: &Path,
+    compression: PageCompression,
+    progress: bool,
+) -> Result<Vec<Generated>, BenchError> {
     if !(scale.is_finite() && scale > 0.0 && scale <= 1000.0) {
         return Err(BenchError::Invalid(format!(
             "scale {scale} is out of range (0 < scale <= 1000)"
         )));
     }
+    let codec = compression.codec()?;
     std::fs::create_dir_all(out).map_err(|e| BenchError::io(out, e))?;
     // Parts of about 1.5M rows each, so every core has work.
     let mut jobs = Vec::new();
@@ -149,7 +192,7 @@ pub fn generate(scale: f64, out: &Path, progress: bool) -> Result<Vec<Generated>
                         let Some(job) = jobs.get(i) else {
                             return Ok(());
                         };
-                        let n = write_part(out, job, scale, &bar)?;
+                        let n = write_part(out, job, scale, codec, &bar)?;
                         if let Ok(mut rows) = rows.lock() {
                             *rows.entry(job.table).or_default() += n;
                         }
@@ -181,8 +224,11 @@ pub fn generate(scale: f64, out: &Path, progress: bool) -> Result<Vec<Generated>
         });
     }
     let marker = out.join(MARKER);
-    std::fs::write(&marker, serde_json::json!({ "scale": scale }).to_string())
-        .map_err(|e| BenchError::io(&marker, e))?;
+    std::fs::write(
+        &marker,
+        serde_json::json!({ "scale": scale, "compression": compression.name() }).to_string(),
+    )
+    .map_err(|e| BenchError::io(&marker, e))?;
     Ok(generated)
 }
 
@@ -199,7 +245,13 @@ fn staging_dir(out: &Path, table: &str) -> PathBuf {
     out.join(format!(".{table}.generating"))
 }
 
-fn write_part(out: &Path, job: &Job, scale: f64, bar: &ProgressBar) -> Result<u64, BenchError> {
+fn write_part(
+    out: &Path,
+    job: &Job,
+    scale: f64,
+    codec: Compression,
+    bar: &ProgressBar,
+) -> Result<u64, BenchError> {
     let mut batches = batches(job.table, scale, job.part, job.parts).peekable();
     let path = staging_dir(out, job.table).join(format!("part-{}.parquet", job.part));
     let schema = match batches.peek() {
@@ -213,7 +265,7 @@ fn write_part(out: &Path, job: &Job, scale: f64, bar: &ProgressBar) -> Result<u6
     };
     let file = File::create(&path).map_err(|e| BenchError::io(&path, e))?;
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+        .set_compression(codec)
         // Dictionaries stop at 64 KiB, so unique columns (keys, names) fall
         // back to plain pages early and a point lookup does not decompress
         // a 1 MiB dictionary page per column (the default limit).
