@@ -82,3 +82,23 @@ async fn generate_writes_the_chosen_compression_and_the_queries_read_it() {
         assert_eq!(ok.queries.len(), 1);
     }
 }
+
+#[test]
+fn generate_splits_tables_into_row_groups_every_core_can_read() {
+    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+    use veil_flight_server::bench::generate::ROW_GROUP_ROWS;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("tpch");
+    // About 300K lineitem rows: one part file.
+    generate(0.05, &data, PageCompression::Zstd, false).unwrap();
+    let file = std::fs::File::open(data.join("lineitem").join("part-1.parquet")).unwrap();
+    let meta = SerializedFileReader::new(file).unwrap().metadata().clone();
+    let sizes: Vec<i64> = meta.row_groups().iter().map(|rg| rg.num_rows()).collect();
+    assert!(sizes.len() >= 2, "one row group: {sizes:?}");
+    assert!(
+        sizes.iter().all(|&n| n as usize <= ROW_GROUP_ROWS),
+        "{sizes:?}"
+    );
+    assert!(sizes.iter().sum::<i64>() > 290_000, "{sizes:?}");
+}

@@ -33,6 +33,9 @@ pub const TABLES: [&str; 8] = [
     "region", "nation", "supplier", "customer", "part", "partsupp", "orders", "lineitem",
 ];
 
+/// Rows per Parquet row group of the generated files.
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
 /// The file that records the scale a directory was generated at.
 pub const MARKER: &str = "veil-tpch.json";
 
@@ -273,6 +276,10 @@ fn write_part(
         // Pages of 4096 rows instead of 20,000: a point lookup decodes a
         // fifth as much per column; TPC-H measured no loss (README).
         .set_data_page_row_count_limit(4096)
+        // Row groups of 128Ki rows instead of 1Mi: DataFusion splits a
+        // scan across cores by row group, and a table of one row group
+        // (customer, part, partsupp at scale 1) was read by one core only.
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .build();
     let mut writer = ArrowWriter::try_new(file, schema, Some(props))?;
     let mut rows = 0;
