@@ -51,6 +51,24 @@ def test_generate_writes_every_table_with_tpch_cardinalities(data):
     assert pq.read_table(data / "orders").num_rows == 15000
 
 
+def test_generate_compression_flag(tmp_path):
+    import pyarrow.parquet as pq
+
+    veil("generate", "--scale", "0.01", "--out", str(tmp_path), "--compression", "lz4")
+    meta = pq.ParquetFile(next((tmp_path / "lineitem").glob("part-*.parquet"))).metadata
+    codecs = {meta.row_group(0).column(i).compression for i in range(meta.num_columns)}
+    # pyarrow names Parquet's LZ4_RAW codec "LZ4" (the Rust test checks LZ4_RAW).
+    assert codecs == {"LZ4"}, codecs
+    assert json.loads((tmp_path / "veil-tpch.json").read_text())["compression"] == "lz4"
+    out = subprocess.run(
+        [str(_binary()), "bench", "generate", "--out", str(tmp_path), "--compression", "gzip"],
+        capture_output=True, text=True,
+    )
+    assert out.returncode != 0 and "gzip" in out.stderr and "snappy" in out.stderr, out.stderr
+    # The refused run left the tables it would have replaced in place.
+    assert pq.read_table(tmp_path / "orders").num_rows == 15000
+
+
 def test_tpch_result_has_the_documented_shape(veil_result):
     r = veil_result
     assert r["engine"] == "veil" and r["scale"] == 0.01 and "cores" in r["machine"]
