@@ -36,7 +36,7 @@ pub const TABLES: [&str; 8] = [
 /// Rows per Parquet row group of the generated files.
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
-/// The file that records the scale a directory was generated at.
+/// The file that records the scale and the codec a directory was generated with.
 pub const MARKER: &str = "veil-tpch.json";
 
 /// Rows of a table at scale 1 (lineitem: about 6M, its count varies).
