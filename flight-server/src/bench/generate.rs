@@ -107,14 +107,12 @@ impl PageCompression {
         })
     }
 
-    /// Its name on the command line and in the marker file.
-    pub fn name(self) -> &'static str {
-        match self {
-            PageCompression::Zstd => "zstd",
-            PageCompression::Snappy => "snappy",
-            PageCompression::Lz4 => "lz4",
-            PageCompression::None => "none",
-        }
+    /// Its name on the command line, also written to the marker file.
+    pub fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value()
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default()
     }
 }
 
