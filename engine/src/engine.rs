@@ -72,8 +72,9 @@ const TIME_ZONE: &str = "datafusion.execution.time_zone";
 /// and rules, the governance analyzer rule right before type coercion, and
 /// the governance optimizer rules. Built once per engine, because
 /// registering DataFusion's functions again cost more than the rest of a
-/// statement's context.
-fn statement_state(runtime: Arc<RuntimeEnv>) -> SessionState {
+/// statement's context. Functions whose output an argument sizes are held
+/// to `query_memory` bytes per call (`bounded_fns.rs`).
+fn statement_state(runtime: Arc<RuntimeEnv>, query_memory: usize) -> Result<SessionState> {
     let mut config = SessionConfig::new()
         .with_information_schema(true)
         .with_create_default_catalog_and_schema(false)
@@ -114,7 +115,7 @@ fn statement_state(runtime: Arc<RuntimeEnv>) -> SessionState {
         .unwrap_or(physical_rules.len());
     physical_rules.insert(at, Arc::new(RawKeyGroup));
 
-    SessionStateBuilder::new()
+    let mut state = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features()
@@ -123,7 +124,9 @@ fn statement_state(runtime: Arc<RuntimeEnv>) -> SessionState {
         .with_optimizer_rules(optimizer_rules)
         .with_physical_optimizer_rules(physical_rules)
         .with_query_planner(Arc::new(GovernedQueryPlanner))
-        .build()
+        .build();
+    crate::bounded_fns::bound_growing_functions(&mut state, query_memory)?;
+    Ok(state)
 }
 
 /// Engine settings beyond the data directory.
@@ -311,7 +314,10 @@ impl Engine {
             throttle: crate::login::LoginThrottle::new(options.login.clone()),
             plans: Default::default(),
             catalogs: Default::default(),
-            statement_state: statement_state(Arc::clone(&runtime)),
+            statement_state: statement_state(
+                Arc::clone(&runtime),
+                options.limits.query_memory.min(options.limits.memory),
+            )?,
             audit,
             metrics,
             store,

@@ -137,21 +137,92 @@ impl VeilError {
             {
                 ErrorKind::ResourceExhausted
             }
-            VeilError::DataFusion(e) => match e.as_ref() {
-                DataFusionError::Plan(m) if m.contains("not found") => ErrorKind::NotFound,
-                DataFusionError::SQL(..)
-                | DataFusionError::Plan(_)
-                | DataFusionError::SchemaError(..)
-                | DataFusionError::NotImplemented(_) => ErrorKind::InvalidArgument,
-                DataFusionError::Execution(_) | DataFusionError::ArrowError(..) => {
-                    ErrorKind::InvalidArgument
-                }
-                _ => ErrorKind::Internal,
-            },
+            VeilError::DataFusion(e) => datafusion_kind(e),
             VeilError::Store(_) | VeilError::Internal(_) => ErrorKind::Internal,
         }
     }
 }
 
+/// The kind of a DataFusion error, by what is under its context layers
+/// ("Optimizer rule 'simplify_expressions' failed" wraps the user's bad
+/// regex or cast as much as an internal failure).
+fn datafusion_kind(e: &DataFusionError) -> ErrorKind {
+    let mut e = e;
+    loop {
+        e = match e {
+            DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => inner,
+            DataFusionError::Shared(inner) => inner,
+            DataFusionError::Plan(m) if m.contains("not found") => return ErrorKind::NotFound,
+            DataFusionError::SQL(..)
+            | DataFusionError::Plan(_)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(_)
+            | DataFusionError::Execution(_)
+            | DataFusionError::ArrowError(..) => return ErrorKind::InvalidArgument,
+            // A pattern DataFusion compiled while planning (`'a' ~ '('`).
+            DataFusionError::External(inner)
+                if inner.is::<regex::Error>() || inner.is::<regex_syntax::Error>() =>
+            {
+                return ErrorKind::InvalidArgument;
+            }
+            _ => return ErrorKind::Internal,
+        };
+    }
+}
+
 /// Result alias for the engine.
 pub type Result<T, E = VeilError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(e: DataFusionError) -> ErrorKind {
+        VeilError::from(e).kind()
+    }
+
+    #[test]
+    fn context_layers_do_not_hide_whose_mistake_it_is() {
+        // Built from a variable: clippy checks literal patterns.
+        let open = String::from("(");
+        let bad_pattern = || regex::Regex::new(&open).unwrap_err();
+        let syntax = regex_syntax::Parser::new().parse(&open).unwrap_err();
+        let planned = DataFusionError::Context(
+            "Optimizer rule 'simplify_expressions' failed".into(),
+            Box::new(DataFusionError::Context(
+                "Invalid regex".into(),
+                Box::new(DataFusionError::External(Box::new(syntax))),
+            )),
+        );
+        assert_eq!(kind(planned), ErrorKind::InvalidArgument);
+        assert_eq!(
+            kind(DataFusionError::External(Box::new(bad_pattern()))),
+            ErrorKind::InvalidArgument
+        );
+        let folded = DataFusionError::Context(
+            "Optimizer rule 'simplify_expressions' failed".into(),
+            Box::new(DataFusionError::Plan("table 'x' not found".into())),
+        );
+        assert_eq!(kind(folded), ErrorKind::NotFound);
+        // What is not the user's stays internal, wrapped or not.
+        let io = || std::io::Error::other("disk");
+        assert_eq!(
+            kind(DataFusionError::External(Box::new(io()))),
+            ErrorKind::Internal
+        );
+        assert_eq!(
+            kind(DataFusionError::Context(
+                "reading".into(),
+                Box::new(DataFusionError::Internal("bug".into()))
+            )),
+            ErrorKind::Internal
+        );
+        assert_eq!(
+            kind(DataFusionError::Context(
+                "Optimizer rule 'x' failed".into(),
+                Box::new(DataFusionError::ResourcesExhausted("memory".into()))
+            )),
+            ErrorKind::ResourceExhausted
+        );
+    }
+}

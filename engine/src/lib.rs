@@ -4,6 +4,7 @@
 //! in-process through [`Engine`] and [`Session`].
 
 pub mod audit;
+mod bounded_fns;
 pub mod catalog;
 mod catalog_cache;
 pub mod condition;

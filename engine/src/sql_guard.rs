@@ -37,10 +37,13 @@
 
 use std::any::TypeId;
 use std::cell::Cell;
+use std::ops::ControlFlow;
 
 use datafusion::error::DataFusionError;
 use datafusion::sql::parser::{DFParser, DFParserBuilder, Statement};
-use datafusion::sql::sqlparser::ast::{Expr, ExprWithAlias};
+use datafusion::sql::sqlparser::ast::{
+    Expr, ExprWithAlias, GroupByExpr, Query, SetExpr, Visit, Visitor,
+};
 use datafusion::sql::sqlparser::dialect::{Dialect, GenericDialect};
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -309,9 +312,76 @@ pub fn parse_statement(sql: &str, recursion_limit: usize) -> Result<Statement> {
             "only one SQL statement may be run at a time".into(),
         ));
     }
-    statements
+    let statement = statements
         .pop_front()
-        .ok_or_else(|| VeilError::InvalidArgument("no SQL statement was given".into()))
+        .ok_or_else(|| VeilError::InvalidArgument("no SQL statement was given".into()))?;
+    check_grouping_sets(&statement)?;
+    Ok(statement)
+}
+
+/// Most grouping sets one `GROUP BY` may stand for: DataFusion's own limit
+/// for crossed grouping sets, which it does not apply to a single `CUBE`.
+pub const MAX_GROUPING_SETS: u64 = 4096;
+
+/// Refuses a `GROUP BY` whose `CUBE`, `ROLLUP` and `GROUPING SETS` stand
+/// for more than [`MAX_GROUPING_SETS`] grouping sets. DataFusion lists a
+/// `CUBE` of n expressions as all 2^n sets while planning, so `CUBE` of 35
+/// columns held a planning thread and memory until the process died.
+fn check_grouping_sets(statement: &Statement) -> Result<()> {
+    struct Counter;
+    impl Visitor for Counter {
+        type Break = u64;
+        fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<u64> {
+            let mut bodies = vec![query.body.as_ref()];
+            while let Some(body) = bodies.pop() {
+                match body {
+                    SetExpr::Select(select) => {
+                        if let GroupByExpr::Expressions(exprs, _) = &select.group_by {
+                            let sets = exprs.iter().fold(1u64, |n, e| {
+                                let sets = match e {
+                                    Expr::Cube(v) => u32::try_from(v.len())
+                                        .ok()
+                                        .and_then(|len| 1u64.checked_shl(len))
+                                        .unwrap_or(u64::MAX),
+                                    Expr::Rollup(v) => v.len() as u64 + 1,
+                                    Expr::GroupingSets(v) => v.len() as u64,
+                                    _ => 1,
+                                };
+                                n.saturating_mul(sets)
+                            });
+                            if sets > MAX_GROUPING_SETS {
+                                return ControlFlow::Break(sets);
+                            }
+                        }
+                    }
+                    SetExpr::SetOperation { left, right, .. } => {
+                        bodies.push(left);
+                        bodies.push(right);
+                    }
+                    _ => {}
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let found = match statement {
+        Statement::Statement(s) => s.visit(&mut Counter),
+        Statement::Explain(e) => return check_grouping_sets(&e.statement),
+        _ => ControlFlow::Continue(()),
+    };
+    match found {
+        ControlFlow::Break(sets) => Err(VeilError::InvalidArgument(format!(
+            "GROUP BY stands for {} grouping sets, more than {MAX_GROUPING_SETS}: \
+             CUBE of n expressions is 2^n sets; use fewer expressions or list the \
+             GROUPING SETS needed",
+            if sets == u64::MAX {
+                "2^64 or more".to_string()
+            } else {
+                sets.to_string()
+            }
+        ))),
+        ControlFlow::Continue(()) => Ok(()),
+    }
 }
 
 /// Parses one SQL expression (a row policy's predicate) for DataFusion,

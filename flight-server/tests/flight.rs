@@ -166,6 +166,11 @@ async fn errors_carry_the_right_codes() {
         ("SELEC nonsense", Code::InvalidArgument),
         ("CREATE USER x PASSWORD 'y'", Code::PermissionDenied),
         ("SELECT * FROM nope.nothing", Code::NotFound),
+        // The user's mistakes under DataFusion's context layers are theirs,
+        // not the server's: a pattern compiled while planning, a bad
+        // literal folded by the optimizer.
+        ("SELECT 'a' ~ '('", Code::InvalidArgument),
+        ("SELECT CAST('abc' AS DECIMAL(10,2))", Code::InvalidArgument),
     ];
     for (sql, code) in cases {
         let err = dave.execute(sql.into(), None).await.expect_err(sql);

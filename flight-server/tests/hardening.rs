@@ -554,3 +554,124 @@ async fn parser_bombs_are_refused_and_the_server_keeps_serving() {
         .detail
         .contains(&format!("({} bytes in all)", 3 * (1 << 20) + 9)));
 }
+
+/// Functions whose output an argument sizes (a series, a repeat, a pad, a
+/// replacement of the empty string) used to take the server down: one
+/// `generate_series(1, 1e13)` allocated until the kernel killed the
+/// process. Each is now refused with RESOURCE_EXHAUSTED naming the function
+/// and the `query_memory` share before anything is built, a 35-column
+/// `CUBE` is refused before DataFusion lists its 2^35 grouping sets, the
+/// server keeps serving, and the same functions at ordinary sizes answer.
+#[tokio::test]
+async fn functions_that_size_their_output_are_held_to_the_memory_share() {
+    let server = start_with(EngineOptions::default(), None).await;
+    let mut bob = client(server.handle.addr, "bob", "bob-pw").await.unwrap();
+    let x = "x".repeat(100_000);
+    let bombs = [
+        (
+            "SELECT generate_series(1, 10000000000000)",
+            "generate_series",
+        ),
+        ("SELECT cardinality(range(10000000000000))", "range"),
+        (
+            "SELECT generate_series(TIMESTAMP '2000-01-01', TIMESTAMP '2100-01-01', \
+             INTERVAL '1 nanosecond')",
+            "generate_series",
+        ),
+        (
+            "SELECT generate_series(DATE '2000-01-01', DATE '9000-01-01', INTERVAL '1 second')",
+            "generate_series",
+        ),
+        ("SELECT length(repeat('ab', 1000000000))", "repeat"),
+        // Per row of a governed table, over the batch.
+        (
+            "SELECT max(length(repeat(name, 100000000))) FROM hr.employees",
+            "repeat",
+        ),
+        ("SELECT length(lpad('a', 2000000000))", "lpad"),
+        (
+            "SELECT length(rpad('a', 20000000, repeat('é', 100)))",
+            "rpad",
+        ),
+        ("SELECT array_repeat(1, 1000000000000)", "array_repeat"),
+        (
+            "SELECT array_resize(make_array(1), 1000000000000)",
+            "array_resize",
+        ),
+        (
+            &*format!("SELECT length(replace('{x}', '', '{x}'))"),
+            "replace",
+        ),
+        (
+            &*format!("SELECT length(regexp_replace('{x}', '', '{x}', 'g'))"),
+            "regexp_replace",
+        ),
+    ];
+    for (sql, function) in bombs {
+        let e = query(&mut bob, sql).await.unwrap_err();
+        assert!(e.contains(EXHAUSTED), "{sql:.60}: {e:.300}");
+        assert!(
+            e.contains(&format!("{function} would return up to"))
+                && e.contains("the query_memory setting"),
+            "{sql:.60}: {e:.300}"
+        );
+        assert_eq!(rows(&query(&mut bob, "SELECT 1").await.unwrap()), 1);
+    }
+    let cube = (1..=35).map(|i| format!("c{i}")).collect::<Vec<_>>();
+    let sql = format!(
+        "SELECT count(*) FROM (SELECT {} FROM (SELECT 1 AS c1) t) GROUP BY CUBE({})",
+        cube.iter()
+            .map(|c| format!("1 AS {c}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        cube.join(", ")
+    );
+    let started = std::time::Instant::now();
+    let e = query(&mut bob, &sql).await.unwrap_err();
+    assert!(
+        e.contains("invalid argument: GROUP BY stands for 34359738368 grouping sets"),
+        "{e:.300}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The same, inside EXPLAIN.
+    let e = query(&mut bob, &format!("EXPLAIN {sql}"))
+        .await
+        .unwrap_err();
+    assert!(e.contains("grouping sets"), "{e:.300}");
+
+    // Ordinary sizes answer as before.
+    let fine = [
+        ("SELECT cardinality(generate_series(1, 1000000))", "1000000"),
+        (
+            "SELECT cardinality(range(DATE '2024-01-01', DATE '2025-01-01', INTERVAL '1 day'))",
+            "366",
+        ),
+        ("SELECT length(repeat('ab', 1000))", "2000"),
+        ("SELECT lpad('7', 3, '0')", "007"),
+        ("SELECT rpad('7', 3)", "7  "),
+        ("SELECT replace('a-b-c', '-', '+')", "a+b+c"),
+        ("SELECT regexp_replace('a1b22', '[0-9]+', '#', 'g')", "a#b#"),
+        ("SELECT cardinality(array_repeat('x', 3))", "3"),
+        ("SELECT cardinality(array_resize(make_array(1, 2), 5))", "5"),
+        (
+            "SELECT count(*) FROM (SELECT region, department, count(*) FROM hr.employees \
+             GROUP BY CUBE(region, department, hire_date))",
+            "",
+        ),
+    ];
+    for (sql, want) in fine {
+        let got = query(&mut bob, sql).await.unwrap();
+        let cell = datafusion::arrow::util::display::ArrayFormatter::try_new(
+            got[0].column(0),
+            &Default::default(),
+        )
+        .unwrap()
+        .value(0)
+        .to_string();
+        if !want.is_empty() {
+            assert_eq!(cell, want, "{sql}");
+        } else {
+            assert!(cell.parse::<u64>().unwrap() > 0, "{sql}");
+        }
+    }
+}
