@@ -632,7 +632,17 @@ pub struct Session {
     deadline: Option<tokio::time::Instant>,
 }
 
-/// `SET name = value` when `name` may be set by a session.
+/// Largest `datafusion.execution.batch_size` a session may set. DataFusion's
+/// operators allocate for a whole batch up front: a `GROUP BY` at a batch
+/// size of 10^11 rows asked for 1.6 TB at once and aborted the server.
+pub const MAX_BATCH_SIZE: u64 = 1 << 20;
+
+/// Most `datafusion.execution.target_partitions` a session may set (each
+/// partition is a stream with its own buffers in every operator).
+pub const MAX_TARGET_PARTITIONS: u64 = 1024;
+
+/// `SET name = value` when `name` may be set by a session, to a value in
+/// its range.
 fn settable(variable: &str, value: String) -> Result<(String, String)> {
     let name = variable.to_ascii_lowercase();
     if !SETTABLE_OPTIONS.contains(&name.as_str()) {
@@ -640,6 +650,21 @@ fn settable(variable: &str, value: String) -> Result<(String, String)> {
             "SET {name} is not allowed; settable options: {}",
             SETTABLE_OPTIONS.join(", ")
         )));
+    }
+    let most = match name.as_str() {
+        "datafusion.execution.batch_size" => Some(MAX_BATCH_SIZE),
+        "datafusion.execution.target_partitions" => Some(MAX_TARGET_PARTITIONS),
+        _ => None,
+    };
+    if let Some(most) = most {
+        let n: u64 = value.trim().trim_matches('\'').parse().map_err(|_| {
+            VeilError::InvalidArgument(format!("SET {name} takes a whole number, not {value}"))
+        })?;
+        if n > most {
+            return Err(VeilError::InvalidArgument(format!(
+                "SET {name} = {n} is more than the most a session may set ({most})"
+            )));
+        }
     }
     Ok((name, value))
 }

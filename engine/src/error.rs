@@ -158,6 +158,7 @@ fn datafusion_kind(e: &DataFusionError) -> ErrorKind {
             | DataFusionError::SchemaError(..)
             | DataFusionError::NotImplemented(_)
             | DataFusionError::Execution(_)
+            | DataFusionError::Configuration(_)
             | DataFusionError::ArrowError(..) => return ErrorKind::InvalidArgument,
             // A pattern DataFusion compiled while planning (`'a' ~ '('`).
             DataFusionError::External(inner)

@@ -560,8 +560,10 @@ async fn parser_bombs_are_refused_and_the_server_keeps_serving() {
 /// `generate_series(1, 1e13)` allocated until the kernel killed the
 /// process. Each is now refused with RESOURCE_EXHAUSTED naming the function
 /// and the `query_memory` share before anything is built, a 35-column
-/// `CUBE` is refused before DataFusion lists its 2^35 grouping sets, the
-/// server keeps serving, and the same functions at ordinary sizes answer.
+/// `CUBE` is refused before DataFusion lists its 2^35 grouping sets, a
+/// session cannot `SET` a batch size every operator would allocate for at
+/// once, the server keeps serving, and the same functions at ordinary
+/// sizes answer.
 #[tokio::test]
 async fn functions_that_size_their_output_are_held_to_the_memory_share() {
     let server = start_with(EngineOptions::default(), None).await;
@@ -638,6 +640,47 @@ async fn functions_that_size_their_output_are_held_to_the_memory_share() {
         .await
         .unwrap_err();
     assert!(e.contains("grouping sets"), "{e:.300}");
+
+    // A batch size is a size every operator allocates for up front: a
+    // session may not set one that would take the server down, nor a
+    // partition count past the limit; a zero batch size is the user's error.
+    for (sql, why) in [
+        (
+            "SET datafusion.execution.batch_size = 100000000000",
+            "more than the most a session may set (1048576)",
+        ),
+        (
+            "SET datafusion.execution.target_partitions = 1000000000",
+            "more than the most a session may set (1024)",
+        ),
+        (
+            "SET datafusion.execution.batch_size = 'lots'",
+            "takes a whole number",
+        ),
+    ] {
+        let e = query(&mut bob, sql).await.unwrap_err();
+        assert!(
+            e.contains("invalid argument: ") && e.contains(why),
+            "{sql}: {e}"
+        );
+    }
+    let e = query(&mut bob, "SET datafusion.execution.batch_size = 0")
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("Client specified an invalid argument") && e.contains("greater than 0"),
+        "{e}"
+    );
+    query(&mut bob, "SET datafusion.execution.batch_size = 65536")
+        .await
+        .unwrap();
+    let grouped = query(
+        &mut bob,
+        "SELECT region, count(*) FROM sales.transactions GROUP BY region",
+    )
+    .await
+    .unwrap();
+    assert!(rows(&grouped) > 0);
 
     // Ordinary sizes answer as before.
     let fine = [
