@@ -315,7 +315,7 @@ pub fn parse_statement(sql: &str, recursion_limit: usize) -> Result<Statement> {
     let statement = statements
         .pop_front()
         .ok_or_else(|| VeilError::InvalidArgument("no SQL statement was given".into()))?;
-    check_grouping_sets(&statement)?;
+    check_shape(&statement)?;
     Ok(statement)
 }
 
@@ -323,19 +323,44 @@ pub fn parse_statement(sql: &str, recursion_limit: usize) -> Result<Statement> {
 /// for crossed grouping sets, which it does not apply to a single `CUBE`.
 pub const MAX_GROUPING_SETS: u64 = 4096;
 
-/// Refuses a `GROUP BY` whose `CUBE`, `ROLLUP` and `GROUPING SETS` stand
-/// for more than [`MAX_GROUPING_SETS`] grouping sets. DataFusion lists a
-/// `CUBE` of n expressions as all 2^n sets while planning, so `CUBE` of 35
-/// columns held a planning thread and memory until the process died.
-fn check_grouping_sets(statement: &Statement) -> Result<()> {
-    struct Counter;
+/// Most tables, subqueries and CTE references one statement may read
+/// (every `FROM` item and every `JOIN`, counted over the whole statement).
+/// DataFusion plans n joins as a tree n deep whose every level carries the
+/// schema of all tables below it, and its optimizer passes walk it again
+/// and again: a 5,000-table `FROM` held a core and 7.8 GB of memory for
+/// minutes before it was killed. Planning time grows about as the cube of
+/// the join count (a debug build: 2 s at 64 tables, 15 s at 128, 144 s at
+/// 256). TPC-H reads at most 8 tables in a query.
+pub const MAX_RELATIONS: u64 = 128;
+
+/// Refuses a statement shaped to cost far more to plan than its text:
+/// a `GROUP BY` whose `CUBE`, `ROLLUP` and `GROUPING SETS` stand for more
+/// than [`MAX_GROUPING_SETS`] grouping sets (DataFusion lists a `CUBE` of n
+/// expressions as all 2^n sets while planning, so `CUBE` of 35 columns held
+/// a planning thread and memory until the process died), or one that reads
+/// more than [`MAX_RELATIONS`] relations. Set operations are counted on the
+/// tokens (see [`MAX_SET_OPERATIONS`]), so the tree walked here is shallow.
+fn check_shape(statement: &Statement) -> Result<()> {
+    enum Refusal {
+        GroupingSets(u64),
+        Relations,
+    }
+    #[derive(Default)]
+    struct Counter {
+        relations: u64,
+    }
     impl Visitor for Counter {
-        type Break = u64;
-        fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<u64> {
+        type Break = Refusal;
+        fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<Refusal> {
             let mut bodies = vec![query.body.as_ref()];
             while let Some(body) = bodies.pop() {
                 match body {
                     SetExpr::Select(select) => {
+                        let joins: usize = select.from.iter().map(|t| 1 + t.joins.len()).sum();
+                        self.relations = self.relations.saturating_add(joins as u64);
+                        if self.relations > MAX_RELATIONS {
+                            return ControlFlow::Break(Refusal::Relations);
+                        }
                         if let GroupByExpr::Expressions(exprs, _) = &select.group_by {
                             let sets = exprs.iter().fold(1u64, |n, e| {
                                 let sets = match e {
@@ -350,7 +375,7 @@ fn check_grouping_sets(statement: &Statement) -> Result<()> {
                                 n.saturating_mul(sets)
                             });
                             if sets > MAX_GROUPING_SETS {
-                                return ControlFlow::Break(sets);
+                                return ControlFlow::Break(Refusal::GroupingSets(sets));
                             }
                         }
                     }
@@ -365,20 +390,26 @@ fn check_grouping_sets(statement: &Statement) -> Result<()> {
         }
     }
     let found = match statement {
-        Statement::Statement(s) => s.visit(&mut Counter),
-        Statement::Explain(e) => return check_grouping_sets(&e.statement),
+        Statement::Statement(s) => s.visit(&mut Counter::default()),
+        Statement::Explain(e) => return check_shape(&e.statement),
         _ => ControlFlow::Continue(()),
     };
     match found {
-        ControlFlow::Break(sets) => Err(VeilError::InvalidArgument(format!(
-            "GROUP BY stands for {} grouping sets, more than {MAX_GROUPING_SETS}: \
+        ControlFlow::Break(Refusal::GroupingSets(sets)) => {
+            Err(VeilError::InvalidArgument(format!(
+                "GROUP BY stands for {} grouping sets, more than {MAX_GROUPING_SETS}: \
              CUBE of n expressions is 2^n sets; use fewer expressions or list the \
              GROUPING SETS needed",
-            if sets == u64::MAX {
-                "2^64 or more".to_string()
-            } else {
-                sets.to_string()
-            }
+                if sets == u64::MAX {
+                    "2^64 or more".to_string()
+                } else {
+                    sets.to_string()
+                }
+            )))
+        }
+        ControlFlow::Break(Refusal::Relations) => Err(VeilError::InvalidArgument(format!(
+            "statement reads more than {MAX_RELATIONS} tables, subqueries and CTE references \
+             (FROM items and JOINs); split it, or stage intermediate results in a workspace"
         ))),
         ControlFlow::Continue(()) => Ok(()),
     }
@@ -467,13 +498,39 @@ fn compact_whitespace(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
     out
 }
 
+/// Most `UNION`, `INTERSECT` and `EXCEPT` operations one statement may
+/// hold. sqlparser builds a chain of them as a tree as deep as the chain is
+/// long, and DataFusion's planner walks it recursively without growing its
+/// stack: 40,000 `UNION ALL SELECT 1` (800 KB of text) overflowed a worker's
+/// stack and aborted the server. Counted on the tokens, before any parser
+/// or tree walk.
+pub const MAX_SET_OPERATIONS: usize = 1024;
+
 /// Refuses, before any parser sees them, tokens nested more than
-/// [`MAX_NESTING`] parentheses or brackets deep, and chains of names
-/// longer than [`MAX_NAME_PARTS`].
+/// [`MAX_NESTING`] parentheses or brackets deep, more than
+/// [`MAX_SET_OPERATIONS`] set operations, and chains of names longer than
+/// [`MAX_NAME_PARTS`].
 pub fn check_tokens(tokens: &[TokenWithSpan]) -> Result<()> {
     let mut depth = 0usize;
+    let mut set_operations = 0usize;
     for t in tokens {
         match &t.token {
+            Token::Word(w)
+                if w.quote_style.is_none()
+                    && matches!(
+                        w.keyword,
+                        Keyword::UNION | Keyword::INTERSECT | Keyword::EXCEPT | Keyword::MINUS
+                    ) =>
+            {
+                set_operations += 1;
+                if set_operations > MAX_SET_OPERATIONS {
+                    return Err(VeilError::InvalidArgument(format!(
+                        "statement has more than {MAX_SET_OPERATIONS} UNION, INTERSECT and \
+                         EXCEPT operations; split it, or stage intermediate results in a \
+                         workspace"
+                    )));
+                }
+            }
             Token::LParen | Token::LBracket | Token::LBrace => {
                 depth += 1;
                 if depth > MAX_NESTING {

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use datafusion::sql::parser::DFParserBuilder;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use veil_engine::sql_guard::{
-    BoundedDialect, MAX_OPERATORS, MIN_STEPS, STEPS_PER_BYTE, WORKER_STACK_BYTES,
+    BoundedDialect, MAX_OPERATORS, MAX_RELATIONS, MAX_SET_OPERATIONS, MIN_STEPS, STEPS_PER_BYTE,
+    WORKER_STACK_BYTES,
 };
 
 mod common;
@@ -176,6 +177,23 @@ fn statements_at_the_limits_plan_and_run_on_a_worker_stack() {
                 common::run(&mut bob, &format!("EXPLAIN VERBOSE {filter}")).await;
                 let nested = format!("SELECT {}1{}", "(".repeat(20), ")".repeat(20));
                 assert_eq!(common::one(&mut bob, &nested).await, "1");
+                // As many set operations and relations as a statement may hold.
+                let unions = format!(
+                    "SELECT count(*) FROM ({})",
+                    vec!["SELECT 1 AS x"; MAX_SET_OPERATIONS + 1].join(" UNION ALL ")
+                );
+                let want = (MAX_SET_OPERATIONS + 1).to_string();
+                assert_eq!(common::one(&mut bob, &unions).await, want);
+                let joins: Vec<String> = (1..MAX_RELATIONS as usize)
+                    .map(|i| format!("JOIN sales.transactions t{i} ON t{i}.txn_id = t0.txn_id"))
+                    .collect();
+                let joined = format!(
+                    "SELECT count(*) FROM sales.transactions t0 {}",
+                    joins.join(" ")
+                );
+                let visible =
+                    common::one(&mut bob, "SELECT count(*) FROM sales.transactions").await;
+                assert_eq!(common::one(&mut bob, &joined).await, visible);
                 let bad = format!("SELECT {} + 'x'", vec!["salary"; n - 1].join("+"));
                 let e = common::err(&mut bob, &format!("{bad} FROM hr.employees")).await;
                 assert!(!e.to_string().is_empty());

@@ -486,6 +486,34 @@ async fn parser_bombs_are_refused_and_the_server_keeps_serving() {
         ),
         // A name chain (the fuzzer's find).
         (format!("SELECT a{}", ".b".repeat(40)), "more than 16 '.'"),
+        // A chain of set operations as deep as it is long: 40,000 overflowed
+        // the planner's stack and aborted the server.
+        (
+            format!("SELECT {}1", "1 UNION ALL SELECT ".repeat(40_000)),
+            "more than 1024 UNION, INTERSECT and EXCEPT",
+        ),
+        // Thousands of tables, joined or chained through CTEs: minutes of
+        // planning and gigabytes of schemas.
+        (
+            format!(
+                "SELECT count(*) FROM {}",
+                (0..5_000)
+                    .map(|i| format!("sales.transactions t{i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "more than 128 tables",
+        ),
+        (
+            format!(
+                "WITH a0 AS (SELECT 1 AS x), {} SELECT * FROM a19999",
+                (1..20_000)
+                    .map(|i| format!("a{i} AS (SELECT x FROM a{})", i - 1))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "more than 128 tables",
+        ),
         // Text over the limit: refused before tokenizing.
         (
             format!("SELECT '{}'", "x".repeat(3 << 20)),
