@@ -297,6 +297,7 @@ impl Engine {
             .with_cache_manager(
                 CacheManagerConfig::default().with_list_files_cache_ttl(Some(LISTING_TTL)),
             )
+            .with_max_temp_directory_size(options.limits.spill as u64)
             .build_arc()?;
         let location = options
             .warehouse

@@ -1,6 +1,7 @@
 //! Engine errors. Every variant names the object and, for refusals, the
 //! missing right; [`VeilError::kind`] tells the transport which status to use.
 
+use datafusion::arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
 use thiserror::Error;
 
@@ -158,8 +159,22 @@ fn datafusion_kind(e: &DataFusionError) -> ErrorKind {
             | DataFusionError::SchemaError(..)
             | DataFusionError::NotImplemented(_)
             | DataFusionError::Execution(_)
-            | DataFusionError::Configuration(_)
-            | DataFusionError::ArrowError(..) => return ErrorKind::InvalidArgument,
+            | DataFusionError::Configuration(_) => return ErrorKind::InvalidArgument,
+            DataFusionError::ArrowError(e, _) => {
+                return match e.as_ref() {
+                    ArrowError::IoError(m, io)
+                        if spill_limit(m) || spill_limit(&io.to_string()) =>
+                    {
+                        ErrorKind::ResourceExhausted
+                    }
+                    // The disk, not the statement.
+                    ArrowError::IoError(..) => ErrorKind::Internal,
+                    _ => ErrorKind::InvalidArgument,
+                };
+            }
+            DataFusionError::IoError(io) if spill_limit(&io.to_string()) => {
+                return ErrorKind::ResourceExhausted
+            }
             // A pattern DataFusion compiled while planning (`'a' ~ '('`).
             DataFusionError::External(inner)
                 if inner.is::<regex::Error>() || inner.is::<regex_syntax::Error>() =>
@@ -169,6 +184,13 @@ fn datafusion_kind(e: &DataFusionError) -> ErrorKind {
             _ => return ErrorKind::Internal,
         };
     }
+}
+
+/// Whether an I/O error is DataFusion's disk manager refusing a spill past
+/// the `spill` limit: it reports that as a plain `io::Error` with this text
+/// (datafusion-execution `disk_manager.rs`), nothing typed to match on.
+fn spill_limit(message: &str) -> bool {
+    message.contains("during the spilling process has exceeded the allowable limit")
 }
 
 /// Result alias for the engine.

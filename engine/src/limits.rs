@@ -41,6 +41,9 @@ pub struct Limits {
     pub query_timeout: Duration,
     /// Longest a statement waits for a free slot before it is refused.
     pub queue_timeout: Duration,
+    /// Bytes all statements may spill to disk together (the operating
+    /// system's temporary directory); a spill past it fails its statement.
+    pub spill: usize,
 }
 
 impl Default for Limits {
@@ -52,6 +55,7 @@ impl Default for Limits {
             max_queries_per_user: 8,
             query_timeout: Duration::from_secs(3600),
             queue_timeout: Duration::from_secs(60),
+            spill: 16 << 30,
         }
     }
 }

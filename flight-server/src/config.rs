@@ -63,6 +63,8 @@ pub struct LimitsSection {
     pub query_timeout_secs: Option<f64>,
     /// Longest wait for a free slot, in seconds.
     pub queue_timeout_secs: Option<f64>,
+    /// Disk all statements may spill to together.
+    pub spill: Option<String>,
 }
 
 /// Parses a size: bytes, or a number with KiB / MiB / GiB / TiB (also K,
@@ -222,6 +224,9 @@ impl Config {
         if let Some(m) = limits.query_memory.or(fl.query_memory) {
             l.query_memory = parse_size(&m)?;
         }
+        if let Some(m) = limits.spill.or(fl.spill) {
+            l.spill = parse_size(&m)?;
+        }
         if let Some(n) = limits.max_queries.or(fl.max_queries) {
             l.max_queries = n.max(1);
         }
@@ -294,7 +299,7 @@ mod tests {
         let file: FileConfig = toml::from_str(
             "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n\
              [limits]\nmemory = \"2GiB\"\nquery_memory = \"256MiB\"\nmax_queries = 4\n\
-             query_timeout_secs = 1.5",
+             query_timeout_secs = 1.5\nspill = \"8GiB\"",
         )
         .unwrap();
         let flags = Overrides {
@@ -313,6 +318,7 @@ mod tests {
         assert_eq!(l.query_memory, 256 << 20);
         assert_eq!((l.max_queries, l.max_queries_per_user), (4, 2));
         assert_eq!(l.query_timeout, std::time::Duration::from_millis(1500));
+        assert_eq!(l.spill, 8 << 30);
 
         let half: FileConfig = toml::from_str("[tls]\ncert = \"c.pem\"").unwrap();
         let e = Config::resolve(half, Overrides::default()).unwrap_err();

@@ -90,6 +90,10 @@ struct LimitArgs {
     /// Longest wait for a free slot, in seconds.
     #[arg(long, env = "VEIL_QUEUE_TIMEOUT")]
     queue_timeout: Option<f64>,
+    /// Disk all statements may spill to together (e.g. 16GiB); a spill past
+    /// it fails its statement.
+    #[arg(long, env = "VEIL_SPILL_LIMIT")]
+    spill_limit: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -394,6 +398,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                         max_queries_per_user: limits.max_queries_per_user,
                         query_timeout_secs: limits.query_timeout,
                         queue_timeout_secs: limits.queue_timeout,
+                        spill: limits.spill_limit,
                     },
                     ..overrides
                 },

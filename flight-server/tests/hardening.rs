@@ -209,6 +209,36 @@ async fn a_query_over_its_memory_share_fails_cleanly_while_another_runs() {
     assert!(sorted.is_ok(), "{sorted:?}");
 }
 
+/// Spilling is held to the `spill` limit across all statements: a sort that
+/// must spill more than it fails with RESOURCE_EXHAUSTED, its spill files
+/// are gone, and the same sort that fits in memory still answers. Without
+/// a limit one user could fill the disk that holds the catalog and audit.
+#[tokio::test]
+async fn spilling_past_the_spill_limit_fails_the_statement_alone() {
+    let options = EngineOptions {
+        limits: Limits {
+            query_memory: 32 << 20,
+            spill: 1 << 20,
+            ..Limits::default()
+        },
+        ..Default::default()
+    };
+    let server = start_with(options, None).await;
+    let mut bob = client(server.handle.addr, "bob", "bob-pw").await.unwrap();
+    // The whole sort (no LIMIT, which DataFusion runs as a top-k in memory).
+    let sorted = "SELECT value FROM generate_series(1, 10000000) ORDER BY value DESC";
+    let err = query(&mut bob, sorted).await.unwrap_err();
+    assert!(err.contains(EXHAUSTED), "{err}");
+    assert!(
+        err.contains("exceeded the allowable limit of 1024.0 KB"),
+        "{err}"
+    );
+    // Nothing is left spilled and the server serves on.
+    assert_eq!(server.engine.admission().memory().used(), 0);
+    let small = "SELECT value FROM generate_series(1, 10000) ORDER BY value DESC LIMIT 1";
+    assert_eq!(rows(&query(&mut bob, small).await.unwrap()), 1);
+}
+
 #[tokio::test]
 async fn slots_per_user_queue_and_time_out_and_a_dropped_stream_frees_its_slot() {
     let options = EngineOptions {
