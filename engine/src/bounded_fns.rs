@@ -300,44 +300,30 @@ fn sum(rows: usize, f: impl Fn(usize) -> u64) -> u64 {
 /// An integer (or date, or timestamp) argument as Int64 per row; a missing
 /// argument is 0.
 fn ints(arg: Option<&ColumnarValue>) -> Result<PerRow> {
-    let Some(arg) = arg else {
-        return Ok(PerRow::Same(0));
-    };
-    let array = match arg {
-        ColumnarValue::Scalar(s) => s.to_array_of_size(1)?,
-        ColumnarValue::Array(a) => Arc::clone(a),
-    };
-    let values = as_int64(&array)?;
-    Ok(match arg {
-        ColumnarValue::Scalar(_) => PerRow::Same(if values.is_valid(0) {
-            values.value(0)
-        } else {
-            0
-        }),
-        ColumnarValue::Array(_) => PerRow::Each(values),
-    })
+    per_row(arg, as_int64)
 }
 
 /// A string argument's byte length per row; a missing argument is 0.
 fn lengths(arg: Option<&ColumnarValue>) -> Result<PerRow> {
-    let Some(arg) = arg else {
-        return Ok(PerRow::Same(0));
-    };
-    let array = match arg {
-        ColumnarValue::Scalar(s) => s.to_array_of_size(1)?,
-        ColumnarValue::Array(a) => Arc::clone(a),
-    };
-    let lengths = match array.data_type() {
-        DataType::Null => return Ok(PerRow::Same(0)),
-        _ => as_int64(&length(&array)?)?,
-    };
+    per_row(arg, |array| match array.data_type() {
+        DataType::Null => Ok(Int64Array::from(vec![0; array.len()])),
+        _ => as_int64(&length(array)?),
+    })
+}
+
+/// `values` of an argument, worked out on the argument's array (one row for
+/// a scalar, which then holds for every row).
+fn per_row(
+    arg: Option<&ColumnarValue>,
+    values: impl Fn(&ArrayRef) -> Result<Int64Array>,
+) -> Result<PerRow> {
     Ok(match arg {
-        ColumnarValue::Scalar(_) => PerRow::Same(if lengths.is_valid(0) {
-            lengths.value(0)
-        } else {
-            0
-        }),
-        ColumnarValue::Array(_) => PerRow::Each(lengths),
+        None => PerRow::Same(0),
+        Some(ColumnarValue::Scalar(s)) => {
+            let v = values(&s.to_array_of_size(1)?)?;
+            PerRow::Same(if v.is_valid(0) { v.value(0) } else { 0 })
+        }
+        Some(ColumnarValue::Array(a)) => PerRow::Each(values(a)?),
     })
 }
 
