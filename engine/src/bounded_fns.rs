@@ -28,12 +28,15 @@ use datafusion::arrow::compute::{cast, cast_with_options, CastOptions};
 use datafusion::arrow::datatypes::{
     DataType, FieldRef, Int64Type, IntervalMonthDayNanoType, IntervalUnit, TimeUnit,
 };
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::execution::{FunctionRegistry, SessionState};
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
     ScalarUDFImpl, Signature,
 };
+use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
 use crate::limits::human_bytes;
 
@@ -412,5 +415,68 @@ mod tests {
             day,
         ];
         assert_eq!(output_bound(Growth::Series, &dates, 1).unwrap(), 31 * 8);
+    }
+}
+
+/// Refuses a plan holding a constant (a literal, or a call folded while
+/// planning) that copied to every row of one batch would pass `limit`
+/// bytes. DataFusion turns a constant into a column of `batch_size` copies
+/// wherever a kernel needs an array (a projection's output, an aggregate's
+/// argument): a 900 KB literal cast to `LargeUtf8` and selected over a table
+/// made batches of 8,192 x 900 KB that no memory pool counted, and a folded
+/// 100 MB `repeat` under `string_agg` overflowed Arrow's string offsets (a
+/// panic). A node whose input holds at most n rows (`SELECT f(...)` with no
+/// `FROM`: one) counts n copies. Runs last in every optimizer pass, after
+/// constant folding.
+#[derive(Debug)]
+pub(crate) struct BoundedConstants {
+    /// One statement's memory share (`query_memory`).
+    pub(crate) limit: usize,
+}
+
+impl OptimizerRule for BoundedConstants {
+    fn name(&self) -> &str {
+        "veil_bounded_constants"
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<LogicalPlan>> {
+        let batch = config.options().execution.batch_size.get().max(1);
+        plan.apply_with_subqueries(|node| {
+            // The rows one batch of the node's input can hold: fewer than a
+            // batch when the input is known to be small (`SELECT f(...)`
+            // with no FROM reads one row).
+            let rows = node
+                .inputs()
+                .iter()
+                .map(|input| input.max_rows().unwrap_or(batch))
+                .max()
+                .unwrap_or(1)
+                .clamp(1, batch);
+            let most = self.limit / rows;
+            node.apply_expressions(|e| {
+                e.apply(|e| {
+                    if let Expr::Literal(v, _) = e {
+                        let size = v.size();
+                        if size > most {
+                            return Err(DataFusionError::ResourcesExhausted(format!(
+                                "a constant of {} copied to the {rows} rows of a batch would take \
+                                 {}, more than one statement may hold ({}, the query_memory \
+                                 setting); use a smaller constant or a smaller \
+                                 datafusion.execution.batch_size",
+                                human_bytes(size),
+                                human_bytes(size.saturating_mul(rows)),
+                                human_bytes(self.limit),
+                            )));
+                        }
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                })
+            })
+        })?;
+        Ok(Transformed::no(plan))
     }
 }

@@ -100,6 +100,9 @@ fn statement_state(runtime: Arc<RuntimeEnv>, query_memory: usize) -> Result<Sess
     optimizer_rules.insert(at, Arc::new(SecureFilterPushdown));
     optimizer_rules.push(Arc::new(RawKeyJoin));
     optimizer_rules.push(Arc::new(LiftUnsafeFilters));
+    optimizer_rules.push(Arc::new(crate::bounded_fns::BoundedConstants {
+        limit: query_memory,
+    }));
     // Joins on raw keys never partition by them (governance/raw_keys.rs).
     let mut physical_rules = PhysicalOptimizer::new().rules;
     let at = physical_rules

@@ -740,6 +740,35 @@ async fn functions_that_size_their_output_are_held_to_the_memory_share() {
     .unwrap();
     assert!(rows(&grouped) > 0);
 
+    // A constant is copied to every row of a batch: a large one is refused
+    // where a batch of the table (65,536 rows, set above) would hold too
+    // many copies, and allowed with a smaller batch, or where there is one
+    // row.
+    let big = "z".repeat(200_000);
+    let copied = format!(
+        "SELECT max(length(arrow_cast('{big}', 'LargeUtf8') || region)) FROM sales.transactions"
+    );
+    let e = query(&mut bob, &copied).await.unwrap_err();
+    assert!(
+        e.contains(EXHAUSTED) && e.contains("a constant of 195.4 KiB copied to the 65536 rows"),
+        "{e:.400}"
+    );
+    let folded = "SELECT string_agg(repeat('x', 100000000), ',') FROM hr.employees";
+    let e = query(&mut bob, folded).await.unwrap_err();
+    assert!(
+        e.contains(EXHAUSTED) && e.contains("a constant of"),
+        "{e:.400}"
+    );
+    query(&mut bob, "SET datafusion.execution.batch_size = 1024")
+        .await
+        .unwrap();
+    assert_eq!(rows(&query(&mut bob, &copied).await.unwrap()), 1);
+    query(&mut bob, "SET datafusion.execution.batch_size = 8192")
+        .await
+        .unwrap();
+    let one_row = "SELECT count(*) FROM (SELECT unnest(generate_series(1, 1000000)))";
+    assert_eq!(rows(&query(&mut bob, one_row).await.unwrap()), 1);
+
     // Ordinary sizes answer as before.
     let fine = [
         ("SELECT cardinality(generate_series(1, 1000000))", "1000000"),
