@@ -16,9 +16,9 @@
 //! computed over whole argument arrays (a length kernel and one pass over
 //! integers), never per row through `ScalarValue`.
 //!
-//! What this does not bound: functions whose output is at most the sum of
-//! their inputs (`concat`, `||`, `make_array`, ...) can still grow a value
-//! by as many times as a statement names it; see README "Resource limits".
+//! Functions whose output is at most a multiple of their inputs (`concat`,
+//! `||`, `make_array`, ...) are held to the same share by their inputs, in
+//! `bounded_inputs.rs`.
 
 use std::sync::Arc;
 
@@ -26,23 +26,21 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array};
 use datafusion::arrow::compute::kernels::length::length;
 use datafusion::arrow::compute::{cast, cast_with_options, CastOptions};
 use datafusion::arrow::datatypes::{
-    DataType, FieldRef, Int64Type, IntervalMonthDayNanoType, IntervalUnit, TimeUnit,
+    DataType, Int64Type, IntervalMonthDayNanoType, IntervalUnit, TimeUnit,
 };
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::execution::{FunctionRegistry, SessionState};
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::logical_expr::{
-    ColumnarValue, Documentation, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
-    ScalarUDFImpl, Signature,
-};
+use datafusion::logical_expr::{ColumnarValue, Expr, ScalarUDF};
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
+use crate::bounded_inputs::Guarded;
 use crate::limits::human_bytes;
 
 /// How a function's output grows with its arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Growth {
+pub(crate) enum Growth {
     /// `repeat(s, n)`: `len(s) * n`.
     Repeat,
     /// `lpad` / `rpad(s, n [, fill])`: `len(s) + n * len(fill)`.
@@ -76,77 +74,38 @@ const BOUNDED: &[(&str, Growth)] = &[
 ];
 
 /// Replaces the functions in [`BOUNDED`] of `state` with wrappers that
-/// refuse a call whose output could pass `limit` bytes.
+/// refuse a call whose output could pass `limit` bytes (and, like every
+/// function, one whose arguments do: `bounded_inputs.rs`).
 pub(crate) fn bound_growing_functions(state: &mut SessionState, limit: usize) -> Result<()> {
     for (name, growth) in BOUNDED {
         let Some(inner) = state.scalar_functions().get(*name).cloned() else {
             continue;
         };
-        let bounded = Bounded {
-            inner,
-            growth: *growth,
-            limit: limit as u64,
-        };
+        let bounded = Guarded::new(inner, limit, Some(*growth));
         state.register_udf(Arc::new(ScalarUDF::new_from_impl(bounded)))?;
     }
     Ok(())
 }
 
-/// A DataFusion function behind an output-size check.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct Bounded {
-    inner: Arc<ScalarUDF>,
+/// Refuses a call of `name` whose output, by `growth`, could pass `limit`
+/// bytes.
+pub(crate) fn check_output(
+    name: &str,
     growth: Growth,
-    limit: u64,
-}
-
-impl ScalarUDFImpl for Bounded {
-    fn name(&self) -> &str {
-        self.inner.name()
+    args: &[ColumnarValue],
+    rows: usize,
+    limit: usize,
+) -> Result<()> {
+    let bound = output_bound(growth, args, rows)?;
+    if bound > limit as u64 {
+        return Err(DataFusionError::ResourcesExhausted(format!(
+            "{name} would return up to {} for {rows} row(s), more than one statement may hold ({}, \
+             the query_memory setting)",
+            human_bytes(usize::try_from(bound).unwrap_or(usize::MAX)),
+            human_bytes(limit),
+        )));
     }
-
-    fn aliases(&self) -> &[String] {
-        self.inner.aliases()
-    }
-
-    fn schema_name(&self, args: &[Expr]) -> Result<String> {
-        self.inner.inner().schema_name(args)
-    }
-
-    fn signature(&self) -> &Signature {
-        self.inner.signature()
-    }
-
-    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        self.inner.return_type(arg_types)
-    }
-
-    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
-        self.inner.return_field_from_args(args)
-    }
-
-    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        self.inner.coerce_types(arg_types)
-    }
-
-    fn documentation(&self) -> Option<&Documentation> {
-        self.inner.documentation()
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let bound = output_bound(self.growth, &args.args, args.number_rows)?;
-        if bound > self.limit {
-            return Err(DataFusionError::ResourcesExhausted(format!(
-                "{} would return up to {} for {} row(s), more than one statement may hold ({}, \
-                 the query_memory setting)",
-                self.name(),
-                human_bytes(usize::try_from(bound).unwrap_or(usize::MAX)),
-                args.number_rows,
-                human_bytes(usize::try_from(self.limit).unwrap_or(usize::MAX)),
-            )));
-        }
-        self.inner.invoke_with_args(args)
-    }
+    Ok(())
 }
 
 /// An upper bound of the bytes `growth`'s function returns for `args`

@@ -126,7 +126,9 @@ fn statement_state(runtime: Arc<RuntimeEnv>, query_memory: usize) -> Result<Sess
         .with_analyzer_rules(analyzer_rules)
         .with_optimizer_rules(optimizer_rules)
         .with_physical_optimizer_rules(physical_rules)
-        .with_query_planner(Arc::new(GovernedQueryPlanner))
+        .with_query_planner(Arc::new(GovernedQueryPlanner {
+            input_limit: Some(query_memory),
+        }))
         .build();
     crate::bounded_fns::bound_growing_functions(&mut state, query_memory)?;
     Ok(state)

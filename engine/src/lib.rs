@@ -5,6 +5,7 @@
 
 pub mod audit;
 mod bounded_fns;
+mod bounded_inputs;
 pub mod catalog;
 mod catalog_cache;
 pub mod condition;

@@ -209,6 +209,118 @@ async fn a_query_over_its_memory_share_fails_cleanly_while_another_runs() {
     assert!(sorted.is_ok(), "{sorted:?}");
 }
 
+/// A value grown by naming it many times: `s || s || s || s` over a CTE
+/// whose `s` is the same over another CTE grows four times per level, and
+/// took the server down (a 3 GB allocation aborted it) in a dozen levels of
+/// SQL. Every function's arguments and each operand of `||` are held to the
+/// statement's `query_memory`: the statement fails alone with
+/// RESOURCE_EXHAUSTED, the server serves on, and `||` answers as before.
+#[tokio::test]
+async fn values_grown_by_repetition_are_held_to_the_memory_share() {
+    let options = EngineOptions {
+        limits: Limits {
+            query_memory: 16 << 20,
+            ..Limits::default()
+        },
+        ..Default::default()
+    };
+    let server = start_with(options, None).await;
+    let mut bob = client(server.handle.addr, "bob", "bob-pw").await.unwrap();
+    // Levels of a CTE chain, each `step` over the one before.
+    let chain = |base: &str, step: &str, levels: usize, measure: &str| {
+        let mut ctes = vec![format!("a0 AS (SELECT {base} AS s)")];
+        for i in 1..=levels {
+            ctes.push(format!("a{i} AS (SELECT {step} AS s FROM a{})", i - 1));
+        }
+        format!(
+            "WITH {} SELECT {measure}(s) FROM a{levels}",
+            ctes.join(", ")
+        )
+    };
+    let text = "repeat('x', 100000)";
+    let large = "arrow_cast(repeat('x', 100000), 'LargeUtf8')";
+    let view = "arrow_cast(repeat('x', 100000), 'Utf8View')";
+    let list = "make_array(1, 2, 3, 4, 5, 6, 7, 8)";
+    let bombs = [
+        (chain(text, "s||s||s||s", 12, "length"), "an operand of ||"),
+        (chain(large, "s||s||s||s", 12, "length"), "an operand of ||"),
+        (
+            chain(view, "concat(s, s, s, s)", 12, "length"),
+            "the arguments of concat",
+        ),
+        (
+            chain(large, "encode(s, 'hex')", 24, "length"),
+            "the arguments of encode",
+        ),
+        // `||` of lists is array_concat.
+        (
+            chain(list, "s||s||s||s", 16, "cardinality"),
+            "the arguments of array_concat",
+        ),
+        (
+            chain(list, "flatten(make_array(s, s, s, s))", 16, "cardinality"),
+            "the arguments of make_array",
+        ),
+        // Over a governed table's rows, in a filter.
+        (
+            "WITH a AS (SELECT repeat(name, 1000) AS s FROM hr.employees), \
+             b AS (SELECT s||s||s||s||s||s||s||s AS s FROM a), \
+             c AS (SELECT s||s||s||s||s||s||s||s AS s FROM b) \
+             SELECT count(*) FROM c WHERE length(s||s||s||s) > 0"
+                .to_string(),
+            "an operand of ||",
+        ),
+    ];
+    for (sql, what) in bombs {
+        let e = query(&mut bob, &sql).await.unwrap_err();
+        assert!(e.contains(EXHAUSTED), "{sql:.80}: {e:.300}");
+        assert!(
+            e.contains(&format!("{what} would take"))
+                && e.contains("(16.0 MiB, the query_memory setting)"),
+            "{sql:.80}: {e:.300}"
+        );
+        assert_eq!(rows(&query(&mut bob, "SELECT 1").await.unwrap()), 1);
+    }
+    assert_eq!(server.engine.admission().memory().used(), 0);
+
+    // `||` and functions answer as before, under their usual names.
+    let same = query(
+        &mut bob,
+        "SELECT count(*) FROM hr.employees \
+         WHERE name || '-' || email = concat(name, '-', email)",
+    )
+    .await
+    .unwrap();
+    let not_null = query(
+        &mut bob,
+        "SELECT count(*) FROM hr.employees WHERE name IS NOT NULL AND email IS NOT NULL",
+    )
+    .await
+    .unwrap();
+    assert!(count(&not_null) > 0);
+    assert_eq!(count(&same), count(&not_null));
+    let named = query(
+        &mut bob,
+        "SELECT upper(name) || 'x' FROM hr.employees LIMIT 1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        named[0].schema().field(0).name(),
+        "upper(hr.employees.name) || Utf8(\"x\")"
+    );
+    // Three levels of the first chain stay under 16 MiB.
+    let fits = query(&mut bob, &chain(text, "s||s||s||s", 3, "length"))
+        .await
+        .unwrap();
+    let lengths = fits[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::Int32Array>()
+        .unwrap();
+    assert_eq!(lengths.value(0), 100_000 * 4_i32.pow(3));
+}
+
 /// Spilling is held to the `spill` limit across all statements: a sort that
 /// must spill more than it fails with RESOURCE_EXHAUSTED, its spill files
 /// are gone, and the same sort that fits in memory still answers. Without

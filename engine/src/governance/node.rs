@@ -500,9 +500,15 @@ fn optimize_hidden_input(
     Ok(inner)
 }
 
-/// DataFusion's default planner plus the governance barrier.
+/// DataFusion's default planner plus the governance barrier, and, when
+/// given a statement's memory share, the input bounds of
+/// `bounded_inputs.rs` on every function call.
 #[derive(Debug, Default)]
-pub struct GovernedQueryPlanner;
+pub struct GovernedQueryPlanner {
+    /// Bytes one function call's arguments may take (`query_memory`);
+    /// `None` plans unbounded.
+    pub input_limit: Option<usize>,
+}
 
 #[async_trait]
 impl QueryPlanner for GovernedQueryPlanner {
@@ -511,9 +517,15 @@ impl QueryPlanner for GovernedQueryPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(GovernedScanPlanner)])
-            .create_physical_plan(logical_plan, session)
-            .await
+        let planner =
+            DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(GovernedScanPlanner)]);
+        match self.input_limit {
+            Some(limit) => {
+                let bounded = crate::bounded_inputs::bound_inputs(logical_plan.clone(), limit)?;
+                planner.create_physical_plan(&bounded, session).await
+            }
+            None => planner.create_physical_plan(logical_plan, session).await,
+        }
     }
 }
 
@@ -537,7 +549,7 @@ mod tests {
     fn governed_state() -> SessionState {
         SessionStateBuilder::new()
             .with_default_features()
-            .with_query_planner(Arc::new(GovernedQueryPlanner))
+            .with_query_planner(Arc::new(GovernedQueryPlanner::default()))
             .build()
     }
 
