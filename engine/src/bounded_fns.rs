@@ -419,7 +419,10 @@ impl OptimizerRule for BoundedConstants {
             node.apply_expressions(|e| {
                 e.apply(|e| {
                     if let Expr::Literal(v, _) = e {
-                        let size = v.size();
+                        // A NULL of a fixed-size type is small as a constant
+                        // and takes its whole width in every row.
+                        let width = crate::sql_guard::fixed_width(&v.data_type());
+                        let size = v.size().max(usize::try_from(width).unwrap_or(usize::MAX));
                         if size > most {
                             return Err(DataFusionError::ResourcesExhausted(format!(
                                 "a constant of {} copied to the {rows} rows of a batch would take \

@@ -26,7 +26,8 @@
 //!
 //! Names, types, nullability, volatility, orderings and bounds are those of
 //! the wrapped function, so plans and answers are unchanged; physical
-//! EXPLAIN shows `within_query_memory(...)` around `||` operands.
+//! EXPLAIN shows `within_query_memory(...)` around `||` operands. The same
+//! pass wraps window functions (`bounded_windows.rs`).
 
 use std::any::Any;
 use std::sync::Arc;
@@ -44,6 +45,7 @@ use datafusion::logical_expr::{
 };
 
 use crate::bounded_fns::{check_output, Growth};
+use crate::bounded_windows::bound_window;
 use crate::limits::human_bytes;
 
 /// Functions left unwrapped: DataFusion recognizes them by type (nested
@@ -58,17 +60,29 @@ const OFFSET_LIMIT: usize = i32::MAX as usize;
 /// Wraps every scalar function of `plan` (subqueries included) in
 /// [`Guarded`] and every `||` operand in [`WithinQueryMemory`], both
 /// refusing inputs of more than `limit` bytes per call.
-pub(crate) fn bound_inputs(plan: LogicalPlan, limit: usize) -> Result<LogicalPlan> {
+/// Window functions get the budget of `bounded_windows.rs`, a value held
+/// for `batch` rows.
+pub(crate) fn bound_inputs(plan: LogicalPlan, limit: usize, batch: usize) -> Result<LogicalPlan> {
     let guard = Arc::new(ScalarUDF::new_from_impl(WithinQueryMemory::new(limit)));
     let rewritten = plan.transform_up_with_subqueries(|node| {
-        node.map_expressions(|e| e.transform_up(|e| guard_expr(e, limit, &guard)))
+        node.map_expressions(|e| e.transform_up(|e| guard_expr(e, limit, batch, &guard)))
     })?;
     Ok(rewritten.data)
 }
 
-/// One expression node: a function call wrapped, `||` operands guarded.
-fn guard_expr(e: Expr, limit: usize, guard: &Arc<ScalarUDF>) -> Result<Transformed<Expr>> {
+/// One expression node: a function call wrapped, `||` operands guarded, a
+/// window function's values charged.
+fn guard_expr(
+    e: Expr,
+    limit: usize,
+    batch: usize,
+    guard: &Arc<ScalarUDF>,
+) -> Result<Transformed<Expr>> {
     Ok(match e {
+        Expr::WindowFunction(wf) => match bound_window(&wf, limit, batch) {
+            Some(bounded) => Transformed::yes(bounded),
+            None => Transformed::no(Expr::WindowFunction(wf)),
+        },
         Expr::ScalarFunction(f) if wraps(&f.func) => {
             let guarded = Guarded::new(f.func, limit, None);
             Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(
@@ -513,8 +527,8 @@ mod tests {
             .build()
             .unwrap();
         let names = plan.schema().field_names();
-        let once = bound_inputs(plan, 1 << 20).unwrap();
-        let twice = bound_inputs(once.clone(), 1 << 20).unwrap();
+        let once = bound_inputs(plan, 1 << 20, 8192).unwrap();
+        let twice = bound_inputs(once.clone(), 1 << 20, 8192).unwrap();
         assert_eq!(once, twice);
         // Output names are unchanged.
         assert_eq!(once.schema().field_names(), names);

@@ -6,6 +6,7 @@
 pub mod audit;
 mod bounded_fns;
 mod bounded_inputs;
+mod bounded_windows;
 pub mod catalog;
 mod catalog_cache;
 pub mod condition;

@@ -333,17 +333,79 @@ pub const MAX_GROUPING_SETS: u64 = 4096;
 /// 256). TPC-H reads at most 8 tables in a query.
 pub const MAX_RELATIONS: u64 = 128;
 
+/// Most bytes one value of a type named in `arrow_cast` may take: a
+/// fixed-size type (`FixedSizeBinary(n)`, `FixedSizeList(n, T)`) holds its
+/// whole width in every row, NULL included, so
+/// `arrow_cast(NULL, 'FixedSizeList(1000000000, Int64)')` allocated 8 GB
+/// while planning and the allocation's failure aborted the server; copied
+/// to a batch of 8,192 rows, 64 KiB is 512 MiB. An embedding of 16,384
+/// `Float32` fits.
+pub const MAX_FIXED_WIDTH: u64 = 64 << 10;
+
+/// The type named by `arrow_cast(x, 'type')` / `arrow_try_cast`, and the
+/// bytes one value of it takes at least ([`fixed_width`]).
+fn cast_target(expr: &Expr) -> Option<(String, u64)> {
+    use datafusion::sql::sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments, Value};
+    let Expr::Function(f) = expr else {
+        return None;
+    };
+    let name = f.name.0.last()?.as_ident()?.value.to_ascii_lowercase();
+    if name != "arrow_cast" && name != "arrow_try_cast" {
+        return None;
+    }
+    let FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))) = list.args.get(1) else {
+        return None;
+    };
+    let Value::SingleQuotedString(text) = &v.value else {
+        return None;
+    };
+    let data_type: datafusion::arrow::datatypes::DataType = text.parse().ok()?;
+    Some((text.clone(), fixed_width(&data_type)))
+}
+
+/// Bytes one value of `t` takes whatever it holds: a fixed-size binary its
+/// width, a fixed-size list its length times its element's, a struct the
+/// sum of its fields', a variable-size type its offset or view (16), and
+/// the widest nested fixed-size type of a list, map or dictionary (a NULL
+/// element of it takes its whole width too).
+pub fn fixed_width(t: &datafusion::arrow::datatypes::DataType) -> u64 {
+    use datafusion::arrow::datatypes::DataType as T;
+    match t {
+        T::FixedSizeBinary(n) => u64::try_from(*n).unwrap_or(0),
+        T::FixedSizeList(f, n) => u64::try_from(*n)
+            .unwrap_or(0)
+            .saturating_mul(fixed_width(f.data_type())),
+        T::Struct(fields) => fields.iter().fold(0u64, |sum, f| {
+            sum.saturating_add(fixed_width(f.data_type()))
+        }),
+        T::Union(fields, _) => fields.iter().fold(0u64, |sum, (_, f)| {
+            sum.saturating_add(fixed_width(f.data_type()))
+        }),
+        T::List(f) | T::LargeList(f) | T::ListView(f) | T::LargeListView(f) | T::Map(f, _) => {
+            fixed_width(f.data_type()).max(16)
+        }
+        T::Dictionary(_, v) => fixed_width(v),
+        T::RunEndEncoded(_, v) => fixed_width(v.data_type()),
+        other => other.primitive_width().map_or(16, |w| w as u64),
+    }
+}
+
 /// Refuses a statement shaped to cost far more to plan than its text:
 /// a `GROUP BY` whose `CUBE`, `ROLLUP` and `GROUPING SETS` stand for more
 /// than [`MAX_GROUPING_SETS`] grouping sets (DataFusion lists a `CUBE` of n
 /// expressions as all 2^n sets while planning, so `CUBE` of 35 columns held
 /// a planning thread and memory until the process died), or one that reads
-/// more than [`MAX_RELATIONS`] relations. Set operations are counted on the
+/// more than [`MAX_RELATIONS`] relations, or one naming in `arrow_cast` a
+/// type wider than [`MAX_FIXED_WIDTH`]. Set operations are counted on the
 /// tokens (see [`MAX_SET_OPERATIONS`]), so the tree walked here is shallow.
 fn check_shape(statement: &Statement) -> Result<()> {
     enum Refusal {
         GroupingSets(u64),
         Relations,
+        Width(String, u64),
     }
     #[derive(Default)]
     struct Counter {
@@ -351,6 +413,14 @@ fn check_shape(statement: &Statement) -> Result<()> {
     }
     impl Visitor for Counter {
         type Break = Refusal;
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<Refusal> {
+            match cast_target(expr) {
+                Some((name, width)) if width > MAX_FIXED_WIDTH => {
+                    ControlFlow::Break(Refusal::Width(name, width))
+                }
+                _ => ControlFlow::Continue(()),
+            }
+        }
         fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<Refusal> {
             let mut bodies = vec![query.body.as_ref()];
             while let Some(body) = bodies.pop() {
@@ -406,6 +476,12 @@ fn check_shape(statement: &Statement) -> Result<()> {
                     sets.to_string()
                 }
             )))
+        }
+        ControlFlow::Break(Refusal::Width(name, width)) => {
+            Err(VeilError::InvalidArgument(format!(
+            "type {name} takes {width} bytes per value, more than {MAX_FIXED_WIDTH}: every row \
+             of a fixed-size type holds its whole width, NULL included"
+        )))
         }
         ControlFlow::Break(Refusal::Relations) => Err(VeilError::InvalidArgument(format!(
             "statement reads more than {MAX_RELATIONS} tables, subqueries and CTE references \
@@ -595,6 +671,38 @@ pub fn check_name_chains(tokens: &[TokenWithSpan]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fixed_size_types_wider_than_the_limit_are_refused_in_arrow_cast() {
+        let width = |t: &str| fixed_width(&t.parse().unwrap());
+        assert_eq!(width("FixedSizeBinary(16)"), 16);
+        assert_eq!(width("FixedSizeList(1536, Float32)"), 1536 * 4);
+        assert_eq!(width("Struct(\"a\": Int64, \"b\": FixedSizeBinary(8))"), 16);
+        assert_eq!(width("List(FixedSizeBinary(100))"), 100);
+        assert_eq!(width("Utf8"), 16);
+        assert_eq!(
+            width("FixedSizeList(2147483647, FixedSizeList(2147483647, FixedSizeList(2147483647, Int64)))"),
+            u64::MAX
+        );
+        let parse = |sql: &str| parse_statement(sql, 50);
+        // An embedding, a UUID and any variable-size type are fine.
+        for ok in [
+            "SELECT arrow_cast(NULL, 'FixedSizeList(16384, Float32)')",
+            "SELECT arrow_try_cast(x, 'FixedSizeBinary(16)') FROM t",
+            "SELECT arrow_cast(x, 'not a type') FROM t",
+            "SELECT cast(x AS VARCHAR) FROM t",
+        ] {
+            assert!(parse(ok).is_ok(), "{ok}");
+        }
+        for refused in [
+            "SELECT arrow_cast(NULL, 'FixedSizeList(16385, Float32)')",
+            "SELECT ARROW_CAST(NULL, 'FixedSizeBinary(2000000000)')",
+            "EXPLAIN SELECT x FROM t WHERE arrow_try_cast(x, 'List(FixedSizeBinary(70000))') IS NULL",
+        ] {
+            let e = parse(refused).unwrap_err().to_string();
+            assert!(e.contains("bytes per value, more than 65536"), "{refused}: {e}");
+        }
+    }
 
     fn chains(sql: &str) -> Result<()> {
         checked_tokens(&BoundedDialect::for_sql(sql), sql).map(|t| assert!(t.is_ok()))

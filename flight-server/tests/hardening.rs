@@ -61,6 +61,17 @@ async fn tls_channel(
         .map_err(|e| format!("{e:?}"))
 }
 
+/// Engine options with a statement memory share of `bytes`.
+fn with_query_memory(bytes: usize) -> EngineOptions {
+    EngineOptions {
+        limits: Limits {
+            query_memory: bytes,
+            ..Limits::default()
+        },
+        ..Default::default()
+    }
+}
+
 fn count(batches: &[datafusion::arrow::array::RecordBatch]) -> i64 {
     batches[0]
         .column(0)
@@ -169,14 +180,7 @@ async fn mtls_needs_a_client_certificate_and_it_names_the_user() {
 
 #[tokio::test]
 async fn a_query_over_its_memory_share_fails_cleanly_while_another_runs() {
-    let options = EngineOptions {
-        limits: Limits {
-            query_memory: 4 << 20,
-            ..Limits::default()
-        },
-        ..Default::default()
-    };
-    let server = start_with(options, None).await;
+    let server = start_with(with_query_memory(4 << 20), None).await;
     let addr = server.handle.addr;
     let mut bob = client(addr, "bob", "bob-pw").await.unwrap();
     let mut carol = client(addr, "carol", "carol-pw").await.unwrap();
@@ -217,14 +221,7 @@ async fn a_query_over_its_memory_share_fails_cleanly_while_another_runs() {
 /// RESOURCE_EXHAUSTED, the server serves on, and `||` answers as before.
 #[tokio::test]
 async fn values_grown_by_repetition_are_held_to_the_memory_share() {
-    let options = EngineOptions {
-        limits: Limits {
-            query_memory: 16 << 20,
-            ..Limits::default()
-        },
-        ..Default::default()
-    };
-    let server = start_with(options, None).await;
+    let server = start_with(with_query_memory(16 << 20), None).await;
     let mut bob = client(server.handle.addr, "bob", "bob-pw").await.unwrap();
     // Levels of a CTE chain, each `step` over the one before.
     let chain = |base: &str, step: &str, levels: usize, measure: &str| {
@@ -260,6 +257,11 @@ async fn values_grown_by_repetition_are_held_to_the_memory_share() {
         (
             chain(list, "flatten(make_array(s, s, s, s))", 16, "cardinality"),
             "the arguments of make_array",
+        ),
+        // A NULL of a fixed-size type takes its width in every row.
+        (
+            "SELECT arrow_cast(NULL, 'FixedSizeBinary(60000)') FROM hr.employees".to_string(),
+            "a constant of 58.6 KiB copied to the 8192 rows of a batch",
         ),
         // Over a governed table's rows, in a filter.
         (
@@ -319,6 +321,101 @@ async fn values_grown_by_repetition_are_held_to_the_memory_share() {
         .downcast_ref::<datafusion::arrow::array::Int32Array>()
         .unwrap();
     assert_eq!(lengths.value(0), 100_000 * 4_i32.pow(3));
+}
+
+/// A window function returns one value per row, and a value can hold its
+/// whole frame or be copied to every row of its partition: a running
+/// `array_agg` over two million rows aborted the server (a 1.9 GB
+/// allocation), `max(s) OVER ()` copies the largest string to every row.
+/// Their values are charged to the statement's `query_memory`: the
+/// statement fails alone with RESOURCE_EXHAUSTED, and windows of ordinary
+/// size answer.
+#[tokio::test]
+async fn window_values_are_held_to_the_memory_share() {
+    let server = start_with(with_query_memory(64 << 20), None).await;
+    let mut bob = client(server.handle.addr, "bob", "bob-pw").await.unwrap();
+    // One 4 MB string among 20,000 rows, computed per row (not a constant).
+    let one_big =
+        "SELECT value AS v, repeat('z', CASE WHEN value = 1 THEN 4000000 ELSE 1 END) AS s \
+                   FROM generate_series(1, 20000)";
+    let bombs = [
+        (
+            "SELECT max(cardinality(a)) FROM (SELECT array_agg(value) OVER (ORDER BY value) AS a \
+             FROM generate_series(1, 100000))"
+                .to_string(),
+            "array_agg",
+        ),
+        (
+            "SELECT max(cardinality(a)) FROM (SELECT array_agg(value) OVER () AS a \
+             FROM generate_series(1, 100000))"
+                .to_string(),
+            "array_agg",
+        ),
+        (
+            "SELECT max(length(a)) FROM (SELECT string_agg(CAST(value AS VARCHAR), ',') \
+             OVER (PARTITION BY value % 10) AS a FROM generate_series(1, 100000))"
+                .to_string(),
+            "string_agg",
+        ),
+        (
+            format!("SELECT max(length(a)) FROM (SELECT max(s) OVER () AS a FROM ({one_big}))"),
+            "max",
+        ),
+        (
+            format!(
+                "SELECT max(length(a)) FROM \
+                 (SELECT first_value(s) OVER (ORDER BY v) AS a FROM ({one_big}))"
+            ),
+            "first_value",
+        ),
+    ];
+    for (sql, function) in bombs {
+        let e = query(&mut bob, &sql).await.unwrap_err();
+        assert!(e.contains(EXHAUSTED), "{sql:.80}: {e:.300}");
+        assert!(
+            e.contains(&format!(
+                "the values of {function} over a window would take"
+            )) && e.contains("(64.0 MiB, the query_memory setting)"),
+            "{sql:.80}: {e:.300}"
+        );
+        assert_eq!(rows(&query(&mut bob, "SELECT 1").await.unwrap()), 1);
+    }
+    // A FILTER over a whole partition: its value is copied to rows it
+    // does not read, which the charge cannot count.
+    let e = query(
+        &mut bob,
+        "SELECT array_agg(value) FILTER (WHERE value < 10) OVER () FROM generate_series(1, 10)",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.contains("array_agg with FILTER over a whole partition"),
+        "{e:.300}"
+    );
+    assert_eq!(server.engine.admission().memory().used(), 0);
+
+    // Windows of ordinary size answer, over many rows and a governed table.
+    let sliding = query(
+        &mut bob,
+        "SELECT CAST(sum(cardinality(a)) AS BIGINT) FROM (SELECT array_agg(value) \
+         OVER (ORDER BY value ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS a \
+         FROM generate_series(1, 100000))",
+    )
+    .await
+    .unwrap();
+    assert_eq!(count(&sliding), 3 * 100_000 - 3);
+    let per_region = query(
+        &mut bob,
+        "SELECT count(*) FROM (SELECT cardinality(array_agg(name) OVER (PARTITION BY region)) \
+         AS n, count(*) OVER (PARTITION BY region) AS c FROM hr.employees) WHERE n = c",
+    )
+    .await
+    .unwrap();
+    let all = query(&mut bob, "SELECT count(*) FROM hr.employees")
+        .await
+        .unwrap();
+    assert!(count(&all) > 0);
+    assert_eq!(count(&per_region), count(&all));
 }
 
 /// Spilling is held to the `spill` limit across all statements: a sort that
@@ -655,6 +752,17 @@ async fn parser_bombs_are_refused_and_the_server_keeps_serving() {
                     .join(", ")
             ),
             "more than 128 tables",
+        ),
+        // A NULL of a fixed-size type holds its whole width: 8 GB
+        // allocated while planning aborted the server.
+        (
+            "SELECT arrow_typeof(arrow_cast(NULL, 'FixedSizeList(1000000000, Int64)'))".into(),
+            "takes 8000000000 bytes per value, more than 65536",
+        ),
+        (
+            "SELECT arrow_try_cast(NULL, 'List(FixedSizeBinary(2000000000))') FROM sales.transactions"
+                .into(),
+            "takes 2000000000 bytes per value",
         ),
         // Text over the limit: refused before tokenizing.
         (

@@ -521,7 +521,9 @@ impl QueryPlanner for GovernedQueryPlanner {
             DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(GovernedScanPlanner)]);
         match self.input_limit {
             Some(limit) => {
-                let bounded = crate::bounded_inputs::bound_inputs(logical_plan.clone(), limit)?;
+                let batch = session.config_options().execution.batch_size.get();
+                let bounded =
+                    crate::bounded_inputs::bound_inputs(logical_plan.clone(), limit, batch)?;
                 planner.create_physical_plan(&bounded, session).await
             }
             None => planner.create_physical_plan(logical_plan, session).await,
