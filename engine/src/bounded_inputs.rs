@@ -178,8 +178,14 @@ fn too_large(
             human_bytes(limit)
         )
     };
+    // Many rows of large values: fewer rows per batch take less.
+    let hint = if rows > 1 {
+        "; a smaller datafusion.execution.batch_size takes less per batch"
+    } else {
+        ""
+    };
     DataFusionError::ResourcesExhausted(format!(
-        "{what} would take {} for {rows} row(s), {why}",
+        "{what} would take {} for {rows} row(s), {why}{hint}",
         human_bytes(bytes)
     ))
 }
@@ -472,7 +478,10 @@ mod tests {
         let e = e.to_string();
         assert!(
             e.contains("the arguments of concat would take 2.1 MiB for 1000 row(s)")
-                && e.contains("(1.0 MiB, the query_memory setting)"),
+                && e.contains(
+                    "(1.0 MiB, the query_memory setting); a smaller \
+                               datafusion.execution.batch_size takes less per batch"
+                ),
             "{e}"
         );
 
