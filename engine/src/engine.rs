@@ -117,6 +117,13 @@ fn statement_state(runtime: Arc<RuntimeEnv>, query_memory: usize) -> Result<Sess
         .position(|r| r.name() == "SanityCheckPlan")
         .unwrap_or(physical_rules.len());
     physical_rules.insert(at, Arc::new(RawKeyGroup));
+    // Joins yield between batches (yielding.rs); after every rule that
+    // rewrites joins or pushes filters through them.
+    let at = physical_rules
+        .iter()
+        .position(|r| r.name() == "SanityCheckPlan")
+        .unwrap_or(physical_rules.len());
+    physical_rules.insert(at, Arc::new(crate::yielding::YieldingJoins));
 
     let mut state = SessionStateBuilder::new()
         .with_config(config)

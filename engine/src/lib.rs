@@ -26,6 +26,7 @@ pub mod sql_guard;
 pub mod statement;
 pub mod store;
 pub mod workspace;
+mod yielding;
 
 pub use engine::{Engine, EngineOptions, QueryOutput, Session};
 pub use error::{ErrorKind, Result, VeilError};

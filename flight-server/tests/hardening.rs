@@ -521,6 +521,37 @@ async fn a_statement_past_the_query_timeout_is_cancelled() {
     assert_eq!(server.engine.admission().running(), 0);
 }
 
+/// A join turns each batch it reads into many it emits without reading
+/// again, so the task running it never gave up its thread: a `count(*)`
+/// over a cross join ran on past the query timeout and after its client
+/// hung up, holding a worker thread until done. Joins now yield between
+/// batches (`yielding.rs`): the timeout fires on a runtime of one thread,
+/// shared with the client, and the next statement runs at once.
+#[tokio::test]
+async fn a_join_that_multiplies_rows_is_stopped_by_the_query_timeout() {
+    let options = EngineOptions {
+        limits: Limits {
+            query_timeout: Duration::from_millis(500),
+            ..Limits::default()
+        },
+        ..Default::default()
+    };
+    let server = start_with(options, None).await;
+    let mut bob = client(server.handle.addr, "bob", "bob-pw").await.unwrap();
+    let started = std::time::Instant::now();
+    let err = query(
+        &mut bob,
+        "SELECT count(*) FROM generate_series(1, 400000) a CROSS JOIN generate_series(1, 400000) b",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("query timeout (500ms)"), "{err}");
+    assert_eq!(rows(&query(&mut bob, "SELECT 1").await.unwrap()), 1);
+    // Generous for a debug build; without yielding, over a minute.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(server.engine.admission().running(), 0);
+}
+
 #[tokio::test]
 async fn revocation_ends_open_sessions_and_other_changes_apply_at_once() {
     let server = start_with(EngineOptions::default(), None).await;
