@@ -24,6 +24,12 @@
 //! `||` operands of those types to 1 GiB each, so that Arrow's offset
 //! overflow (a panic) cannot be reached either.
 //!
+//! Veil's own functions (`veil_*`: masks, join-key encryption) and the
+//! plan below a governed scan's barrier (row policies) are left as they
+//! are: governance applies them to raw values, which a user cannot grow,
+//! and a refusal naming their input's size would tell the size of raw
+//! values.
+//!
 //! Names, types, nullability, volatility, orderings and bounds are those of
 //! the wrapped function, so plans and answers are unchanged; physical
 //! EXPLAIN shows `within_query_memory(...)` around `||` operands. The same
@@ -34,7 +40,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, FieldRef};
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::interval_arithmetic::Interval;
@@ -46,12 +52,18 @@ use datafusion::logical_expr::{
 
 use crate::bounded_fns::{check_output, Growth};
 use crate::bounded_windows::bound_window;
+use crate::governance::GovernedScanNode;
 use crate::limits::human_bytes;
 
 /// Functions left unwrapped: DataFusion recognizes them by type (nested
 /// field projection into Parquet, schema adaptation, file metadata), and
 /// none returns more than it reads.
 const UNWRAPPED: &[&str] = &["get_field", "input_file_name", "file_row_index"];
+
+/// Names of Veil's own functions (masks, join-key encryption): applied by
+/// governance to raw columns, never to a value a user grew, and a refusal
+/// naming their input's size would tell the size of raw values.
+const VEIL_PREFIX: &str = "veil_";
 
 /// The most input a function returning 32-bit offsets may take: Arrow
 /// panics when such an array passes 2 GiB.
@@ -64,7 +76,12 @@ const OFFSET_LIMIT: usize = i32::MAX as usize;
 /// for `batch` rows.
 pub(crate) fn bound_inputs(plan: LogicalPlan, limit: usize, batch: usize) -> Result<LogicalPlan> {
     let guard = Arc::new(ScalarUDF::new_from_impl(WithinQueryMemory::new(limit)));
-    let rewritten = plan.transform_up_with_subqueries(|node| {
+    let rewritten = plan.transform_down_with_subqueries(|node| {
+        // Below the barrier only governance's own expressions run, over raw
+        // values: a refusal there would tell their size.
+        if GovernedScanNode::from_plan(&node).is_some() {
+            return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
+        }
         node.map_expressions(|e| e.transform_up(|e| guard_expr(e, limit, batch, &guard)))
     })?;
     Ok(rewritten.data)
@@ -124,17 +141,10 @@ fn is_guard(func: &ScalarUDF) -> bool {
 /// guard, not in [`UNWRAPPED`].
 fn wraps(func: &ScalarUDF) -> bool {
     let inner: &dyn Any = func.inner().as_ref();
-    !inner.is::<Guarded>() && !is_guard(func) && !UNWRAPPED.contains(&func.name())
-}
-
-/// The function `udf` wraps, or `udf` itself: for the physical rules that
-/// recognize a function by its type (governance/raw_groups.rs).
-pub(crate) fn unguarded(udf: &ScalarUDF) -> &ScalarUDF {
-    let inner: &dyn Any = udf.inner().as_ref();
-    match inner.downcast_ref::<Guarded>() {
-        Some(g) => &g.inner,
-        None => udf,
-    }
+    !inner.is::<Guarded>()
+        && !is_guard(func)
+        && !UNWRAPPED.contains(&func.name())
+        && !func.name().starts_with(VEIL_PREFIX)
 }
 
 /// Bytes `args` hold for `rows` rows: whole arrays, a constant once per
@@ -427,7 +437,7 @@ mod tests {
     use datafusion::common::ScalarValue;
     use datafusion::functions::core::expr_fn::get_field;
     use datafusion::functions::string::expr_fn::concat;
-    use datafusion::logical_expr::{binary_expr, col, lit, table_scan};
+    use datafusion::logical_expr::{binary_expr, col, create_udf, lit, table_scan};
 
     /// `func` called on `args` over `rows` rows, returning `returns`.
     fn call(
@@ -525,12 +535,21 @@ mod tests {
                 true,
             ),
         ]);
+        // A mask: governance applies it to a raw column.
+        let veil_mask = create_udf(
+            "veil_mask_null",
+            vec![DataType::Utf8],
+            DataType::Utf8,
+            Volatility::Immutable,
+            Arc::new(|args: &[ColumnarValue]| Ok(args[0].clone())),
+        );
         let plan = table_scan(Some("t"), &schema, None)
             .unwrap()
             .project(vec![
                 concat(vec![col("a"), lit("x")]),
                 binary_expr(col("a"), Operator::StringConcat, lit("y")),
                 get_field(col("s"), "f"),
+                veil_mask.call(vec![col("a")]),
             ])
             .unwrap()
             .build()
@@ -553,19 +572,13 @@ mod tests {
         };
         assert_eq!(funcs(&p.expr[0]), ("concat".into(), true));
         assert_eq!(funcs(&p.expr[2]), ("get_field".into(), false));
+        assert_eq!(funcs(&p.expr[3]), ("veil_mask_null".into(), false));
         let Expr::BinaryExpr(b) = &p.expr[1] else {
             panic!("{}", p.expr[1]);
         };
         // The column is guarded, the constant is not (BoundedConstants).
         assert_eq!(funcs(&b.left), ("within_query_memory".into(), false));
         assert!(matches!(*b.right, Expr::Literal(..)));
-        // raw_groups.rs sees the function under the wrapper.
-        let Expr::ScalarFunction(f) = &p.expr[0] else {
-            panic!()
-        };
-        assert_eq!(unguarded(&f.func).name(), "concat");
-        let any: &dyn Any = unguarded(&f.func).inner().as_ref();
-        assert!(!any.is::<Guarded>());
     }
 
     fn text(s: &str) -> ColumnarValue {

@@ -151,7 +151,7 @@ fn rewrite(plan: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
         let [arg] = f.args() else {
             continue;
         };
-        if !is_injective_mask(crate::bounded_inputs::unguarded(f.fun()))
+        if !is_injective_mask(f.fun())
             || plain(arg).is_none()
             || !raw_comparable(&arg.data_type(&below)?)
         {
