@@ -47,11 +47,12 @@ use datafusion::logical_expr::interval_arithmetic::Interval;
 use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
 use datafusion::logical_expr::{
     BinaryExpr, ColumnarValue, Documentation, Expr, ExpressionPlacement, LogicalPlan, Operator,
-    ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
 };
 
 use crate::bounded_fns::{check_output, Growth};
 use crate::bounded_windows::bound_window;
+use crate::checked::{Check, Checked};
 use crate::governance::GovernedScanNode;
 use crate::limits::human_bytes;
 
@@ -75,7 +76,7 @@ const OFFSET_LIMIT: usize = i32::MAX as usize;
 /// Window functions get the budget of `bounded_windows.rs`, a value held
 /// for `batch` rows.
 pub(crate) fn bound_inputs(plan: LogicalPlan, limit: usize, batch: usize) -> Result<LogicalPlan> {
-    let guard = Arc::new(ScalarUDF::new_from_impl(WithinQueryMemory::new(limit)));
+    let guard = Checked::udf(WithinQueryMemory { limit });
     let rewritten = plan.transform_down_with_subqueries(|node| {
         // Below the barrier only governance's own expressions run, over raw
         // values: a refusal there would tell their size.
@@ -133,8 +134,7 @@ fn guard_expr(
 
 /// Whether `func` is the `||` operand guard.
 fn is_guard(func: &ScalarUDF) -> bool {
-    let inner: &dyn Any = func.inner().as_ref();
-    inner.is::<WithinQueryMemory>()
+    Checked::<WithinQueryMemory>::is(func)
 }
 
 /// Whether `func` gets a [`Guarded`] wrapper: not one already, not a
@@ -339,58 +339,18 @@ impl ScalarUDFImpl for Guarded {
     }
 }
 
-/// The identity, refusing a value of more than the statement's memory
-/// share: wraps each operand of `||`.
+/// The check of the identity around each operand of `||`: refuses a
+/// value of more than the statement's memory share.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct WithinQueryMemory {
     limit: usize,
-    signature: Signature,
 }
 
-impl WithinQueryMemory {
-    fn new(limit: usize) -> Self {
-        Self {
-            limit,
-            signature: Signature::any(1, Volatility::Immutable),
-        }
-    }
-}
+impl Check for WithinQueryMemory {
+    const NAME: &'static str = "within_query_memory";
 
-impl ScalarUDFImpl for WithinQueryMemory {
-    fn name(&self) -> &str {
-        "within_query_memory"
-    }
-
-    /// The operand's own name, so that output column names do not change.
-    fn schema_name(&self, args: &[Expr]) -> Result<String> {
-        Ok(args
-            .first()
-            .map(|a| a.schema_name().to_string())
-            .unwrap_or_default())
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        Ok(arg_types.first().cloned().unwrap_or(DataType::Null))
-    }
-
-    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
-        match args.arg_fields.first() {
-            Some(field) => Ok(Arc::clone(field)),
-            None => Err(DataFusionError::Internal(
-                "within_query_memory takes one argument".into(),
-            )),
-        }
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let [value] = <[ColumnarValue; 1]>::try_from(args.args).map_err(|_| {
-            DataFusionError::Internal("within_query_memory takes one argument".into())
-        })?;
-        let bytes = input_bytes(std::slice::from_ref(&value), args.number_rows);
+    fn check(&self, value: &ColumnarValue, rows: usize) -> Result<()> {
+        let bytes = input_bytes(std::slice::from_ref(value), rows);
         // Two operands of 32-bit offsets must fit 2 GiB together.
         let most = if small_offsets(&value.data_type()) {
             self.limit.min(OFFSET_LIMIT / 2)
@@ -401,31 +361,13 @@ impl ScalarUDFImpl for WithinQueryMemory {
             return Err(too_large(
                 "an operand of ||",
                 bytes,
-                args.number_rows,
+                rows,
                 most,
                 self.limit,
                 &value.data_type(),
             ));
         }
-        Ok(value)
-    }
-
-    fn output_ordering(&self, inputs: &[ExprProperties]) -> Result<SortProperties> {
-        Ok(inputs
-            .first()
-            .map(|p| p.sort_properties)
-            .unwrap_or(SortProperties::Singleton))
-    }
-
-    fn preserves_lex_ordering(&self, _inputs: &[ExprProperties]) -> Result<bool> {
-        Ok(true)
-    }
-
-    fn evaluate_bounds(&self, input: &[&Interval]) -> Result<Interval> {
-        match input.first() {
-            Some(i) => Ok((*i).clone()),
-            None => Interval::make_unbounded(&DataType::Null),
-        }
+        Ok(())
     }
 }
 
@@ -437,7 +379,7 @@ mod tests {
     use datafusion::common::ScalarValue;
     use datafusion::functions::core::expr_fn::get_field;
     use datafusion::functions::string::expr_fn::concat;
-    use datafusion::logical_expr::{binary_expr, col, create_udf, lit, table_scan};
+    use datafusion::logical_expr::{binary_expr, col, create_udf, lit, table_scan, Volatility};
 
     /// `func` called on `args` over `rows` rows, returning `returns`.
     fn call(
@@ -508,7 +450,7 @@ mod tests {
 
     #[test]
     fn operands_of_concatenation_are_passed_through_or_refused() {
-        let within = ScalarUDF::new_from_impl(WithinQueryMemory::new(1 << 20));
+        let within = Checked::udf(WithinQueryMemory { limit: 1 << 20 });
         let names: ArrayRef = Arc::new(StringArray::from(vec!["ab", "cd"]));
         let out = call(
             &within,

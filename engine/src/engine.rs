@@ -30,7 +30,7 @@ use datafusion::logical_expr::{LogicalPlan, Statement};
 use datafusion::optimizer::{Analyzer, Optimizer};
 use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::physical_plan::memory::MemoryStream;
-use datafusion::physical_plan::{execute_stream, ExecutionPlan};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use rand::distr::{Alphanumeric, SampleString};
 
@@ -203,6 +203,8 @@ pub struct Engine {
     catalogs: crate::catalog_cache::CatalogCache,
     /// What every statement's session state is cloned from.
     statement_state: SessionState,
+    /// Where statements execute (`executor.rs`).
+    executor: crate::executor::Executor,
 }
 
 /// A statement's result: its schema and a stream of batches.
@@ -331,6 +333,10 @@ impl Engine {
                 Arc::clone(&runtime),
                 options.limits.query_memory.min(options.limits.memory),
             )?,
+            executor: crate::executor::Executor::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+                crate::sql_guard::WORKER_STACK_BYTES,
+            )?,
             audit,
             metrics,
             store,
@@ -393,6 +399,11 @@ impl Engine {
                 );
             }
         });
+    }
+
+    /// Where statements execute.
+    pub(crate) fn executor(&self) -> &crate::executor::Executor {
+        &self.executor
     }
 
     /// The master key (for deriving signing keys at the transport).
@@ -971,6 +982,7 @@ impl Session {
             keys: self.engine.keys.clone(),
             applied: Mutex::new(Vec::new()),
             metrics: self.engine.metrics.clone(),
+            interrupt: Arc::default(),
         }
     }
 
@@ -1256,7 +1268,7 @@ impl Session {
         audit: &mut Option<QueryAudit>,
     ) -> Result<QueryOutput> {
         if let Some(planned) = planned {
-            let out = self.start(&planned.ctx, planned.plan)?;
+            let out = self.start(&planned.ctx, &planned.gctx, planned.plan)?;
             return Ok(match audit.take() {
                 Some(mut a) => {
                     a.entry.action = "Query".into();
@@ -1342,14 +1354,23 @@ impl Session {
             plan = plan.with_param_values(params)?;
         }
         let plan = ctx.state().create_physical_plan(&plan).await?;
-        Ok((self.start(ctx, plan)?, false))
+        Ok((self.start(ctx, gctx, plan)?, false))
     }
 
-    /// Starts a physical plan; the stream ends at the statement's deadline.
-    fn start(&self, ctx: &SessionContext, plan: Arc<dyn ExecutionPlan>) -> Result<QueryOutput> {
+    /// Starts a physical plan on the engine's executor; the stream ends at
+    /// the statement's deadline, and dropping it stops the statement.
+    fn start(
+        &self,
+        ctx: &SessionContext,
+        gctx: &GovernanceContext,
+        plan: Arc<dyn ExecutionPlan>,
+    ) -> Result<QueryOutput> {
         let task = TaskContext::from(&*ctx.state_ref().read())
             .with_runtime(self.engine.statement_runtime()?);
-        let mut stream = execute_stream(plan, Arc::new(task))?;
+        let mut stream =
+            self.engine
+                .executor
+                .execute(plan, Arc::new(task), Arc::clone(&gctx.interrupt))?;
         if let Some(deadline) = self.deadline {
             let timeout = self.engine.admission.limits().query_timeout;
             stream = crate::limits::with_deadline(stream, deadline, timeout);

@@ -69,6 +69,15 @@ fn with_limits(limits: Limits) -> EngineOptions {
     }
 }
 
+/// A demo server whose statements time out after 500 ms.
+async fn half_second_timeout() -> common::Server {
+    let limits = Limits {
+        query_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    start_with(with_limits(limits), None).await
+}
+
 /// Engine options with a statement memory share of `bytes`.
 fn with_query_memory(bytes: usize) -> EngineOptions {
     with_limits(Limits {
@@ -491,28 +500,16 @@ async fn slots_per_user_queue_and_time_out_and_a_dropped_stream_frees_its_slot()
 
     // Dropping the stream cancels the query and frees bob's slot.
     drop(stream);
-    let mut freed = false;
-    for _ in 0..50 {
-        if server.engine.admission().running() == 0 {
-            freed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(freed, "the cancelled query still holds its slot");
+    assert!(
+        all_slots_freed(&server.engine).await,
+        "the cancelled query still holds its slot"
+    );
     assert_eq!(rows(&query(&mut bob2, "SELECT 1").await.unwrap()), 1);
 }
 
 #[tokio::test]
 async fn a_statement_past_the_query_timeout_is_cancelled() {
-    let server = start_with(
-        with_limits(Limits {
-            query_timeout: Duration::from_millis(500),
-            ..Limits::default()
-        }),
-        None,
-    )
-    .await;
+    let server = half_second_timeout().await;
     let mut bob = client(server.handle.addr, "bob", "bob-pw").await.unwrap();
     let err = query(
         &mut bob,
@@ -541,6 +538,73 @@ async fn a_statement_past_the_query_timeout_is_cancelled() {
     assert_eq!(rows(&query(&mut bob, "SELECT 1").await.unwrap()), 1);
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(server.engine.admission().running(), 0);
+}
+
+/// Whether every admission slot is free within five seconds.
+async fn all_slots_freed(engine: &veil_engine::Engine) -> bool {
+    for _ in 0..100 {
+        if engine.admission().running() == 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// A nested-loop join that emits nothing: one poll compares the whole
+/// left (build) side with each right batch, each right batch in turn.
+const RUNAWAY_JOIN: &str = "SELECT count(*) FROM generate_series(1, 200000) a \
+    JOIN generate_series(1, 2000000) b ON a.value + b.value < 0";
+
+#[tokio::test]
+async fn a_runaway_join_stops_at_the_deadline_or_when_its_client_hangs_up() {
+    // One per thread of the engine's executor: before statements ran there
+    // and join conditions checked their interrupt (executor.rs,
+    // interrupt.rs), these held every worker thread for as long as the
+    // join ran (minutes), whatever the timeout, and the server accepted
+    // no connection meanwhile.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let server = half_second_timeout().await;
+    let mut clients = Vec::new();
+    for _ in 0..threads {
+        clients.push(client(server.handle.addr, "bob", "bob-pw").await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    let runs = clients.iter_mut().map(|c| query(c, RUNAWAY_JOIN));
+    for result in futures::future::join_all(runs).await {
+        let err = result.unwrap_err();
+        assert!(err.contains("query timeout (500ms)"), "{err}");
+    }
+    // The joins stopped: the next statement finds a thread in time.
+    assert_eq!(rows(&query(&mut clients[0], "SELECT 1").await.unwrap()), 1);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(server.engine.admission().running(), 0);
+
+    // With the default (one hour) timeout, clients that hang up.
+    let server = start_with(EngineOptions::default(), None).await;
+    let addr = server.handle.addr;
+    let mut clients = Vec::new();
+    for _ in 0..threads {
+        clients.push(client(addr, "bob", "bob-pw").await.unwrap());
+    }
+    let runs = futures::future::join_all(clients.iter_mut().map(|c| query(c, RUNAWAY_JOIN)));
+    // While they run, the server accepts a connection; then they hang up.
+    let connect = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        client(addr, "carol", "carol-pw").await
+    };
+    let mut carol = tokio::select! {
+        _ = runs => panic!("the joins finished before the client hung up"),
+        carol = connect => carol.unwrap(),
+    };
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(20), query(&mut carol, "SELECT 1")).await;
+    assert_eq!(rows(&answer.expect("no thread freed").unwrap()), 1);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(
+        all_slots_freed(&server.engine).await,
+        "the abandoned joins still hold their slots"
+    );
 }
 
 #[tokio::test]

@@ -53,6 +53,8 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Pla
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use futures::StreamExt;
 
+use super::rule::StatementGovernance;
+
 /// The logical governance barrier over one raw scan.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct GovernedScanNode {
@@ -502,7 +504,8 @@ fn optimize_hidden_input(
 
 /// DataFusion's default planner plus the governance barrier, and, when
 /// given a statement's memory share, the input bounds of
-/// `bounded_inputs.rs` on every function call.
+/// `bounded_inputs.rs` on every function call; a governed statement's
+/// join conditions check its interrupt (`interrupt.rs`).
 #[derive(Debug, Default)]
 pub struct GovernedQueryPlanner {
     /// Bytes one function call's arguments may take (`query_memory`);
@@ -519,15 +522,20 @@ impl QueryPlanner for GovernedQueryPlanner {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let planner =
             DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(GovernedScanPlanner)]);
-        match self.input_limit {
-            Some(limit) => {
-                let batch = session.config_options().execution.batch_size.get();
-                let bounded =
-                    crate::bounded_inputs::bound_inputs(logical_plan.clone(), limit, batch)?;
-                planner.create_physical_plan(&bounded, session).await
-            }
-            None => planner.create_physical_plan(logical_plan, session).await,
+        let mut plan = logical_plan.clone();
+        if let Some(limit) = self.input_limit {
+            let batch = session.config_options().execution.batch_size.get();
+            plan = crate::bounded_inputs::bound_inputs(plan, limit, batch)?;
         }
+        // A statement's join conditions stop when it does (interrupt.rs).
+        if let Some(governance) = session
+            .config_options()
+            .extensions
+            .get::<StatementGovernance>()
+        {
+            plan = crate::interrupt::interruptible_joins(plan, &governance.0.interrupt)?;
+        }
+        planner.create_physical_plan(&plan, session).await
     }
 }
 

@@ -56,6 +56,8 @@ pub struct GovernanceContext {
     pub applied: Mutex<Vec<AppliedPolicies>>,
     /// Where the analyzer's time is reported.
     pub metrics: crate::metrics::Metrics,
+    /// Set when the statement's output is dropped (`interrupt.rs`).
+    pub interrupt: Arc<crate::interrupt::Interrupt>,
 }
 
 /// The analyzer rule. One instance serves every statement: each

@@ -567,8 +567,15 @@ impl<'a> Writer<'a> {
                 .build();
             let df = DataFrame::new(state, plan);
             let url = format!("{}/", warehouse.url_of(&staging));
-            let counts = df
-                .write_parquet(&url, DataFrameWriteOptions::new(), Some(parquet_settings()))
+            // On the engine's executor, like every query (executor.rs).
+            let write = async move {
+                Ok(df
+                    .write_parquet(&url, DataFrameWriteOptions::new(), Some(parquet_settings()))
+                    .await?)
+            };
+            let counts = engine
+                .executor()
+                .run(write, Arc::clone(&self.gctx.interrupt))
                 .await?;
             let rows: u64 = counts
                 .iter()

@@ -1,0 +1,198 @@
+//! Statements execute on a runtime of their own.
+//!
+//! The server's runtime answers the network: it accepts connections,
+//! authenticates, plans, answers metadata and enforces deadlines. Queries
+//! and workspace writes run on the engine's [`Executor`], a second Tokio
+//! runtime with one worker per core (DataFusion's advice for separating
+//! CPU-bound work from I/O), and reach the server over a channel of a few
+//! batches. A statement that keeps its threads busy (one long poll of a
+//! join: `interrupt.rs`) then slows other statements down but never stops
+//! the server from accepting a connection, answering its health check,
+//! cancelling at the deadline or noticing that a client hung up. A
+//! statement whose output is dropped is aborted at its next `.await` and
+//! its [`Interrupt`] set, which ends a long poll at its next join
+//! condition. A panic inside a statement becomes its error, never a
+//! silently short answer.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use datafusion::common::runtime::SpawnedTask;
+use datafusion::common::DataFusionError;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{execute_stream, ExecutionPlan};
+use futures::{FutureExt, StreamExt};
+use tokio::runtime::{Handle, Runtime};
+
+use crate::error::{Result, VeilError};
+use crate::interrupt::{Interrupt, StopOnDrop};
+
+/// Batches a statement may run ahead of its reader.
+const AHEAD: usize = 2;
+
+/// The runtime statements execute on; shut down (without waiting for
+/// running statements) when dropped.
+#[derive(Debug)]
+pub(crate) struct Executor {
+    runtime: Option<Runtime>,
+    handle: Handle,
+}
+
+impl Executor {
+    /// A runtime of `threads` workers of `stack` bytes each.
+    pub fn new(threads: usize, stack: usize) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("veil-exec")
+            .thread_stack_size(stack)
+            .enable_all()
+            .build()
+            .map_err(|e| VeilError::Internal(format!("cannot start the executor: {e}")))?;
+        let handle = runtime.handle().clone();
+        Ok(Self {
+            runtime: Some(runtime),
+            handle,
+        })
+    }
+
+    /// Starts `plan` on the executor; its batches come back through the
+    /// returned stream. Dropping the stream aborts the statement and sets
+    /// `interrupt`.
+    pub fn execute(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        task: Arc<TaskContext>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<SendableRecordBatchStream> {
+        let schema = plan.schema();
+        // Operators spawn their tasks on the runtime they are started in.
+        let _enter = self.handle.enter();
+        let mut stream = execute_stream(plan, task)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(AHEAD);
+        let drain = async move {
+            let drained = AssertUnwindSafe(async {
+                while let Some(item) = stream.next().await {
+                    if tx.send(item).await.is_err() {
+                        break; // the reader is gone
+                    }
+                }
+            })
+            .catch_unwind()
+            .await;
+            if let Err(panic) = drained {
+                let error = DataFusionError::Internal(format!(
+                    "the statement failed: {}",
+                    panic_message(panic.as_ref())
+                ));
+                let _ = tx.send(Err(error)).await;
+            }
+        };
+        let guard = (SpawnedTask::spawn(drain), StopOnDrop(interrupt));
+        let batches = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+            rx.recv().await.map(|item| (item, (rx, guard)))
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+    }
+
+    /// Runs `work` (a workspace write) on the executor. Dropping the
+    /// returned future aborts it and sets `interrupt`.
+    pub async fn run<T, F>(&self, work: F, interrupt: Arc<Interrupt>) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let _stop = StopOnDrop(interrupt);
+        let task = {
+            let _enter = self.handle.enter();
+            SpawnedTask::spawn(AssertUnwindSafe(work).catch_unwind())
+        };
+        match task.join().await {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => Err(VeilError::Internal(format!(
+                "the statement failed: {}",
+                panic_message(panic.as_ref())
+            ))),
+            Err(e) => Err(VeilError::Internal(format!("the statement failed: {e}"))),
+        }
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The text a panic carried, if any.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::SessionContext;
+    use futures::TryStreamExt;
+
+    fn executor() -> Executor {
+        Executor::new(1, 2 << 20).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_plan_streams_its_batches_back() {
+        let exec = executor();
+        let ctx = SessionContext::new();
+        let plan = ctx
+            .sql("SELECT value FROM generate_series(1, 100000)")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let stream = exec.execute(plan, ctx.task_ctx(), Arc::default()).unwrap();
+        let batches: Vec<_> = stream.try_collect().await.unwrap();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, 100000);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_stream_stops_the_statement() {
+        let exec = executor();
+        let ctx = SessionContext::new();
+        let plan = ctx
+            .sql("SELECT count(*) FROM generate_series(1, 100000000)")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let interrupt = Arc::new(Interrupt::default());
+        let stream = exec
+            .execute(plan, ctx.task_ctx(), Arc::clone(&interrupt))
+            .unwrap();
+        assert!(!interrupt.is_stopped());
+        drop(stream);
+        assert!(interrupt.is_stopped());
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_an_error_not_a_short_answer() {
+        let exec = executor();
+        let fail = || -> Result<()> { panic!("boom") };
+        let err = exec
+            .run(async move { fail() }, Arc::default())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("boom"), "{err}");
+        let answer = exec.run(async { Ok(42) }, Arc::default()).await.unwrap();
+        assert_eq!(answer, 42);
+    }
+}
