@@ -993,7 +993,9 @@ impl Session {
         let state = ctx.state();
         let limit = state.config_options().sql_parser.recursion_limit.get();
         let statement = crate::sql_guard::parse_statement(&sql, limit)?;
-        let plan = state.statement_to_plan(statement).await?;
+        let plan = self
+            .planning(async move { Ok(state.statement_to_plan(statement).await?) })
+            .await?;
         if let LogicalPlan::Statement(Statement::SetVariable(set)) = &plan {
             return Ok(Planned::Set(settable(&set.variable, set.value.to_string())));
         }
@@ -1030,7 +1032,7 @@ impl Session {
     /// statements and SET report empty schemas (they run when executed).
     /// A refused or failing statement leaves its audit record here.
     pub async fn prepare(&self, sql: &str) -> Result<(SchemaRef, SchemaRef)> {
-        let result = self.prepare_plan(sql).await;
+        let result = self.admitted(self.prepare_plan(sql)).await;
         if let Err(e) = &result {
             self.audit_prepare_error(sql, e).await;
         }
@@ -1078,9 +1080,14 @@ impl Session {
         if write {
             return Ok((empty(), param_schema));
         }
-        let schema = match ctx.state().optimize(&plan) {
+        let state = ctx.state();
+        let input = plan.clone();
+        let optimized = self
+            .planning(async move { Ok(state.optimize(&input)?) })
+            .await;
+        let schema = match optimized {
             Ok(p) => p.schema().as_arrow().clone(),
-            Err(e) if param_schema.fields().is_empty() => return Err(e.into()),
+            Err(e) if param_schema.fields().is_empty() => return Err(e),
             Err(_) => plan.schema().as_arrow().clone(),
         };
         Ok((Arc::new(schema), param_schema))
@@ -1097,7 +1104,7 @@ impl Session {
         sql: &str,
         params: Option<ParamValues>,
     ) -> Result<(SchemaRef, Option<String>)> {
-        let result = self.plan_ahead_inner(sql, params).await;
+        let result = self.admitted(self.plan_ahead_inner(sql, params)).await;
         if let Err(e) = &result {
             self.audit_prepare_error(sql, e).await;
         }
@@ -1126,7 +1133,7 @@ impl Session {
             Some(params) => plan.with_param_values(params)?,
             None => plan,
         };
-        let plan = ctx.state().create_physical_plan(&plan).await?;
+        let plan = self.physical_plan(&ctx, plan).await?;
         let schema = plan.schema();
         let key = self.plan_key(gctx.snapshot.version, sql);
         let id = self.engine.plans.put(crate::plan_cache::PlannedQuery {
@@ -1353,8 +1360,42 @@ impl Session {
         if let Some(params) = params {
             plan = plan.with_param_values(params)?;
         }
-        let plan = ctx.state().create_physical_plan(&plan).await?;
+        let plan = self.physical_plan(ctx, plan).await?;
         Ok((self.start(ctx, gctx, plan)?, false))
+    }
+
+    /// Runs `work` (planning ahead of execution) under the same limits as
+    /// a statement: a slot of the user's and the server's, and the query
+    /// timeout.
+    async fn admitted<T>(&self, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let _slot = self.engine.admission.admit(&self.user).await?;
+        let timeout = self.engine.admission.limits().query_timeout;
+        tokio::time::timeout(timeout, work)
+            .await
+            .unwrap_or_else(|_| Err(crate::limits::timed_out(timeout)))
+    }
+
+    /// Runs planning work on the engine's executor (`executor.rs`): a
+    /// statement that takes long to plan holds the executor's threads,
+    /// never the server's, and a panic while planning is an error.
+    pub(crate) async fn planning<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        self.engine.executor.run(work, Arc::default()).await
+    }
+
+    /// The governed physical plan of `plan` (analysis, optimization and
+    /// physical planning), made on the executor.
+    async fn physical_plan(
+        &self,
+        ctx: &SessionContext,
+        plan: LogicalPlan,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let state = ctx.state();
+        self.planning(async move { Ok(state.create_physical_plan(&plan).await?) })
+            .await
     }
 
     /// Starts a physical plan on the engine's executor; the stream ends at

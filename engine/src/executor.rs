@@ -1,8 +1,9 @@
 //! Statements execute on a runtime of their own.
 //!
 //! The server's runtime answers the network: it accepts connections,
-//! authenticates, plans, answers metadata and enforces deadlines. Queries
-//! and workspace writes run on the engine's [`Executor`], a second Tokio
+//! authenticates, answers metadata and enforces deadlines. Planning
+//! (`Session::planning`), queries and workspace writes run on the
+//! engine's [`Executor`], a second Tokio
 //! runtime with one worker per core (DataFusion's advice for separating
 //! CPU-bound work from I/O), and reach the server over a channel of a few
 //! batches. A statement that keeps its threads busy (one long poll of a
@@ -72,10 +73,25 @@ impl Executor {
         let mut stream = execute_stream(plan, task)?;
         let (tx, rx) = tokio::sync::mpsc::channel(AHEAD);
         let drain = async move {
+            // The plan is dropped (its memory and slots released) before
+            // the reader sees its end or its error.
             let drained = AssertUnwindSafe(async {
-                while let Some(item) = stream.next().await {
-                    if tx.send(item).await.is_err() {
-                        break; // the reader is gone
+                loop {
+                    match stream.next().await {
+                        Some(Ok(batch)) => {
+                            if tx.send(Ok(batch)).await.is_err() {
+                                return; // the reader is gone
+                            }
+                        }
+                        Some(Err(e)) => {
+                            drop(stream);
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                        None => {
+                            drop(stream);
+                            return;
+                        }
                     }
                 }
             })

@@ -658,7 +658,15 @@ async fn a_masked_group_by_groups_raw_values_and_returns_only_tokens() {
     ] {
         let out = text(&mut bob, sql).await;
         for raw in ["EU", "APAC", "alpha", "gamma", "xa1"] {
-            assert!(!out.contains(raw), "{sql}: {out}");
+            // A value is one line. Tokens are random (random keys), and a
+            // short raw value turns up inside one by chance ("EU" in about
+            // one run in six), so short ones are compared whole.
+            let leaked = if raw.len() >= 4 {
+                out.contains(raw)
+            } else {
+                out.lines().any(|l| l.trim() == raw)
+            };
+            assert!(!leaked, "{sql}: {raw} in {out}");
         }
         assert!(!out.contains("rror"), "{sql}: {out}");
     }

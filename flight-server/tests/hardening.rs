@@ -538,6 +538,24 @@ async fn a_statement_past_the_query_timeout_is_cancelled() {
     assert_eq!(rows(&query(&mut bob, "SELECT 1").await.unwrap()), 1);
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(server.engine.admission().running(), 0);
+
+    // Planning counts too. A join of 100 relations takes seconds to plan
+    // (planning time grows as the cube of the join count); planned on the
+    // runtime that serves the network, it held a thread and no timeout
+    // applied to it. Planning runs on the engine's executor and within the
+    // timeout (executor.rs, Session::admitted).
+    let joins: String = (1..100)
+        .map(|i| {
+            format!(
+                " JOIN generate_series(1, 2) a{i} ON a{}.value = a{i}.value",
+                i - 1
+            )
+        })
+        .collect();
+    let many = format!("SELECT count(*) FROM generate_series(1, 2) a0{joins}");
+    let err = query(&mut bob, &many).await.unwrap_err();
+    assert!(err.contains("query timeout (500ms)"), "{err}");
+    assert_eq!(rows(&query(&mut bob, "SELECT 1").await.unwrap()), 1);
 }
 
 /// Whether every admission slot is free within five seconds.

@@ -537,7 +537,11 @@ impl<'a> Writer<'a> {
         let engine = self.session.engine();
         let warehouse = engine.warehouse();
         let state = ctx.state();
-        let plan = state.optimize(&input)?;
+        let optimizing = state.clone();
+        let plan = self
+            .session
+            .planning(async move { Ok(optimizing.optimize(&input)?) })
+            .await?;
         let masked = masked_map(&plan, &self.gctx.snapshot);
         let parents: std::collections::BTreeSet<String> = self
             .gctx
