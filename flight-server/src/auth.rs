@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 use veil_engine::{Engine, Session};
@@ -75,6 +76,8 @@ pub struct Sessions {
     engine: Arc<Engine>,
     signer: Signer,
     live: Mutex<HashMap<String, Live>>,
+    /// Password checks running at once (one per core).
+    checks: Arc<Semaphore>,
 }
 
 impl Sessions {
@@ -84,13 +87,21 @@ impl Sessions {
             engine,
             signer,
             live: Mutex::new(HashMap::new()),
+            checks: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
         }
     }
 
     /// Checks a password (or, with no password and a verified client
     /// certificate, the certificate) and opens a session; returns its
     /// bearer token. A client certificate may only log in its own user.
-    pub fn login(&self, user: &str, password: Option<&str>, peer: &Peer) -> Result<String, Status> {
+    pub async fn login(
+        &self,
+        user: &str,
+        password: Option<&str>,
+        peer: &Peer,
+    ) -> Result<String, Status> {
         if let Some(cert_user) = &peer.cert_user {
             if cert_user != user {
                 return Err(Status::unauthenticated(format!(
@@ -100,7 +111,7 @@ impl Sessions {
         }
         let client = peer.addr.as_deref();
         let u = match (password, &peer.cert_user) {
-            (Some(p), _) => self.engine.login(user, p, client),
+            (Some(p), _) => self.check_password(user, p, client).await?,
             (None, Some(_)) => self.engine.login_certificate(user, client),
             (None, None) => {
                 return Err(Status::unauthenticated(
@@ -136,11 +147,38 @@ impl Sessions {
         Ok(token)
     }
 
+    /// Checks a password off the server's threads: argon2 takes tens of
+    /// milliseconds of CPU (and 19 MiB), and a flood of logins run on the
+    /// threads that serve the network stalled every session. At most one
+    /// check per core runs at once; the others wait their turn.
+    async fn check_password(
+        &self,
+        user: &str,
+        password: &str,
+        client: Option<&str>,
+    ) -> Result<veil_engine::Result<veil_engine::model::User>, Status> {
+        let _turn = self
+            .checks
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("the server is shutting down"))?;
+        let engine = Arc::clone(&self.engine);
+        let (user, password) = (user.to_string(), password.to_string());
+        let client = client.map(str::to_string);
+        tokio::task::spawn_blocking(move || engine.login(&user, &password, client.as_deref()))
+            .await
+            .map_err(|e| Status::internal(format!("the password check failed: {e}")))
+    }
+
     /// The session behind a request's bearer token (or Basic credentials,
     /// which open a fresh session). Returns (session id, session). A session
     /// whose login was revoked (user dropped, password changed, permission
     /// revoked) is closed and refused.
-    pub fn authenticate(&self, md: &MetadataMap, peer: &Peer) -> Result<(String, Session), Status> {
+    pub async fn authenticate(
+        &self,
+        md: &MetadataMap,
+        peer: &Peer,
+    ) -> Result<(String, Session), Status> {
         let header = md
             .get("authorization")
             .ok_or_else(|| {
@@ -155,7 +193,7 @@ impl Sessions {
             t.trim().to_string()
         } else {
             let (u, p) = decode_basic(header)?;
-            self.login(&u, Some(&p), peer)?
+            self.login(&u, Some(&p), peer).await?
         };
         let body: TokenBody = self.signer.verify("token", &token)?;
         let mut session = {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::HandshakeRequest;
-use common::{client, query, rows, start_with};
+use common::{client, query, rows, start, start_with};
 use datafusion::arrow::array::Int64Array;
 use futures::StreamExt;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -622,6 +622,37 @@ async fn a_runaway_join_stops_at_the_deadline_or_when_its_client_hangs_up() {
     assert!(
         all_slots_freed(&server.engine).await,
         "the abandoned joins still hold their slots"
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_logins_does_not_hold_up_running_sessions() {
+    // A password check is argon2: tens of milliseconds of CPU. Checked on
+    // the threads that serve the network, 32 logins at once held up every
+    // session behind them; they are checked off those threads, one per
+    // core at a time (auth.rs).
+    const LOGINS: usize = 32;
+    let server = start().await;
+    let addr = server.handle.addr;
+    let mut bob = client(addr, "bob", "bob-pw").await.unwrap();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let logins = futures::future::join_all((0..LOGINS).map(|_| async {
+        let c = client(addr, "carol", "carol-pw").await;
+        done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        c
+    }));
+    let answer = async {
+        // Once the logins are under way.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let answer = query(&mut bob, "SELECT 1").await;
+        (answer, done.load(std::sync::atomic::Ordering::SeqCst))
+    };
+    let (logins, (answer, finished_before)) = tokio::join!(logins, answer);
+    assert_eq!(rows(&answer.unwrap()), 1);
+    assert!(logins.iter().all(Result::is_ok));
+    assert!(
+        finished_before < LOGINS / 2,
+        "bob waited for {finished_before} of {LOGINS} logins"
     );
 }
 

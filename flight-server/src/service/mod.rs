@@ -101,12 +101,19 @@ impl VeilFlightSql {
         }
     }
 
-    /// Authenticates a call and applies its session headers.
-    fn session<T>(&self, request: &Request<T>) -> Result<(String, Session), Status> {
-        let md = request.metadata();
-        let (sid, mut session) = self.sessions.authenticate(md, &Peer::of(request))?;
-        apply_headers(&mut session, md)?;
-        Ok((sid, session))
+    /// Authenticates a call and applies its session headers. The future
+    /// holds a copy of the call's metadata, not the call.
+    fn session<T>(
+        &self,
+        request: &Request<T>,
+    ) -> impl std::future::Future<Output = Result<(String, Session), Status>> + Send + '_ {
+        let md = request.metadata().clone();
+        let peer = Peer::of(request);
+        async move {
+            let (sid, mut session) = self.sessions.authenticate(&md, &peer).await?;
+            apply_headers(&mut session, &md)?;
+            Ok((sid, session))
+        }
     }
 }
 
@@ -137,10 +144,10 @@ impl FlightSqlService for VeilFlightSql {
         let token = match header(md, "authorization") {
             Some(auth) => {
                 let (user, password) = decode_basic(auth)?;
-                self.sessions.login(&user, Some(&password), &peer)?
+                self.sessions.login(&user, Some(&password), &peer).await?
             }
             None => match &peer.cert_user {
-                Some(user) => self.sessions.login(user, None, &peer)?,
+                Some(user) => self.sessions.login(user, None, &peer).await?,
                 None => {
                     return Err(Status::unauthenticated(
                         "Handshake needs Basic credentials or a client certificate",
@@ -153,7 +160,7 @@ impl FlightSqlService for VeilFlightSql {
         let value = MetadataValue::try_from(format!("Bearer {token}"))
             .map_err(|_| Status::internal("token is not a valid header"))?;
         bearer.insert("authorization", value.clone());
-        let (sid, mut session) = self.sessions.authenticate(&bearer, &peer)?;
+        let (sid, mut session) = self.sessions.authenticate(&bearer, &peer).await?;
         apply_headers(&mut session, md)?;
         self.sessions.store(&sid, session);
         let reply = HandshakeResponse {
@@ -172,7 +179,7 @@ impl FlightSqlService for VeilFlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let (sid, session) = self.session(&request)?;
+        let (sid, session) = self.session(&request).await?;
         let handle = Handle {
             sid: sid.clone(),
             user: session.user().to_string(),
@@ -191,7 +198,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let (sid, session) = self.session(&request)?;
+        let (sid, session) = self.session(&request).await?;
         let handle = self.open_handle(&session, &cmd.prepared_statement_handle)?;
         let info = self
             .flight_info(session, &sid, handle, request.into_inner())
@@ -204,7 +211,7 @@ impl FlightSqlService for VeilFlightSql {
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let (_, session) = self.session(&request)?;
+        let (_, session) = self.session(&request).await?;
         Ok(Response::new(
             self.do_get_ticket(session, &ticket.statement_handle)
                 .await?,
@@ -216,7 +223,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandPreparedStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let (sid, mut session) = self.session(&request)?;
+        let (sid, mut session) = self.session(&request).await?;
         let handle = self.open_handle(&session, &cmd.prepared_statement_handle)?;
         if handle.sid != sid {
             return Err(Status::permission_denied(
@@ -233,7 +240,7 @@ impl FlightSqlService for VeilFlightSql {
         query: ActionCreatePreparedStatementRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let (sid, session) = self.session(&request)?;
+        let (sid, session) = self.session(&request).await?;
         let (dataset, params) = session.prepare(&query.query).await.map_err(to_status)?;
         let handle = Handle {
             sid,
@@ -256,7 +263,7 @@ impl FlightSqlService for VeilFlightSql {
     ) -> Result<(), Status> {
         // Handles are self-contained and expire on their own; tickets from
         // them stay valid for partitions fetched later.
-        self.session(&request)?;
+        self.session(&request).await?;
         Ok(())
     }
 
@@ -265,7 +272,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
-        let (_, session) = self.session(&request)?;
+        let (_, session) = self.session(&request).await?;
         let handle = self.open_handle(&session, &cmd.prepared_statement_handle)?;
         let (schema, batches) = Self::read_batches(request).await?;
         Ok(DoPutPreparedStatementResult {
@@ -278,7 +285,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandPreparedStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let (sid, mut session) = self.session(&request)?;
+        let (sid, mut session) = self.session(&request).await?;
         let handle = self.open_handle(&session, &cmd.prepared_statement_handle)?;
         statements::enter(&mut session, handle.project.as_deref())?;
         let (_, batches) = Self::read_batches(request).await?;
@@ -292,7 +299,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandStatementIngest,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let (_, session) = self.session(&request)?;
+        let (_, session) = self.session(&request).await?;
         let mode = statements::ingest_mode(&session, &cmd)?;
         let stream = statements::ingest_stream(request).await?;
         let rows = veil_engine::workspace::write::ingest(&session, &cmd.table, mode, stream)
@@ -306,7 +313,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let (sid, mut session) = self.session(&request)?;
+        let (sid, mut session) = self.session(&request).await?;
         let n = self.run_update(&mut session, &cmd.query, &[]).await?;
         self.sessions.store(&sid, session);
         Ok(n)
@@ -317,7 +324,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(&request)?;
+        self.session(&request).await?;
         let schema = cmd.into_builder().schema();
         metadata_info(cmd, &schema, request.into_inner())
     }
@@ -327,7 +334,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetCatalogs,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let (_, session) = self.session(&request)?;
+        let (_, session) = self.session(&request).await?;
         let mut b = cmd.into_builder();
         b.append(veil_engine::catalog::CATALOG);
         for project in session.projects().map_err(to_status)? {
@@ -343,7 +350,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(&request)?;
+        self.session(&request).await?;
         let schema = cmd.clone().into_builder().schema();
         metadata_info(cmd, &schema, request.into_inner())
     }
@@ -353,7 +360,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetDbSchemas,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let (_, session) = self.session(&request)?;
+        let (_, session) = self.session(&request).await?;
         let schema = cmd.clone().into_builder().schema();
         let batch = metadata::db_schemas(&session, cmd).await?;
         Ok(Response::new(batch_stream(schema, batch)))
@@ -364,7 +371,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(&request)?;
+        self.session(&request).await?;
         let schema = cmd.clone().into_builder().schema();
         metadata_info(cmd, &schema, request.into_inner())
     }
@@ -374,7 +381,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetTables,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let (_, session) = self.session(&request)?;
+        let (_, session) = self.session(&request).await?;
         let schema = cmd.clone().into_builder().schema();
         let batch = metadata::tables(&session, cmd).await?;
         Ok(Response::new(batch_stream(schema, batch)))
@@ -385,7 +392,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(&request)?;
+        self.session(&request).await?;
         let schema = cmd.into_builder().schema();
         metadata_info(cmd, &schema, request.into_inner())
     }
@@ -395,7 +402,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetTableTypes,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.session(&request)?;
+        self.session(&request).await?;
         let mut b = cmd.into_builder();
         b.append(metadata::TABLE_TYPE);
         let schema = b.schema();
@@ -408,7 +415,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(&request)?;
+        self.session(&request).await?;
         let info = metadata::SQL_INFO
             .as_ref()
             .ok_or_else(|| Status::internal("sql info"))?;
@@ -421,7 +428,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetSqlInfo,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.session(&request)?;
+        self.session(&request).await?;
         let info = metadata::SQL_INFO
             .as_ref()
             .ok_or_else(|| Status::internal("sql info"))?;
@@ -436,7 +443,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetXdbcTypeInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(&request)?;
+        self.session(&request).await?;
         let info = metadata::XDBC_INFO
             .as_ref()
             .ok_or_else(|| Status::internal("xdbc info"))?;
@@ -449,7 +456,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetXdbcTypeInfo,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.session(&request)?;
+        self.session(&request).await?;
         let info = metadata::XDBC_INFO
             .as_ref()
             .ok_or_else(|| Status::internal("xdbc info"))?;
@@ -464,7 +471,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetPrimaryKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(&request)?;
+        self.session(&request).await?;
         metadata_info(cmd, &metadata::primary_keys_schema(), request.into_inner())
     }
 
@@ -473,7 +480,7 @@ impl FlightSqlService for VeilFlightSql {
         _cmd: CommandGetPrimaryKeys,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.session(&request)?;
+        self.session(&request).await?;
         let schema = metadata::primary_keys_schema();
         Ok(Response::new(batch_stream(
             Arc::clone(&schema),
@@ -486,7 +493,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetExportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(&request)?;
+        self.session(&request).await?;
         metadata_info(cmd, &metadata::foreign_keys_schema(), request.into_inner())
     }
 
@@ -495,7 +502,7 @@ impl FlightSqlService for VeilFlightSql {
         _cmd: CommandGetExportedKeys,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.session(&request)?;
+        self.session(&request).await?;
         let schema = metadata::foreign_keys_schema();
         Ok(Response::new(batch_stream(
             Arc::clone(&schema),
@@ -508,7 +515,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetImportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(&request)?;
+        self.session(&request).await?;
         metadata_info(cmd, &metadata::foreign_keys_schema(), request.into_inner())
     }
 
@@ -517,7 +524,7 @@ impl FlightSqlService for VeilFlightSql {
         _cmd: CommandGetImportedKeys,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.session(&request)?;
+        self.session(&request).await?;
         let schema = metadata::foreign_keys_schema();
         Ok(Response::new(batch_stream(
             Arc::clone(&schema),
@@ -530,7 +537,7 @@ impl FlightSqlService for VeilFlightSql {
         cmd: CommandGetCrossReference,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(&request)?;
+        self.session(&request).await?;
         metadata_info(cmd, &metadata::foreign_keys_schema(), request.into_inner())
     }
 
@@ -539,7 +546,7 @@ impl FlightSqlService for VeilFlightSql {
         _cmd: CommandGetCrossReference,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.session(&request)?;
+        self.session(&request).await?;
         let schema = metadata::foreign_keys_schema();
         Ok(Response::new(batch_stream(
             Arc::clone(&schema),
@@ -551,7 +558,7 @@ impl FlightSqlService for VeilFlightSql {
         &self,
         request: Request<arrow_flight::Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
-        let (sid, mut session) = self.session(&request)?;
+        let (sid, mut session) = self.session(&request).await?;
         let action = request.into_inner();
         let body = match action.r#type.as_str() {
             "SetSessionOptions" => {
