@@ -204,7 +204,7 @@ pub struct Engine {
     /// What every statement's session state is cloned from.
     statement_state: SessionState,
     /// Where statements execute (`executor.rs`).
-    executor: crate::executor::Executor,
+    executor: Arc<crate::executor::Executor>,
 }
 
 /// A statement's result: its schema and a stream of batches.
@@ -333,10 +333,10 @@ impl Engine {
                 Arc::clone(&runtime),
                 options.limits.query_memory.min(options.limits.memory),
             )?,
-            executor: crate::executor::Executor::new(
+            executor: Arc::new(crate::executor::Executor::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
                 crate::sql_guard::WORKER_STACK_BYTES,
-            )?,
+            )?),
             audit,
             metrics,
             store,

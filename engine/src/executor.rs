@@ -59,10 +59,12 @@ impl Executor {
     }
 
     /// Starts `plan` on the executor; its batches come back through the
-    /// returned stream. Dropping the stream aborts the statement and sets
+    /// returned stream, which keeps the executor running until it ends
+    /// (an executor shut down under a reader would look like the end of
+    /// its answer). Dropping the stream aborts the statement and sets
     /// `interrupt`.
     pub fn execute(
-        &self,
+        self: &Arc<Self>,
         plan: Arc<dyn ExecutionPlan>,
         task: Arc<TaskContext>,
         interrupt: Arc<Interrupt>,
@@ -105,7 +107,11 @@ impl Executor {
                 let _ = tx.send(Err(error)).await;
             }
         };
-        let guard = (SpawnedTask::spawn(drain), StopOnDrop(interrupt));
+        let guard = (
+            SpawnedTask::spawn(drain),
+            StopOnDrop(interrupt),
+            Arc::clone(self),
+        );
         let batches = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
             rx.recv().await.map(|item| (item, (rx, guard)))
         });
@@ -158,8 +164,8 @@ mod tests {
     use datafusion::prelude::SessionContext;
     use futures::TryStreamExt;
 
-    fn executor() -> Executor {
-        Executor::new(1, 2 << 20).unwrap()
+    fn executor() -> Arc<Executor> {
+        Arc::new(Executor::new(1, 2 << 20).unwrap())
     }
 
     #[tokio::test]
@@ -174,6 +180,24 @@ mod tests {
             .await
             .unwrap();
         let stream = exec.execute(plan, ctx.task_ctx(), Arc::default()).unwrap();
+        let batches: Vec<_> = stream.try_collect().await.unwrap();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, 100000);
+    }
+
+    #[tokio::test]
+    async fn an_open_stream_keeps_the_executor_running() {
+        let exec = executor();
+        let ctx = SessionContext::new();
+        let plan = ctx
+            .sql("SELECT value FROM generate_series(1, 100000)")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let stream = exec.execute(plan, ctx.task_ctx(), Arc::default()).unwrap();
+        drop(exec); // the engine went away
         let batches: Vec<_> = stream.try_collect().await.unwrap();
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         assert_eq!(rows, 100000);
@@ -202,6 +226,26 @@ mod tests {
     #[tokio::test]
     async fn a_panic_is_an_error_not_a_short_answer() {
         let exec = executor();
+        let ctx = SessionContext::new();
+        let boom = datafusion::logical_expr::create_udf(
+            "boom",
+            vec![datafusion::arrow::datatypes::DataType::Int64],
+            datafusion::arrow::datatypes::DataType::Int64,
+            datafusion::logical_expr::Volatility::Volatile,
+            Arc::new(|_: &[datafusion::logical_expr::ColumnarValue]| panic!("boom")),
+        );
+        ctx.register_udf(boom);
+        let plan = ctx
+            .sql("SELECT boom(value) FROM generate_series(1, 10)")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let stream = exec.execute(plan, ctx.task_ctx(), Arc::default()).unwrap();
+        let err = stream.try_collect::<Vec<_>>().await.unwrap_err();
+        assert!(err.to_string().contains("boom"), "{err}");
+
         let fail = || -> Result<()> { panic!("boom") };
         let err = exec
             .run(async move { fail() }, Arc::default())
