@@ -213,7 +213,7 @@ async fn a_query_over_its_memory_share_fails_cleanly_while_another_runs() {
     assert!(count(&small.unwrap()) > 0);
 
     // The server is healthy and the memory came back.
-    assert_eq!(server.engine.admission().memory().used(), 0);
+    assert!(all_memory_back(&server.engine).await);
     let again = query(&mut bob, "SELECT count(*) FROM sales.transactions")
         .await
         .unwrap();
@@ -297,7 +297,7 @@ async fn values_grown_by_repetition_are_held_to_the_memory_share() {
         );
         assert_eq!(rows(&query(&mut bob, "SELECT 1").await.unwrap()), 1);
     }
-    assert_eq!(server.engine.admission().memory().used(), 0);
+    assert!(all_memory_back(&server.engine).await);
 
     // `||` and functions answer as before, under their usual names.
     let same = query(
@@ -406,7 +406,7 @@ async fn window_values_are_held_to_the_memory_share() {
         e.contains("array_agg with FILTER over a whole partition"),
         "{e:.300}"
     );
-    assert_eq!(server.engine.admission().memory().used(), 0);
+    assert!(all_memory_back(&server.engine).await);
 
     // Windows of ordinary size answer, over many rows and a governed table.
     let sliding = query(
@@ -457,7 +457,7 @@ async fn spilling_past_the_spill_limit_fails_the_statement_alone() {
         "{err}"
     );
     // Nothing is left spilled and the server serves on.
-    assert_eq!(server.engine.admission().memory().used(), 0);
+    assert!(all_memory_back(&server.engine).await);
     let small = "SELECT value FROM generate_series(1, 10000) ORDER BY value DESC LIMIT 1";
     assert_eq!(rows(&query(&mut bob, small).await.unwrap()), 1);
 }
@@ -558,15 +558,26 @@ async fn a_statement_past_the_query_timeout_is_cancelled() {
     assert_eq!(rows(&query(&mut bob, "SELECT 1").await.unwrap()), 1);
 }
 
-/// Whether every admission slot is free within five seconds.
-async fn all_slots_freed(engine: &veil_engine::Engine) -> bool {
+/// Whether `done` holds within five seconds: a stopped statement's tasks
+/// on the engine's executor release their slots and memory as they stop.
+async fn soon(done: impl Fn() -> bool) -> bool {
     for _ in 0..100 {
-        if engine.admission().running() == 0 {
+        if done() {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// Whether every admission slot is free within five seconds.
+async fn all_slots_freed(engine: &veil_engine::Engine) -> bool {
+    soon(|| engine.admission().running() == 0).await
+}
+
+/// Whether all statement memory is back within five seconds.
+async fn all_memory_back(engine: &veil_engine::Engine) -> bool {
+    soon(|| engine.admission().memory().used() == 0).await
 }
 
 /// A nested-loop join that emits nothing: one poll compares the whole
