@@ -3,10 +3,9 @@
 //! The server's runtime answers the network: it accepts connections,
 //! authenticates, answers metadata and enforces deadlines. Planning
 //! (`Session::planning`), queries and workspace writes run on the
-//! engine's [`Executor`], a second Tokio
-//! runtime with one worker per core (DataFusion's advice for separating
-//! CPU-bound work from I/O), and reach the server over a channel of a few
-//! batches. A statement that keeps its threads busy (one long poll of a
+//! engine's [`Executor`], a second Tokio runtime with one worker per core
+//! (DataFusion's advice for separating CPU-bound work from I/O); results
+//! reach the server over a channel of a few batches. A statement that keeps its threads busy (one long poll of a
 //! join: `interrupt.rs`) then slows other statements down but never stops
 //! the server from accepting a connection, answering its health check,
 //! cancelling at the deadline or noticing that a client hung up. A
@@ -75,8 +74,9 @@ impl Executor {
         let mut stream = execute_stream(plan, task)?;
         let (tx, rx) = tokio::sync::mpsc::channel(AHEAD);
         let drain = async move {
-            // The plan is dropped (its memory and slots released) before
-            // the reader sees its end or its error.
+            // The plan is dropped (its tasks told to stop, its memory
+            // released as they do) before the reader sees its end or
+            // its error.
             let drained = AssertUnwindSafe(async {
                 loop {
                     match stream.next().await {
@@ -118,8 +118,8 @@ impl Executor {
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
     }
 
-    /// Runs `work` (a workspace write) on the executor. Dropping the
-    /// returned future aborts it and sets `interrupt`.
+    /// Runs `work` (planning, a workspace write) on the executor.
+    /// Dropping the returned future aborts it and sets `interrupt`.
     pub async fn run<T, F>(&self, work: F, interrupt: Arc<Interrupt>) -> Result<T>
     where
         T: Send + 'static,
