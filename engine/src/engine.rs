@@ -29,6 +29,7 @@ use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, Task
 use datafusion::logical_expr::{LogicalPlan, Statement};
 use datafusion::optimizer::{Analyzer, Optimizer};
 use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
@@ -111,19 +112,19 @@ fn statement_state(runtime: Arc<RuntimeEnv>, query_memory: usize) -> Result<Sess
         .map(|i| i + 1)
         .unwrap_or(physical_rules.len());
     physical_rules.insert(at, Arc::new(RawKeyJoinMode));
-    // Partial aggregates group raw keys; last, so nothing reshapes them.
+    // Last before the sanity check: partial aggregates group raw keys, so
+    // nothing may reshape them after; joins yield between batches
+    // (yielding.rs), after every rule that rewrites joins or pushes
+    // filters through them.
     let at = physical_rules
         .iter()
         .position(|r| r.name() == "SanityCheckPlan")
         .unwrap_or(physical_rules.len());
-    physical_rules.insert(at, Arc::new(RawKeyGroup));
-    // Joins yield between batches (yielding.rs); after every rule that
-    // rewrites joins or pushes filters through them.
-    let at = physical_rules
-        .iter()
-        .position(|r| r.name() == "SanityCheckPlan")
-        .unwrap_or(physical_rules.len());
-    physical_rules.insert(at, Arc::new(crate::yielding::YieldingJoins));
+    let last: [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 2] = [
+        Arc::new(RawKeyGroup),
+        Arc::new(crate::yielding::YieldingJoins),
+    ];
+    physical_rules.splice(at..at, last);
 
     let mut state = SessionStateBuilder::new()
         .with_config(config)

@@ -168,52 +168,46 @@ mod tests {
         Arc::new(Executor::new(1, 2 << 20).unwrap())
     }
 
-    #[tokio::test]
-    async fn a_plan_streams_its_batches_back() {
-        let exec = executor();
-        let ctx = SessionContext::new();
-        let plan = ctx
-            .sql("SELECT value FROM generate_series(1, 100000)")
+    /// The physical plan of `sql` in `ctx`.
+    async fn plan(ctx: &SessionContext, sql: &str) -> Arc<dyn ExecutionPlan> {
+        ctx.sql(sql)
             .await
             .unwrap()
             .create_physical_plan()
             .await
-            .unwrap();
-        let stream = exec.execute(plan, ctx.task_ctx(), Arc::default()).unwrap();
+            .unwrap()
+    }
+
+    /// Rows of a stream read to its end.
+    async fn rows(stream: SendableRecordBatchStream) -> usize {
         let batches: Vec<_> = stream.try_collect().await.unwrap();
-        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-        assert_eq!(rows, 100000);
+        batches.iter().map(|b| b.num_rows()).sum()
+    }
+
+    #[tokio::test]
+    async fn a_plan_streams_its_batches_back() {
+        let exec = executor();
+        let ctx = SessionContext::new();
+        let plan = plan(&ctx, "SELECT value FROM generate_series(1, 100000)").await;
+        let stream = exec.execute(plan, ctx.task_ctx(), Arc::default()).unwrap();
+        assert_eq!(rows(stream).await, 100000);
     }
 
     #[tokio::test]
     async fn an_open_stream_keeps_the_executor_running() {
         let exec = executor();
         let ctx = SessionContext::new();
-        let plan = ctx
-            .sql("SELECT value FROM generate_series(1, 100000)")
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let plan = plan(&ctx, "SELECT value FROM generate_series(1, 100000)").await;
         let stream = exec.execute(plan, ctx.task_ctx(), Arc::default()).unwrap();
         drop(exec); // the engine went away
-        let batches: Vec<_> = stream.try_collect().await.unwrap();
-        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-        assert_eq!(rows, 100000);
+        assert_eq!(rows(stream).await, 100000);
     }
 
     #[tokio::test]
     async fn dropping_the_stream_stops_the_statement() {
         let exec = executor();
         let ctx = SessionContext::new();
-        let plan = ctx
-            .sql("SELECT count(*) FROM generate_series(1, 100000000)")
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let plan = plan(&ctx, "SELECT count(*) FROM generate_series(1, 100000000)").await;
         let interrupt = Arc::new(Interrupt::default());
         let stream = exec
             .execute(plan, ctx.task_ctx(), Arc::clone(&interrupt))
@@ -235,13 +229,7 @@ mod tests {
             Arc::new(|_: &[datafusion::logical_expr::ColumnarValue]| panic!("boom")),
         );
         ctx.register_udf(boom);
-        let plan = ctx
-            .sql("SELECT boom(value) FROM generate_series(1, 10)")
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let plan = plan(&ctx, "SELECT boom(value) FROM generate_series(1, 10)").await;
         let stream = exec.execute(plan, ctx.task_ctx(), Arc::default()).unwrap();
         let err = stream.try_collect::<Vec<_>>().await.unwrap_err();
         assert!(err.to_string().contains("boom"), "{err}");
