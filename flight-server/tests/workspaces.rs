@@ -286,22 +286,36 @@ async fn a_stream_cut_midway_commits_nothing() {
         call.abort();
         assert!(call.await.is_err(), "the call was cut");
     }
-    // The server notices the reset and cleans up.
+    // The server notices the reset and cleans up, staging directories too.
     let mut left = vec![];
     for _ in 0..100 {
         left = parquet_files(&warehouse);
-        if left == before {
+        if left == before && staging_dirs(&warehouse).is_empty() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(left, before, "no staged or promoted file remains");
+    assert_eq!(staging_dirs(&warehouse), Vec::<std::path::PathBuf>::new());
     assert_eq!(count(&mut bob, "t").await, "5");
     let tables = run(&mut bob, "SHOW TABLES IN workspace").await.unwrap();
     assert_eq!(
         tables.iter().map(|r| r[0].as_str()).collect::<Vec<_>>(),
         vec!["t"]
     );
+}
+
+fn staging_dirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.ends_with("_staging") {
+            out.push(p);
+        } else if p.is_dir() {
+            out.extend(staging_dirs(&p));
+        }
+    }
+    out
 }
 
 fn parquet_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -383,4 +397,7 @@ async fn writes_on_every_path_and_derived_lineage() {
             .unwrap()[0][0],
         "311"
     );
+    // Committed writes leave no staging directory behind.
+    let warehouse = server._dir.path().join("warehouse");
+    assert_eq!(staging_dirs(&warehouse), Vec::<std::path::PathBuf>::new());
 }

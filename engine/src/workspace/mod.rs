@@ -9,6 +9,7 @@
 //! version is no longer current, so of two concurrent writers one wins and
 //! the other gets a conflict error.
 
+pub mod fence;
 pub mod lineage;
 pub mod storage;
 pub mod write;

@@ -18,6 +18,7 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use url::Url;
 
+use super::fence::{Fenced, Writes, STAGING};
 use super::WorkspaceFile;
 use crate::error::{Result, VeilError};
 use crate::model::{CatalogSnapshot, SourceKind};
@@ -27,7 +28,9 @@ use crate::model::{CatalogSnapshot, SourceKind};
 pub struct Warehouse {
     root: Url,
     prefix: Path,
+    /// The store, with staged writes fenced (`fence.rs`).
     store: Arc<dyn ObjectStore>,
+    writes: Arc<Writes>,
 }
 
 fn storage_error(what: &str, e: impl std::fmt::Display) -> VeilError {
@@ -61,13 +64,17 @@ impl Warehouse {
         let (store, prefix) = object_store::parse_url_opts(&root, options).map_err(|e| {
             VeilError::InvalidArgument(format!("warehouse {location} cannot be opened: {e}"))
         })?;
-        let store: Arc<dyn ObjectStore> = Arc::from(store);
+        let writes = Arc::new(Writes::default());
+        let projects = prefix.clone().join("projects");
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(Fenced::new(Arc::from(store), projects, Arc::clone(&writes)));
         let base = ObjectStoreUrl::parse(&root[..url::Position::BeforePath])?;
         runtime.register_object_store(base.as_ref(), Arc::clone(&store));
         Ok(Self {
             root,
             prefix,
             store,
+            writes,
         })
     }
 
@@ -87,9 +94,18 @@ impl Warehouse {
         self.child(&["projects", project_id, table])
     }
 
-    /// Where one write stages its files.
-    pub fn staging_dir(&self, project_id: &str, table: &str, write_id: &str) -> Path {
-        self.child(&["projects", project_id, table, "_staging", write_id])
+    /// Where one write stages its files; they are accepted there until
+    /// [`Warehouse::close_write`].
+    pub fn open_write(&self, project_id: &str, table: &str, write_id: &str) -> Path {
+        self.writes.open(write_id);
+        self.child(&["projects", project_id, table, STAGING, write_id])
+    }
+
+    /// Refuses any further file for a write at once; the returned future
+    /// waits for those in flight to land, after which what is staged is all
+    /// there will be.
+    pub fn close_write(&self, write_id: &str) -> impl std::future::Future<Output = ()> + 'static {
+        self.writes.close(write_id)
     }
 
     /// The URL DataFusion reads or writes an object (or directory) at.
@@ -148,11 +164,22 @@ impl Warehouse {
         Ok(())
     }
 
-    /// Deletes everything under a directory.
+    /// Deletes everything under a directory; in a local warehouse also the
+    /// directory itself, and its parent staging directory once empty.
     pub async fn delete_dir(&self, dir: &Path) -> Result<()> {
         let metas = self.list(dir).await?;
         self.delete(metas.into_iter().map(|m| m.location).collect())
-            .await
+            .await?;
+        if self.root.scheme() == "file" {
+            if let Ok(Ok(local)) = Url::parse(&self.url_of(dir)).map(|u| u.to_file_path()) {
+                // Fails (and keeps them) unless empty.
+                let _ = std::fs::remove_dir(&local);
+                if let Some(parent) = local.parent().filter(|p| p.ends_with(STAGING)) {
+                    let _ = std::fs::remove_dir(parent);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every object a catalog entry lists: workspace table files and the
@@ -248,7 +275,7 @@ fn tidy_local(dir: &std::path::Path, top: bool) -> usize {
         if !p.is_dir() {
             continue;
         }
-        if p.file_name().is_some_and(|n| n == "_staging") {
+        if p.file_name().is_some_and(|n| n == STAGING) {
             removed += count_files(&p);
             let _ = std::fs::remove_dir_all(&p);
         } else {

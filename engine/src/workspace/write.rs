@@ -555,7 +555,7 @@ impl<'a> Writer<'a> {
         };
 
         let write_id = uuid::Uuid::new_v4().simple().to_string();
-        let staging = warehouse.staging_dir(&self.project_id, name, &write_id);
+        let staging = warehouse.open_write(&self.project_id, name, &write_id);
         // If this future is dropped mid-write (the client went away), the
         // guard removes what was written so far.
         let mut guard = Abandoned {
@@ -594,6 +594,8 @@ impl<'a> Writer<'a> {
             Ok::<_, VeilError>((rows, files))
         }
         .await;
+        // Nothing more lands in staging once this returns (fence.rs).
+        warehouse.close_write(&write_id).await;
         let (rows, files) = match written {
             Ok(w) => w,
             Err(e) => {
@@ -797,6 +799,8 @@ impl Drop for Abandoned {
         let Some(warehouse) = self.warehouse.take() else {
             return;
         };
+        // Nothing more may be staged from here on.
+        let closed = warehouse.close_write(&self.write_id);
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return; // the start-up sweep removes them
         };
@@ -806,6 +810,8 @@ impl Drop for Abandoned {
             std::mem::take(&mut self.write_id),
         );
         handle.spawn(async move {
+            // Files the aborted write still had in flight land first.
+            closed.await;
             let _ = warehouse.delete_dir(&staging).await;
             discard_promoted(&warehouse, &table_dir, &write_id).await;
         });
