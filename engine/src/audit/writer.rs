@@ -40,10 +40,21 @@ pub const COMMIT_DELAY: Duration = Duration::from_millis(2);
 
 type Waiter = Option<oneshot::Sender<Result<()>>>;
 
+/// A record on its way to the writer, with the statement's pending mark
+/// (released by the writer as it takes the record, so a batch held open
+/// for the statement sees its record and its release at once).
+type Queued = (AuditEntry, Waiter, Option<PendingRecord>);
+
+/// Takes a queued record, releasing its statement's pending mark.
+fn taken((entry, waiter, handed): Queued) -> (AuditEntry, Waiter) {
+    drop(handed);
+    (entry, waiter)
+}
+
 /// Hands audit records to the writer thread.
 #[derive(Debug, Clone)]
 pub struct AuditWriter {
-    tx: mpsc::Sender<(AuditEntry, Waiter)>,
+    tx: mpsc::Sender<Queued>,
     pending: Arc<AtomicUsize>,
 }
 
@@ -73,17 +84,17 @@ struct Hold {
 /// Gathers one batch: `first`, everything already queued, and what arrives
 /// while `hold` allows.
 fn gather(
-    rx: &mpsc::Receiver<(AuditEntry, Waiter)>,
-    first: (AuditEntry, Waiter),
+    rx: &mpsc::Receiver<Queued>,
+    first: Queued,
     pending: &AtomicUsize,
     hold: Hold,
 ) -> Vec<(AuditEntry, Waiter)> {
-    let mut batch = vec![first];
+    let mut batch = vec![taken(first)];
     let started = Instant::now();
     let (busy, few) = (started + hold.at_most, started + hold.few_running);
     while batch.len() < MAX_BATCH {
         if let Ok(next) = rx.try_recv() {
-            batch.push(next);
+            batch.push(taken(next));
             continue;
         }
         let deadline = match pending.load(Ordering::Acquire) {
@@ -96,7 +107,7 @@ fn gather(
             break;
         }
         match rx.recv_timeout(wait) {
-            Ok(next) => batch.push(next),
+            Ok(next) => batch.push(taken(next)),
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
         }
     }
@@ -112,7 +123,7 @@ impl AuditWriter {
         few_running: Duration,
         metrics: AuditCommitMetrics,
     ) -> Result<Self> {
-        let (tx, rx) = mpsc::channel::<(AuditEntry, Waiter)>();
+        let (tx, rx) = mpsc::channel::<Queued>();
         let pending = Arc::new(AtomicUsize::new(0));
         let others = Arc::clone(&pending);
         let hold = Hold {
@@ -158,13 +169,14 @@ impl AuditWriter {
     }
 
     /// Appends a record and waits until it is durable. `handed` is the
-    /// statement's pending mark, released once the record is queued (so a
-    /// batch held open for it sees it).
+    /// statement's pending mark, released by the writer as it takes the
+    /// record (so a batch held open for it sees the record, and sees it
+    /// released without waiting out its hold).
     pub async fn record(&self, entry: AuditEntry, handed: Option<PendingRecord>) -> Result<()> {
         let (done, wait) = oneshot::channel();
-        let sent = self.tx.send((entry, Some(done)));
-        drop(handed);
-        sent.map_err(|_| VeilError::Internal("the audit writer has stopped".into()))?;
+        self.tx
+            .send((entry, Some(done), handed))
+            .map_err(|_| VeilError::Internal("the audit writer has stopped".into()))?;
         wait.await
             .map_err(|_| VeilError::Internal("the audit writer has stopped".into()))?
     }
@@ -172,7 +184,7 @@ impl AuditWriter {
     /// Appends a record without waiting (used where nobody is left to
     /// answer, e.g. a client that dropped its stream).
     pub fn record_detached(&self, entry: AuditEntry) {
-        if self.tx.send((entry, None)).is_err() {
+        if self.tx.send((entry, None, None)).is_err() {
             tracing::error!("audit writer has stopped; a record was lost");
         }
     }
@@ -182,12 +194,12 @@ impl AuditWriter {
 mod tests {
     use super::*;
 
-    fn entry(action: &str) -> (AuditEntry, Waiter) {
+    fn entry(action: &str) -> Queued {
         let e = AuditEntry {
             action: action.into(),
             ..Default::default()
         };
-        (e, None)
+        (e, None, None)
     }
 
     /// Hold a batch open while more than one statement runs, for up to
@@ -215,7 +227,7 @@ mod tests {
 
     #[test]
     fn a_batch_held_for_silent_statements_closes_at_the_deadline() {
-        let (tx, rx) = mpsc::channel::<(AuditEntry, Waiter)>();
+        let (tx, rx) = mpsc::channel::<Queued>();
         let pending = AtomicUsize::new(5);
         let limit = Hold {
             running_above: 1,
@@ -239,7 +251,7 @@ mod tests {
             pending: Arc::clone(&pending),
         };
         // Three statements run; two finish and hand their records over
-        // (record first, then the mark, as `record` does).
+        // (with their marks, as `record` does).
         let marks: Vec<PendingRecord> = (0..3).map(|_| writer.pending()).collect();
         assert_eq!(writer.pending_records(), 3);
         let sender = {
@@ -247,8 +259,8 @@ mod tests {
             std::thread::spawn(move || {
                 for (i, mark) in marks.into_iter().enumerate() {
                     std::thread::sleep(Duration::from_millis(20));
-                    writer.record_detached(entry(&format!("Q{i}")).0);
-                    drop(mark);
+                    let (e, _, _) = entry(&format!("Q{i}"));
+                    writer.tx.send((e, None, Some(mark))).unwrap();
                 }
             })
         };
@@ -270,6 +282,7 @@ mod tests {
     fn with_a_low_load_delay_a_batch_waits_for_the_few_still_running() {
         let (tx, rx) = mpsc::channel();
         let pending = Arc::new(AtomicUsize::new(1));
+        let mark = PendingRecord(Arc::clone(&pending));
         let low = Hold {
             running_above: 4,
             at_most: Duration::from_secs(30),
@@ -278,11 +291,10 @@ mod tests {
         // One statement runs (not above 4): held for it; it hands its
         // record over and the batch closes as nothing runs any more.
         let sender = {
-            let pending = Arc::clone(&pending);
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(20));
-                tx.send(entry("Late")).unwrap();
-                pending.fetch_sub(1, Ordering::AcqRel);
+                let (e, _, _) = entry("Late");
+                tx.send((e, None, Some(mark))).unwrap();
                 tx
             })
         };
