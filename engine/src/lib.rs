@@ -28,6 +28,7 @@ pub mod project;
 pub mod sql_guard;
 pub mod statement;
 pub mod store;
+mod timeslice;
 pub mod workspace;
 mod yielding;
 

@@ -13,6 +13,10 @@
 //! `CooperativeExec` (one Tokio budget unit per batch) above every join and
 //! unnest, so such a task gives up its thread every 128 batches: deadlines
 //! and cancellation are checked, and other sessions get their turn.
+//!
+//! That covers joins that emit. A nested-loop or hash join that emits
+//! nothing never reaches the budget's check; `timeslice.rs` makes those
+//! give up their thread when one poll runs long.
 
 use std::sync::Arc;
 
@@ -58,7 +62,13 @@ impl PhysicalOptimizerRule for YieldingJoins {
                 return Ok(Transformed::no(node));
             }
             if multiplies(node.as_ref()) {
-                return Ok(Transformed::yes(Arc::new(CooperativeExec::new(node))));
+                // Nested-loop and hash joins also give up their thread when
+                // one poll runs long (timeslice.rs).
+                let node = crate::timeslice::around(node)?;
+                if !node.transformed && crate::timeslice::is_timesliced(node.data.as_ref()) {
+                    return Ok(node); // this rule ran before
+                }
+                return Ok(Transformed::yes(Arc::new(CooperativeExec::new(node.data))));
             }
             Ok(Transformed::no(node))
         })

@@ -636,6 +636,55 @@ async fn a_runaway_join_stops_at_the_deadline_or_when_its_client_hangs_up() {
     );
 }
 
+/// A nested-loop join whose probe batches each take a debug build about a
+/// second (2,000 build rows each), and whose probe side has 24,000 of them.
+const ENDLESS_JOIN: &str = "SELECT count(*) FROM generate_series(1, 2000) a \
+    JOIN generate_series(1, 200000000) b ON a.value + b.value < 0";
+
+#[tokio::test]
+async fn a_runaway_join_shares_the_executor_with_other_statements() {
+    // Before joins gave up their thread when a poll ran long
+    // (timeslice.rs), these held every executor thread until they ended
+    // (hours) or hit the timeout (an hour by default): every other
+    // statement waited that long.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let server = start_with(EngineOptions::default(), None).await;
+    let addr = server.handle.addr;
+    let mut carol = client(addr, "carol", "carol-pw").await.unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..threads {
+        clients.push(client(addr, "bob", "bob-pw").await.unwrap());
+    }
+    let runs = futures::future::join_all(clients.iter_mut().map(|c| query(c, ENDLESS_JOIN)));
+    let others = async {
+        // Once the joins hold the threads.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(30),
+            query(
+                &mut carol,
+                "SELECT count(*) FROM generate_series(1, 100000)",
+            ),
+        )
+        .await;
+        (answer, started.elapsed())
+    };
+    let (answer, took) = tokio::select! {
+        _ = runs => panic!("the joins finished"),
+        answer = others => answer,
+    };
+    let answer = answer.expect("carol's statement waited for the joins");
+    assert_eq!(count(&answer.unwrap()), 100000);
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    // The joins' clients hung up (dropped above): they stop.
+    drop(clients);
+    assert!(
+        all_slots_freed(&server.engine).await,
+        "the abandoned joins still hold their slots"
+    );
+}
+
 #[tokio::test]
 async fn a_flood_of_logins_does_not_hold_up_running_sessions() {
     // A password check is argon2: tens of milliseconds of CPU. Checked on

@@ -1,0 +1,458 @@
+//! Joins give up their thread when one poll runs long.
+//!
+//! A join that finds nothing to emit keeps working inside one poll: for
+//! each probe batch DataFusion's nested-loop join walks every build row,
+//! and the hash join every candidate pair, returning only once it has
+//! output or needs the next probe batch, which its input usually has at
+//! hand. A join whose condition rejects everything (`a.v + b.v < 0` over
+//! 200,000 x 2,000,000 rows) then holds its executor thread for its whole
+//! run: the interrupt (`interrupt.rs`) ends it at the deadline, but until
+//! then every other statement waits for a thread.
+//!
+//! Two nodes around each nested-loop and hash join share a clock per
+//! partition. The one above the join ([`Role::Clock`]) notes when the
+//! join's current poll began. The one on its probe input ([`Role::Probe`]),
+//! asked for the next batch:
+//! - gives the thread up (a Tokio `yield_now`, which lets every other ready
+//!   task run first) once the join has held it for [`POLL_LIMIT`] in this
+//!   poll;
+//! - hands out smaller slices of the probe batches (zero-copy) when one
+//!   batch kept the join busy for more than [`BATCH_TARGET`], in proportion,
+//!   and larger ones again when batches go quickly, so a batch costs about
+//!   that much and a yield comes soon after the limit.
+//!
+//! A join that emits as it goes returns from each poll long before either
+//! threshold, so nothing changes for it: no slicing, no extra yields. At
+//! one probe row per slice, a nested-loop join still holds the thread for
+//! one pass of that row over the build side, which bounds how long.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
+use datafusion::common::{internal_err, Result, Statistics};
+use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::execution_plan::{
+    CardinalityEffect, ChildrenPropertiesMode, ReplaceChildrenOptions,
+};
+use datafusion::physical_plan::filter_pushdown::{
+    ChildPushdownResult, FilterDescription, FilterPushdownPhase, FilterPushdownPropagation,
+};
+use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec};
+use datafusion::physical_plan::{
+    ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, StatisticsArgs,
+};
+use futures::{Stream, StreamExt};
+
+/// How long a join may hold its thread in one poll before its probe input
+/// makes it give the thread up.
+pub const POLL_LIMIT: Duration = Duration::from_millis(10);
+
+/// How long a join should work on one probe batch within a poll.
+pub const BATCH_TARGET: Duration = Duration::from_millis(5);
+
+/// The fewest probe rows per slice. A join pays a fixed cost per build row
+/// and probe batch (the nested-loop join evaluates its condition once per
+/// build row over the whole batch), so thinner slices would cost more
+/// than they bring: at 2,048 rows the slicing saves at most three quarters
+/// of a default batch's time.
+pub const MIN_SLICE: usize = 2048;
+
+/// When each partition's current poll of the join began.
+#[derive(Debug)]
+struct Clocks {
+    base: Instant,
+    /// Nanoseconds since `base` plus one; zero outside a poll.
+    entered: Vec<AtomicU64>,
+}
+
+impl Clocks {
+    fn new(partitions: usize) -> Self {
+        Self {
+            base: Instant::now(),
+            entered: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn enter(&self, partition: usize) {
+        if let Some(at) = self.entered.get(partition) {
+            let nanos = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+            at.store(nanos + 1, Ordering::Relaxed);
+        }
+    }
+
+    fn leave(&self, partition: usize) {
+        if let Some(at) = self.entered.get(partition) {
+            at.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// When the current poll began, if one is under way.
+    fn entered(&self, partition: usize) -> Option<Instant> {
+        let nanos = self.entered.get(partition)?.load(Ordering::Relaxed);
+        (nanos != 0).then(|| self.base + Duration::from_nanos(nanos - 1))
+    }
+}
+
+/// Which side of the join a [`TimesliceExec`] sits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Above the join: starts the clock at each poll.
+    Clock,
+    /// On the join's probe input: yields and slices by the clock.
+    Probe,
+}
+
+/// One of the two nodes around a join (module docs); passes its input's
+/// rows, order, partitioning and statistics through unchanged.
+#[derive(Debug, Clone)]
+pub struct TimesliceExec {
+    input: Arc<dyn ExecutionPlan>,
+    role: Role,
+    clocks: Arc<Clocks>,
+}
+
+impl DisplayAs for TimesliceExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.role {
+            Role::Clock => write!(f, "TimesliceExec: join"),
+            Role::Probe => write!(f, "TimesliceExec: probe"),
+        }
+    }
+}
+
+impl ExecutionPlan for TimesliceExec {
+    fn name(&self) -> &str {
+        "TimesliceExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return internal_err!("TimesliceExec has one child");
+        }
+        Ok(Arc::new(Self {
+            input: children.swap_remove(0),
+            ..Self::clone(&self)
+        }))
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(children, recompute())
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let clocks = Arc::clone(&self.clocks);
+        Ok(match self.role {
+            Role::Clock => Box::pin(ClockStream {
+                input,
+                clocks,
+                partition,
+            }),
+            Role::Probe => Box::pin(ProbeStream {
+                input,
+                clocks,
+                partition,
+                slice: usize::MAX,
+                held: None,
+                handed: None,
+                yielding: None,
+            }),
+        })
+    }
+
+    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
+        vec![ChildStats::At(partition)]
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<Statistics>],
+        _args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        match input_stats.first() {
+            Some(s) => Ok(Arc::clone(s)),
+            None => internal_err!("TimesliceExec has one child"),
+        }
+    }
+
+    fn supports_limit_pushdown(&self) -> bool {
+        true
+    }
+
+    fn cardinality_effect(&self) -> CardinalityEffect {
+        CardinalityEffect::Equal
+    }
+
+    fn gather_filters_for_pushdown(
+        &self,
+        _phase: FilterPushdownPhase,
+        parent_filters: Vec<Arc<dyn PhysicalExpr>>,
+        _config: &ConfigOptions,
+    ) -> Result<FilterDescription> {
+        FilterDescription::from_children(parent_filters, &self.children())
+    }
+
+    fn handle_child_pushdown_result(
+        &self,
+        _phase: FilterPushdownPhase,
+        child_pushdown_result: ChildPushdownResult,
+        _config: &ConfigOptions,
+    ) -> Result<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
+        Ok(FilterPushdownPropagation::if_all(child_pushdown_result))
+    }
+}
+
+/// The join's output; notes when each poll begins and ends.
+struct ClockStream {
+    input: SendableRecordBatchStream,
+    clocks: Arc<Clocks>,
+    partition: usize,
+}
+
+impl Stream for ClockStream {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.clocks.enter(self.partition);
+        let out = self.input.poll_next_unpin(cx);
+        self.clocks.leave(self.partition);
+        out
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.input.size_hint()
+    }
+}
+
+impl RecordBatchStream for ClockStream {
+    fn schema(&self) -> SchemaRef {
+        self.input.schema()
+    }
+}
+
+/// The join's probe input, yielding and sliced by the clock.
+struct ProbeStream {
+    input: SendableRecordBatchStream,
+    clocks: Arc<Clocks>,
+    partition: usize,
+    /// At most this many rows per batch handed to the join.
+    slice: usize,
+    /// What is left of a sliced batch.
+    held: Option<RecordBatch>,
+    /// When the last batch went to the join, and its rows.
+    handed: Option<(Instant, usize)>,
+    /// A yield under way.
+    yielding: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl ProbeStream {
+    /// Adjusts the slice to how long the join spent on the last batch
+    /// within this poll; whether the thread should be given up now.
+    fn pace(&mut self) -> bool {
+        let Some(entered) = self.clocks.entered(self.partition) else {
+            return false;
+        };
+        let now = Instant::now();
+        if let Some((at, rows)) = self.handed.take() {
+            let busy = now.saturating_duration_since(at.max(entered));
+            if busy > BATCH_TARGET {
+                let scaled = rows as u128 * BATCH_TARGET.as_nanos() / busy.as_nanos().max(1);
+                self.slice = usize::try_from(scaled).unwrap_or(usize::MAX).max(MIN_SLICE);
+            } else if busy < BATCH_TARGET / 4 {
+                self.slice = self.slice.saturating_mul(2);
+            }
+        }
+        now.saturating_duration_since(entered) > POLL_LIMIT
+    }
+}
+
+impl Stream for ProbeStream {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(yielding) = self.yielding.as_mut() {
+            ready!(yielding.as_mut().poll(cx));
+            self.yielding = None;
+        } else if self.pace() {
+            let mut yielding: Pin<Box<dyn Future<Output = ()> + Send>> =
+                Box::pin(tokio::task::yield_now());
+            if yielding.as_mut().poll(cx).is_pending() {
+                self.yielding = Some(yielding);
+                return Poll::Pending;
+            }
+        }
+        let batch = match self.held.take() {
+            Some(batch) => batch,
+            None => match ready!(self.input.poll_next_unpin(cx)) {
+                Some(Ok(batch)) => batch,
+                other => return Poll::Ready(other),
+            },
+        };
+        let rows = batch.num_rows();
+        let out = if rows > self.slice {
+            self.held = Some(batch.slice(self.slice, rows - self.slice));
+            batch.slice(0, self.slice)
+        } else {
+            batch
+        };
+        self.handed = Some((Instant::now(), out.num_rows()));
+        Poll::Ready(Some(Ok(out)))
+    }
+}
+
+impl RecordBatchStream for ProbeStream {
+    fn schema(&self) -> SchemaRef {
+        self.input.schema()
+    }
+}
+
+/// Whether `plan` is a join this module puts its nodes around.
+fn timesliced(plan: &dyn ExecutionPlan) -> bool {
+    plan.is::<NestedLoopJoinExec>() || plan.is::<HashJoinExec>()
+}
+
+fn recompute() -> ReplaceChildrenOptions {
+    ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute)
+}
+
+/// Whether `join` already has the probe node on its input.
+pub(crate) fn is_timesliced(join: &dyn ExecutionPlan) -> bool {
+    join.children()
+        .get(1)
+        .is_some_and(|probe| probe.is::<TimesliceExec>())
+}
+
+/// Puts the two nodes around `join` (a nested-loop or hash join): the
+/// clock above it, the probe node on its right (probe) input. A join whose
+/// probe input already has one is returned as it is.
+pub(crate) fn around(join: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
+    let children = join.children();
+    let [build, probe] = children.as_slice() else {
+        return Ok(Transformed::no(join));
+    };
+    if !timesliced(join.as_ref()) || is_timesliced(join.as_ref()) {
+        return Ok(Transformed::no(join));
+    }
+    let partitions = join.properties().partitioning.partition_count();
+    let clocks = Arc::new(Clocks::new(partitions));
+    let probe = Arc::new(TimesliceExec {
+        input: Arc::clone(probe),
+        role: Role::Probe,
+        clocks: Arc::clone(&clocks),
+    });
+    let build = Arc::clone(build);
+    let join = Arc::clone(&join).replace_children(vec![build, probe], recompute())?;
+    Ok(Transformed::yes(Arc::new(TimesliceExec {
+        input: join,
+        role: Role::Clock,
+        clocks,
+    })))
+}
+
+/// Every join of `plan` timesliced (for tests of plans built by hand).
+#[cfg(test)]
+fn timeslice_all(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::common::tree_node::TreeNode;
+    plan.transform_up(around).map(|t| t.data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::SessionContext;
+
+    /// Polls `plan` to its end; its batches and how many times it gave
+    /// its thread up.
+    async fn run(plan: Arc<dyn ExecutionPlan>, ctx: &SessionContext) -> (String, usize) {
+        let mut stream = datafusion::physical_plan::execute_stream(plan, ctx.task_ctx()).unwrap();
+        let mut pending = 0;
+        let mut out = vec![];
+        std::future::poll_fn(|cx| loop {
+            match stream.poll_next_unpin(cx) {
+                Poll::Ready(Some(batch)) => out.push(batch.unwrap()),
+                Poll::Ready(None) => return Poll::Ready(()),
+                Poll::Pending => {
+                    pending += 1;
+                    return Poll::Pending;
+                }
+            }
+        })
+        .await;
+        let shown = datafusion::arrow::util::pretty::pretty_format_batches(&out).unwrap();
+        (shown.to_string(), pending)
+    }
+
+    #[tokio::test]
+    async fn a_join_gives_up_its_thread_and_keeps_its_answer() {
+        // One partition, inputs in memory: nothing else in the plan waits.
+        let ctx = SessionContext::new_with_config(
+            datafusion::prelude::SessionConfig::new().with_target_partitions(1),
+        );
+        let sql = "SELECT count(*), sum(a.v + b.v) FROM \
+                   (SELECT value AS v FROM generate_series(1, 3000)) a JOIN \
+                   (SELECT value AS v FROM generate_series(1, 20000)) b ON a.v + b.v < 100";
+        let plan = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let (expected, plain_pending) = run(Arc::clone(&plan), &ctx).await;
+        assert_eq!(plain_pending, 0, "the plain join runs in one poll");
+        let sliced = timeslice_all(plan).unwrap();
+        let shown = datafusion::physical_plan::displayable(sliced.as_ref())
+            .indent(false)
+            .to_string();
+        assert!(shown.contains("TimesliceExec: join"), "{shown}");
+        assert!(shown.contains("TimesliceExec: probe"), "{shown}");
+        let (answer, pending) = run(sliced, &ctx).await;
+        assert_eq!(answer, expected);
+        assert!(expected.contains("| 4851 "), "{expected}");
+        assert!(pending > 0, "the join never gave up its thread");
+    }
+}
