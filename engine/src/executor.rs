@@ -29,6 +29,9 @@ use tokio::runtime::{Handle, Runtime};
 use crate::error::{Result, VeilError};
 use crate::interrupt::{Interrupt, StopOnDrop};
 
+/// How many tasks a worker polls between looks at the global queue.
+const GLOBAL_QUEUE_INTERVAL: u32 = 2;
+
 /// Batches a statement may run ahead of its reader.
 const AHEAD: usize = 2;
 
@@ -45,6 +48,14 @@ impl Executor {
     pub fn new(threads: usize, stack: usize) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
+            // New statements (and tasks woken from the server's threads)
+            // arrive through the runtime's global queue. Left to tune
+            // itself, a worker looks there again only after a number of
+            // polls tuned to past poll times: after a run of short polls,
+            // dozens of the one-second polls of a join that yields between
+            // probe batches (timeslice.rs), so a new statement waited 50 s
+            // behind two such joins. Every other poll, it looks.
+            .global_queue_interval(GLOBAL_QUEUE_INTERVAL)
             .thread_name("veil-exec")
             .thread_stack_size(stack)
             .enable_all()
