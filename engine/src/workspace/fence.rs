@@ -282,16 +282,14 @@ impl FencedUpload {
 #[async_trait]
 impl MultipartUpload for FencedUpload {
     fn put_part(&mut self, data: PutPayload) -> UploadPart {
-        let share = self.writes.enter(&self.write_id);
-        let part = match (share, self.upload.as_mut()) {
-            (Ok(share), Some(upload)) => (Some(share), upload.put_part(data)),
-            (Err(e), _) => return Box::pin(async move { Err(e) }),
-            (_, None) => {
-                let e = self.taken();
-                return Box::pin(async move { Err(e) });
-            }
+        let Some(upload) = self.upload.as_mut() else {
+            let e = self.taken();
+            return Box::pin(async move { Err(e) });
         };
-        Box::pin(guarded(part.0, part.1))
+        match self.writes.enter(&self.write_id) {
+            Ok(share) => Box::pin(guarded(Some(share), upload.put_part(data))),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
     }
 
     async fn complete(&mut self) -> object_store::Result<PutResult> {
