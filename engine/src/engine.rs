@@ -1384,7 +1384,8 @@ impl Session {
         T: Send + 'static,
         F: std::future::Future<Output = Result<T>> + Send + 'static,
     {
-        self.engine.executor.run(work, Arc::default()).await
+        let executor = &self.engine.executor;
+        executor.run(work, Arc::default(), executor.turn()).await
     }
 
     /// The governed physical plan of `plan` (analysis, optimization and
@@ -1409,10 +1410,10 @@ impl Session {
     ) -> Result<QueryOutput> {
         let task = TaskContext::from(&*ctx.state_ref().read())
             .with_runtime(self.engine.statement_runtime()?);
-        let mut stream =
-            self.engine
-                .executor
-                .execute(plan, Arc::new(task), Arc::clone(&gctx.interrupt))?;
+        let mut stream = self
+            .engine
+            .executor
+            .execute(plan, task, Arc::clone(&gctx.interrupt))?;
         if let Some(deadline) = self.deadline {
             let timeout = self.engine.admission.limits().query_timeout;
             stream = crate::limits::with_deadline(stream, deadline, timeout);

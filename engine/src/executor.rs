@@ -28,6 +28,7 @@ use tokio::runtime::{Handle, Runtime};
 
 use crate::error::{Result, VeilError};
 use crate::interrupt::{Interrupt, StopOnDrop};
+use crate::turns::{Turn, Turns};
 
 /// How many tasks a worker polls between looks at the global queue.
 const GLOBAL_QUEUE_INTERVAL: u32 = 2;
@@ -41,6 +42,8 @@ const AHEAD: usize = 2;
 pub(crate) struct Executor {
     runtime: Option<Runtime>,
     handle: Handle,
+    /// Its statements, light and heavy (`turns.rs`).
+    turns: Arc<Turns>,
 }
 
 impl Executor {
@@ -65,6 +68,7 @@ impl Executor {
         Ok(Self {
             runtime: Some(runtime),
             handle,
+            turns: Arc::new(Turns::new(threads.max(1))),
         })
     }
 
@@ -72,14 +76,23 @@ impl Executor {
     /// returned stream, which keeps the executor running until it ends
     /// (an executor shut down under a reader would look like the end of
     /// its answer). Dropping the stream aborts the statement and sets
-    /// `interrupt`.
+    /// `interrupt`. The statement has a [`Turn`] among the executor's
+    /// statements, in `task`'s extensions for its joins (`turns.rs`).
     pub fn execute(
         self: &Arc<Self>,
         plan: Arc<dyn ExecutionPlan>,
-        task: Arc<TaskContext>,
+        task: TaskContext,
         interrupt: Arc<Interrupt>,
     ) -> Result<SendableRecordBatchStream> {
         let schema = plan.schema();
+        let turn = self.turn();
+        let config = task
+            .session_config()
+            .clone()
+            .with_extension(Arc::clone(&turn));
+        let task = Arc::new(task.with_session_config(config));
+        // Light from now on, while it waits for a thread too.
+        let running = turn.run();
         // Operators spawn their tasks on the runtime they are started in.
         let _enter = self.handle.enter();
         let mut stream = execute_stream(plan, task)?;
@@ -89,12 +102,16 @@ impl Executor {
             // released as they do) before the reader sees its end or
             // its error.
             let drained = AssertUnwindSafe(async {
+                let _running = running;
                 loop {
                     match stream.next().await {
                         Some(Ok(batch)) => {
+                            // Waiting for the reader is not running.
+                            turn.running(false);
                             if tx.send(Ok(batch)).await.is_err() {
                                 return; // the reader is gone
                             }
+                            turn.running(true);
                         }
                         Some(Err(e)) => {
                             drop(stream);
@@ -129,14 +146,26 @@ impl Executor {
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
     }
 
-    /// Runs `work` (planning, a workspace write) on the executor.
-    /// Dropping the returned future aborts it and sets `interrupt`.
-    pub async fn run<T, F>(&self, work: F, interrupt: Arc<Interrupt>) -> Result<T>
+    /// A new statement's place among the executor's statements
+    /// (`turns.rs`); not running until [`Turn::run`].
+    pub fn turn(&self) -> Arc<Turn> {
+        Arc::new(Turn::new(Arc::clone(&self.turns)))
+    }
+
+    /// Runs `work` (planning, a workspace write) on the executor, running
+    /// as `turn` (`turns.rs`) from now until it ends. Dropping the returned
+    /// future aborts it and sets `interrupt`.
+    pub async fn run<T, F>(&self, work: F, interrupt: Arc<Interrupt>, turn: Arc<Turn>) -> Result<T>
     where
         T: Send + 'static,
         F: Future<Output = Result<T>> + Send + 'static,
     {
         let _stop = StopOnDrop(interrupt);
+        let running = turn.run();
+        let work = async move {
+            let _running = running;
+            work.await
+        };
         let task = {
             let _enter = self.handle.enter();
             SpawnedTask::spawn(AssertUnwindSafe(work).catch_unwind())
@@ -189,6 +218,10 @@ mod tests {
             .unwrap()
     }
 
+    fn task(ctx: &SessionContext) -> TaskContext {
+        TaskContext::from(&ctx.state())
+    }
+
     /// Rows of a stream read to its end.
     async fn rows(stream: SendableRecordBatchStream) -> usize {
         let batches: Vec<_> = stream.try_collect().await.unwrap();
@@ -200,7 +233,7 @@ mod tests {
         let exec = executor();
         let ctx = SessionContext::new();
         let plan = plan(&ctx, "SELECT value FROM generate_series(1, 100000)").await;
-        let stream = exec.execute(plan, ctx.task_ctx(), Arc::default()).unwrap();
+        let stream = exec.execute(plan, task(&ctx), Arc::default()).unwrap();
         assert_eq!(rows(stream).await, 100000);
     }
 
@@ -209,7 +242,7 @@ mod tests {
         let exec = executor();
         let ctx = SessionContext::new();
         let plan = plan(&ctx, "SELECT value FROM generate_series(1, 100000)").await;
-        let stream = exec.execute(plan, ctx.task_ctx(), Arc::default()).unwrap();
+        let stream = exec.execute(plan, task(&ctx), Arc::default()).unwrap();
         drop(exec); // the engine went away
         assert_eq!(rows(stream).await, 100000);
     }
@@ -221,7 +254,7 @@ mod tests {
         let plan = plan(&ctx, "SELECT count(*) FROM generate_series(1, 100000000)").await;
         let interrupt = Arc::new(Interrupt::default());
         let stream = exec
-            .execute(plan, ctx.task_ctx(), Arc::clone(&interrupt))
+            .execute(plan, task(&ctx), Arc::clone(&interrupt))
             .unwrap();
         assert!(!interrupt.is_stopped());
         drop(stream);
@@ -241,17 +274,20 @@ mod tests {
         );
         ctx.register_udf(boom);
         let plan = plan(&ctx, "SELECT boom(value) FROM generate_series(1, 10)").await;
-        let stream = exec.execute(plan, ctx.task_ctx(), Arc::default()).unwrap();
+        let stream = exec.execute(plan, task(&ctx), Arc::default()).unwrap();
         let err = stream.try_collect::<Vec<_>>().await.unwrap_err();
         assert!(err.to_string().contains("boom"), "{err}");
 
         let fail = || -> Result<()> { panic!("boom") };
         let err = exec
-            .run(async move { fail() }, Arc::default())
+            .run(async move { fail() }, Arc::default(), exec.turn())
             .await
             .unwrap_err();
         assert!(err.to_string().contains("boom"), "{err}");
-        let answer = exec.run(async { Ok(42) }, Arc::default()).await.unwrap();
+        let answer = exec
+            .run(async { Ok(42) }, Arc::default(), exec.turn())
+            .await
+            .unwrap();
         assert_eq!(answer, 42);
     }
 }

@@ -29,6 +29,7 @@ pub mod sql_guard;
 pub mod statement;
 pub mod store;
 mod timeslice;
+mod turns;
 pub mod workspace;
 mod yielding;
 

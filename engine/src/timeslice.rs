@@ -19,7 +19,10 @@
 //! changes for it. A join that does not now holds its thread for one probe
 //! batch at a time: for the nested-loop join, |build| x 8,192 evaluations
 //! of its condition (about 2.8 s for 200,000 build rows in a release
-//! build here), not the whole join.
+//! build here), not the whole join. Such a join also makes its statement
+//! *heavy*: while statements that have not run long are running on the
+//! executor, it sleeps instead of yielding (`turns.rs`), so that those
+//! get the thread for more than one turn per probe batch.
 //!
 //! Slicing probe batches thinner would shorten that, but the nested-loop
 //! join pays about 2 us per build row and probe batch whatever the batch's
@@ -52,6 +55,8 @@ use datafusion::physical_plan::{
     ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, StatisticsArgs,
 };
 use futures::{Stream, StreamExt};
+
+use crate::turns::{self, Lane, Turn};
 
 /// How long a join may hold its thread in one poll before its probe input
 /// makes it give the thread up.
@@ -174,6 +179,7 @@ impl ExecutionPlan for TimesliceExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
+        let turn = context.session_config().get_extension::<Turn>();
         let input = self.input.execute(partition, context)?;
         let clocks = Arc::clone(&self.clocks);
         Ok(match self.role {
@@ -186,7 +192,9 @@ impl ExecutionPlan for TimesliceExec {
                 input,
                 clocks,
                 partition,
+                turn,
                 yielding: None,
+                lane: None,
             }),
         })
     }
@@ -266,16 +274,50 @@ struct ProbeStream {
     input: SendableRecordBatchStream,
     clocks: Arc<Clocks>,
     partition: usize,
-    /// A yield under way.
-    yielding: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// The statement's place on the executor (`turns.rs`); none outside it.
+    turn: Option<Arc<Turn>>,
+    /// A yield under way; a lane when it ends with one.
+    yielding: Option<Pin<Box<dyn Future<Output = Option<Lane>> + Send>>>,
+    /// The lane the join runs on (`turns.rs`), from the end of one long
+    /// poll to the end of the next; given back when the stream is dropped.
+    lane: Option<Lane>,
 }
 
 impl ProbeStream {
-    /// Whether the join has held its thread for long enough in this poll.
-    fn overdue(&self) -> bool {
+    /// When the join's poll began, if it has held its thread for long
+    /// enough.
+    fn overdue(&self) -> Option<Instant> {
         self.clocks
             .entered(self.partition)
-            .is_some_and(|entered| entered.elapsed() > POLL_LIMIT)
+            .filter(|entered| entered.elapsed() > POLL_LIMIT)
+    }
+
+    /// How the join gives its thread up after a poll that began at
+    /// `entered`: its statement is heavy now, and while light ones run it
+    /// waits for a lane (`turns.rs`); otherwise it lets every ready task
+    /// run first.
+    fn after_long_poll(
+        &self,
+        entered: Instant,
+    ) -> Pin<Box<dyn Future<Output = Option<Lane>> + Send>> {
+        if let Some(turn) = &self.turn {
+            turn.ran_long(entered.elapsed());
+            if turn.others_waiting() {
+                return Box::pin(turns::give_way(Arc::clone(turn)));
+            }
+        }
+        Box::pin(async {
+            tokio::task::yield_now().await;
+            None
+        })
+    }
+
+    /// Whether the join, of a heavy statement, must wait for a lane before
+    /// its next batch: light statements run and it holds none.
+    fn needs_lane(&self) -> Option<Pin<Box<dyn Future<Output = Option<Lane>> + Send>>> {
+        let turn = self.turn.as_ref()?;
+        (self.lane.is_none() && turn.is_heavy() && turn.others_waiting())
+            .then(|| Box::pin(turns::give_way(Arc::clone(turn))) as _)
     }
 }
 
@@ -283,16 +325,31 @@ impl Stream for ProbeStream {
     type Item = Result<RecordBatch>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(yielding) = self.yielding.as_mut() {
-            ready!(yielding.as_mut().poll(cx));
+        let lane = if let Some(yielding) = self.yielding.as_mut() {
+            let lane = ready!(yielding.as_mut().poll(cx));
             self.yielding = None;
-        } else if self.overdue() {
-            let mut yielding: Pin<Box<dyn Future<Output = ()> + Send>> =
-                Box::pin(tokio::task::yield_now());
-            if yielding.as_mut().poll(cx).is_pending() {
-                self.yielding = Some(yielding);
-                return Poll::Pending;
+            lane
+        } else {
+            let yielding = match self.overdue() {
+                Some(entered) => {
+                    self.lane = None; // given back before waiting for one
+                    Some(self.after_long_poll(entered))
+                }
+                None => self.needs_lane(),
+            };
+            match yielding {
+                Some(mut yielding) => match yielding.as_mut().poll(cx) {
+                    Poll::Ready(lane) => lane,
+                    Poll::Pending => {
+                        self.yielding = Some(yielding);
+                        return Poll::Pending;
+                    }
+                },
+                None => None,
             }
+        };
+        if lane.is_some() {
+            self.lane = lane;
         }
         self.input.poll_next_unpin(cx)
     }

@@ -686,6 +686,55 @@ async fn a_runaway_join_shares_the_executor_with_other_statements() {
 }
 
 #[tokio::test]
+async fn a_statement_needing_many_turns_gets_them_behind_runaway_joins() {
+    // Each of these joins gives its thread up only between probe batches
+    // (5,000 x 8,192 condition evaluations, about 2 s in a debug build).
+    // Carol's sum hands about 120 batches between its partitions: at one
+    // turn per probe batch it took minutes. The joins' statements have run
+    // long, so while hers runs they keep to all threads but one
+    // (turns.rs).
+    const HEAVY_JOIN: &str = "SELECT count(*) FROM generate_series(1, 5000) a \
+        JOIN generate_series(1, 200000000) b ON a.value + b.value < 0";
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let server = start_with(EngineOptions::default(), None).await;
+    let addr = server.handle.addr;
+    let mut carol = client(addr, "carol", "carol-pw").await.unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..threads {
+        clients.push(client(addr, "bob", "bob-pw").await.unwrap());
+    }
+    let runs = futures::future::join_all(clients.iter_mut().map(|c| query(c, HEAVY_JOIN)));
+    let others = async {
+        // Once every partition of the joins has run a probe batch (the
+        // first is not held back: nothing tells yet that it runs long).
+        let rounds = u64::try_from(threads).unwrap_or(2);
+        tokio::time::sleep(Duration::from_secs(3 * rounds)).await;
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(60),
+            query(
+                &mut carol,
+                "SELECT sum(value) FROM generate_series(1, 1000000) WHERE value % 2 = 0",
+            ),
+        )
+        .await;
+        (answer, started.elapsed())
+    };
+    let (answer, took) = tokio::select! {
+        _ = runs => panic!("the joins finished"),
+        answer = others => answer,
+    };
+    let answer = answer.expect("carol's statement waited for the joins");
+    assert_eq!(count(&answer.unwrap()), 250_000_500_000);
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    drop(clients);
+    assert!(
+        all_slots_freed(&server.engine).await,
+        "the abandoned joins still hold their slots"
+    );
+}
+
+#[tokio::test]
 async fn a_flood_of_logins_does_not_hold_up_running_sessions() {
     // A password check is argon2: tens of milliseconds of CPU. Checked on
     // the threads that serve the network, 32 logins at once held up every

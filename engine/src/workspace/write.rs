@@ -565,8 +565,12 @@ impl<'a> Writer<'a> {
             write_id: write_id.clone(),
         };
         let written = async {
-            // Runs with the statement's own memory pool.
+            // Runs with the statement's own memory pool, and its place
+            // among the executor's statements for its joins (turns.rs).
+            let turn = engine.executor().turn();
+            let config = state.config().clone().with_extension(Arc::clone(&turn));
             let state = SessionStateBuilder::new_from_existing(state)
+                .with_config(config)
                 .with_runtime_env(engine.statement_runtime()?)
                 .build();
             let df = DataFrame::new(state, plan);
@@ -579,7 +583,7 @@ impl<'a> Writer<'a> {
             };
             let counts = engine
                 .executor()
-                .run(write, Arc::clone(&self.gctx.interrupt))
+                .run(write, Arc::clone(&self.gctx.interrupt), turn)
                 .await?;
             let rows: u64 = counts
                 .iter()

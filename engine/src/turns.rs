@@ -1,0 +1,330 @@
+//! Statements that have run long give way to those that have not.
+//!
+//! A join that finds nothing to emit gives its thread up only between
+//! probe batches (`timeslice.rs`), about a second each for a large build
+//! side. That lets a statement needing a few turns on the executor through,
+//! but one needing many (its partitions hand batches to each other: a
+//! `count(*)` over a million rows takes about a hundred) waited a second
+//! per turn: behind two such joins on two cores, 75 s.
+//!
+//! Each statement on the executor has a [`Turn`]. A statement is *light*
+//! while it runs and none of its joins has held a thread for a whole
+//! timeslice; such a join makes it *heavy* for the rest of its run. While
+//! any light statement runs, heavy ones run on at most all threads but
+//! one (the executor's *lanes*): at the end of a long poll a heavy
+//! statement's join takes a lane for its next probe batch, or sleeps
+//! (its thread free for others) until one is free, looking again every
+//! [`STEP`]. So a light statement finds a thread within one probe batch of
+//! a heavy join, however many heavy joins run. A join waits for a lane
+//! for at most [`GIVE_WAY_FACTOR`] times the poll it just had (then runs
+//! without one), so heavy statements keep their share when light ones
+//! never stop; and while no light statement runs nothing changes (one
+//! statement at a time, or only long ones). A statement waiting for its
+//! reader (the channel to the client full) is not running, so a slow
+//! client does not hold others back.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How often a join waiting for a lane looks again.
+pub const STEP: Duration = Duration::from_millis(10);
+
+/// A join waits for a lane for at most this many times the poll it just
+/// had.
+pub const GIVE_WAY_FACTOR: u32 = 4;
+
+/// A join waits for a lane for at most this long at a time.
+pub const GIVE_WAY_MAX: Duration = Duration::from_secs(60);
+
+/// Light statements count as running for this long after the last one
+/// stopped: the gap between a statement's planning (GetFlightInfo) and
+/// its execution (DoGet), or between two batches its client reads.
+pub const GRACE: Duration = Duration::from_millis(50);
+
+/// The statements running on one executor.
+#[derive(Debug)]
+pub(crate) struct Turns {
+    /// Light statements running.
+    light: AtomicUsize,
+    base: Instant,
+    /// When the last light statement stopped running: microseconds since
+    /// `base`.
+    last_light: AtomicU64,
+    /// Lanes taken by heavy joins.
+    taken: AtomicUsize,
+    /// Lanes heavy joins may take while light statements run.
+    lanes: usize,
+}
+
+impl Turns {
+    /// The statements of an executor of `threads` workers: heavy ones may
+    /// take all but one while light ones run.
+    pub fn new(threads: usize) -> Self {
+        Self {
+            light: AtomicUsize::new(0),
+            base: Instant::now(),
+            last_light: AtomicU64::new(0),
+            taken: AtomicUsize::new(0),
+            lanes: threads.saturating_sub(1),
+        }
+    }
+
+    fn micros(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Light statements running now.
+    pub fn light(&self) -> usize {
+        self.light.load(Ordering::Relaxed)
+    }
+
+    /// Whether a light statement runs, or stopped less than [`GRACE`] ago.
+    pub fn light_lately(&self) -> bool {
+        if self.light() > 0 {
+            return true;
+        }
+        let last = self.last_light.load(Ordering::Relaxed);
+        last != 0 && Duration::from_micros(self.micros().saturating_sub(last)) < GRACE
+    }
+
+    fn light_started(&self) {
+        self.light.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A light statement stopped running (`paused`) or turned heavy.
+    fn light_stopped(&self, paused: bool) {
+        if paused {
+            // Noted before the count drops, so that no reader sees neither.
+            self.last_light
+                .store(self.micros().max(1), Ordering::Relaxed);
+        }
+        self.light.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A lane, if one is free.
+    fn lane(self: &Arc<Self>) -> Option<Lane> {
+        let mut taken = self.taken.load(Ordering::Relaxed);
+        while taken < self.lanes {
+            match self.taken.compare_exchange_weak(
+                taken,
+                taken + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(Lane(Arc::clone(self))),
+                Err(now) => taken = now,
+            }
+        }
+        None
+    }
+}
+
+/// A lane taken by a heavy join, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Lane(Arc<Turns>);
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        self.0.taken.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Where one statement stands.
+#[derive(Debug, Default, Clone, Copy)]
+struct Standing {
+    running: bool,
+    heavy: bool,
+}
+
+impl Standing {
+    fn light(self) -> bool {
+        self.running && !self.heavy
+    }
+}
+
+/// One statement's place among the executor's statements.
+#[derive(Debug)]
+pub(crate) struct Turn {
+    turns: Arc<Turns>,
+    standing: Mutex<Standing>,
+    /// `standing.heavy`, read without the lock.
+    is_heavy: AtomicBool,
+    /// The longest poll of its joins, in microseconds.
+    longest: AtomicU64,
+}
+
+impl Turn {
+    /// A statement not yet running.
+    pub fn new(turns: Arc<Turns>) -> Self {
+        Self {
+            turns,
+            standing: Mutex::new(Standing::default()),
+            is_heavy: AtomicBool::new(false),
+            longest: AtomicU64::new(0),
+        }
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Standing)) {
+        let mut standing = self.standing.lock().unwrap_or_else(PoisonError::into_inner);
+        let was = standing.light();
+        change(&mut standing);
+        match (was, standing.light()) {
+            (false, true) => self.turns.light_started(),
+            (true, false) => self.turns.light_stopped(!standing.running),
+            _ => {}
+        }
+    }
+
+    /// The statement runs (`true`) or waits for its reader (`false`).
+    pub fn running(&self, running: bool) {
+        self.update(|s| s.running = running);
+    }
+
+    /// One of the statement's joins held its thread for `poll`: from now
+    /// on the statement is heavy.
+    pub fn ran_long(&self, poll: Duration) {
+        let micros = u64::try_from(poll.as_micros()).unwrap_or(u64::MAX);
+        self.longest.fetch_max(micros, Ordering::Relaxed);
+        if !self.is_heavy.swap(true, Ordering::Relaxed) {
+            self.update(|s| s.heavy = true);
+        }
+    }
+
+    /// Whether the statement is heavy.
+    pub fn is_heavy(&self) -> bool {
+        self.is_heavy.load(Ordering::Relaxed)
+    }
+
+    /// Whether light statements are running (or did a moment ago), so
+    /// that a heavy one needs a lane.
+    pub fn others_waiting(&self) -> bool {
+        self.turns.light_lately()
+    }
+
+    /// How long one of its joins waits for a lane at most:
+    /// [`GIVE_WAY_FACTOR`] times its longest poll, at most
+    /// [`GIVE_WAY_MAX`].
+    pub fn budget(&self) -> Duration {
+        let longest = Duration::from_micros(self.longest.load(Ordering::Relaxed));
+        (longest * GIVE_WAY_FACTOR).min(GIVE_WAY_MAX)
+    }
+
+    /// Marks the statement running until the guard is dropped.
+    pub fn run(self: &Arc<Self>) -> Running {
+        self.running(true);
+        Running(Arc::clone(self))
+    }
+}
+
+/// Keeps a statement running while it lives (`Turn::run`).
+#[derive(Debug)]
+pub(crate) struct Running(Arc<Turn>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running(false);
+    }
+}
+
+/// Waits, asleep, until a lane is free (returned, after a yield), no light
+/// statement runs, or the statement's budget has passed (`None` for both).
+pub async fn give_way(turn: Arc<Turn>) -> Option<Lane> {
+    let until = Instant::now() + turn.budget();
+    loop {
+        if !turn.others_waiting() {
+            return None;
+        }
+        if let Some(lane) = turn.turns.lane() {
+            tokio::task::yield_now().await;
+            return Some(lane);
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        tokio::time::sleep(left.min(STEP)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_running_statements_that_have_not_run_long_are_light() {
+        let turns = Arc::new(Turns::new(2));
+        let a = Arc::new(Turn::new(Arc::clone(&turns)));
+        let b = Arc::new(Turn::new(Arc::clone(&turns)));
+        assert_eq!(turns.light(), 0);
+        let running_a = a.run();
+        let running_b = b.run();
+        assert_eq!(turns.light(), 2);
+        a.ran_long(Duration::from_millis(20));
+        a.ran_long(Duration::from_millis(10));
+        assert!(a.is_heavy() && !b.is_heavy());
+        assert_eq!(a.budget(), Duration::from_millis(80));
+        assert_eq!(turns.light(), 1);
+        assert!(a.others_waiting());
+        b.running(false); // waits for its reader
+        assert_eq!(turns.light(), 0);
+        assert!(a.others_waiting(), "light a moment ago");
+        std::thread::sleep(GRACE + Duration::from_millis(20));
+        assert!(!a.others_waiting());
+        b.running(true);
+        drop(running_b);
+        assert_eq!(turns.light(), 0);
+        drop(running_a);
+        assert_eq!(turns.light(), 0);
+    }
+
+    #[tokio::test]
+    async fn heavy_joins_leave_a_thread_to_light_statements() {
+        // Three threads: two lanes for heavy joins while light ones run.
+        let turns = Arc::new(Turns::new(3));
+        let heavy = Arc::new(Turn::new(Arc::clone(&turns)));
+        let _running = heavy.run();
+        heavy.ran_long(Duration::from_secs(60));
+        let light = Arc::new(Turn::new(Arc::clone(&turns)));
+
+        // Nobody to give way to: no lane needed, no wait.
+        let started = Instant::now();
+        assert!(give_way(Arc::clone(&heavy)).await.is_none());
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        // A light statement running: two joins take the two lanes, a third
+        // waits until one is given back or the light statement ends.
+        let running = light.run();
+        let first = give_way(Arc::clone(&heavy)).await.expect("a lane");
+        let second = give_way(Arc::clone(&heavy)).await.expect("a lane");
+        let third = tokio::spawn(give_way(Arc::clone(&heavy)));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!third.is_finished(), "a third join ran beside two");
+        drop(first);
+        let third = tokio::time::timeout(Duration::from_secs(30), third)
+            .await
+            .expect("still waiting after a lane was given back")
+            .unwrap();
+        assert!(third.is_some());
+        let fourth = tokio::spawn(give_way(Arc::clone(&heavy)));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!fourth.is_finished(), "a third join ran beside two");
+        drop(running);
+        let fourth = tokio::time::timeout(Duration::from_secs(30), fourth)
+            .await
+            .expect("still waiting after the light statement ended")
+            .unwrap();
+        assert!(fourth.is_none(), "no lane needed once nobody is light");
+        drop((second, third));
+        assert_eq!(turns.taken.load(Ordering::Relaxed), 0);
+
+        // ... and for no longer than its budget while light ones go on.
+        let _running = light.run();
+        let (_a, _b) = (turns.lane(), turns.lane());
+        let short = Arc::new(Turn::new(Arc::clone(&turns)));
+        short.ran_long(Duration::from_millis(20));
+        let started = Instant::now();
+        assert!(give_way(short).await.is_none());
+        assert!(started.elapsed() >= Duration::from_millis(80));
+    }
+}
