@@ -19,10 +19,12 @@
 //! changes for it. A join that does not now holds its thread for one probe
 //! batch at a time: for the nested-loop join, |build| x 8,192 evaluations
 //! of its condition (about 2.8 s for 200,000 build rows in a release
-//! build here), not the whole join. Such a join also makes its statement
-//! *heavy*: while statements that have not run long are running on the
-//! executor, it sleeps instead of yielding (`turns.rs`), so that those
-//! get the thread for more than one turn per probe batch.
+//! build here), not the whole join. A join that held its thread for
+//! 100 ms also makes its statement *heavy*: while statements that have not
+//! run long are running, its
+//! joins run only on the executor's lanes (all threads but one), asleep
+//! until one is free (`turns.rs`), so that those statements get a thread
+//! for more than one turn per probe batch.
 //!
 //! Slicing probe batches thinner would shorten that, but the nested-loop
 //! join pays about 2 us per build row and probe batch whatever the batch's
@@ -302,7 +304,7 @@ impl ProbeStream {
     ) -> Pin<Box<dyn Future<Output = Option<Lane>> + Send>> {
         if let Some(turn) = &self.turn {
             turn.ran_long(entered.elapsed());
-            if turn.others_waiting() {
+            if turn.is_heavy() && turn.others_waiting() {
                 return Box::pin(turns::give_way(Arc::clone(turn)));
             }
         }

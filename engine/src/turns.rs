@@ -8,24 +8,31 @@
 //! per turn: behind two such joins on two cores, 75 s.
 //!
 //! Each statement on the executor has a [`Turn`]. A statement is *light*
-//! while it runs and none of its joins has held a thread for a whole
-//! timeslice; such a join makes it *heavy* for the rest of its run. While
-//! any light statement runs, heavy ones run on at most all threads but
-//! one (the executor's *lanes*): at the end of a long poll a heavy
-//! statement's join takes a lane for its next probe batch, or sleeps
-//! (its thread free for others) until one is free, looking again every
-//! [`STEP`]. So a light statement finds a thread within one probe batch of
-//! a heavy join, however many heavy joins run. A join waits for a lane
-//! for at most [`GIVE_WAY_FACTOR`] times the poll it just had (then runs
-//! without one), so heavy statements keep their share when light ones
-//! never stop; and while no light statement runs nothing changes (one
-//! statement at a time, or only long ones). A statement waiting for its
-//! reader (the channel to the client full) is not running, so a slow
-//! client does not hold others back.
+//! from the moment it is submitted until one of its joins holds a thread
+//! for [`HEAVY_POLL`] in one poll; that makes it *heavy* for the rest of
+//! its run. (Joins of shorter polls yield every timeslice and share the
+//! threads at that grain; the threshold keeps ordinary analytic joins,
+//! whose hash builds can take tens of milliseconds in one poll, out of
+//! this.) While any light statement runs, heavy ones run on at most all
+//! threads but one (the executor's *lanes*): before each probe batch a
+//! heavy statement's join takes a lane, or sleeps (its thread free for
+//! others) until one is free, looking again every [`STEP`]. So a light
+//! statement finds a thread within one probe batch of a heavy join,
+//! however many heavy joins run. A join waits for a lane for at most
+//! [`GIVE_WAY_FACTOR`] times its statement's longest poll (then runs one
+//! batch without), so heavy statements keep a share when light ones never
+//! stop; and while no light statement runs nothing changes. A light
+//! statement counts as running for [`GRACE`] after it stops; one waiting
+//! for its reader (the channel to the client full) is not running, so a
+//! slow client does not hold others back.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+/// A join that holds its thread this long in one poll makes its statement
+/// heavy.
+pub const HEAVY_POLL: Duration = Duration::from_millis(100);
 
 /// How often a join waiting for a lane looks again.
 pub const STEP: Duration = Duration::from_millis(10);
@@ -181,12 +188,21 @@ impl Turn {
         self.update(|s| s.running = running);
     }
 
-    /// One of the statement's joins held its thread for `poll`: from now
-    /// on the statement is heavy.
+    /// One of the statement's joins held its thread for `poll` (more than
+    /// a timeslice); at [`HEAVY_POLL`] or more the statement is heavy from
+    /// now on.
     pub fn ran_long(&self, poll: Duration) {
         let micros = u64::try_from(poll.as_micros()).unwrap_or(u64::MAX);
         self.longest.fetch_max(micros, Ordering::Relaxed);
-        if !self.is_heavy.swap(true, Ordering::Relaxed) {
+        tracing::trace!(
+            poll_us = micros,
+            "a join held its thread for more than a timeslice"
+        );
+        if poll >= HEAVY_POLL && !self.is_heavy.swap(true, Ordering::Relaxed) {
+            tracing::debug!(
+                poll_ms = poll.as_millis(),
+                "a join held its thread long: its statement gives way to light ones from now on"
+            );
             self.update(|s| s.heavy = true);
         }
     }
@@ -261,9 +277,11 @@ mod tests {
         let running_b = b.run();
         assert_eq!(turns.light(), 2);
         a.ran_long(Duration::from_millis(20));
+        assert!(!a.is_heavy(), "a short poll makes no statement heavy");
+        a.ran_long(Duration::from_millis(200));
         a.ran_long(Duration::from_millis(10));
         assert!(a.is_heavy() && !b.is_heavy());
-        assert_eq!(a.budget(), Duration::from_millis(80));
+        assert_eq!(a.budget(), Duration::from_millis(800));
         assert_eq!(turns.light(), 1);
         assert!(a.others_waiting());
         b.running(false); // waits for its reader
@@ -322,9 +340,9 @@ mod tests {
         let _running = light.run();
         let (_a, _b) = (turns.lane(), turns.lane());
         let short = Arc::new(Turn::new(Arc::clone(&turns)));
-        short.ran_long(Duration::from_millis(20));
+        short.ran_long(HEAVY_POLL);
         let started = Instant::now();
         assert!(give_way(short).await.is_none());
-        assert!(started.elapsed() >= Duration::from_millis(80));
+        assert!(started.elapsed() >= HEAVY_POLL * GIVE_WAY_FACTOR);
     }
 }
