@@ -641,12 +641,10 @@ async fn a_runaway_join_stops_at_the_deadline_or_when_its_client_hangs_up() {
 const ENDLESS_JOIN: &str = "SELECT count(*) FROM generate_series(1, 2000) a \
     JOIN generate_series(1, 200000000) b ON a.value + b.value < 0";
 
-#[tokio::test]
-async fn a_runaway_join_shares_the_executor_with_other_statements() {
-    // Before joins gave up their thread when a poll ran long
-    // (timeslice.rs), these held every executor thread until they ended
-    // (hours) or hit the timeout (an hour by default): every other
-    // statement waited that long.
+/// Runs `join` from one client per core, waits `settle`, then carol's
+/// `statement`, which must answer within `limit` while the joins run;
+/// carol's answer. The joins stop once their clients hang up.
+async fn carol_behind_joins(join: &str, settle: Duration, statement: &str, limit: Duration) -> i64 {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let server = start_with(EngineOptions::default(), None).await;
     let addr = server.handle.addr;
@@ -655,34 +653,40 @@ async fn a_runaway_join_shares_the_executor_with_other_statements() {
     for _ in 0..threads {
         clients.push(client(addr, "bob", "bob-pw").await.unwrap());
     }
-    let runs = futures::future::join_all(clients.iter_mut().map(|c| query(c, ENDLESS_JOIN)));
+    let runs = futures::future::join_all(clients.iter_mut().map(|c| query(c, join)));
     let others = async {
-        // Once the joins hold the threads.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let started = std::time::Instant::now();
-        let answer = tokio::time::timeout(
-            Duration::from_secs(30),
-            query(
-                &mut carol,
-                "SELECT count(*) FROM generate_series(1, 100000)",
-            ),
-        )
-        .await;
-        (answer, started.elapsed())
+        tokio::time::sleep(settle).await;
+        tokio::time::timeout(limit, query(&mut carol, statement)).await
     };
-    let (answer, took) = tokio::select! {
+    let answer = tokio::select! {
         _ = runs => panic!("the joins finished"),
         answer = others => answer,
     };
     let answer = answer.expect("carol's statement waited for the joins");
-    assert_eq!(count(&answer.unwrap()), 100000);
-    assert!(took < Duration::from_secs(30), "{took:?}");
-    // The joins' clients hung up (dropped above): they stop.
+    let answer = count(&answer.unwrap());
+    // The joins' clients hung up (dropped here): they stop.
     drop(clients);
     assert!(
         all_slots_freed(&server.engine).await,
         "the abandoned joins still hold their slots"
     );
+    answer
+}
+
+#[tokio::test]
+async fn a_runaway_join_shares_the_executor_with_other_statements() {
+    // Before joins gave up their thread when a poll ran long
+    // (timeslice.rs), these held every executor thread until they ended
+    // (hours) or hit the timeout (an hour by default): every other
+    // statement waited that long.
+    let answer = carol_behind_joins(
+        ENDLESS_JOIN,
+        Duration::from_secs(2), // once the joins hold the threads
+        "SELECT count(*) FROM generate_series(1, 100000)",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(answer, 100000);
 }
 
 #[tokio::test]
@@ -695,43 +699,18 @@ async fn a_statement_needing_many_turns_gets_them_behind_runaway_joins() {
     // (turns.rs).
     const HEAVY_JOIN: &str = "SELECT count(*) FROM generate_series(1, 5000) a \
         JOIN generate_series(1, 200000000) b ON a.value + b.value < 0";
+    // Once every partition of the joins has run a probe batch (the first
+    // is not held back: nothing tells yet that it runs long).
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let server = start_with(EngineOptions::default(), None).await;
-    let addr = server.handle.addr;
-    let mut carol = client(addr, "carol", "carol-pw").await.unwrap();
-    let mut clients = Vec::new();
-    for _ in 0..threads {
-        clients.push(client(addr, "bob", "bob-pw").await.unwrap());
-    }
-    let runs = futures::future::join_all(clients.iter_mut().map(|c| query(c, HEAVY_JOIN)));
-    let others = async {
-        // Once every partition of the joins has run a probe batch (the
-        // first is not held back: nothing tells yet that it runs long).
-        let rounds = u64::try_from(threads).unwrap_or(2);
-        tokio::time::sleep(Duration::from_secs(3 * rounds)).await;
-        let started = std::time::Instant::now();
-        let answer = tokio::time::timeout(
-            Duration::from_secs(60),
-            query(
-                &mut carol,
-                "SELECT sum(value) FROM generate_series(1, 1000000) WHERE value % 2 = 0",
-            ),
-        )
-        .await;
-        (answer, started.elapsed())
-    };
-    let (answer, took) = tokio::select! {
-        _ = runs => panic!("the joins finished"),
-        answer = others => answer,
-    };
-    let answer = answer.expect("carol's statement waited for the joins");
-    assert_eq!(count(&answer.unwrap()), 250_000_500_000);
-    assert!(took < Duration::from_secs(60), "{took:?}");
-    drop(clients);
-    assert!(
-        all_slots_freed(&server.engine).await,
-        "the abandoned joins still hold their slots"
-    );
+    let settle = Duration::from_secs(3 * u64::try_from(threads).unwrap_or(2));
+    let answer = carol_behind_joins(
+        HEAVY_JOIN,
+        settle,
+        "SELECT sum(value) FROM generate_series(1, 1000000) WHERE value % 2 = 0",
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(answer, 250_000_500_000);
 }
 
 #[tokio::test]
