@@ -16,12 +16,14 @@
 //! this.) While any light statement runs, heavy ones run on at most all
 //! threads but one (the executor's *lanes*): before each probe batch a
 //! heavy statement's join takes a lane, or sleeps (its thread free for
-//! others) until one is free, looking again every [`STEP`]. So a light
+//! others) until one is free (lanes go in the order asked for), looking
+//! every [`STEP`] whether light statements still run. So a light
 //! statement finds a thread within one probe batch of a heavy join,
-//! however many heavy joins run. A join waits for a lane for at most
-//! [`GIVE_WAY_FACTOR`] times its statement's longest poll (then runs one
-//! batch without), so heavy statements keep a share when light ones never
-//! stop; and while no light statement runs nothing changes. A light
+//! however many heavy joins run, and heavy statements keep the lanes when
+//! light ones never stop. An executor of one thread has no lanes: there a
+//! heavy join waits for at most [`GIVE_WAY_FACTOR`] times its statement's
+//! longest poll, then runs one batch. While no light statement runs,
+//! nothing changes. A light
 //! statement counts as running for [`GRACE`] after it stops; one waiting
 //! for its reader (the channel to the client full) is not running, so a
 //! slow client does not hold others back.
@@ -30,6 +32,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 /// A join that holds its thread this long in one poll makes its statement
 /// heavy.
 pub const HEAVY_POLL: Duration = Duration::from_millis(100);
@@ -37,11 +41,11 @@ pub const HEAVY_POLL: Duration = Duration::from_millis(100);
 /// How often a join waiting for a lane looks again.
 pub const STEP: Duration = Duration::from_millis(10);
 
-/// A join waits for a lane for at most this many times the poll it just
-/// had.
+/// Without lanes, a heavy join waits for at most this many times its
+/// statement's longest poll.
 pub const GIVE_WAY_FACTOR: u32 = 4;
 
-/// A join waits for a lane for at most this long at a time.
+/// Without lanes, a heavy join waits for at most this long at a time.
 pub const GIVE_WAY_MAX: Duration = Duration::from_secs(60);
 
 /// Light statements count as running for this long after the last one
@@ -58,10 +62,11 @@ pub(crate) struct Turns {
     /// When the last light statement stopped running: microseconds since
     /// `base`.
     last_light: AtomicU64,
-    /// Lanes taken by heavy joins.
-    taken: AtomicUsize,
-    /// Lanes heavy joins may take while light statements run.
-    lanes: usize,
+    /// Lanes heavy joins may take while light statements run, handed out
+    /// in the order asked for.
+    lanes: Arc<Semaphore>,
+    /// How many lanes there are.
+    lane_count: usize,
 }
 
 impl Turns {
@@ -72,8 +77,8 @@ impl Turns {
             light: AtomicUsize::new(0),
             base: Instant::now(),
             last_light: AtomicU64::new(0),
-            taken: AtomicUsize::new(0),
-            lanes: threads.saturating_sub(1),
+            lanes: Arc::new(Semaphore::new(threads.saturating_sub(1))),
+            lane_count: threads.saturating_sub(1),
         }
     }
 
@@ -110,32 +115,14 @@ impl Turns {
     }
 
     /// A lane, if one is free.
-    fn lane(self: &Arc<Self>) -> Option<Lane> {
-        let mut taken = self.taken.load(Ordering::Relaxed);
-        while taken < self.lanes {
-            match self.taken.compare_exchange_weak(
-                taken,
-                taken + 1,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Some(Lane(Arc::clone(self))),
-                Err(now) => taken = now,
-            }
-        }
-        None
+    #[cfg(test)]
+    fn lane(&self) -> Option<Lane> {
+        Arc::clone(&self.lanes).try_acquire_owned().ok()
     }
 }
 
 /// A lane taken by a heavy join, given back when dropped.
-#[derive(Debug)]
-pub(crate) struct Lane(Arc<Turns>);
-
-impl Drop for Lane {
-    fn drop(&mut self) {
-        self.0.taken.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+pub(crate) type Lane = OwnedSemaphorePermit;
 
 /// Where one statement stands.
 #[derive(Debug, Default, Clone, Copy)]
@@ -218,7 +205,8 @@ impl Turn {
         self.turns.light_lately()
     }
 
-    /// How long one of its joins waits for a lane at most:
+    /// How long one of its joins waits at most on an executor without
+    /// lanes:
     /// [`GIVE_WAY_FACTOR`] times its longest poll, at most
     /// [`GIVE_WAY_MAX`].
     pub fn budget(&self) -> Duration {
@@ -243,23 +231,36 @@ impl Drop for Running {
     }
 }
 
-/// Waits, asleep, until a lane is free (returned, after a yield), no light
-/// statement runs, or the statement's budget has passed (`None` for both).
+/// Waits, asleep, until a lane is free (returned, after a yield) or no
+/// light statement runs (`None`). An executor without lanes (one thread)
+/// waits for at most the statement's budget, so that its heavy statements
+/// go on while light ones never stop; with lanes, those are their share.
 pub async fn give_way(turn: Arc<Turn>) -> Option<Lane> {
-    let until = Instant::now() + turn.budget();
+    let until = (turn.turns.lane_count == 0).then(|| Instant::now() + turn.budget());
+    // Asked for once: the place in the queue is kept while it waits.
+    let lane = Arc::clone(&turn.turns.lanes).acquire_owned();
+    tokio::pin!(lane);
     loop {
         if !turn.others_waiting() {
             return None;
         }
-        if let Some(lane) = turn.turns.lane() {
-            tokio::task::yield_now().await;
-            return Some(lane);
+        let step = match until {
+            Some(until) => {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return None;
+                }
+                left.min(STEP)
+            }
+            None => STEP,
+        };
+        tokio::select! {
+            lane = &mut lane => {
+                tokio::task::yield_now().await;
+                return lane.ok();
+            }
+            () = tokio::time::sleep(step) => {}
         }
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return None;
-        }
-        tokio::time::sleep(left.min(STEP)).await;
     }
 }
 
@@ -334,15 +335,38 @@ mod tests {
             .unwrap();
         assert!(fourth.is_none(), "no lane needed once nobody is light");
         drop((second, third));
-        assert_eq!(turns.taken.load(Ordering::Relaxed), 0);
+        assert_eq!(turns.lanes.available_permits(), 2);
 
-        // ... and for no longer than its budget while light ones go on.
+        // Lanes go in the order asked for: a join that gave one back and
+        // asks again queues behind one already waiting.
+        let running = light.run();
+        let (first, _second) = (turns.lane(), turns.lane());
+        let waiting = tokio::spawn(give_way(Arc::clone(&heavy)));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        drop(first);
+        let again = tokio::spawn(give_way(Arc::clone(&heavy)));
+        let waiting = tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .expect("the first in line got no lane")
+            .unwrap();
+        assert!(waiting.is_some());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!again.is_finished(), "a join jumped the queue");
+        again.abort();
+        drop(running);
+    }
+
+    #[tokio::test]
+    async fn without_lanes_a_heavy_join_waits_no_longer_than_its_budget() {
+        // One thread: no lanes, so heavy statements would never run while
+        // light ones go on.
+        let turns = Arc::new(Turns::new(1));
+        let light = Arc::new(Turn::new(Arc::clone(&turns)));
         let _running = light.run();
-        let (_a, _b) = (turns.lane(), turns.lane());
-        let short = Arc::new(Turn::new(Arc::clone(&turns)));
-        short.ran_long(HEAVY_POLL);
+        let heavy = Arc::new(Turn::new(Arc::clone(&turns)));
+        heavy.ran_long(HEAVY_POLL);
         let started = Instant::now();
-        assert!(give_way(short).await.is_none());
+        assert!(give_way(heavy).await.is_none());
         assert!(started.elapsed() >= HEAVY_POLL * GIVE_WAY_FACTOR);
     }
 }
