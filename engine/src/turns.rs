@@ -23,10 +23,9 @@
 //! light ones never stop. An executor of one thread has no lanes: there a
 //! heavy join waits for at most [`GIVE_WAY_FACTOR`] times its statement's
 //! longest poll, then runs one batch. While no light statement runs,
-//! nothing changes. A light
-//! statement counts as running for [`GRACE`] after it stops; one waiting
-//! for its reader (the channel to the client full) is not running, so a
-//! slow client does not hold others back.
+//! nothing changes. A light statement counts as running for [`GRACE`]
+//! after it stops; one waiting for its reader (the channel to the client
+//! full) is not running, so a slow client does not hold others back.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -206,8 +205,7 @@ impl Turn {
     }
 
     /// How long one of its joins waits at most on an executor without
-    /// lanes:
-    /// [`GIVE_WAY_FACTOR`] times its longest poll, at most
+    /// lanes: [`GIVE_WAY_FACTOR`] times its longest poll, at most
     /// [`GIVE_WAY_MAX`].
     pub fn budget(&self) -> Duration {
         let longest = Duration::from_micros(self.longest.load(Ordering::Relaxed));
