@@ -23,9 +23,12 @@
 //! light ones never stop. An executor of one thread has no lanes: there a
 //! heavy join waits for at most [`GIVE_WAY_FACTOR`] times its statement's
 //! longest poll, then runs one batch. While no light statement runs,
-//! nothing changes. A light statement counts as running for [`GRACE`]
-//! after it stops; one waiting for its reader (the channel to the client
-//! full) is not running, so a slow client does not hold others back.
+//! nothing changes. For a heavy statement, light ones count as running
+//! for as long as its longest poll after they stop (within [`GRACE_MIN`]
+//! and [`GRACE_MAX`]): a light statement arriving in that time would wait
+//! up to that long for a thread. A statement waiting for its reader (the
+//! channel to the client full) is not running, so a slow client does not
+//! hold others back.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -47,14 +50,16 @@ pub const GIVE_WAY_FACTOR: u32 = 4;
 /// Without lanes, a heavy join waits for at most this long at a time.
 pub const GIVE_WAY_MAX: Duration = Duration::from_secs(60);
 
-/// Light statements count as running for this long after the last one
-/// stopped: the gap between a statement's planning (GetFlightInfo) and
-/// its execution (DoGet) on loopback or a local network, or between two
-/// batches its client reads. Kept short: while it lasts with no light
-/// statement running, the thread kept from heavy ones idles (at 50 ms,
-/// 20 point queries a second would have kept heavy statements to all
-/// threads but one nearly all the time).
-pub const GRACE: Duration = Duration::from_millis(5);
+/// After the last light statement stopped, a heavy statement keeps to the
+/// lanes for as long as its longest poll (a light statement arriving in
+/// that time would otherwise wait up to that long for a thread), at least
+/// this long: the gap between a statement's planning (GetFlightInfo) and
+/// its execution (DoGet) on loopback, or between two batches its client
+/// reads.
+pub const GRACE_MIN: Duration = Duration::from_millis(5);
+
+/// ... and at most this long.
+pub const GRACE_MAX: Duration = Duration::from_secs(1);
 
 /// The statements running on one executor.
 #[derive(Debug)]
@@ -94,13 +99,13 @@ impl Turns {
         self.light.load(Ordering::Relaxed)
     }
 
-    /// Whether a light statement runs, or stopped less than [`GRACE`] ago.
-    pub fn light_lately(&self) -> bool {
+    /// Whether a light statement runs, or stopped less than `grace` ago.
+    pub fn light_within(&self, grace: Duration) -> bool {
         if self.light() > 0 {
             return true;
         }
         let last = self.last_light.load(Ordering::Relaxed);
-        last != 0 && Duration::from_micros(self.micros().saturating_sub(last)) < GRACE
+        last != 0 && Duration::from_micros(self.micros().saturating_sub(last)) < grace
     }
 
     fn light_started(&self) {
@@ -202,10 +207,12 @@ impl Turn {
         self.is_heavy.load(Ordering::Relaxed)
     }
 
-    /// Whether light statements are running (or did a moment ago), so
-    /// that a heavy one needs a lane.
+    /// Whether light statements are running, or stopped less than the
+    /// statement's longest poll ago (within [`GRACE_MIN`] and
+    /// [`GRACE_MAX`]), so that a heavy one needs a lane.
     pub fn others_waiting(&self) -> bool {
-        self.turns.light_lately()
+        let longest = Duration::from_micros(self.longest.load(Ordering::Relaxed));
+        self.turns.light_within(longest.clamp(GRACE_MIN, GRACE_MAX))
     }
 
     /// How long one of its joins waits at most on an executor without
@@ -290,7 +297,7 @@ mod tests {
         b.running(false); // waits for its reader
         assert_eq!(turns.light(), 0);
         assert!(a.others_waiting(), "light a moment ago");
-        std::thread::sleep(GRACE + Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(200 + 20)); // a's longest poll
         assert!(!a.others_waiting());
         b.running(true);
         drop(running_b);
