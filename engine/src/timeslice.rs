@@ -31,11 +31,12 @@
 //! size: at 2,048-row slices a legitimate `count(*)` over 2,000 x 1,000,000
 //! rows took 4.3 s against 2.9 s (release), so batches pass whole.
 
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -64,12 +65,45 @@ use crate::turns::{self, Lane, Turn};
 /// makes it give the thread up.
 pub const POLL_LIMIT: Duration = Duration::from_millis(10);
 
-/// When each partition's current poll of the join began.
+/// When each partition's current poll of the join began, and the lane it
+/// runs on in this poll (`turns.rs`).
 #[derive(Debug)]
 struct Clocks {
     base: Instant,
     /// Nanoseconds since `base` plus one; zero outside a poll.
     entered: Vec<AtomicU64>,
+    /// Given back at the end of the poll: a lane is never held by a join
+    /// that waits (for its input, or for its reader), which could be
+    /// waiting for a join that waits for that lane.
+    lanes: Vec<Mutex<Option<Lane>>>,
+}
+
+thread_local! {
+    /// Joins on this thread's stack that run on a lane: a join nested in
+    /// one (same task, same thread) needs no lane of its own, and waiting
+    /// for one would wait for the join above it.
+    static IN_LANE: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Counts a join running on a lane on this thread while it lives.
+struct InLane;
+
+impl InLane {
+    fn enter() -> Self {
+        IN_LANE.with(|n| n.set(n.get() + 1));
+        InLane
+    }
+
+    /// Whether a join above on this thread runs on a lane.
+    fn active() -> bool {
+        IN_LANE.with(|n| n.get() > 0)
+    }
+}
+
+impl Drop for InLane {
+    fn drop(&mut self) {
+        IN_LANE.with(|n| n.set(n.get().saturating_sub(1)));
+    }
 }
 
 impl Clocks {
@@ -77,7 +111,31 @@ impl Clocks {
         Self {
             base: Instant::now(),
             entered: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            lanes: (0..partitions).map(|_| Mutex::new(None)).collect(),
         }
+    }
+
+    fn lane(&self, partition: usize) -> Option<MutexGuard<'_, Option<Lane>>> {
+        let lane = self.lanes.get(partition)?;
+        Some(lane.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The partition runs on `lane` until its poll ends.
+    fn hold(&self, partition: usize, lane: Lane) {
+        if let Some(mut held) = self.lane(partition) {
+            *held = Some(lane);
+        }
+    }
+
+    /// Gives the partition's lane back, if it holds one.
+    fn release(&self, partition: usize) {
+        let lane = self.lane(partition).and_then(|mut held| held.take());
+        drop(lane);
+    }
+
+    /// Whether the partition runs on a lane.
+    fn holds(&self, partition: usize) -> bool {
+        self.lane(partition).is_some_and(|held| held.is_some())
     }
 
     fn enter(&self, partition: usize) {
@@ -196,7 +254,6 @@ impl ExecutionPlan for TimesliceExec {
                 partition,
                 turn,
                 yielding: None,
-                lane: None,
             }),
         })
     }
@@ -257,6 +314,7 @@ impl Stream for ClockStream {
         self.clocks.enter(self.partition);
         let out = self.input.poll_next_unpin(cx);
         self.clocks.leave(self.partition);
+        self.clocks.release(self.partition);
         out
     }
 
@@ -280,9 +338,6 @@ struct ProbeStream {
     turn: Option<Arc<Turn>>,
     /// A yield under way; a lane when it ends with one.
     yielding: Option<Pin<Box<dyn Future<Output = Option<Lane>> + Send>>>,
-    /// The lane the join runs on (`turns.rs`), from the end of one long
-    /// poll to the end of the next; given back when the stream is dropped.
-    lane: Option<Lane>,
 }
 
 impl ProbeStream {
@@ -304,7 +359,7 @@ impl ProbeStream {
     ) -> Pin<Box<dyn Future<Output = Option<Lane>> + Send>> {
         if let Some(turn) = &self.turn {
             turn.ran_long(entered.elapsed());
-            if turn.is_heavy() && turn.others_waiting() {
+            if turn.is_heavy() && turn.others_waiting() && !InLane::active() {
                 return Box::pin(turns::give_way(Arc::clone(turn)));
             }
         }
@@ -318,8 +373,11 @@ impl ProbeStream {
     /// its next batch: light statements run and it holds none.
     fn needs_lane(&self) -> Option<Pin<Box<dyn Future<Output = Option<Lane>> + Send>>> {
         let turn = self.turn.as_ref()?;
-        (self.lane.is_none() && turn.is_heavy() && turn.others_waiting())
-            .then(|| Box::pin(turns::give_way(Arc::clone(turn))) as _)
+        let needed = turn.is_heavy()
+            && turn.others_waiting()
+            && !InLane::active()
+            && !self.clocks.holds(self.partition);
+        needed.then(|| Box::pin(turns::give_way(Arc::clone(turn))) as _)
     }
 }
 
@@ -334,7 +392,8 @@ impl Stream for ProbeStream {
         } else {
             let yielding = match self.overdue() {
                 Some(entered) => {
-                    self.lane = None; // given back before waiting for one
+                    // Given back before waiting for one.
+                    self.clocks.release(self.partition);
                     Some(self.after_long_poll(entered))
                 }
                 None => self.needs_lane(),
@@ -350,9 +409,10 @@ impl Stream for ProbeStream {
                 None => None,
             }
         };
-        if lane.is_some() {
-            self.lane = lane;
+        if let Some(lane) = lane {
+            self.clocks.hold(self.partition, lane);
         }
+        let _in_lane = self.clocks.holds(self.partition).then(InLane::enter);
         self.input.poll_next_unpin(cx)
     }
 
@@ -380,7 +440,8 @@ fn recompute() -> ReplaceChildrenOptions {
 pub(crate) fn is_timesliced(join: &dyn ExecutionPlan) -> bool {
     join.children()
         .get(1)
-        .is_some_and(|probe| probe.is::<TimesliceExec>())
+        .and_then(|probe| probe.downcast_ref::<TimesliceExec>())
+        .is_some_and(|probe| probe.role == Role::Probe)
 }
 
 /// Puts the two nodes around `join` (a nested-loop or hash join): the
@@ -441,6 +502,54 @@ mod tests {
         .await;
         let shown = datafusion::arrow::util::pretty::pretty_format_batches(&out).unwrap();
         (shown.to_string(), pending)
+    }
+
+    #[tokio::test]
+    async fn a_join_nested_in_one_on_a_lane_needs_none_of_its_own() {
+        // One partition: the inner join runs in the outer one's probe
+        // input, on the same thread. Its statement is heavy and a light
+        // one runs, so the outer join takes the executor's one lane; had
+        // the inner one waited for a lane too, it would wait for ever.
+        let ctx = SessionContext::new_with_config(
+            datafusion::prelude::SessionConfig::new().with_target_partitions(1),
+        );
+        let turns = Arc::new(crate::turns::Turns::new(2));
+        let light = Arc::new(Turn::new(Arc::clone(&turns)));
+        let _light = light.run();
+        let heavy = Arc::new(Turn::new(Arc::clone(&turns)));
+        heavy.ran_long(crate::turns::HEAVY_POLL);
+        let sql = "SELECT count(*) FROM \
+                   (SELECT value AS v FROM generate_series(1, 20)) c RIGHT JOIN \
+                   ((SELECT value AS v FROM generate_series(1, 300)) a JOIN \
+                    (SELECT value AS v, value * 2 AS w FROM generate_series(1, 3000)) b \
+                    ON a.v = b.v) \
+                   ON c.v = b.w";
+        let plan = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let plan = timeslice_all(plan).unwrap();
+        let shown = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(false)
+            .to_string();
+        assert_eq!(shown.matches("TimesliceExec: probe").count(), 2, "{shown}");
+        let config = ctx.copied_config().with_extension(Arc::clone(&heavy));
+        let task = Arc::new(TaskContext::from(&ctx.state()).with_session_config(config));
+        let stream = datafusion::physical_plan::execute_stream(plan, task).unwrap();
+        let batches = tokio::time::timeout(
+            Duration::from_secs(60),
+            futures::TryStreamExt::try_collect::<Vec<_>>(stream),
+        )
+        .await
+        .expect("the nested join waited for the lane its outer join held")
+        .unwrap();
+        let shown = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        assert!(shown.contains("| 300 "), "{shown}");
     }
 
     #[tokio::test]
