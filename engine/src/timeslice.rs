@@ -483,6 +483,11 @@ mod tests {
     use super::*;
     use datafusion::prelude::SessionContext;
 
+    async fn physical_plan(ctx: &SessionContext, sql: &str) -> Arc<dyn ExecutionPlan> {
+        let df = ctx.sql(sql).await.unwrap();
+        df.create_physical_plan().await.unwrap()
+    }
+
     /// Polls `plan` to its end; its batches and how many times it gave
     /// its thread up.
     async fn run(plan: Arc<dyn ExecutionPlan>, ctx: &SessionContext) -> (String, usize) {
@@ -524,13 +529,7 @@ mod tests {
                     (SELECT value AS v, value * 2 AS w FROM generate_series(1, 3000)) b \
                     ON a.v = b.v) \
                    ON c.v = b.w";
-        let plan = ctx
-            .sql(sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let plan = physical_plan(&ctx, sql).await;
         let plan = timeslice_all(plan).unwrap();
         let shown = datafusion::physical_plan::displayable(plan.as_ref())
             .indent(false)
@@ -561,13 +560,7 @@ mod tests {
         let sql = "SELECT count(*), sum(a.v + b.v) FROM \
                    (SELECT value AS v FROM generate_series(1, 3000)) a JOIN \
                    (SELECT value AS v FROM generate_series(1, 20000)) b ON a.v + b.v < 100";
-        let plan = ctx
-            .sql(sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let plan = physical_plan(&ctx, sql).await;
         let (expected, plain_pending) = run(Arc::clone(&plan), &ctx).await;
         assert_eq!(plain_pending, 0, "the plain join runs in one poll");
         let sliced = timeslice_all(plan).unwrap();
