@@ -20,11 +20,11 @@
 //! batch at a time: for the nested-loop join, |build| x 8,192 evaluations
 //! of its condition (about 2.8 s for 200,000 build rows in a release
 //! build here), not the whole join. A join that held its thread for
-//! 100 ms also makes its statement *heavy*: while statements that have not
-//! run long are running, its
-//! joins run only on the executor's lanes (all threads but one), asleep
-//! until one is free (`turns.rs`), so that those statements get a thread
-//! for more than one turn per probe batch.
+//! 100 ms also makes its statement *heavy*: while statements that have
+//! not run long are running, its joins run only on the executor's lanes
+//! (all threads but one), each for one poll at a time, asleep until one is
+//! free (`turns.rs`), so that those statements get a thread for more than
+//! one turn per probe batch.
 //!
 //! Slicing probe batches thinner would shorten that, but the nested-loop
 //! join pays about 2 us per build row and probe batch whatever the batch's
