@@ -641,17 +641,38 @@ async fn a_runaway_join_stops_at_the_deadline_or_when_its_client_hangs_up() {
 const ENDLESS_JOIN: &str = "SELECT count(*) FROM generate_series(1, 2000) a \
     JOIN generate_series(1, 200000000) b ON a.value + b.value < 0";
 
-/// Runs `join` from one client per core, waits `settle`, then carol's
-/// `statement`, which must answer within `limit` while the joins run;
-/// carol's answer. The joins stop once their clients hang up.
-async fn carol_behind_joins(join: &str, settle: Duration, statement: &str, limit: Duration) -> i64 {
+/// Runs `join` from one client of bob's per core (inside `project`, which
+/// sally creates with bob as its member, when given), waits `settle`, then
+/// carol's `statement`, which must answer within `limit` while the joins
+/// run; carol's answer, and the server. The joins stop once their clients
+/// hang up.
+async fn carol_behind_joins(
+    project: Option<&str>,
+    join: &str,
+    settle: Duration,
+    statement: &str,
+    limit: Duration,
+) -> (i64, common::Server) {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let server = start_with(EngineOptions::default(), None).await;
     let addr = server.handle.addr;
+    if let Some(name) = project {
+        let mut sally = client(addr, "sally", "sally-pw").await.unwrap();
+        for sql in [
+            format!("CREATE PROJECT {name}"),
+            format!("ALTER PROJECT {name} ADD MEMBER bob"),
+        ] {
+            query(&mut sally, &sql).await.unwrap();
+        }
+    }
     let mut carol = client(addr, "carol", "carol-pw").await.unwrap();
     let mut clients = Vec::new();
     for _ in 0..threads {
-        clients.push(client(addr, "bob", "bob-pw").await.unwrap());
+        let mut bob = client(addr, "bob", "bob-pw").await.unwrap();
+        if let Some(name) = project {
+            bob.set_header("x-veil-project", name);
+        }
+        clients.push(bob);
     }
     let runs = futures::future::join_all(clients.iter_mut().map(|c| query(c, join)));
     let others = async {
@@ -670,7 +691,7 @@ async fn carol_behind_joins(join: &str, settle: Duration, statement: &str, limit
         all_slots_freed(&server.engine).await,
         "the abandoned joins still hold their slots"
     );
-    answer
+    (answer, server)
 }
 
 #[tokio::test]
@@ -679,7 +700,8 @@ async fn a_runaway_join_shares_the_executor_with_other_statements() {
     // (timeslice.rs), these held every executor thread until they ended
     // (hours) or hit the timeout (an hour by default): every other
     // statement waited that long.
-    let answer = carol_behind_joins(
+    let (answer, _server) = carol_behind_joins(
+        None,
         ENDLESS_JOIN,
         Duration::from_secs(2), // once the joins hold the threads
         "SELECT count(*) FROM generate_series(1, 100000)",
@@ -697,20 +719,53 @@ async fn a_statement_needing_many_turns_gets_them_behind_runaway_joins() {
     // turn per probe batch it took minutes. The joins' statements have run
     // long, so while hers runs they keep to all threads but one
     // (turns.rs).
-    const HEAVY_JOIN: &str = "SELECT count(*) FROM generate_series(1, 5000) a \
-        JOIN generate_series(1, 200000000) b ON a.value + b.value < 0";
-    // Once every partition of the joins has run a probe batch (the first
-    // is not held back: nothing tells yet that it runs long).
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let settle = Duration::from_secs(3 * u64::try_from(threads).unwrap_or(2));
-    let answer = carol_behind_joins(
+    let (answer, _server) = carol_behind_joins(
+        None,
         HEAVY_JOIN,
-        settle,
-        "SELECT sum(value) FROM generate_series(1, 1000000) WHERE value % 2 = 0",
+        heavy_join_settle(),
+        MANY_TURNS,
         Duration::from_secs(60),
     )
     .await;
     assert_eq!(answer, 250_000_500_000);
+}
+
+/// A nested-loop join giving its thread up only between probe batches of
+/// 5,000 x 8,192 condition evaluations (about 2 s in a debug build).
+const HEAVY_JOIN: &str = "SELECT count(*) FROM generate_series(1, 5000) a \
+    JOIN generate_series(1, 200000000) b ON a.value + b.value < 0";
+
+/// A statement that hands about 120 batches between its partitions.
+const MANY_TURNS: &str = "SELECT sum(value) FROM generate_series(1, 1000000) WHERE value % 2 = 0";
+
+/// Until every partition of one [`HEAVY_JOIN`] per core has run a probe
+/// batch (the first is not held back: nothing tells yet that it runs long).
+fn heavy_join_settle() -> Duration {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    Duration::from_secs(3 * u64::try_from(threads).unwrap_or(2))
+}
+
+#[tokio::test]
+async fn a_workspace_write_that_has_run_long_gives_way_too() {
+    // A CREATE TABLE AS runs on the executor under its own turn (in the
+    // write's session config): its join turns it heavy like a query's.
+    let ctas = format!("CREATE TABLE workspace.joined AS {HEAVY_JOIN}");
+    let (answer, server) = carol_behind_joins(
+        Some("heavy"),
+        &ctas,
+        heavy_join_settle(),
+        MANY_TURNS,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(answer, 250_000_500_000);
+    // The writes stopped with their clients and left no table behind.
+    let mut bob = client(server.handle.addr, "bob", "bob-pw").await.unwrap();
+    bob.set_header("x-veil-project", "heavy");
+    let err = query(&mut bob, "SELECT count(*) FROM workspace.joined")
+        .await
+        .unwrap_err();
+    assert!(err.contains("joined"), "{err}");
 }
 
 #[tokio::test]
