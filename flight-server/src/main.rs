@@ -218,6 +218,29 @@ enum BenchCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// What the audit log costs over Flight SQL: point queries from
+    /// concurrent clients against a server recording every query and one
+    /// dropping query records, rounds alternating; closed loop, then paced.
+    Audit {
+        /// The directory `veil bench generate` wrote.
+        #[arg(long)]
+        data: PathBuf,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Queries per run (all clients together).
+        #[arg(long, default_value_t = 4000)]
+        queries: usize,
+        /// Rounds of one audited and one unaudited run, per mode.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Offered queries per second in the paced runs (0 skips them).
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Write the report as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Load test: N clients against a `veil serve --demo` child process,
     /// governed queries of several users, project switches, workspace
     /// ingest and governance changes mid-run; every answer checked.
@@ -605,6 +628,24 @@ async fn bench(command: BenchCommand) -> Result<(), BenchError> {
             out,
         } => {
             let report = bench::flight::run(&data, runs, points).await?;
+            print!("{}", report.table());
+            write_report(&report, out.as_deref())
+        }
+        BenchCommand::Audit {
+            data,
+            clients,
+            queries,
+            rounds,
+            rate,
+            out,
+        } => {
+            let opts = bench::audit::AuditOptions {
+                clients,
+                queries,
+                rounds,
+                rate,
+            };
+            let report = bench::audit::run(&data, opts).await?;
             print!("{}", report.table());
             write_report(&report, out.as_deref())
         }

@@ -1,6 +1,7 @@
 """The benchmark pipeline as a smoke run at scale 0.01 (no timing
 assertions): `veil bench generate`, `veil bench tpch` with its equality
-check, benches/compare_duckdb.py, `veil bench plot` and `veil bench flight`."""
+check, benches/compare_duckdb.py, `veil bench plot`, `veil bench flight` and
+`veil bench audit`."""
 
 import json
 import subprocess
@@ -149,6 +150,30 @@ def test_flight_with_no_runs_times_only_the_point_queries(data, tmp_path):
     r = json.loads(out.read_text())
     assert r["throughput"] == []
     assert r["latency"]["count"] == 5 and 0 < r["latency"]["p50_ms"] <= r["latency"]["p99_ms"]
+
+
+def test_audit_bench_records_every_query_on_the_audited_side_only(data, tmp_path):
+    out = tmp_path / "audit.json"
+    table = veil("audit", "--data", str(data), "--clients", "4", "--queries", "40",
+                 "--rounds", "1", "--rate", "200", "--out", str(out))
+    assert "cost: throughput" in table
+    r = json.loads(out.read_text())
+    assert [m["mode"] for m in r["modes"]] == ["closed loop", "paced at 200 queries/s"]
+    # 8 warm-up queries, then 40 per mode: each one a record on the
+    # audited server (checked by the bench itself too), none on the other.
+    assert r["query_records"] == [88, 0]
+    for m in r["modes"]:
+        assert 1 <= m["commits"] <= 40
+        for side in (m["audited"], m["unaudited"]):
+            assert side["queries_per_s"] > 0 and 0 < side["p50_ms"] <= side["p99_ms"]
+
+
+def test_audit_bench_refuses_fewer_queries_than_clients(data):
+    out = subprocess.run(
+        [str(_binary()), "bench", "audit", "--data", str(data), "--clients", "8", "--queries", "4"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "at least one query per client" in out.stderr + out.stdout
 
 
 def test_explain_prints_the_three_plans(data):

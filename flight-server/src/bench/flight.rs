@@ -15,7 +15,7 @@ use super::tpch::{Harness, RESTRICTED, UNRESTRICTED};
 use super::BenchError;
 
 /// The profile users' password (`benches/tpch/governance.sql`).
-const PASSWORD: &str = "bench-pw";
+pub(super) const PASSWORD: &str = "bench-pw";
 
 /// One streaming run.
 #[derive(Debug, Clone, Serialize)]
@@ -66,7 +66,7 @@ pub struct FlightReport {
 }
 
 /// What one query took.
-struct Drained {
+pub(super) struct Drained {
     rows: u64,
     bytes: u64,
     /// The GetFlightInfo call.
@@ -74,7 +74,7 @@ struct Drained {
 }
 
 /// Runs a query and drains every endpoint.
-async fn drain(
+pub(super) async fn drain(
     client: &mut FlightSqlServiceClient<Channel>,
     sql: &str,
 ) -> Result<Drained, BenchError> {

@@ -1,6 +1,7 @@
 //! `veil bench`: TPC-H sample data, the governed TPC-H benchmark, Flight
 //! throughput and charts. See README.md, "Benchmarks".
 
+pub mod audit;
 pub mod flight;
 pub mod generate;
 pub mod load;
@@ -60,6 +61,10 @@ pub enum BenchError {
 /// with this, 400-466 MB/s (one build switching it, runs alternating,
 /// 2026-12-02).
 const CLIENT_MAX_FRAME_BYTES: u32 = 4 << 20;
+
+/// The Flight SQL client the benches use.
+pub(crate) type FlightClient =
+    arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>;
 
 /// A logged-in Flight SQL client on `addr` (host:port), inside `project`
 /// (header `x-veil-project`) when given. Its HTTP/2 frames and windows are

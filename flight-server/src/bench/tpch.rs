@@ -18,7 +18,9 @@ use std::time::Instant;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
-use veil_engine::{Engine, Session};
+use veil_engine::keys::MasterKey;
+use veil_engine::store::{CatalogStore, SqliteStore};
+use veil_engine::{Engine, EngineOptions, Session};
 
 use super::generate::{recorded_scale, TABLES};
 use super::report::{median, BenchResult, QueryTiming};
@@ -133,6 +135,14 @@ impl Harness {
     /// Registers the eight tables of `data` both ways and applies the
     /// governance profile as admin.
     pub async fn new(data: &Path) -> Result<Self, BenchError> {
+        Self::with_store(data, |store| store).await
+    }
+
+    /// [`Harness::new`], the engine's SQLite store wrapped by `wrap`.
+    pub async fn with_store(
+        data: &Path,
+        wrap: impl FnOnce(Arc<dyn CatalogStore>) -> Arc<dyn CatalogStore>,
+    ) -> Result<Self, BenchError> {
         let data = data.canonicalize().map_err(|e| BenchError::io(data, e))?;
         let text = data.to_str().filter(|s| !s.contains('\'')).ok_or_else(|| {
             BenchError::Invalid(format!(
@@ -142,7 +152,14 @@ impl Harness {
         })?;
         check_data(&data)?;
         let dir = tempfile::tempdir().map_err(|e| BenchError::io(Path::new("tmp"), e))?;
-        let engine = Engine::open(dir.path(), &data)?;
+        let keys = MasterKey::load_or_create(dir.path())?;
+        let store = SqliteStore::open(&dir.path().join("catalog.sqlite"), keys.audit_key())?;
+        let options = EngineOptions {
+            warehouse: Some(dir.path().join("warehouse").to_string_lossy().into_owned()),
+            audit_archive: Some(dir.path().join("audit-archive")),
+            ..Default::default()
+        };
+        let engine = Engine::new(wrap(Arc::new(store)), keys, &data, options)?;
         engine.bootstrap_admin(Some(random_password()))?;
         let profile = PROFILE.replace("{data}", text);
         veil_engine::statement::apply_script(&mut engine.session("admin"), &profile).await?;
