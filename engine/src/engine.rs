@@ -33,6 +33,8 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use rand::distr::{Alphanumeric, SampleString};
 
 use crate::audit::{AuditWriter, QueryAudit};
@@ -702,16 +704,38 @@ fn refusal(plan: &LogicalPlan) -> Option<String> {
         LogicalPlan::Statement(s) => format!("statement {}", s.name()),
         _ => return None,
     };
-    let hint = match plan {
-        LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) => {
-            "; tables are written only in a project's workspace (inside a project: \
-             CREATE TABLE workspace.t AS SELECT ...)"
-        }
-        _ => "",
+    let writes = matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Dml(_));
+    Some(refusal_text(&what, writes))
+}
+
+/// Statements refused before they are planned, since none of them can be
+/// a workspace write: DataFusion plans a function's body, a view's query
+/// and a COPY's query first, so a mistake in those answered instead of the
+/// refusal. Same words as [`refusal`].
+fn refusal_unplanned(statement: &DFStatement) -> Option<String> {
+    let ddl = match statement {
+        DFStatement::CopyTo(_) => return Some(refusal_text("COPY", false)),
+        DFStatement::CreateExternalTable(_) => "CreateExternalTable",
+        DFStatement::Statement(s) => match s.as_ref() {
+            SqlStatement::CreateFunction(_) => "CreateFunction",
+            SqlStatement::DropFunction(_) => "DropFunction",
+            SqlStatement::CreateView(_) => "CreateView",
+            _ => return None,
+        },
+        _ => return None,
     };
-    Some(format!(
-        "{what} is not allowed: data is reached only through governed data sources{hint}"
-    ))
+    Some(refusal_text(&format!("DDL ({ddl})"), true))
+}
+
+/// Why `what` is refused; `writes`: it would create or change a table.
+fn refusal_text(what: &str, writes: bool) -> String {
+    let hint = if writes {
+        "; tables are written only in a project's workspace (inside a project: \
+         CREATE TABLE workspace.t AS SELECT ...)"
+    } else {
+        ""
+    };
+    format!("{what} is not allowed: data is reached only through governed data sources{hint}")
 }
 
 /// A planned SQL statement: a query, a write into the project's workspace,
@@ -994,6 +1018,9 @@ impl Session {
         let state = ctx.state();
         let limit = state.config_options().sql_parser.recursion_limit.get();
         let statement = crate::sql_guard::parse_statement(&sql, limit)?;
+        if let Some(why) = refusal_unplanned(&statement) {
+            return Err(VeilError::PermissionDenied(why));
+        }
         let plan = self
             .planning(async move { Ok(state.statement_to_plan(statement).await?) })
             .await?;
