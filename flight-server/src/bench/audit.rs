@@ -200,7 +200,7 @@ struct Run {
     commits: u64,
 }
 
-/// Runs `opts.queries` point queries from `clients` (logged in already),
+/// Runs `queries` point queries from `clients` (logged in already),
 /// back to back or paced at `rate` queries/s.
 async fn run_once(
     runtime: &tokio::runtime::Runtime,
@@ -253,7 +253,7 @@ async fn run_once(
         wall,
         cpu,
         latencies,
-        commits: engine.metrics().audit_commits.commits.get() - commits,
+        commits: engine.metrics().audit_commits.commits.get().saturating_sub(commits),
     })
 }
 
