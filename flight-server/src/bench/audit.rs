@@ -253,7 +253,12 @@ async fn run_once(
         wall,
         cpu,
         latencies,
-        commits: engine.metrics().audit_commits.commits.get().saturating_sub(commits),
+        commits: engine
+            .metrics()
+            .audit_commits
+            .commits
+            .get()
+            .saturating_sub(commits),
     })
 }
 
