@@ -183,6 +183,21 @@ impl Default for EngineOptions {
     }
 }
 
+impl EngineOptions {
+    /// Fills what is unset and defaults to a place in `data_dir`: the
+    /// warehouse (`<data_dir>/warehouse`) and the audit archive
+    /// (`<data_dir>/audit-archive`).
+    pub fn in_data_dir(mut self, data_dir: &Path) -> Self {
+        if self.warehouse.is_none() {
+            self.warehouse = Some(data_dir.join("warehouse").to_string_lossy().into_owned());
+        }
+        if self.audit_archive.is_none() {
+            self.audit_archive = Some(data_dir.join("audit-archive"));
+        }
+        self
+    }
+}
+
 /// Default per-project workspace limit: 10 GiB.
 pub const DEFAULT_WORKSPACE_MAX_BYTES: u64 = 10 << 30;
 
@@ -290,14 +305,12 @@ impl Engine {
         })?;
         let keys = MasterKey::load_or_create(data_dir)?;
         let store = SqliteStore::open(&data_dir.join("catalog.sqlite"), keys.audit_key())?;
-        let mut options = options;
-        if options.warehouse.is_none() {
-            options.warehouse = Some(data_dir.join("warehouse").to_string_lossy().into_owned());
-        }
-        if options.audit_archive.is_none() {
-            options.audit_archive = Some(data_dir.join("audit-archive"));
-        }
-        Self::new(Arc::new(store), keys, base_dir, options)
+        Self::new(
+            Arc::new(store),
+            keys,
+            base_dir,
+            options.in_data_dir(data_dir),
+        )
     }
 
     /// An engine over any store; `options.warehouse` must be set.

@@ -154,11 +154,7 @@ impl Harness {
         let dir = tempfile::tempdir().map_err(|e| BenchError::io(Path::new("tmp"), e))?;
         let keys = MasterKey::load_or_create(dir.path())?;
         let store = SqliteStore::open(&dir.path().join("catalog.sqlite"), keys.audit_key())?;
-        let options = EngineOptions {
-            warehouse: Some(dir.path().join("warehouse").to_string_lossy().into_owned()),
-            audit_archive: Some(dir.path().join("audit-archive")),
-            ..Default::default()
-        };
+        let options = EngineOptions::default().in_data_dir(dir.path());
         let engine = Engine::new(wrap(Arc::new(store)), keys, &data, options)?;
         engine.bootstrap_admin(Some(random_password()))?;
         let profile = PROFILE.replace("{data}", text);
