@@ -138,6 +138,7 @@ fn statement_state(runtime: Arc<RuntimeEnv>, query_memory: usize) -> Result<Sess
         .with_physical_optimizer_rules(physical_rules)
         .with_query_planner(Arc::new(GovernedQueryPlanner {
             input_limit: Some(query_memory),
+            visible: Default::default(),
         }))
         .build();
     crate::bounded_fns::bound_growing_functions(&mut state, query_memory)?;

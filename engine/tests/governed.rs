@@ -397,46 +397,142 @@ async fn leakproof_predicates_reach_the_scan_masked_ones_never_do() {
     assert!(!filters.contains("region"), "{scan}");
 }
 
+/// Writes `people.parquet`-like files: `(id, region, salary, badge)` rows.
+fn write_people(path: &std::path::Path, rows: &[(i64, &str, i64, i64)]) {
+    use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
+    use datafusion::parquet::arrow::ArrowWriter;
+    let id: ArrayRef = Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0)));
+    let region: ArrayRef = Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1)));
+    let salary: ArrayRef = Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2)));
+    let badge: ArrayRef = Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.3)));
+    let batch = RecordBatch::try_from_iter([
+        ("id", id),
+        ("region", region),
+        ("salary", salary),
+        ("badge", badge),
+    ])
+    .unwrap();
+    let tmp = path.with_extension("tmp");
+    let mut w =
+        ArrowWriter::try_new(std::fs::File::create(&tmp).unwrap(), batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+/// The barrier's line of `EXPLAIN VERBOSE`'s plan with statistics.
+async fn barrier_statistics(s: &mut Session, sql: &str) -> (String, String) {
+    let out = q(s, &format!("EXPLAIN VERBOSE {sql}")).await;
+    let with_stats = out
+        .iter()
+        .find(|r| r[0] == "physical_plan_with_stats")
+        .unwrap_or_else(|| panic!("{out:?}"))[1]
+        .clone();
+    // The barrier that passes all four columns.
+    let line = with_stats
+        .lines()
+        .find(|l| l.contains("GovernedScanExec") && l.contains("Col[3]"))
+        .unwrap_or_else(|| panic!("{with_stats}"))
+        .trim()
+        .to_string();
+    (line, with_stats)
+}
+
+/// A barrier's statistics (what join ordering works from, and what
+/// `EXPLAIN VERBOSE` prints) describe only the rows the principal sees:
+/// two sources with the same visible rows and different hidden ones
+/// (hidden ids and salaries far outside the visible range, 10x as many
+/// hidden rows) give bob the same plan text; the numbers are the visible
+/// row count and, for unmasked integer columns, null counts and the
+/// distinct bound of the visible range; nothing about the masked column,
+/// no min or max, no byte size. Counts follow the files when they change.
 #[tokio::test]
-async fn governed_scans_report_only_a_bucketed_inexact_size() {
-    use datafusion::common::stats::Precision;
-    use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
-    use datafusion::physical_plan::ExecutionPlan;
-    let (_dir, engine) = demo().await;
-    let bob = engine.session("bob");
-    let (ctx, _) = bob.context().unwrap();
-    // 1000 employees, of which bob may see the US ones only.
-    let plan = ctx
-        .sql("SELECT * FROM hr.employees WHERE salary > 0")
-        .await
-        .unwrap()
-        .create_physical_plan()
-        .await
-        .unwrap();
-    fn find(p: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
-        if p.name() == "GovernedScanExec" {
-            return Some(Arc::clone(p));
+async fn barrier_statistics_describe_only_visible_rows() {
+    let (dir, engine) = demo().await;
+    let visible: Vec<(i64, &str, i64, i64)> =
+        (1..=40).map(|i| (i, "US", 1000 + i % 10, 7 * i)).collect();
+    let hidden_small: Vec<_> = (41..=60).map(|i| (i, "EU", 2000, 7 * i)).collect();
+    let hidden_large: Vec<_> = (0..600)
+        .map(|i| (1_000_000 + i, "EU", 90_000_000 + i, -i))
+        .collect();
+    let mut admin = engine.session("admin");
+    for (name, hidden) in [("a", &hidden_small), ("b", &hidden_large)] {
+        let path = dir.path().join(format!("people_{name}.parquet"));
+        let mut rows = visible.clone();
+        rows.extend(hidden.iter().copied());
+        write_people(&path, &rows);
+        for sql in [
+            format!(
+                "CREATE DATA SOURCE t.people_{name} FROM PARQUET '{}'",
+                path.display()
+            ),
+            format!("ALTER DATA SOURCE t.people_{name} SET SUBSCRIPTION ANYONE"),
+            format!("ALTER DATA SOURCE t.people_{name} TAG COLUMN badge WITH ('PII.Badge')"),
+            format!(
+                "CREATE ROW POLICY people_{name}_region ON t.people_{name} \
+                 USING attribute_contains('region', region) UNLESS has_group('hr')"
+            ),
+        ] {
+            q(&mut admin, &sql).await;
         }
-        p.children().into_iter().find_map(find)
     }
-    let scan = find(&plan).expect("a governed scan");
-    let stats = StatisticsContext::new()
-        .compute(scan.as_ref(), &StatisticsArgs::new())
-        .unwrap();
-    assert_eq!(stats.num_rows, Precision::Inexact(1024));
-    assert!(matches!(
-        stats.total_byte_size,
-        Precision::Absent | Precision::Inexact(_)
-    ));
-    if let Precision::Inexact(n) = stats.total_byte_size {
-        assert!(n.is_power_of_two());
+
+    let mut bob = engine.session("bob");
+    let sql = |name: &str| {
+        format!("SELECT p.* FROM t.people_{name} p JOIN t.people_{name} o ON p.id = o.salary")
+    };
+    let (line_a, plan_a) = barrier_statistics(&mut bob, &sql("a")).await;
+    let (_, plan_b) = barrier_statistics(&mut bob, &sql("b")).await;
+    assert_eq!(
+        plan_a,
+        plan_b.replace("people_b", "people_a"),
+        "hidden rows changed what bob's plan says"
+    );
+    // id: 40 visible, range 40; region: a string (no bound); salary: range
+    // 10 (1000..=1009); badge: masked, nothing. The join's estimate is
+    // made from the same numbers (its line is in the compared text).
+    assert!(line_a.contains("Rows=Inexact(40)"), "{line_a}");
+    assert!(line_a.contains("Bytes=Absent"), "{line_a}");
+    assert!(
+        line_a.contains("(Col[0]: Null=Inexact(0) Distinct=Inexact(40))"),
+        "{line_a}"
+    );
+    assert!(line_a.contains("(Col[1]:)"), "{line_a}");
+    assert!(
+        line_a.contains("(Col[2]: Null=Inexact(0) Distinct=Inexact(10))"),
+        "{line_a}"
+    );
+    assert!(line_a.contains("(Col[3]:)"), "{line_a}");
+    for text in [&plan_a, &plan_b] {
+        assert!(!text.contains("Min=") && !text.contains("Max="), "{text}");
+        assert!(!text.contains("Exact("), "{text}");
     }
-    for c in &stats.column_statistics {
-        assert_eq!(c.min_value, Precision::Absent);
-        assert_eq!(c.max_value, Precision::Absent);
-        assert_eq!(c.null_count, Precision::Absent);
-        assert_eq!(c.distinct_count, Precision::Absent);
-    }
+    assert_eq!(
+        q(&mut bob, "SELECT count(*) FROM t.people_a").await,
+        vec![vec!["40".to_string()]]
+    );
+
+    // carol (EU) sees other rows, so other numbers.
+    let mut carol = engine.session("carol");
+    let (line, _) = barrier_statistics(&mut carol, &sql("b")).await;
+    assert!(line.contains("Rows=Inexact(600)"), "{line}");
+
+    // New files, new counts (the listing is reused for up to a second).
+    let more: Vec<_> = (1..=70).map(|i| (i, "US", 1000 + i % 20, i)).collect();
+    write_people(&dir.path().join("people_a.parquet"), &more);
+    tokio::time::sleep(veil_engine::engine::LISTING_TTL + std::time::Duration::from_millis(200))
+        .await;
+    let (line, _) = barrier_statistics(&mut bob, &sql("a")).await;
+    assert!(line.contains("Rows=Inexact(70)"), "{line}");
+    assert!(
+        line.contains("(Col[2]: Null=Inexact(0) Distinct=Inexact(20))"),
+        "{line}"
+    );
+
+    // pam (staff, no region) sees no row: zero, not the raw size.
+    let mut pam = engine.session("pam");
+    let (line, _) = barrier_statistics(&mut pam, &sql("b")).await;
+    assert!(line.contains("Rows=Inexact(0)"), "{line}");
 }
 
 /// A source on which no policy applies to the principal is planned as a

@@ -22,7 +22,8 @@
 //! - Row policies are evaluated by the barrier itself, on their own, so no
 //!   user conjunct is ever evaluated on a hidden row.
 //! - The physical barrier hides its input: EXPLAIN shows one opaque node,
-//!   statistics are unknown, no metric counts hidden rows, and physical
+//!   statistics describe visible rows only ([`visible_stats`]), no metric
+//!   counts hidden rows, and physical
 //!   filter pushdown cannot cross it.
 
 pub mod leakproof;
@@ -32,6 +33,7 @@ pub mod raw_groups;
 pub mod raw_keys;
 pub mod rule;
 pub mod table;
+pub mod visible_stats;
 
 pub use node::{GovernedQueryPlanner, GovernedScanNode};
 pub use rule::{GovernanceContext, GovernanceRule, StatementGovernance};

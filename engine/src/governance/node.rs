@@ -10,8 +10,8 @@
 //!
 //! The physical node has no visible children: its input plan is optimized
 //! here and then hidden, so EXPLAIN (any form) shows one opaque line,
-//! statistics are only the raw size rounded up to a power of two (for join
-//! ordering), metrics count only rows that passed the policy,
+//! statistics describe only rows the principal sees (`visible_stats.rs`;
+//! for join ordering), metrics count only rows that passed the policy,
 //! and physical filter pushdown cannot reach the raw scan, except dynamic
 //! filters (join keys, TopK thresholds) on columns it passes unmasked,
 //! which are leakproof (see `GovernedScanExec::accepts_early`).
@@ -54,6 +54,7 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, Phy
 use futures::StreamExt;
 
 use super::rule::StatementGovernance;
+use super::visible_stats::{Visible, VisibleStatsCache};
 
 /// The logical governance barrier over one raw scan.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -163,6 +164,8 @@ struct GovernedScanExec {
     predicate: Option<Arc<dyn PhysicalExpr>>,
     /// Raw columns the barrier's parent masks (dynamic filters on them stay out).
     masked: Arc<[String]>,
+    /// Statistics of the visible rows, when they were counted.
+    visible: Option<Arc<Visible>>,
     cache: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -173,6 +176,7 @@ impl GovernedScanExec {
         inner: Arc<dyn ExecutionPlan>,
         predicate: Option<Arc<dyn PhysicalExpr>>,
         masked: Arc<[String]>,
+        visible: Option<Arc<Visible>>,
     ) -> Self {
         let schema = inner.schema();
         let cache = Arc::new(PlanProperties::new(
@@ -186,6 +190,7 @@ impl GovernedScanExec {
             inner,
             predicate,
             masked,
+            visible,
             cache,
             metrics: ExecutionPlanMetricsSet::new(),
         }
@@ -318,21 +323,38 @@ impl ExecutionPlan for GovernedScanExec {
         Ok(self)
     }
 
-    /// Join ordering needs sizes, so the barrier reports one number: the
-    /// raw scan's row count and byte size rounded up to a power of two,
-    /// inexact; nothing exact, nothing about columns (no min/max, no
-    /// distinct or null counts), nothing that depends on the row policy.
+    /// Join ordering needs sizes and distinct keys, so the barrier reports,
+    /// inexact, statistics of the rows the principal sees (see
+    /// `visible_stats.rs`): the visible row count, and for unmasked integer
+    /// and date columns null counts and a distinct-count bound; never a
+    /// min or max, never anything about a masked column. When a row policy
+    /// applies and the visible rows were not counted, only the raw row
+    /// count and byte size rounded up to a power of two.
     fn statistics_from_inputs(
         &self,
         _input_stats: &[Arc<Statistics>],
         args: &StatisticsArgs,
     ) -> Result<Arc<Statistics>> {
+        let schema = self.schema();
+        if let Some(visible) = &self.visible {
+            let partitions = args
+                .partition()
+                .map(|_| self.cache.partitioning.partition_count());
+            return Ok(Arc::new(visible.statistics(
+                self.inner.as_ref(),
+                &self.masked,
+                partitions,
+            )?));
+        }
         let raw = StatisticsContext::new().compute(self.inner.as_ref(), args)?;
+        if self.predicate.is_none() {
+            return Ok(Arc::new(Visible::of_all_rows(&schema, &self.masked, &raw)));
+        }
         let bucket = |p: &Precision<usize>| match p.get_value() {
             Some(v) => Precision::Inexact(v.max(&1).next_power_of_two()),
             None => Precision::Absent,
         };
-        let mut out = Statistics::new_unknown(&self.schema());
+        let mut out = Statistics::new_unknown(&schema);
         out.num_rows = bucket(&raw.num_rows);
         out.total_byte_size = bucket(&raw.total_byte_size);
         Ok(Arc::new(out))
@@ -374,6 +396,7 @@ impl ExecutionPlan for GovernedScanExec {
                 inner,
                 self.predicate.clone(),
                 Arc::clone(&self.masked),
+                self.visible.clone(),
             )) as Arc<dyn ExecutionPlan>);
         }
         Ok(result)
@@ -413,7 +436,9 @@ impl ExecutionPlan for GovernedScanExec {
 
 /// Plans [`GovernedScanNode`]s into the opaque physical barrier.
 #[derive(Debug)]
-struct GovernedScanPlanner;
+struct GovernedScanPlanner {
+    visible: Arc<VisibleStatsCache>,
+}
 
 #[async_trait]
 impl ExtensionPlanner for GovernedScanPlanner {
@@ -438,11 +463,13 @@ impl ExtensionPlanner for GovernedScanPlanner {
             }
             None => None,
         };
+        let visible = self.visible.get(node, physical, session).await;
         Ok(Some(Arc::new(GovernedScanExec::new(
             node.source.clone(),
             optimize_hidden_input(Arc::clone(physical), predicate.as_ref(), session)?,
             predicate,
             node.masked.clone().into(),
+            visible,
         ))))
     }
 }
@@ -511,6 +538,8 @@ pub struct GovernedQueryPlanner {
     /// Bytes one function call's arguments may take (`query_memory`);
     /// `None` plans unbounded.
     pub input_limit: Option<usize>,
+    /// Statistics of visible rows, shared by the engine's statements.
+    pub visible: Arc<VisibleStatsCache>,
 }
 
 #[async_trait]
@@ -521,7 +550,9 @@ impl QueryPlanner for GovernedQueryPlanner {
         session: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let planner =
-            DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(GovernedScanPlanner)]);
+            DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(GovernedScanPlanner {
+                visible: Arc::clone(&self.visible),
+            })]);
         let mut plan = logical_plan.clone();
         if let Some(limit) = self.input_limit {
             let batch = session.config_options().execution.batch_size.get();
