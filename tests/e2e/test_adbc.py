@@ -30,6 +30,26 @@ def test_two_users_see_different_masked_and_filtered_rows(server):
     assert {r[3] for r in bob} == {"US"}
 
 
+def test_explain_verbose_statistics_count_only_what_the_caller_sees(server):
+    # The barrier's statistics, as EXPLAIN VERBOSE prints them over Flight
+    # SQL, are the caller's own row count (what SELECT count(*) returns),
+    # not the source's raw size: hr.employees has a row policy for bob and
+    # carol, payments.cards only a mask (every row visible).
+    with connect(server, "bob") as b, connect(server, "carol") as c:
+        for conn in (b, c):
+            for table in ("hr.employees", "payments.cards"):
+                seen = rows(conn, f"SELECT count(*) FROM {table}")[0][0]
+                plans = dict(rows(conn, f"EXPLAIN VERBOSE SELECT * FROM {table}"))
+                barrier = next(
+                    line
+                    for line in plans["physical_plan_with_stats"].splitlines()
+                    if "GovernedScanExec" in line
+                )
+                assert f"Rows=Inexact({seen})" in barrier, barrier
+                assert "Min=" not in barrier and "Max=" not in barrier, barrier
+            assert rows(conn, "SELECT count(*) FROM hr.employees")[0][0] < 1000
+
+
 def test_bound_parameters(server):
     with connect(server, "bob") as b, connect(server, "alice") as a:
         n_bob = rows(b, "SELECT count(*) FROM hr.employees WHERE department = ?", ("hr",))[0][0]

@@ -2,11 +2,11 @@
 //! rows the principal can see, never of the raw source.
 //!
 //! Join ordering needs sizes and, for a join on keys, how many distinct
-//! keys each side holds. A barrier that reported nothing about its columns
-//! left DataFusion to assume every key unique, so a restricted `customer`
-//! joined to a restricted `orders` was estimated at the size of the smaller
-//! side and TPC-H q18 built its semi-join on three joined tables instead of
-//! on the 57 rows of its subquery. Raw statistics would fix the estimate and
+//! keys each side holds. A barrier that reported only its raw size rounded
+//! up to a power of two told a principal roughly how many rows they could
+//! not see, and left DataFusion to assume every key unique: a restricted
+//! `customer` joined to a restricted `orders` was estimated at the size of
+//! the smaller side. Raw column statistics would fix the estimate and
 //! describe hidden rows (a range that only a hidden salary reaches).
 //!
 //! So a barrier with a row policy reports, inexact, what the principal could
@@ -14,8 +14,10 @@
 //! see: the visible row count, and for each *unmasked integer or date
 //! column* its null count and an upper bound of its distinct values
 //! (`max - min + 1`, at most the non-null count). Min and max themselves
-//! are not reported. A barrier without a row policy hides no row, so it
-//! reports the raw statistics of its unmasked columns the same way.
+//! are not reported; they only estimate, inside the barrier, the
+//! selectivity of the leakproof filters pushed below it. A barrier without
+//! a row policy hides no row, so it reports the raw statistics of its
+//! unmasked columns the same way.
 //!
 //! The visible statistics are computed once, by one aggregate over the
 //! source with the row policy applied, and kept per (source, row predicate
@@ -46,7 +48,6 @@ use datafusion::physical_plan::operator_statistics::{
     ExtendedStatistics, FilterStatisticsProvider, PassthroughStatisticsProvider,
     ProjectionStatisticsProvider, StatisticsProvider, StatisticsRegistry, StatisticsResult,
 };
-use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::node::GovernedScanNode;
@@ -253,9 +254,9 @@ pub struct VisibleStatsCache {
 impl VisibleStatsCache {
     /// The visible statistics of `node`'s rows for the columns `physical`
     /// (the barrier's raw input) passes, counted now if no entry has them.
-    /// None when the source has no row policy, is not a file scan, is
-    /// larger than [`MAX_ROWS`] or could not be counted: the barrier then
-    /// reports what it did before.
+    /// None when the source has no row policy, is not a file scan, has
+    /// more than [`MAX_ROWS`] rows (or files without a row count) or could
+    /// not be counted: the barrier then reports what it did before.
     pub async fn get(
         &self,
         node: &GovernedScanNode,
@@ -263,10 +264,11 @@ impl VisibleStatsCache {
         session: &dyn Session,
     ) -> Option<Arc<Visible>> {
         let predicate = node.row_predicate.as_ref()?;
+        let (files, raw_rows) = files_of(physical)?;
         let key = Key {
             source: node.source.clone(),
             predicate: predicate.clone(),
-            files: files_fingerprint(physical)?,
+            files,
         };
         let schema = physical.schema();
         let wanted: Vec<String> = schema
@@ -288,10 +290,9 @@ impl VisibleStatsCache {
                 return Some(Arc::clone(v));
             }
         }
-        let raw = StatisticsContext::new()
-            .compute(physical.as_ref(), &StatisticsArgs::new())
-            .ok()?;
-        if raw.num_rows.get_value().is_none_or(|n| *n > MAX_ROWS) {
+        // The files' own row counts: an estimate above a pushed-down user
+        // filter would let a huge source through.
+        if raw_rows.is_none_or(|n| n > MAX_ROWS) {
             return None;
         }
         let counted = match count_visible(node, predicate, &missing, session).await {
@@ -318,10 +319,12 @@ impl VisibleStatsCache {
     }
 }
 
-/// A hash of the files a scan reads (path, size, modification time,
-/// e-tag), in any order; None when `plan` scans no files.
-fn files_fingerprint(plan: &Arc<dyn ExecutionPlan>) -> Option<u64> {
+/// The files a scan reads: a hash of them (path, size, modification time,
+/// e-tag; in any order) and their raw row count from file statistics
+/// (None when a file has none). None when `plan` scans no files.
+fn files_of(plan: &Arc<dyn ExecutionPlan>) -> Option<(u64, Option<usize>)> {
     let mut files = Vec::new();
+    let mut rows = Some(0usize);
     let mut scans = 0;
     plan.apply(|p| {
         if let Some(config) = p
@@ -337,6 +340,11 @@ fn files_fingerprint(plan: &Arc<dyn ExecutionPlan>) -> Option<u64> {
                 meta.last_modified.timestamp_nanos_opt().hash(&mut h);
                 meta.e_tag.hash(&mut h);
                 files.push(h.finish());
+                let n = file
+                    .statistics
+                    .as_ref()
+                    .and_then(|s| s.num_rows.get_value().copied());
+                rows = rows.zip(n).map(|(a, b)| a.saturating_add(b));
             }
         }
         Ok(TreeNodeRecursion::Continue)
@@ -349,7 +357,7 @@ fn files_fingerprint(plan: &Arc<dyn ExecutionPlan>) -> Option<u64> {
     files.dedup();
     let mut h = DefaultHasher::new();
     files.hash(&mut h);
-    Some(h.finish())
+    Some((h.finish(), rows))
 }
 
 /// One aggregate over the raw source with the row policy applied:
