@@ -535,6 +535,38 @@ async fn barrier_statistics_describe_only_visible_rows() {
     assert!(line.contains("Rows=Inexact(0)"), "{line}");
 }
 
+/// A row policy that fails on some rows makes the barrier's count fail:
+/// planning goes on with the bucketed raw size (the count's error is not
+/// the statement's), and running the query still fails on the policy.
+#[tokio::test]
+async fn a_failing_visible_count_leaves_planning_alone() {
+    let (dir, engine) = demo().await;
+    let path = dir.path().join("people.parquet");
+    let rows: Vec<_> = (1..=60)
+        .map(|i| (i, if i % 2 == 0 { "US" } else { "7" }, 1000, i))
+        .collect();
+    write_people(&path, &rows);
+    let mut admin = engine.session("admin");
+    for sql in [
+        format!(
+            "CREATE DATA SOURCE t.people FROM PARQUET '{}'",
+            path.display()
+        ),
+        "ALTER DATA SOURCE t.people SET SUBSCRIPTION ANYONE".to_string(),
+        "CREATE ROW POLICY people_cast ON t.people USING CAST(region AS BIGINT) > 0 \
+         UNLESS has_group('hr')"
+            .to_string(),
+    ] {
+        q(&mut admin, &sql).await;
+    }
+    let mut bob = engine.session("bob");
+    let (line, _) =
+        barrier_statistics(&mut bob, "SELECT id, region, salary, badge FROM t.people").await;
+    assert!(line.contains("Rows=Inexact(64)"), "{line}");
+    let e = err(&mut bob, "SELECT count(*) FROM t.people").await;
+    assert!(e.to_string().to_lowercase().contains("cast"), "{e}");
+}
+
 /// A source on which no policy applies to the principal is planned as a
 /// plain scan (DataFusion keeps its statistics, join order and dynamic
 /// filters); a source with any applicable policy keeps the opaque barrier,

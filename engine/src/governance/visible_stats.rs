@@ -31,6 +31,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{DataType, Int64Type, Schema};
@@ -58,6 +59,9 @@ pub const MAX_ROWS: usize = 16 << 20;
 
 /// Entries kept before the cache starts over.
 const MAX_ENTRIES: usize = 1024;
+
+/// How long a key whose count failed goes without statistics.
+const RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// One counted column of the visible rows.
 #[derive(Debug, Clone)]
@@ -238,7 +242,7 @@ fn distinct_bound(lo: &ScalarValue, hi: &ScalarValue, non_null: usize) -> Option
     Some(range.min(non_null))
 }
 
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     source: String,
     predicate: Expr,
@@ -249,6 +253,9 @@ struct Key {
 #[derive(Debug, Default)]
 pub struct VisibleStatsCache {
     entries: Mutex<HashMap<Key, Arc<Visible>>>,
+    /// Keys whose count failed, and when: not tried again for
+    /// [`RETRY_AFTER`], so a failing count does not run on every query.
+    failed: Mutex<HashMap<Key, Instant>>,
 }
 
 impl VisibleStatsCache {
@@ -295,10 +302,21 @@ impl VisibleStatsCache {
         if raw_rows.is_none_or(|n| n > MAX_ROWS) {
             return None;
         }
+        if let Some(at) = self.failed.lock().ok()?.get(&key) {
+            if at.elapsed() < RETRY_AFTER {
+                return None;
+            }
+        }
         let counted = match count_visible(node, predicate, &missing, session).await {
             Ok(v) => v,
             Err(e) => {
                 tracing::debug!(source = %node.source, error = %e, "visible statistics not counted");
+                if let Ok(mut failed) = self.failed.lock() {
+                    if failed.len() >= MAX_ENTRIES {
+                        failed.clear();
+                    }
+                    failed.insert(key, Instant::now());
+                }
                 return None;
             }
         };
