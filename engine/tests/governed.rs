@@ -535,6 +535,48 @@ async fn barrier_statistics_describe_only_visible_rows() {
     assert!(line.contains("Rows=Inexact(0)"), "{line}");
 }
 
+/// A policy that depends on the user makes one predicate per user; only
+/// the first `MAX_PREDICATES` of a source are counted (each count scans
+/// the source), later ones get the bucketed raw size, and the counted ones
+/// keep their numbers.
+#[tokio::test]
+async fn per_user_predicates_are_counted_up_to_a_limit() {
+    use veil_engine::governance::visible_stats::MAX_PREDICATES;
+    let (dir, engine) = demo().await;
+    let path = dir.path().join("people.parquet");
+    let rows: Vec<_> = (1..=60).map(|i| (i, "US", 1000, i)).collect();
+    write_people(&path, &rows);
+    let mut admin = engine.session("admin");
+    for sql in [
+        format!(
+            "CREATE DATA SOURCE t.people FROM PARQUET '{}'",
+            path.display()
+        ),
+        "ALTER DATA SOURCE t.people SET SUBSCRIPTION ANYONE".to_string(),
+        "CREATE ROW POLICY people_owner ON t.people USING attribute_contains('region', region)"
+            .to_string(),
+    ] {
+        q(&mut admin, &sql).await;
+    }
+    let sql = "SELECT id, region, salary, badge FROM t.people";
+    for i in 0..=MAX_PREDICATES {
+        q(
+            &mut admin,
+            &format!("CREATE USER u{i} ATTRIBUTES (region = 'R{i}')"),
+        )
+        .await;
+        let (line, _) = barrier_statistics(&mut engine.session(&format!("u{i}")), sql).await;
+        let want = if i < MAX_PREDICATES {
+            "Rows=Inexact(0)"
+        } else {
+            "Rows=Inexact(64)"
+        };
+        assert!(line.contains(want), "u{i}: {line}");
+    }
+    let (line, _) = barrier_statistics(&mut engine.session("u0"), sql).await;
+    assert!(line.contains("Rows=Inexact(0)"), "{line}");
+}
+
 /// A row policy that fails on some rows makes the barrier's count fail:
 /// planning goes on with the bucketed raw size (the count's error is not
 /// the statement's), and running the query still fails on the policy.

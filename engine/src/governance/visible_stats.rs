@@ -60,6 +60,13 @@ pub const MAX_ROWS: usize = 16 << 20;
 /// Entries kept before the cache starts over.
 const MAX_ENTRIES: usize = 1024;
 
+/// Row predicates counted per source and file set: a policy that depends
+/// on the user (`owner = current_user()`) makes one predicate per user, and
+/// counting each of them would cost every user's first query a scan of
+/// the source. Past this many, the source's barriers report the bucketed
+/// raw size.
+pub const MAX_PREDICATES: usize = 64;
+
 /// How long a key whose count failed goes without statistics.
 const RETRY_AFTER: Duration = Duration::from_secs(60);
 
@@ -256,6 +263,8 @@ pub struct VisibleStatsCache {
     /// Keys whose count failed, and when: not tried again for
     /// [`RETRY_AFTER`], so a failing count does not run on every query.
     failed: Mutex<HashMap<Key, Instant>>,
+    /// Predicates counted per (source, files), for [`MAX_PREDICATES`].
+    predicates: Mutex<HashMap<(String, u64), usize>>,
 }
 
 impl VisibleStatsCache {
@@ -307,6 +316,18 @@ impl VisibleStatsCache {
                 return None;
             }
         }
+        let source_files = (key.source.clone(), key.files);
+        if known.is_none() {
+            let mut predicates = self.predicates.lock().ok()?;
+            if predicates.len() >= MAX_ENTRIES {
+                predicates.clear();
+            }
+            let n = predicates.entry(source_files).or_insert(0);
+            if *n >= MAX_PREDICATES {
+                return None;
+            }
+            *n += 1;
+        }
         let counted = match count_visible(node, predicate, &missing, session).await {
             Ok(v) => v,
             Err(e) => {
@@ -330,6 +351,9 @@ impl VisibleStatsCache {
         if let Ok(mut entries) = self.entries.lock() {
             if entries.len() >= MAX_ENTRIES {
                 entries.clear();
+                if let Ok(mut predicates) = self.predicates.lock() {
+                    predicates.clear();
+                }
             }
             entries.insert(key, Arc::clone(&merged));
         }
