@@ -420,6 +420,30 @@ fn write_people(path: &std::path::Path, rows: &[(i64, &str, i64, i64)]) {
     std::fs::rename(tmp, path).unwrap();
 }
 
+/// Registers `people.parquet`-like `rows` as `t.<table>` (subscription
+/// ANYONE) with a row policy `USING <predicate>`, as admin.
+async fn people_source(
+    engine: &Arc<Engine>,
+    dir: &std::path::Path,
+    table: &str,
+    rows: &[(i64, &str, i64, i64)],
+    predicate: &str,
+) {
+    let path = dir.join(format!("{table}.parquet"));
+    write_people(&path, rows);
+    let mut admin = engine.session("admin");
+    for sql in [
+        format!(
+            "CREATE DATA SOURCE t.{table} FROM PARQUET '{}'",
+            path.display()
+        ),
+        format!("ALTER DATA SOURCE t.{table} SET SUBSCRIPTION ANYONE"),
+        format!("CREATE ROW POLICY {table}_rows ON t.{table} USING {predicate}"),
+    ] {
+        q(&mut admin, &sql).await;
+    }
+}
+
 /// The barrier's line of `EXPLAIN VERBOSE`'s plan with statistics.
 async fn barrier_statistics(s: &mut Session, sql: &str) -> (String, String) {
     let out = q(s, &format!("EXPLAIN VERBOSE {sql}")).await;
@@ -457,24 +481,13 @@ async fn barrier_statistics_describe_only_visible_rows() {
         .collect();
     let mut admin = engine.session("admin");
     for (name, hidden) in [("a", &hidden_small), ("b", &hidden_large)] {
-        let path = dir.path().join(format!("people_{name}.parquet"));
         let mut rows = visible.clone();
         rows.extend(hidden.iter().copied());
-        write_people(&path, &rows);
-        for sql in [
-            format!(
-                "CREATE DATA SOURCE t.people_{name} FROM PARQUET '{}'",
-                path.display()
-            ),
-            format!("ALTER DATA SOURCE t.people_{name} SET SUBSCRIPTION ANYONE"),
-            format!("ALTER DATA SOURCE t.people_{name} TAG COLUMN badge WITH ('PII.Badge')"),
-            format!(
-                "CREATE ROW POLICY people_{name}_region ON t.people_{name} \
-                 USING attribute_contains('region', region) UNLESS has_group('hr')"
-            ),
-        ] {
-            q(&mut admin, &sql).await;
-        }
+        let table = format!("people_{name}");
+        let region = "attribute_contains('region', region) UNLESS has_group('hr')";
+        people_source(&engine, dir.path(), &table, &rows, region).await;
+        let tag = format!("ALTER DATA SOURCE t.{table} TAG COLUMN badge WITH ('PII.Badge')");
+        q(&mut admin, &tag).await;
     }
 
     let mut bob = engine.session("bob");
@@ -543,21 +556,10 @@ async fn barrier_statistics_describe_only_visible_rows() {
 async fn per_user_predicates_are_counted_up_to_a_limit() {
     use veil_engine::governance::visible_stats::MAX_PREDICATES;
     let (dir, engine) = demo().await;
-    let path = dir.path().join("people.parquet");
     let rows: Vec<_> = (1..=60).map(|i| (i, "US", 1000, i)).collect();
-    write_people(&path, &rows);
+    let region = "attribute_contains('region', region)";
+    people_source(&engine, dir.path(), "people", &rows, region).await;
     let mut admin = engine.session("admin");
-    for sql in [
-        format!(
-            "CREATE DATA SOURCE t.people FROM PARQUET '{}'",
-            path.display()
-        ),
-        "ALTER DATA SOURCE t.people SET SUBSCRIPTION ANYONE".to_string(),
-        "CREATE ROW POLICY people_owner ON t.people USING attribute_contains('region', region)"
-            .to_string(),
-    ] {
-        q(&mut admin, &sql).await;
-    }
     let sql = "SELECT id, region, salary, badge FROM t.people";
     for i in 0..=MAX_PREDICATES {
         q(
@@ -583,24 +585,11 @@ async fn per_user_predicates_are_counted_up_to_a_limit() {
 #[tokio::test]
 async fn a_failing_visible_count_leaves_planning_alone() {
     let (dir, engine) = demo().await;
-    let path = dir.path().join("people.parquet");
     let rows: Vec<_> = (1..=60)
         .map(|i| (i, if i % 2 == 0 { "US" } else { "7" }, 1000, i))
         .collect();
-    write_people(&path, &rows);
-    let mut admin = engine.session("admin");
-    for sql in [
-        format!(
-            "CREATE DATA SOURCE t.people FROM PARQUET '{}'",
-            path.display()
-        ),
-        "ALTER DATA SOURCE t.people SET SUBSCRIPTION ANYONE".to_string(),
-        "CREATE ROW POLICY people_cast ON t.people USING CAST(region AS BIGINT) > 0 \
-         UNLESS has_group('hr')"
-            .to_string(),
-    ] {
-        q(&mut admin, &sql).await;
-    }
+    let cast = "CAST(region AS BIGINT) > 0 UNLESS has_group('hr')";
+    people_source(&engine, dir.path(), "people", &rows, cast).await;
     let mut bob = engine.session("bob");
     let (line, _) =
         barrier_statistics(&mut bob, "SELECT id, region, salary, badge FROM t.people").await;

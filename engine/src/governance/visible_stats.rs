@@ -263,11 +263,23 @@ pub struct VisibleStatsCache {
     /// Keys whose count failed, and when: not tried again for
     /// [`RETRY_AFTER`], so a failing count does not run on every query.
     failed: Mutex<HashMap<Key, Instant>>,
-    /// Predicates counted per (source, files), for [`MAX_PREDICATES`].
-    predicates: Mutex<HashMap<(String, u64), usize>>,
 }
 
 impl VisibleStatsCache {
+    /// Row predicates counted (or tried) for `key`'s source and files.
+    fn predicates_of(&self, key: &Key) -> usize {
+        let same = |k: &Key| k.source == key.source && k.files == key.files;
+        let counted = self
+            .entries
+            .lock()
+            .map_or(usize::MAX, |e| e.keys().filter(|k| same(k)).count());
+        let failed = self
+            .failed
+            .lock()
+            .map_or(usize::MAX, |f| f.keys().filter(|k| same(k)).count());
+        counted.saturating_add(failed)
+    }
+
     /// The visible statistics of `node`'s rows for the columns `physical`
     /// (the barrier's raw input) passes, counted now if no entry has them.
     /// None when the source has no row policy, is not a file scan, has
@@ -316,17 +328,8 @@ impl VisibleStatsCache {
                 return None;
             }
         }
-        let source_files = (key.source.clone(), key.files);
-        if known.is_none() {
-            let mut predicates = self.predicates.lock().ok()?;
-            if predicates.len() >= MAX_ENTRIES {
-                predicates.clear();
-            }
-            let n = predicates.entry(source_files).or_insert(0);
-            if *n >= MAX_PREDICATES {
-                return None;
-            }
-            *n += 1;
+        if known.is_none() && self.predicates_of(&key) >= MAX_PREDICATES {
+            return None;
         }
         let counted = match count_visible(node, predicate, &missing, session).await {
             Ok(v) => v,
@@ -348,12 +351,12 @@ impl VisibleStatsCache {
                 .extend(v.columns.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         let merged = Arc::new(merged);
+        if let Ok(mut failed) = self.failed.lock() {
+            failed.remove(&key);
+        }
         if let Ok(mut entries) = self.entries.lock() {
             if entries.len() >= MAX_ENTRIES {
                 entries.clear();
-                if let Ok(mut predicates) = self.predicates.lock() {
-                    predicates.clear();
-                }
             }
             entries.insert(key, Arc::clone(&merged));
         }
