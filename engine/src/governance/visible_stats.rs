@@ -209,8 +209,8 @@ impl StatisticsProvider for VisibleScan {
 }
 
 /// Last in the chain: a node no estimator above knows passes its input's
-/// statistics on, never the raw ones its own `partition_statistics` would
-/// compute.
+/// statistics on (only the row count when its columns differ), never the
+/// raw ones its own `partition_statistics` would compute.
 #[derive(Debug)]
 struct NothingRaw;
 
@@ -220,10 +220,16 @@ impl StatisticsProvider for NothingRaw {
         plan: &dyn ExecutionPlan,
         child_stats: &[ExtendedStatistics],
     ) -> Result<StatisticsResult> {
-        Ok(StatisticsResult::Computed(match child_stats {
-            [one] => one.clone(),
-            _ => ExtendedStatistics::new(Statistics::new_unknown(&plan.schema())),
-        }))
+        let schema = plan.schema();
+        let mut out = Statistics::new_unknown(&schema);
+        if let [one] = child_stats {
+            if one.base().column_statistics.len() == schema.fields().len() {
+                return Ok(StatisticsResult::Computed(one.clone()));
+            }
+            // A node that reshapes its rows: the count only.
+            out.num_rows = one.base().num_rows.to_inexact();
+        }
+        Ok(StatisticsResult::Computed(ExtendedStatistics::new(out)))
     }
 }
 
