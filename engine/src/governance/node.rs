@@ -47,9 +47,12 @@ use datafusion::physical_plan::filter_pushdown::{
     PushedDown,
 };
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use futures::StreamExt;
 
@@ -464,9 +467,10 @@ impl ExtensionPlanner for GovernedScanPlanner {
             None => None,
         };
         let visible = self.visible.get(node, physical, session).await;
+        let spread = !node.masked.is_empty();
         Ok(Some(Arc::new(GovernedScanExec::new(
             node.source.clone(),
-            optimize_hidden_input(Arc::clone(physical), predicate.as_ref(), session)?,
+            optimize_hidden_input(Arc::clone(physical), predicate.as_ref(), spread, session)?,
             predicate,
             node.masked.clone().into(),
             visible,
@@ -486,10 +490,12 @@ const HIDDEN_INPUT_RULES: [&str; 3] = ["FilterPushdown", "ProjectionPushdown", "
 /// groups and pages whose statistics rule it out (and, with
 /// `pushdown_filters`, applies it while decoding); the barrier still
 /// evaluates it on every row it passes, so whatever filter is left on top
-/// for it is dropped.
+/// for it is dropped. With `spread` (masks run above the barrier), the
+/// batches are dealt round-robin over the target partitions.
 fn optimize_hidden_input(
     input: Arc<dyn ExecutionPlan>,
     predicate: Option<&Arc<dyn PhysicalExpr>>,
+    spread: bool,
     session: &dyn Session,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     let mut inner = match predicate {
@@ -525,6 +531,19 @@ fn optimize_hidden_input(
                 })
             })?
             .data;
+    }
+    // Byte ranges split a file at row-group bounds, so a table of one
+    // full row group and a small one (150K rows in groups of 128K) is read
+    // 87 % by one partition. Outside a barrier that costs little; masks
+    // above one (HMAC per value) then run mostly on one core, so the
+    // batches are dealt round-robin here, where the outer optimizer (which
+    // only adds round-robin when there are fewer partitions than its
+    // target) cannot see the skew.
+    if spread && target > 1 {
+        inner = Arc::new(RepartitionExec::try_new(
+            inner,
+            Partitioning::RoundRobinBatch(target),
+        )?);
     }
     Ok(inner)
 }
@@ -594,9 +613,9 @@ mod tests {
             .build()
     }
 
-    /// Plans `GovernedScan(region = 'US')` over the demo employees file
-    /// and returns the barrier's hidden input, printed.
-    async fn hidden_input(pushdown_filters: bool, partitions: usize) -> String {
+    /// Plans `GovernedScan(region = 'US')`, with `masked` columns, over the
+    /// demo employees file and returns the barrier's hidden input, printed.
+    async fn hidden_input(pushdown_filters: bool, partitions: usize, masked: &[&str]) -> String {
         let path = EMPLOYEES;
         let mut state = governed_state();
         state
@@ -622,7 +641,7 @@ mod tests {
             source: "hr.employees".into(),
             input: scan,
             row_predicate: Some(col("region").eq(lit("US"))),
-            masked: vec![],
+            masked: masked.iter().map(|m| m.to_string()).collect(),
             policies: vec!["employees_region".into()],
         }
         .into_plan();
@@ -644,12 +663,12 @@ mod tests {
     async fn the_row_policy_prunes_the_hidden_parquet_scan() {
         // Statistics pruning only: the scan takes the predicate, and the
         // filter left for the barrier (which evaluates it anyway) is gone.
-        let inner = hidden_input(false, 1).await;
+        let inner = hidden_input(false, 1, &[]).await;
         assert!(inner.starts_with("DataSourceExec"), "{inner}");
         assert!(inner.contains("predicate=region@"), "{inner}");
         assert!(!inner.contains("FilterExec"), "{inner}");
         // With pushdown_filters the scan applies it while decoding too.
-        let inner = hidden_input(true, 1).await;
+        let inner = hidden_input(true, 1, &[]).await;
         assert!(inner.starts_with("DataSourceExec"), "{inner}");
         assert!(inner.contains("predicate=region@"), "{inner}");
     }
@@ -658,12 +677,30 @@ mod tests {
     async fn the_hidden_scan_is_split_across_target_partitions() {
         // One file, read by four partitions (byte ranges), as DataFusion
         // does for a scan outside a barrier.
-        assert!(hidden_input(false, 1)
+        assert!(hidden_input(false, 1, &[])
             .await
             .contains("file_groups={1 group:"));
-        let inner = hidden_input(false, 4).await;
+        let inner = hidden_input(false, 4, &[]).await;
         assert!(inner.contains("file_groups={4 groups:"), "{inner}");
         assert!(inner.contains("predicate=region@"), "{inner}");
+        assert!(!inner.contains("RepartitionExec"), "{inner}");
+    }
+
+    #[tokio::test]
+    async fn a_masked_barrier_deals_its_batches_round_robin() {
+        // Masks run above the barrier, so its batches are spread evenly
+        // (byte ranges may leave most rows to one partition); the scan
+        // below still gets its ranges and the row policy.
+        let inner = hidden_input(false, 2, &["salary"]).await;
+        assert!(
+            inner.starts_with("RepartitionExec: partitioning=RoundRobinBatch(2)"),
+            "{inner}"
+        );
+        assert!(inner.contains("file_groups={2 groups:"), "{inner}");
+        assert!(inner.contains("predicate=region@"), "{inner}");
+        // One partition: nothing to spread.
+        let inner = hidden_input(false, 1, &["salary"]).await;
+        assert!(!inner.contains("RepartitionExec"), "{inner}");
     }
 
     /// The barrier found anywhere in `plan`.
@@ -677,10 +714,10 @@ mod tests {
     /// Plans `picked JOIN GovernedScan(employees) USING employee_id`, where
     /// `picked` is a few employees (the build side), and returns the
     /// barrier's hidden input, printed.
-    async fn hidden_input_of_a_joined_barrier(masked: Vec<String>) -> String {
+    async fn hidden_input_of_a_joined_barrier(masked: Vec<String>, partitions: usize) -> String {
         let path = EMPLOYEES;
         let mut state = governed_state();
-        state.config_mut().options_mut().execution.target_partitions = 1;
+        state.config_mut().options_mut().execution.target_partitions = partitions;
         let ctx = SessionContext::new_with_state(state);
         for name in ["employees", "picked"] {
             ctx.register_parquet(name, path, ParquetReadOptions::default())
@@ -728,10 +765,17 @@ mod tests {
     async fn a_join_key_dynamic_filter_reaches_the_hidden_scan_only_on_an_unmasked_column() {
         // employee_id passes the barrier unmasked: the join's build-side
         // keys may prune the raw scan (the policy still runs on every row).
-        let inner = hidden_input_of_a_joined_barrier(vec![]).await;
+        let inner = hidden_input_of_a_joined_barrier(vec![], 1).await;
+        assert!(inner.contains("DynamicFilter"), "{inner}");
+        // Also through the round-robin of a barrier that masks another column.
+        let inner = hidden_input_of_a_joined_barrier(vec!["salary".into()], 2).await;
+        assert!(inner.contains("RoundRobinBatch(2)"), "{inner}");
         assert!(inner.contains("DynamicFilter"), "{inner}");
         // Masked, it must not: the raw values are not what the join sees.
-        let inner = hidden_input_of_a_joined_barrier(vec!["employee_id".into()]).await;
-        assert!(!inner.contains("DynamicFilter"), "{inner}");
+        for partitions in [1, 2] {
+            let inner =
+                hidden_input_of_a_joined_barrier(vec!["employee_id".into()], partitions).await;
+            assert!(!inner.contains("DynamicFilter"), "{inner}");
+        }
     }
 }
