@@ -263,15 +263,32 @@ struct Key {
 }
 
 /// Visible statistics per (source, row predicate, files); one per engine.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct VisibleStatsCache {
     entries: Mutex<HashMap<Key, Arc<Visible>>>,
     /// Keys whose count failed, and when: not tried again for
     /// [`RETRY_AFTER`], so a failing count does not run on every query.
     failed: Mutex<HashMap<Key, Instant>>,
+    /// Largest source counted, in raw rows ([`MAX_ROWS`]).
+    max_rows: usize,
+}
+
+impl Default for VisibleStatsCache {
+    fn default() -> Self {
+        Self::with_max_rows(MAX_ROWS)
+    }
 }
 
 impl VisibleStatsCache {
+    /// A cache that counts sources of at most `max_rows` raw rows.
+    pub fn with_max_rows(max_rows: usize) -> Self {
+        Self {
+            entries: Mutex::default(),
+            failed: Mutex::default(),
+            max_rows,
+        }
+    }
+
     /// Row predicates counted (or tried) for `key`'s source and files.
     fn predicates_of(&self, key: &Key) -> usize {
         let same = |k: &Key| k.source == key.source && k.files == key.files;
@@ -289,7 +306,7 @@ impl VisibleStatsCache {
     /// The visible statistics of `node`'s rows for the columns `physical`
     /// (the barrier's raw input) passes, counted now if no entry has them.
     /// None when the source has no row policy, is not a file scan, has
-    /// more than [`MAX_ROWS`] rows (or files without a row count) or could
+    /// more than its row cap (or files without a row count) or could
     /// not be counted: the barrier then reports what it did before.
     pub async fn get(
         &self,
@@ -326,7 +343,7 @@ impl VisibleStatsCache {
         }
         // The files' own row counts: an estimate above a pushed-down user
         // filter would let a huge source through.
-        if raw_rows.is_none_or(|n| n > MAX_ROWS) {
+        if raw_rows.is_none_or(|n| n > self.max_rows) {
             return None;
         }
         if let Some(at) = self.failed.lock().ok()?.get(&key) {
@@ -502,6 +519,59 @@ async fn count_visible(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::datasource::provider_as_source;
+    use datafusion::logical_expr::lit;
+    use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+
+    /// The demo employees file: 1000 rows, about a quarter in region US.
+    const EMPLOYEES: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../testdata/hr/employees.parquet"
+    );
+
+    #[tokio::test]
+    async fn a_source_over_the_row_cap_is_not_counted() {
+        // One partition: the planner hands the barrier its raw scan before
+        // the physical optimizer splits the file.
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        ctx.register_parquet("employees", EMPLOYEES, ParquetReadOptions::default())
+            .await
+            .unwrap();
+        let table = ctx.table_provider("employees").await.unwrap();
+        let scan = LogicalPlanBuilder::scan("employees", provider_as_source(table), None)
+            .unwrap()
+            .build()
+            .unwrap();
+        let state = ctx.state();
+        let physical = state.create_physical_plan(&scan).await.unwrap();
+        let node = GovernedScanNode {
+            source: "hr.employees".into(),
+            input: scan,
+            // As the analyzer leaves it: typed like the column.
+            row_predicate: Some(col("region").eq(lit(ScalarValue::Utf8View(Some("US".into()))))),
+            masked: vec![],
+            policies: vec!["employees_region".into()],
+        };
+        let us = ctx
+            .sql("SELECT count(*) FROM employees WHERE region = 'US'")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let us = us[0].column(0).as_primitive::<Int64Type>().value(0) as usize;
+        assert!(us > 0 && us < 1000, "{us}");
+        // The cap is on the files' raw rows (1000), not on the visible ones.
+        for (cap, counted) in [(MAX_ROWS, true), (1000, true), (999, false), (us, false)] {
+            let got = VisibleStatsCache::with_max_rows(cap)
+                .get(&node, &physical, &state)
+                .await;
+            assert_eq!(got.is_some(), counted, "cap {cap}");
+            if let Some(v) = got {
+                assert_eq!(v.rows, us, "cap {cap}");
+            }
+        }
+    }
 
     #[test]
     fn the_distinct_bound_is_the_range_capped_by_the_non_null_count() {
