@@ -590,7 +590,7 @@ impl QueryPlanner for GovernedQueryPlanner {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use datafusion::datasource::provider_as_source;
     use datafusion::execution::SessionStateBuilder;
     use datafusion::logical_expr::{col, lit, LogicalPlanBuilder};
@@ -599,11 +599,24 @@ mod tests {
 
     use super::*;
 
-    /// The demo employees file.
+    /// The demo employees file: 1000 rows, about a quarter in region US.
     const EMPLOYEES: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../testdata/hr/employees.parquet"
     );
+
+    /// Registers the demo employees file in `ctx` as `name` and returns a
+    /// logical scan of it.
+    pub(in crate::governance) async fn employees_scan(
+        ctx: &SessionContext,
+        name: &str,
+    ) -> LogicalPlanBuilder {
+        ctx.register_parquet(name, EMPLOYEES, ParquetReadOptions::default())
+            .await
+            .unwrap();
+        let table = ctx.table_provider(name).await.unwrap();
+        LogicalPlanBuilder::scan(name, provider_as_source(table), None).unwrap()
+    }
 
     /// A session state that plans barriers.
     fn governed_state() -> SessionState {
@@ -616,7 +629,6 @@ mod tests {
     /// Plans `GovernedScan(region = 'US')`, with `masked` columns, over the
     /// demo employees file and returns the barrier's hidden input, printed.
     async fn hidden_input(pushdown_filters: bool, partitions: usize, masked: &[&str]) -> String {
-        let path = EMPLOYEES;
         let mut state = governed_state();
         state
             .config_mut()
@@ -629,14 +641,7 @@ mod tests {
         // The demo file is small: split it anyway.
         options.optimizer.repartition_file_min_size = 0;
         let ctx = SessionContext::new_with_state(state);
-        ctx.register_parquet("employees", path, ParquetReadOptions::default())
-            .await
-            .unwrap();
-        let table = ctx.table_provider("employees").await.unwrap();
-        let scan = LogicalPlanBuilder::scan("employees", provider_as_source(table), None)
-            .unwrap()
-            .build()
-            .unwrap();
+        let scan = employees_scan(&ctx, "employees").await.build().unwrap();
         let barrier = GovernedScanNode {
             source: "hr.employees".into(),
             input: scan,
@@ -715,21 +720,11 @@ mod tests {
     /// `picked` is a few employees (the build side), and returns the
     /// barrier's hidden input, printed.
     async fn hidden_input_of_a_joined_barrier(masked: Vec<String>, partitions: usize) -> String {
-        let path = EMPLOYEES;
         let mut state = governed_state();
         state.config_mut().options_mut().execution.target_partitions = partitions;
         let ctx = SessionContext::new_with_state(state);
-        for name in ["employees", "picked"] {
-            ctx.register_parquet(name, path, ParquetReadOptions::default())
-                .await
-                .unwrap();
-        }
-        let mut scans = vec![];
-        for name in ["picked", "employees"] {
-            let table = ctx.table_provider(name).await.unwrap();
-            scans.push(LogicalPlanBuilder::scan(name, provider_as_source(table), None).unwrap());
-        }
-        let [picked, employees] = <[_; 2]>::try_from(scans).unwrap();
+        let picked = employees_scan(&ctx, "picked").await;
+        let employees = employees_scan(&ctx, "employees").await;
         let picked = picked
             .filter(col("picked.employee_id").lt(lit(3)))
             .unwrap()

@@ -519,29 +519,16 @@ async fn count_visible(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::datasource::provider_as_source;
+    use crate::governance::node::tests::employees_scan;
     use datafusion::logical_expr::lit;
-    use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
-
-    /// The demo employees file: 1000 rows, about a quarter in region US.
-    const EMPLOYEES: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../testdata/hr/employees.parquet"
-    );
+    use datafusion::prelude::{SessionConfig, SessionContext};
 
     #[tokio::test]
     async fn a_source_over_the_row_cap_is_not_counted() {
         // One partition: the planner hands the barrier its raw scan before
         // the physical optimizer splits the file.
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-        ctx.register_parquet("employees", EMPLOYEES, ParquetReadOptions::default())
-            .await
-            .unwrap();
-        let table = ctx.table_provider("employees").await.unwrap();
-        let scan = LogicalPlanBuilder::scan("employees", provider_as_source(table), None)
-            .unwrap()
-            .build()
-            .unwrap();
+        let scan = employees_scan(&ctx, "employees").await.build().unwrap();
         let state = ctx.state();
         let physical = state.create_physical_plan(&scan).await.unwrap();
         let node = GovernedScanNode {
