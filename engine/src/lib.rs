@@ -25,6 +25,7 @@ mod plan_cache;
 pub mod policy;
 pub mod principal;
 pub mod project;
+pub mod semi_join;
 pub mod sql_guard;
 pub mod statement;
 pub mod store;

@@ -17,8 +17,10 @@ use std::time::Instant;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use veil_engine::keys::MasterKey;
+use veil_engine::semi_join::SemiJoinOnJoinKey;
 use veil_engine::store::{CatalogStore, SqliteStore};
 use veil_engine::{Engine, EngineOptions, Session};
 
@@ -160,7 +162,14 @@ impl Harness {
         let profile = PROFILE.replace("{data}", text);
         veil_engine::statement::apply_script(&mut engine.session("admin"), &profile).await?;
 
-        let plain = SessionContext::new();
+        // DataFusion with Veil's one planning rule that is not governance
+        // (`semi_join.rs`), so the runs differ by governance alone.
+        let plain = SessionContext::new_with_state(
+            SessionStateBuilder::new()
+                .with_default_features()
+                .with_optimizer_rule(Arc::new(SemiJoinOnJoinKey))
+                .build(),
+        );
         plain.sql("CREATE SCHEMA tpch").await?.collect().await?;
         for t in TABLES {
             let path = format!("{}/", data.join(t).display());
