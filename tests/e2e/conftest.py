@@ -4,7 +4,6 @@ import os
 import pathlib
 import socket
 import subprocess
-import tempfile
 import time
 
 import pytest
@@ -63,7 +62,7 @@ def stop_server(proc):
 
 
 @pytest.fixture(scope="session")
-def server():
-    proc, uri = start_server(tempfile.mkdtemp(prefix="veil-e2e-"))
+def server(tmp_path_factory):
+    proc, uri = start_server(str(tmp_path_factory.mktemp("e2e")))
     yield uri
     stop_server(proc)

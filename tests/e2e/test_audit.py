@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.request
@@ -67,8 +66,8 @@ def test_impersonation_matrix_and_the_audit_trail(server):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_sigkill_during_governance_changes_keeps_changes_and_records_together():
-    data_dir = tempfile.mkdtemp(prefix="veil-audit-crash-")
+def test_sigkill_during_governance_changes_keeps_changes_and_records_together(tmp_path):
+    data_dir = str(tmp_path)
     proc, uri = start_server(data_dir)
     acknowledged = []
 
@@ -121,8 +120,8 @@ def _veil(data_dir, *args):
     )
 
 
-def test_an_audit_commit_delay_out_of_bounds_refuses_to_start():
-    data_dir = tempfile.mkdtemp(prefix="veil-audit-delay-")
+def test_an_audit_commit_delay_out_of_bounds_refuses_to_start(tmp_path):
+    data_dir = str(tmp_path)
     with pytest.raises(RuntimeError, match="audit_commit_delay_ms must be between 0 and 2, not 9"):
         proc, _ = start_server(data_dir, serve_args=["--audit-commit-delay-ms", "9"])
         stop_server(proc)
@@ -131,8 +130,8 @@ def test_an_audit_commit_delay_out_of_bounds_refuses_to_start():
         stop_server(proc)
 
 
-def test_audit_commands_metrics_and_json_logs():
-    data_dir = tempfile.mkdtemp(prefix="veil-audit-cli-")
+def test_audit_commands_metrics_and_json_logs(tmp_path):
+    data_dir = str(tmp_path)
     metrics_port = _free_port()
     proc, uri = start_server(
         data_dir,

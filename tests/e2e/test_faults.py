@@ -6,7 +6,6 @@ test_audit.py and test_workspaces.py."""
 import json
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 
@@ -19,8 +18,8 @@ PROJECT = "adbc.flight.sql.rpc.call_header.x-veil-project"
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_sigkill_during_audit_writes_loses_no_acknowledged_record():
-    data_dir = tempfile.mkdtemp(prefix="veil-fault-audit-")
+def test_sigkill_during_audit_writes_loses_no_acknowledged_record(tmp_path):
+    data_dir = str(tmp_path)
     proc, uri = start_server(data_dir)
     acknowledged = []
 

@@ -1,7 +1,6 @@
 """Masked joins end to end with the ADBC driver, across a server restart and
 a key rotation, on a server of its own (it restarts it)."""
 
-import tempfile
 import warnings
 
 from conftest import start_server, stop_server
@@ -34,8 +33,8 @@ def setup(uri):
         return rows(a, JOIN + " WHERE t.region = 'EU'")[0][0]
 
 
-def test_masked_joins_across_restart_and_rotation():
-    data_dir = tempfile.mkdtemp(prefix="veil-e2e-joins-")
+def test_masked_joins_across_restart_and_rotation(tmp_path):
+    data_dir = str(tmp_path)
     proc, uri = start_server(data_dir)
     try:
         unmasked = setup(uri)

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 
@@ -71,9 +70,9 @@ def _moto():
 
 
 @pytest.fixture(scope="module", params=["local", "s3"])
-def store(request):
+def store(request, tmp_path_factory):
     """A server whose warehouse is a local directory, or an S3 bucket."""
-    data_dir = tempfile.mkdtemp(prefix="veil-ws-")
+    data_dir = str(tmp_path_factory.mktemp("ws"))
     if request.param == "local":
         proc, uri = start_server(data_dir)
         yield uri, None
@@ -194,8 +193,8 @@ def _files(root):
     return sorted(str(p.relative_to(root)) for p in pathlib.Path(root).rglob("*") if p.is_file())
 
 
-def test_sigkill_during_a_large_ctas_leaves_no_partial_table():
-    data_dir = tempfile.mkdtemp(prefix="veil-crash-")
+def test_sigkill_during_a_large_ctas_leaves_no_partial_table(tmp_path):
+    data_dir = str(tmp_path)
     proc, uri = start_server(data_dir)
     setup_project(uri, "crash")
     with in_project(uri, "bob", "crash") as b:
