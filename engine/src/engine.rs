@@ -118,15 +118,18 @@ fn statement_state(runtime: Arc<RuntimeEnv>, query_memory: usize) -> Result<Sess
         .unwrap_or(physical_rules.len());
     physical_rules.insert(at, Arc::new(RawKeyJoinMode));
     // Last before the sanity check: partial aggregates group raw keys, so
-    // nothing may reshape them after; joins yield between batches
+    // nothing may reshape them after; filters evaluate costly masks after
+    // their other conjuncts (costly_conjuncts.rs), after every rule that
+    // pushes or merges filters; joins yield between batches
     // (yielding.rs), after every rule that rewrites joins or pushes
     // filters through them.
     let at = physical_rules
         .iter()
         .position(|r| r.name() == "SanityCheckPlan")
         .unwrap_or(physical_rules.len());
-    let last: [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 2] = [
+    let last: [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 3] = [
         Arc::new(RawKeyGroup),
+        Arc::new(crate::governance::costly_conjuncts::CostlyConjunctsLast),
         Arc::new(crate::yielding::YieldingJoins),
     ];
     physical_rules.splice(at..at, last);

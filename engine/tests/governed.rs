@@ -176,6 +176,34 @@ async fn masked_values_never_reach_predicates_joins_or_groups() {
         line.len() - line.trim_start().len()
     };
     assert!(at("LeftSemi Join") > at("Inner Join"), "{plan}");
+    // A filter ANDing a test of a HASHed column with a cheap test that stays
+    // above the barrier hashes only the rows the cheap one keeps
+    // (costly_conjuncts.rs), and still compares tokens.
+    let token = q(
+        &mut bob,
+        "SELECT email FROM hr.employees ORDER BY employee_id LIMIT 1",
+    )
+    .await[0][0]
+        .clone();
+    let mixed = |v: &str| {
+        format!("SELECT count(*) FROM hr.employees WHERE email = '{v}' AND employee_id % 7 <> 3")
+    };
+    assert_eq!(
+        q(&mut bob, &mixed(&email)).await,
+        vec![vec!["0".to_string()]]
+    );
+    assert_eq!(
+        q(&mut bob, &mixed(&token)).await,
+        vec![vec!["1".to_string()]]
+    );
+    let plan = q(&mut bob, &format!("EXPLAIN {}", mixed(&token)))
+        .await
+        .concat()
+        .join("\n");
+    assert!(
+        plan.contains("FilterExec: CASE WHEN employee_id@") && plan.contains(" THEN veil_hash["),
+        "{plan}"
+    );
 }
 
 #[tokio::test]

@@ -43,4 +43,4 @@ pub use date_trunc::TruncUnit;
 pub use encrypt::decrypt_token;
 pub use error::UdfError;
 pub use key::{KeyHandle, MaskKey};
-pub use mask::{is_injective_mask, mask_udf, MaskSpec};
+pub use mask::{is_costly_mask, is_injective_mask, mask_udf, MaskSpec};

@@ -99,6 +99,25 @@ pub fn is_injective_mask(udf: &ScalarUDF) -> bool {
     any.is::<MaskUdf<HashMask>>() || any.is::<MaskUdf<EncryptMask>>()
 }
 
+/// Whether `udf` is a mask whose work per value is costly: a MAC, a cipher,
+/// a regex or a walk over the characters (HASH, ENCRYPT, REGEX, SHOW_*; the
+/// methods masked once per distinct value). A filter evaluates a conjunct
+/// calling one after its other conjuncts, on the rows they keep.
+pub fn is_costly_mask(udf: &ScalarUDF) -> bool {
+    fn costly<M: ArrayMask>(any: &dyn std::any::Any) -> bool {
+        M::ONCE_PER_DISTINCT && any.is::<MaskUdf<M>>()
+    }
+    let any: &dyn std::any::Any = udf.inner().as_ref();
+    costly::<HashMask>(any)
+        || costly::<EncryptMask>(any)
+        || costly::<RegexMask>(any)
+        || costly::<ShowMask>(any)
+        || costly::<NullMask>(any)
+        || costly::<ConstantMask>(any)
+        || costly::<RoundMask>(any)
+        || costly::<DateTruncMask>(any)
+}
+
 fn wrap<M: ArrayMask>(name: String, mask: M) -> ScalarUDF {
     ScalarUDF::new_from_impl(MaskUdf {
         name,

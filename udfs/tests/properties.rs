@@ -403,6 +403,39 @@ fn only_keyed_masks_are_injective() {
     }
 }
 
+/// The engine evaluates a filter's conjuncts calling these masks after its
+/// other conjuncts (engine/src/governance/costly_conjuncts.rs): the keyed,
+/// regex and character-walking masks, not the constant-time ones.
+#[test]
+fn costly_masks_are_the_keyed_regex_and_show_masks() {
+    use veil_udfs::is_costly_mask;
+    let costly = [
+        MaskSpec::Hash(key("k", 1)),
+        MaskSpec::Encrypt(key("k", 1)),
+        MaskSpec::Regex {
+            pattern: "[0-9]".into(),
+            replacement: "#".into(),
+        },
+        MaskSpec::ShowFirst(2),
+        MaskSpec::ShowLast(4),
+    ];
+    for spec in costly {
+        let udf = mask_udf(spec).unwrap();
+        assert!(is_costly_mask(&udf), "{} is costly", udf.name());
+    }
+    for spec in [
+        MaskSpec::Null,
+        MaskSpec::Constant("x".into()),
+        MaskSpec::Round(10.0),
+        MaskSpec::DateTrunc("month".parse().unwrap()),
+    ] {
+        let udf = mask_udf(spec).unwrap();
+        assert!(!is_costly_mask(&udf), "{} is not costly", udf.name());
+    }
+    let upper = datafusion::functions::string::upper();
+    assert!(!is_costly_mask(&upper), "only masks are named");
+}
+
 /// The premise of joining raw keys (engine/src/governance/raw_keys.rs
 /// `joinable`): for every non-integer, non-string type the engine joins raw,
 /// values one unit apart at the finest precision get different tokens, so

@@ -26,6 +26,7 @@
 //!   counts hidden rows, and physical
 //!   filter pushdown cannot cross it.
 
+pub mod costly_conjuncts;
 pub mod leakproof;
 pub mod node;
 pub mod principal_fns;
