@@ -4,7 +4,7 @@
 //! A [`CatalogSnapshot`] is an immutable picture of the whole catalog at one
 //! policy version; policy evaluation and planning read only snapshots.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
@@ -431,6 +431,84 @@ pub fn tag_covers(policy_tag: &str, column_tag: &str) -> bool {
             && column_tag[..policy_tag.len()].eq_ignore_ascii_case(policy_tag))
 }
 
+/// Policies by name (read through `Deref` as the map), with an index of
+/// the source and the tags each one targets, kept by [`Policies::insert`]
+/// and [`Policies::remove`] (the only ways to change it), so deciding on a
+/// source reads the policies that may apply to it instead of all of them.
+#[derive(Debug, Clone, Default)]
+pub struct Policies {
+    by_name: BTreeMap<String, Policy>,
+    /// Names of the policies on each source (`schema.table`, as stored).
+    by_source: HashMap<String, BTreeSet<String>>,
+    /// Names of the policies on each tag, the tag in ASCII lowercase.
+    by_tag: HashMap<String, BTreeSet<String>>,
+}
+
+impl Policies {
+    /// Adds or replaces the policy `name`; returns the one it replaced.
+    pub fn insert(&mut self, name: String, policy: Policy) -> Option<Policy> {
+        let old = self.remove(&name);
+        let names = match &policy.target {
+            Target::Source { source, .. } => self.by_source.entry(source.clone()),
+            Target::Tag(tag) => self.by_tag.entry(tag.to_ascii_lowercase()),
+        };
+        names.or_default().insert(name.clone());
+        self.by_name.insert(name, policy);
+        old
+    }
+
+    /// Removes the policy `name`.
+    pub fn remove(&mut self, name: &str) -> Option<Policy> {
+        let old = self.by_name.remove(name)?;
+        let (index, key) = match &old.target {
+            Target::Source { source, .. } => (&mut self.by_source, source.clone()),
+            Target::Tag(tag) => (&mut self.by_tag, tag.to_ascii_lowercase()),
+        };
+        if let Some(names) = index.get_mut(&key) {
+            names.remove(name);
+            if names.is_empty() {
+                index.remove(&key);
+            }
+        }
+        Some(old)
+    }
+
+    /// In name order, every policy that targets `source` by name or targets
+    /// a tag covering one of its column tags ([`tag_covers`]): a superset of
+    /// the policies that apply to it, none of the others.
+    pub fn on_source<'a>(&'a self, source: &DataSource) -> impl Iterator<Item = &'a Policy> {
+        let mut names: BTreeSet<&str> = BTreeSet::new();
+        if let Some(on) = self.by_source.get(&source.full_name()) {
+            names.extend(on.iter().map(String::as_str));
+        }
+        for tag in source.columns.iter().flat_map(|c| &c.tags) {
+            let tag = tag.to_ascii_lowercase();
+            // The policy tags covering `tag`: itself and each prefix ending
+            // before a '.'.
+            let prefixes = tag
+                .bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'.')
+                .map(|(i, _)| &tag[..i])
+                .chain([tag.as_str()]);
+            for prefix in prefixes {
+                if let Some(on) = self.by_tag.get(prefix) {
+                    names.extend(on.iter().map(String::as_str));
+                }
+            }
+        }
+        names.into_iter().filter_map(|n| self.by_name.get(n))
+    }
+}
+
+impl std::ops::Deref for Policies {
+    type Target = BTreeMap<String, Policy>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.by_name
+    }
+}
+
 /// The whole catalog at one policy version.
 #[derive(Debug, Clone, Default)]
 pub struct CatalogSnapshot {
@@ -440,8 +518,8 @@ pub struct CatalogSnapshot {
     pub users: BTreeMap<String, User>,
     /// Sources by `schema.table`.
     pub sources: BTreeMap<String, DataSource>,
-    /// Policies by name.
-    pub policies: BTreeMap<String, Policy>,
+    /// Policies by name, indexed by what they target.
+    pub policies: Policies,
     /// Purposes by name.
     pub purposes: BTreeMap<String, crate::project::Purpose>,
     /// Projects by name.
@@ -490,6 +568,137 @@ mod tests {
         assert!(tag_covers("pii", "PII.SSN"));
         assert!(!tag_covers("PII", "PIIX"));
         assert!(!tag_covers("PII.SSN", "PII"));
+    }
+
+    fn policy(name: &str, target: Target) -> Policy {
+        Policy {
+            name: name.into(),
+            target,
+            rule: PolicyRule::Mask(MaskMethod::Null),
+            applicability: Applicability::Always,
+            created_by: "admin".into(),
+        }
+    }
+
+    fn source(name: &str, tags: &[&[&str]]) -> DataSource {
+        let (schema, table) = name.split_once('.').unwrap();
+        DataSource {
+            schema: schema.into(),
+            table: table.into(),
+            location: String::new(),
+            arrow_schema: String::new(),
+            columns: tags
+                .iter()
+                .enumerate()
+                .map(|(i, t)| ColumnInfo {
+                    name: format!("c{i}"),
+                    data_type: "Utf8".into(),
+                    tags: t.iter().map(|s| s.to_string()).collect(),
+                })
+                .collect(),
+            owners: BTreeSet::new(),
+            subscription: Subscription::Anyone,
+            kind: SourceKind::Parquet,
+        }
+    }
+
+    /// The index finds exactly the policies that target the source by name
+    /// or a tag covering one of its column tags (what a scan of all of them
+    /// with `tag_covers` finds), in name order, through replacements and
+    /// removals.
+    #[test]
+    fn policies_on_a_source_are_exactly_those_a_full_scan_finds() {
+        let tags = [
+            "PII",
+            "pii",
+            "PII.SSN",
+            "pii.ssn.last4",
+            "PIIX",
+            "Fin",
+            "fin.card",
+            "",
+            ".",
+            "é.x",
+            "PII.",
+            "a.b.c",
+        ];
+        let sources = ["hr.emp", "hr.Emp", "sales.tx"];
+        let mut policies = Policies::default();
+        let mut n = 0;
+        for t in tags {
+            policies.insert(
+                format!("p{n:02}"),
+                policy(&format!("p{n:02}"), Target::Tag(t.into())),
+            );
+            n += 1;
+        }
+        for s in sources {
+            let columns = vec!["c0".to_string()];
+            policies.insert(
+                format!("p{n:02}"),
+                policy(
+                    &format!("p{n:02}"),
+                    Target::Source {
+                        source: s.into(),
+                        columns,
+                    },
+                ),
+            );
+            n += 1;
+        }
+        // Replace a tag policy by a source policy and drop another.
+        policies.insert(
+            "p00".into(),
+            policy(
+                "p00",
+                Target::Source {
+                    source: "hr.emp".into(),
+                    columns: vec![],
+                },
+            ),
+        );
+        assert!(policies.remove("p05").is_some());
+        assert!(policies.remove("p05").is_none());
+
+        let column_tags: [&[&str]; 6] = [
+            &["PII.SSN"],
+            &["pii.SSN.LAST4", "fin"],
+            &["Fin.Card.X"],
+            &[".", "PII..x"],
+            &["É.x", "é.x"],
+            &["a.b.c.d", "PIIX"],
+        ];
+        for name in sources {
+            for tags in column_tags
+                .iter()
+                .map(|t| vec![*t])
+                .chain([column_tags.to_vec(), vec![]])
+            {
+                let src = source(name, &tags);
+                let got: Vec<&str> = policies.on_source(&src).map(|p| p.name.as_str()).collect();
+                let scan: Vec<&str> = policies
+                    .iter()
+                    .filter(|(_, p)| match &p.target {
+                        Target::Source { source, .. } => *source == src.full_name(),
+                        Target::Tag(t) => src
+                            .columns
+                            .iter()
+                            .any(|c| c.tags.iter().any(|ct| tag_covers(t, ct))),
+                    })
+                    .map(|(k, _)| k.as_str())
+                    .collect();
+                assert_eq!(got, scan, "{name} {tags:?}");
+            }
+        }
+        // Not vacuous: covering tags, prefixes and the source name all count.
+        let all = source("hr.emp", &column_tags);
+        let got: Vec<&str> = policies.on_source(&all).map(|p| p.name.as_str()).collect();
+        assert!(got.len() > 6, "{got:?}");
+        assert!(
+            got.contains(&"p00") && got.contains(&"p02") && got.contains(&"p12"),
+            "{got:?}"
+        );
+        assert!(!got.contains(&"p05") && !got.contains(&"p13"), "{got:?}");
     }
 
     #[test]

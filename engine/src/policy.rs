@@ -214,7 +214,7 @@ fn decide_granted(
     let name = source.full_name();
     let mut candidates: Vec<Vec<&Policy>> = vec![Vec::new(); source.columns.len()];
     let mut row_filters = Vec::new();
-    for policy in snapshot.policies.values() {
+    for policy in snapshot.policies.on_source(source) {
         let targeted: Vec<usize> = match (&policy.target, &policy.rule) {
             (Target::Source { source: s, columns }, PolicyRule::Mask(_)) if *s == name => source
                 .columns
