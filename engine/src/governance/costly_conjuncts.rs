@@ -33,7 +33,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::TreeNode;
 use datafusion::common::Result;
 use datafusion::physical_expr::expressions::case;
 use datafusion::physical_expr::utils::{conjunction, split_conjunction};
@@ -53,13 +53,7 @@ impl PhysicalOptimizerRule for CostlyConjunctsLast {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|p| {
-            Ok(match split(&p)? {
-                Some(new) => Transformed::yes(new),
-                None => Transformed::no(p),
-            })
-        })
-        .map(|t| t.data)
+        super::rewrite_nodes(plan, split)
     }
 
     fn name(&self) -> &str {

@@ -39,3 +39,25 @@ pub mod visible_stats;
 pub use node::{GovernedQueryPlanner, GovernedScanNode};
 pub use rule::{GovernanceContext, GovernanceRule, StatementGovernance};
 pub use table::GovernedTable;
+
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::Result;
+use datafusion::physical_plan::ExecutionPlan;
+
+/// `plan` with every node for which `rewrite` returns a replacement
+/// replaced, bottom up (the body of the physical rules here that rewrite
+/// one kind of node at a time).
+pub(crate) fn rewrite_nodes(
+    plan: Arc<dyn ExecutionPlan>,
+    rewrite: impl Fn(&Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan>>>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|p| {
+        Ok(match rewrite(&p)? {
+            Some(new) => Transformed::yes(new),
+            None => Transformed::no(p),
+        })
+    })
+    .map(|t| t.data)
+}

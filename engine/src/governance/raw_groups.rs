@@ -47,7 +47,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::Result;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::utils::collect_columns;
@@ -71,13 +70,7 @@ impl PhysicalOptimizerRule for RawKeyGroup {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|p| {
-            Ok(match rewrite(&p)? {
-                Some(new) => Transformed::yes(new),
-                None => Transformed::no(p),
-            })
-        })
-        .map(|t| t.data)
+        super::rewrite_nodes(plan, rewrite)
     }
 
     fn name(&self) -> &str {
