@@ -24,10 +24,16 @@
 //! What it keeps: the filter keeps exactly the rows it kept (`CASE WHEN a
 //! THEN b END` is true exactly where `a` and `b` both are), with its
 //! projection and fetch, and every conjunct still reads only what it read,
-//! above the same barrier. A conjunct is now evaluated on no more rows than
-//! before, so the rewrite can only remove an error a costly conjunct would
-//! have raised on a row the others drop, never add one. It runs last, after
-//! every rule that pushes, merges or analyses filters.
+//! above the same barrier. What changes is which conjunct runs first, which
+//! SQL leaves open for `AND` (and DataFusion's pre-selection already
+//! decides at run time): the costly conjuncts now see only the rows the
+//! cheap ones keep, and the cheap ones see every row, so an error a costly
+//! conjunct would raise on a row the cheap ones drop no longer surfaces,
+//! and one a cheap conjunct raises on a row a selective costly conjunct
+//! used to drop first now does. Either way the rows are ones the principal
+//! sees (the barrier is below), so which error surfaces says nothing about
+//! hidden rows. It runs last, after every rule that pushes, merges or
+//! analyses filters.
 
 use std::any::Any;
 use std::sync::Arc;
