@@ -28,7 +28,6 @@ use datafusion::execution::session_state::SessionState;
 use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::{LogicalPlan, Statement};
 use datafusion::optimizer::{Analyzer, Optimizer};
-use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::ExecutionPlan;
@@ -109,14 +108,10 @@ fn statement_state(runtime: Arc<RuntimeEnv>, query_memory: usize) -> Result<Sess
     optimizer_rules.push(Arc::new(crate::bounded_fns::BoundedConstants {
         limit: query_memory,
     }));
-    // Joins on raw keys never partition by them (governance/raw_keys.rs).
-    let mut physical_rules = PhysicalOptimizer::new().rules;
-    let at = physical_rules
-        .iter()
-        .position(|r| r.name() == "join_selection")
-        .map(|i| i + 1)
-        .unwrap_or(physical_rules.len());
-    physical_rules.insert(at, Arc::new(RawKeyJoinMode));
+    // After join selection: semi and anti joins build on the side smaller
+    // in bytes (build_side.rs, not governance), then joins on raw keys
+    // never partition by them (governance/raw_keys.rs).
+    let mut physical_rules = crate::build_side::physical_rules(vec![Arc::new(RawKeyJoinMode)]);
     // Last before the sanity check: partial aggregates group raw keys, so
     // nothing may reshape them after; filters evaluate costly masks after
     // their other conjuncts (costly_conjuncts.rs), after every rule that

@@ -7,6 +7,7 @@ pub mod audit;
 mod bounded_fns;
 mod bounded_inputs;
 mod bounded_windows;
+pub mod build_side;
 pub mod catalog;
 mod catalog_cache;
 mod checked;

@@ -162,12 +162,14 @@ impl Harness {
         let profile = PROFILE.replace("{data}", text);
         veil_engine::statement::apply_script(&mut engine.session("admin"), &profile).await?;
 
-        // DataFusion with Veil's one planning rule that is not governance
-        // (`semi_join.rs`), so the runs differ by governance alone.
+        // DataFusion with Veil's planning rules that are not governance
+        // (`semi_join.rs`, `build_side.rs`), so the runs differ by
+        // governance alone.
         let plain = SessionContext::new_with_state(
             SessionStateBuilder::new()
                 .with_default_features()
                 .with_optimizer_rule(Arc::new(SemiJoinOnJoinKey))
+                .with_physical_optimizer_rules(veil_engine::build_side::physical_rules(vec![]))
                 .build(),
         );
         plain.sql("CREATE SCHEMA tpch").await?.collect().await?;
