@@ -1466,3 +1466,44 @@ impl Session {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The physical rules Veil adds sit where their docs say: the build
+    /// side and raw-key modes right after join selection (before any
+    /// repartitioning or dynamic filter), the rest last before the sanity
+    /// check.
+    #[test]
+    fn physical_rules_run_in_their_documented_places() {
+        let state = statement_state(Arc::new(RuntimeEnv::default()), 1 << 20).unwrap();
+        let names: Vec<&str> = state
+            .physical_optimizers()
+            .iter()
+            .map(|r| r.name())
+            .collect();
+        let at = |name: &str| {
+            names
+                .iter()
+                .position(|n| *n == name)
+                .unwrap_or_else(|| panic!("{name} missing from {names:?}"))
+        };
+        let join_selection = at("join_selection");
+        assert_eq!(at("veil_smaller_build_side"), join_selection + 1);
+        assert_eq!(at("veil_raw_key_join_mode"), join_selection + 2);
+        assert!(
+            at("veil_smaller_build_side")
+                < at("FilterPushdown(Post)").min(at("EnsureRequirements"))
+        );
+        let sanity = at("SanityCheckPlan");
+        assert_eq!(
+            &names[sanity - 3..sanity],
+            [
+                "veil_raw_key_group",
+                "veil_costly_conjuncts_last",
+                "veil_yielding_joins"
+            ]
+        );
+    }
+}
