@@ -17,6 +17,7 @@
 //! which are leakproof (see `GovernedScanExec::accepts_early`).
 
 use std::cmp::Ordering;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -37,7 +38,10 @@ use datafusion::logical_expr::{
     Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
 };
 use datafusion::physical_expr::expressions::{Column, DynamicFilterPhysicalExpr};
+use datafusion::physical_expr::utils::{collect_columns, reassign_expr_columns};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_optimizer::projection_pushdown::ProjectionPushdown;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::execution_plan::{
     Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
 };
@@ -47,6 +51,7 @@ use datafusion::physical_plan::filter_pushdown::{
     PushedDown,
 };
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -169,6 +174,10 @@ struct GovernedScanExec {
     masked: Arc<[String]>,
     /// Statistics of the visible rows, when they were counted.
     visible: Option<Arc<Visible>>,
+    /// The columns of `inner` the barrier passes on, when not all of them:
+    /// a column only the row policy or a filter inside the barrier reads
+    /// stays inside (see `try_swapping_with_projection`).
+    output: Option<Arc<[usize]>>,
     cache: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -180,23 +189,75 @@ impl GovernedScanExec {
         predicate: Option<Arc<dyn PhysicalExpr>>,
         masked: Arc<[String]>,
         visible: Option<Arc<Visible>>,
-    ) -> Self {
-        let schema = inner.schema();
+        output: Option<Arc<[usize]>>,
+    ) -> Result<Self> {
+        let schema = match &output {
+            Some(columns) => Arc::new(inner.schema().project(columns)?),
+            None => inner.schema(),
+        };
         let cache = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema),
             inner.properties().partitioning.clone(),
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        Self {
+        Ok(Self {
             source,
             inner,
             predicate,
             masked,
             visible,
+            output,
             cache,
             metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+
+    /// The same barrier passing on only the columns `names` (of its
+    /// output), in that order. The hidden input is narrowed to those and
+    /// the row policy's columns, and DataFusion's projection pushdown takes
+    /// the narrowing down into it (a filter inside then copies only the
+    /// columns that leave it, the scan decodes no column nobody reads).
+    fn narrowed(&self, names: &[String]) -> Result<Self> {
+        let schema = self.inner.schema();
+        let mut keep = names
+            .iter()
+            .map(|n| schema.index_of(n))
+            .collect::<Result<BTreeSet<_>, _>>()?;
+        if let Some(p) = &self.predicate {
+            keep.extend(collect_columns(p).iter().map(|c| c.index()));
         }
+        let mut inner = Arc::clone(&self.inner);
+        if keep.len() < schema.fields().len() {
+            let columns = keep.iter().map(|&i| {
+                let name = schema.field(i).name();
+                (
+                    Arc::new(Column::new(name, i)) as Arc<dyn PhysicalExpr>,
+                    name.clone(),
+                )
+            });
+            let narrowed = Arc::new(ProjectionExec::try_new(columns, inner)?);
+            inner = ProjectionPushdown::new().optimize(narrowed, &ConfigOptions::default())?;
+        }
+        let schema = inner.schema();
+        let predicate = match &self.predicate {
+            Some(p) => Some(reassign_expr_columns(Arc::clone(p), &schema)?),
+            None => None,
+        };
+        let output = names
+            .iter()
+            .map(|n| schema.index_of(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let all = output.len() == schema.fields().len()
+            && output.iter().enumerate().all(|(i, c)| i == *c);
+        GovernedScanExec::new(
+            self.source.clone(),
+            inner,
+            predicate,
+            Arc::clone(&self.masked),
+            self.visible.clone(),
+            (!all).then(|| output.into()),
+        )
     }
 
     /// Whether `filter` may run on raw rows before the row policy: a
@@ -210,7 +271,7 @@ impl GovernedScanExec {
         if !any.is::<DynamicFilterPhysicalExpr>() {
             return false;
         }
-        let schema = self.inner.schema();
+        let schema = self.schema();
         let inputs = filter.children();
         !inputs.is_empty()
             && inputs.iter().all(|e| {
@@ -343,13 +404,14 @@ impl ExecutionPlan for GovernedScanExec {
             let partitions = args
                 .partition()
                 .map(|_| self.cache.partitioning.partition_count());
-            return Ok(Arc::new(visible.statistics(
-                self.inner.as_ref(),
-                &self.masked,
-                partitions,
-            )?));
+            return Ok(Arc::new(
+                visible
+                    .statistics(self.inner.as_ref(), &self.masked, partitions)?
+                    .project(self.output.as_ref()),
+            ));
         }
         let raw = StatisticsContext::new().compute(self.inner.as_ref(), args)?;
+        let raw = Arc::unwrap_or_clone(raw).project(self.output.as_ref());
         if self.predicate.is_none() {
             return Ok(Arc::new(Visible::of_all_rows(&schema, &self.masked, &raw)));
         }
@@ -361,6 +423,53 @@ impl ExecutionPlan for GovernedScanExec {
         out.num_rows = bucket(&raw.num_rows);
         out.total_byte_size = bucket(&raw.total_byte_size);
         Ok(Arc::new(out))
+    }
+
+    /// A projection above the barrier that reads only some of its columns
+    /// (the mask projection, a plain column list) takes the rest out of
+    /// the barrier: the barrier passes on only the columns it reads (see
+    /// [`GovernedScanExec::narrowed`]) and the projection is rebound to
+    /// them. The row policy still sees every column it reads, on every row.
+    fn try_swapping_with_projection(
+        &self,
+        projection: &ProjectionExec,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let schema = self.schema();
+        let read: BTreeSet<usize> = projection
+            .expr()
+            .iter()
+            .flat_map(|e| collect_columns(&e.expr))
+            .map(|c| c.index())
+            .collect();
+        if read.len() >= schema.fields().len() {
+            return Ok(None);
+        }
+        let names: Vec<String> = read
+            .iter()
+            .map(|&i| schema.field(i).name().clone())
+            .collect();
+        let barrier: Arc<dyn ExecutionPlan> = Arc::new(self.narrowed(&names)?);
+        let narrowed = barrier.schema();
+        let exprs = projection
+            .expr()
+            .iter()
+            .map(|e| {
+                Ok(ProjectionExpr::new(
+                    reassign_expr_columns(Arc::clone(&e.expr), &narrowed)?,
+                    e.alias.clone(),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let plain = exprs.len() == narrowed.fields().len()
+            && exprs.iter().enumerate().all(|(i, e)| {
+                e.expr
+                    .downcast_ref::<Column>()
+                    .is_some_and(|c| c.index() == i && c.name() == e.alias)
+            });
+        if plain {
+            return Ok(Some(barrier));
+        }
+        Ok(Some(Arc::new(ProjectionExec::try_new(exprs, barrier)?)))
     }
 
     /// Leakproof dynamic filters (see [`GovernedScanExec::accepts_early`])
@@ -393,6 +502,12 @@ impl ExecutionPlan for GovernedScanExec {
         if early.is_empty() {
             return Ok(result);
         }
+        // Over the barrier's output; the hidden input may hold more columns.
+        let schema = self.inner.schema();
+        let early = early
+            .into_iter()
+            .map(|f| reassign_expr_columns(f, &schema))
+            .collect::<Result<Vec<_>>>()?;
         if let Some(inner) = push_into_hidden(&self.inner, early, config)? {
             result = result.with_updated_node(Arc::new(GovernedScanExec::new(
                 self.source.clone(),
@@ -400,7 +515,8 @@ impl ExecutionPlan for GovernedScanExec {
                 self.predicate.clone(),
                 Arc::clone(&self.masked),
                 self.visible.clone(),
-            )) as Arc<dyn ExecutionPlan>);
+                self.output.clone(),
+            )?) as Arc<dyn ExecutionPlan>);
         }
         Ok(result)
     }
@@ -411,19 +527,24 @@ impl ExecutionPlan for GovernedScanExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let input = self.inner.execute(partition, context)?;
-        let schema: SchemaRef = self.inner.schema();
+        let schema: SchemaRef = self.schema();
         let predicate = self.predicate.clone();
+        let output = self.output.clone();
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let stream = input.map(move |batch| {
             let batch = batch?;
+            let passed = match &output {
+                Some(columns) => batch.project(columns)?,
+                None => batch.clone(),
+            };
             let out = match &predicate {
-                None => batch,
+                None => passed,
                 Some(p) => {
                     let mask = p.evaluate(&batch)?.into_array(batch.num_rows())?;
                     if mask.data_type() != &DataType::Boolean {
                         return internal_err!("row policy predicate is not boolean");
                     }
-                    filter_record_batch(&batch, mask.as_boolean())?
+                    filter_record_batch(&passed, mask.as_boolean())?
                 }
             };
             baseline.record_output(out.num_rows());
@@ -474,7 +595,8 @@ impl ExtensionPlanner for GovernedScanPlanner {
             predicate,
             node.masked.clone().into(),
             visible,
-        ))))
+            None,
+        )?)))
     }
 }
 
@@ -706,6 +828,81 @@ pub(super) mod tests {
         // One partition: nothing to spread.
         let inner = hidden_input(false, 1, &["salary"]).await;
         assert!(!inner.contains("RepartitionExec"), "{inner}");
+    }
+
+    #[tokio::test]
+    async fn a_barrier_passes_on_only_the_columns_read_above_it() {
+        // `SELECT employee_id, upper(department) FROM employees` behind
+        // `region = 'US'`, with a filter on `email` inside the barrier (as
+        // leakproof filters are pushed): the barrier passes on the two
+        // columns read above it; its hidden input keeps `region` for the
+        // policy and reads `email` for the filter without passing it up.
+        // (One partition: DataFusion keeps a projection that computes
+        // above the round-robin it would otherwise add over the small file.)
+        let mut state = governed_state();
+        state.config_mut().options_mut().execution.target_partitions = 1;
+        let ctx = SessionContext::new_with_state(state);
+        let scan = employees_scan(&ctx, "employees")
+            .await
+            .filter(col("email").like(lit("%a%")))
+            .unwrap()
+            .build()
+            .unwrap();
+        let barrier = GovernedScanNode {
+            source: "hr.employees".into(),
+            input: scan,
+            row_predicate: Some(col("region").eq(lit("US"))),
+            masked: vec![],
+            policies: vec!["employees_region".into()],
+        }
+        .into_plan();
+        let query = LogicalPlanBuilder::from(barrier)
+            .project(vec![
+                col("employee_id"),
+                datafusion::functions::string::expr_fn::upper(col("department")).alias("d"),
+            ])
+            .unwrap()
+            .build()
+            .unwrap();
+        let plan = ctx.state().create_physical_plan(&query).await.unwrap();
+        let exec = find_barrier(&plan).expect("a barrier");
+        let names = |schema: SchemaRef| -> Vec<String> {
+            schema.fields().iter().map(|f| f.name().clone()).collect()
+        };
+        let shown = displayable(plan.as_ref()).indent(true).to_string();
+        assert_eq!(names(exec.schema()), ["employee_id", "department"], "{shown}");
+        let inner = displayable(exec.inner.as_ref()).indent(true).to_string();
+        assert_eq!(
+            names(exec.inner.schema()),
+            ["employee_id", "department", "region"],
+            "{inner}"
+        );
+        assert!(inner.contains("email@"), "the filter still runs: {inner}");
+        // The same rows as the policy and the filter written as SQL.
+        let got = datafusion::physical_plan::collect(plan, ctx.task_ctx())
+            .await
+            .unwrap();
+        let want = ctx
+            .sql(
+                "SELECT employee_id, upper(department) AS d FROM employees \
+                 WHERE region = 'US' AND email LIKE '%a%'",
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let sorted = |batches: &[datafusion::arrow::record_batch::RecordBatch]| {
+            let shown = datafusion::arrow::util::pretty::pretty_format_batches(batches)
+                .unwrap()
+                .to_string();
+            let mut lines: Vec<String> = shown.lines().map(str::to_string).collect();
+            lines.sort();
+            lines
+        };
+        let rows = sorted(&got);
+        assert_eq!(rows, sorted(&want));
+        assert!(rows.len() > 100, "{rows:?}");
     }
 
     /// The barrier found anywhere in `plan`.
