@@ -359,11 +359,33 @@ impl ExecutionPlan for GovernedScanExec {
         vec![]
     }
 
+    /// Only the dynamic filters the hidden scan took (see
+    /// [`GovernedScanExec::accepts_early`]): a join or TopK fills its
+    /// dynamic filter only when it finds the filter's expression among the
+    /// expressions of the plan below it, and the barrier's hidden input is
+    /// no child. Nothing else of the hidden input (the row policy, pushed
+    /// filters) is shown.
     fn apply_expressions(
         &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
+        let mut outcome = TreeNodeRecursion::Continue;
+        self.inner.apply(|node| {
+            node.apply_expressions(&mut |root| {
+                root.apply(|e| {
+                    let any: &dyn std::any::Any = e.as_ref();
+                    if !any.is::<DynamicFilterPhysicalExpr>() {
+                        return Ok(TreeNodeRecursion::Continue);
+                    }
+                    if f(e)? == TreeNodeRecursion::Stop {
+                        outcome = TreeNodeRecursion::Stop;
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                    Ok(TreeNodeRecursion::Jump)
+                })
+            })
+        })?;
+        Ok(outcome)
     }
 
     fn replace_children(
@@ -947,8 +969,13 @@ pub(super) mod tests {
 
     /// Plans `picked JOIN GovernedScan(employees) USING employee_id`, where
     /// `picked` is a few employees (the build side), and returns the
-    /// barrier's hidden input, printed.
-    async fn hidden_input_of_a_joined_barrier(masked: Vec<String>, partitions: usize) -> String {
+    /// barrier's hidden input, printed. With `narrow`, only `employee_id`
+    /// and `name` are read above the barrier, which is narrowed to them.
+    async fn hidden_input_of_a_joined_barrier(
+        masked: Vec<String>,
+        partitions: usize,
+        narrow: bool,
+    ) -> String {
         let mut state = governed_state();
         state.config_mut().options_mut().execution.target_partitions = partitions;
         let ctx = SessionContext::new_with_state(state);
@@ -969,6 +996,15 @@ pub(super) mod tests {
             policies: vec!["employees_region".into()],
         }
         .into_plan();
+        let barrier = if narrow {
+            LogicalPlanBuilder::from(barrier)
+                .project(vec![col("employees.employee_id"), col("employees.name")])
+                .unwrap()
+                .build()
+                .unwrap()
+        } else {
+            barrier
+        };
         let join = LogicalPlanBuilder::from(picked)
             .join(
                 barrier,
@@ -981,25 +1017,108 @@ pub(super) mod tests {
             .unwrap();
         let plan = ctx.state().create_physical_plan(&join).await.unwrap();
         let exec = find_barrier(&plan).expect("a barrier");
+        assert_eq!(
+            exec.schema().fields().len() == 2,
+            narrow,
+            "{:?}",
+            exec.schema()
+        );
         let shown = displayable(exec.inner.as_ref()).indent(true).to_string();
         shown
     }
 
     #[tokio::test]
+    async fn a_dynamic_filter_is_rebound_to_the_narrowed_hidden_input() {
+        // `picked JOIN (SELECT name, salary FROM GovernedScan(employees))
+        // ON salary`: the barrier passes on [name, salary] and keeps
+        // `region` inside for the policy, so `salary` is column 1 above the
+        // barrier and column 2 in its hidden input; the join's filter must
+        // reach the scan on `salary`, not on whatever column 1 is there.
+        // With `pushdown_filters` the scan applies it to every row, so a
+        // filter on the wrong column would drop or fail rows.
+        let mut state = governed_state();
+        let options = state.config_mut().options_mut();
+        options.execution.target_partitions = 1;
+        options.execution.parquet.pushdown_filters = true;
+        let ctx = SessionContext::new_with_state(state);
+        let picked = employees_scan(&ctx, "picked")
+            .await
+            .filter(col("picked.employee_id").lt(lit(3)))
+            .unwrap()
+            .project(vec![col("picked.salary").alias("paid")])
+            .unwrap()
+            .build()
+            .unwrap();
+        employees_scan(&ctx, "employees").await;
+        let barrier = LogicalPlanBuilder::from(us_employees_with_a_in_email(&ctx).await)
+            .project(vec![col("employees.name"), col("employees.salary")])
+            .unwrap()
+            .build()
+            .unwrap();
+        let join = LogicalPlanBuilder::from(picked)
+            .join(
+                barrier,
+                datafusion::logical_expr::JoinType::Inner,
+                (vec!["paid"], vec!["employees.salary"]),
+                None,
+            )
+            .unwrap()
+            .build()
+            .unwrap();
+        let plan = ctx.state().create_physical_plan(&join).await.unwrap();
+        let got = datafusion::physical_plan::collect(Arc::clone(&plan), ctx.task_ctx())
+            .await
+            .unwrap();
+        let exec = find_barrier(&plan).expect("a barrier");
+        assert_eq!(exec.schema().fields().len(), 2, "{:?}", exec.schema());
+        let inner = displayable(exec.inner.as_ref()).indent(true).to_string();
+        // Filled by the join (it finds its filter among the barrier's
+        // expressions) and on `salary`.
+        assert!(inner.contains("DynamicFilter [ salary@"), "{inner}");
+        let want = ctx
+            .sql(
+                "SELECT count(*) FROM employees p JOIN employees e ON p.salary = e.salary \
+                 WHERE p.employee_id < 3 AND e.region = 'US' AND e.email LIKE '%a%'",
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let counted: usize = got.iter().map(|b| b.num_rows()).sum();
+        let want = datafusion::arrow::util::pretty::pretty_format_batches(&want)
+            .unwrap()
+            .to_string();
+        assert!(counted > 0);
+        assert!(
+            want.contains(&format!("| {counted} ")),
+            "{counted} vs {want}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_join_key_dynamic_filter_reaches_the_hidden_scan_only_on_an_unmasked_column() {
-        // employee_id passes the barrier unmasked: the join's build-side
-        // keys may prune the raw scan (the policy still runs on every row).
-        let inner = hidden_input_of_a_joined_barrier(vec![], 1).await;
-        assert!(inner.contains("DynamicFilter"), "{inner}");
-        // Also through the round-robin of a barrier that masks another column.
-        let inner = hidden_input_of_a_joined_barrier(vec!["salary".into()], 2).await;
-        assert!(inner.contains("RoundRobinBatch(2)"), "{inner}");
-        assert!(inner.contains("DynamicFilter"), "{inner}");
-        // Masked, it must not: the raw values are not what the join sees.
-        for partitions in [1, 2] {
-            let inner =
-                hidden_input_of_a_joined_barrier(vec!["employee_id".into()], partitions).await;
-            assert!(!inner.contains("DynamicFilter"), "{inner}");
+        // Whole or narrowed to the columns read above it (the filter is
+        // written over the barrier's output and re-bound to its input).
+        for narrow in [false, true] {
+            // employee_id passes the barrier unmasked: the join's build-side
+            // keys may prune the raw scan (the policy still runs on every row).
+            let inner = hidden_input_of_a_joined_barrier(vec![], 1, narrow).await;
+            assert!(inner.contains("DynamicFilter"), "{inner}");
+            // Also through the round-robin of a barrier that masks another column.
+            let inner = hidden_input_of_a_joined_barrier(vec!["salary".into()], 2, narrow).await;
+            assert!(inner.contains("RoundRobinBatch(2)"), "{inner}");
+            assert!(inner.contains("DynamicFilter"), "{inner}");
+            // Masked, it must not: the raw values are not what the join sees.
+            for partitions in [1, 2] {
+                let inner = hidden_input_of_a_joined_barrier(
+                    vec!["employee_id".into()],
+                    partitions,
+                    narrow,
+                )
+                .await;
+                assert!(!inner.contains("DynamicFilter"), "{inner}");
+            }
         }
     }
 }
