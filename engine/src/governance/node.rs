@@ -14,7 +14,8 @@
 //! for join ordering), metrics count only rows that passed the policy,
 //! and physical filter pushdown cannot reach the raw scan, except dynamic
 //! filters (join keys, TopK thresholds) on columns it passes unmasked,
-//! which are leakproof (see `GovernedScanExec::accepts_early`).
+//! which are leakproof (see `GovernedScanExec::accepts_early`); the barrier
+//! applies those to its rows too.
 
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
@@ -22,20 +23,21 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::AsArray;
+use datafusion::arrow::array::{AsArray, BooleanArray};
 use datafusion::arrow::compute::filter_record_batch;
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::compute::kernels::boolean::and;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{internal_err, DFSchemaRef, Result, Statistics};
+use datafusion::common::{internal_err, DFSchemaRef, Result, ScalarValue, Statistics};
 use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{
-    Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+    ColumnarValue, Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
 };
 use datafusion::physical_expr::expressions::{Column, DynamicFilterPhysicalExpr};
 use datafusion::physical_expr::utils::{collect_columns, reassign_expr_columns};
@@ -178,6 +180,10 @@ struct GovernedScanExec {
     /// a column only the row policy or a filter inside the barrier reads
     /// stays inside (see `try_swapping_with_projection`).
     output: Option<Arc<[usize]>>,
+    /// Leakproof dynamic filters from above (see
+    /// [`GovernedScanExec::accepts_early`]), over `inner`'s schema: the
+    /// barrier drops the rows they rule out once their producer fills them.
+    dynamic: Arc<[Arc<dyn PhysicalExpr>]>,
     cache: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -208,9 +214,16 @@ impl GovernedScanExec {
             masked,
             visible,
             output,
+            dynamic: Arc::new([]),
             cache,
             metrics: ExecutionPlanMetricsSet::new(),
         })
+    }
+
+    /// The same barrier also applying `dynamic` (over `inner`'s schema).
+    fn with_dynamic(mut self, dynamic: Arc<[Arc<dyn PhysicalExpr>]>) -> Self {
+        self.dynamic = dynamic;
+        self
     }
 
     /// The same barrier passing on only the columns `names` (of its
@@ -244,20 +257,26 @@ impl GovernedScanExec {
             Some(p) => Some(reassign_expr_columns(Arc::clone(p), &schema)?),
             None => None,
         };
+        let dynamic = self
+            .dynamic
+            .iter()
+            .map(|d| reassign_expr_columns(Arc::clone(d), &schema))
+            .collect::<Result<Vec<_>>>()?;
         let output = names
             .iter()
             .map(|n| schema.index_of(n))
             .collect::<Result<Vec<_>, _>>()?;
         let all = output.len() == schema.fields().len()
             && output.iter().enumerate().all(|(i, c)| i == *c);
-        GovernedScanExec::new(
+        Ok(GovernedScanExec::new(
             self.source.clone(),
             inner,
             predicate,
             Arc::clone(&self.masked),
             self.visible.clone(),
             (!all).then(|| output.into()),
-        )
+        )?
+        .with_dynamic(dynamic.into()))
     }
 
     /// Whether `filter` may run on raw rows before the row policy: a
@@ -359,7 +378,7 @@ impl ExecutionPlan for GovernedScanExec {
         vec![]
     }
 
-    /// Only the dynamic filters the hidden scan took (see
+    /// Only the dynamic filters the barrier and its hidden scan took (see
     /// [`GovernedScanExec::accepts_early`]): a join or TopK fills its
     /// dynamic filter only when it finds the filter's expression among the
     /// expressions of the plan below it, and the barrier's hidden input is
@@ -369,6 +388,11 @@ impl ExecutionPlan for GovernedScanExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
+        for d in self.dynamic.iter() {
+            if f(d)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
         let mut outcome = TreeNodeRecursion::Continue;
         self.inner.apply(|node| {
             node.apply_expressions(&mut |root| {
@@ -496,8 +520,10 @@ impl ExecutionPlan for GovernedScanExec {
 
     /// Leakproof dynamic filters (see [`GovernedScanExec::accepts_early`])
     /// go on to the hidden scan, which may skip row groups, pages and (with
-    /// `pushdown_filters`) rows that cannot match; the barrier still
-    /// applies the row policy to every row the scan returns. Every filter
+    /// `pushdown_filters`) rows that cannot match, and the barrier applies
+    /// them to the rows the scan returns, with the row policy: without
+    /// `pushdown_filters` nothing else would before the join, and a row a
+    /// join is bound to drop is then neither masked nor moved. Every filter
     /// is reported unsupported, so the parent keeps evaluating its own.
     fn handle_child_pushdown_result(
         &self,
@@ -510,7 +536,7 @@ impl ExecutionPlan for GovernedScanExec {
             .into_iter()
             .map(|f| f.filter)
             .collect();
-        let mut result = FilterPushdownPropagation::with_parent_pushdown_result(vec![
+        let result = FilterPushdownPropagation::with_parent_pushdown_result(vec![
             PushedDown::No;
             filters.len()
         ]);
@@ -530,17 +556,19 @@ impl ExecutionPlan for GovernedScanExec {
             .into_iter()
             .map(|f| reassign_expr_columns(f, &schema))
             .collect::<Result<Vec<_>>>()?;
-        if let Some(inner) = push_into_hidden(&self.inner, early, config)? {
-            result = result.with_updated_node(Arc::new(GovernedScanExec::new(
-                self.source.clone(),
-                inner,
-                self.predicate.clone(),
-                Arc::clone(&self.masked),
-                self.visible.clone(),
-                self.output.clone(),
-            )?) as Arc<dyn ExecutionPlan>);
-        }
-        Ok(result)
+        let inner = push_into_hidden(&self.inner, early.clone(), config)?
+            .unwrap_or_else(|| Arc::clone(&self.inner));
+        let dynamic: Arc<[_]> = self.dynamic.iter().cloned().chain(early).collect();
+        let barrier = GovernedScanExec::new(
+            self.source.clone(),
+            inner,
+            self.predicate.clone(),
+            Arc::clone(&self.masked),
+            self.visible.clone(),
+            self.output.clone(),
+        )?
+        .with_dynamic(dynamic);
+        Ok(result.with_updated_node(Arc::new(barrier) as Arc<dyn ExecutionPlan>))
     }
 
     fn execute(
@@ -551,6 +579,7 @@ impl ExecutionPlan for GovernedScanExec {
         let input = self.inner.execute(partition, context)?;
         let schema: SchemaRef = self.schema();
         let predicate = self.predicate.clone();
+        let dynamic = Arc::clone(&self.dynamic);
         let output = self.output.clone();
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let stream = input.map(move |batch| {
@@ -559,15 +588,28 @@ impl ExecutionPlan for GovernedScanExec {
                 Some(columns) => batch.project(columns)?,
                 None => batch.clone(),
             };
-            let out = match &predicate {
-                None => passed,
-                Some(p) => {
-                    let mask = p.evaluate(&batch)?.into_array(batch.num_rows())?;
-                    if mask.data_type() != &DataType::Boolean {
-                        return internal_err!("row policy predicate is not boolean");
-                    }
-                    filter_record_batch(&passed, mask.as_boolean())?
+            let mut keep = match &predicate {
+                Some(p) => Some(boolean(p.evaluate(&batch)?, batch.num_rows())?),
+                None => None,
+            };
+            for filter in dynamic.iter() {
+                let value = filter.evaluate(&batch)?;
+                // Not filled yet (or nothing to rule out).
+                if matches!(
+                    value,
+                    ColumnarValue::Scalar(ScalarValue::Boolean(Some(true)))
+                ) {
+                    continue;
                 }
+                let value = boolean(value, batch.num_rows())?;
+                keep = Some(match keep {
+                    Some(k) => and(&k, &value)?,
+                    None => value,
+                });
+            }
+            let out = match keep {
+                Some(k) => filter_record_batch(&passed, &k)?,
+                None => passed,
             };
             baseline.record_output(out.num_rows());
             Ok(out)
@@ -577,6 +619,15 @@ impl ExecutionPlan for GovernedScanExec {
 
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
+    }
+}
+
+/// `value` (a predicate's result over `rows` rows) as a boolean array.
+fn boolean(value: ColumnarValue, rows: usize) -> Result<BooleanArray> {
+    let array = value.into_array(rows)?;
+    match array.as_boolean_opt() {
+        Some(b) => Ok(b.clone()),
+        None => internal_err!("a barrier filter is not boolean: {}", array.data_type()),
     }
 }
 
@@ -1024,6 +1075,12 @@ pub(super) mod tests {
             exec.schema()
         );
         let shown = displayable(exec.inner.as_ref()).indent(true).to_string();
+        // The barrier applies the filters its hidden scan got, no other.
+        assert_eq!(
+            exec.dynamic.is_empty(),
+            !shown.contains("DynamicFilter"),
+            "{shown}"
+        );
         shown
     }
 
@@ -1092,6 +1149,68 @@ pub(super) mod tests {
             .value(0);
         assert!(counted > 0);
         assert_eq!(i64::try_from(counted).unwrap(), want);
+    }
+
+    #[tokio::test]
+    async fn the_barrier_drops_rows_a_join_key_filter_rules_out() {
+        // `picked JOIN GovernedScan(region = 'US') USING employee_id`,
+        // DataFusion's defaults (no `pushdown_filters`, so the scan prunes
+        // by statistics only): once the build side (two employees) is
+        // known, the barrier passes on only the rows that can match, not
+        // every US employee, and the answer is the same.
+        for masked in [vec![], vec!["salary".to_string()]] {
+            let ctx = SessionContext::new_with_state(governed_state());
+            let picked = employees_scan(&ctx, "picked")
+                .await
+                .filter(col("picked.employee_id").lt(lit(3)))
+                .unwrap()
+                .project(vec![col("picked.employee_id")])
+                .unwrap()
+                .build()
+                .unwrap();
+            let employees = employees_scan(&ctx, "employees").await;
+            let barrier = GovernedScanNode {
+                source: "hr.employees".into(),
+                input: employees.build().unwrap(),
+                row_predicate: Some(col("region").eq(lit("US"))),
+                masked: masked.clone(),
+                policies: vec!["employees_region".into()],
+            }
+            .into_plan();
+            let join = LogicalPlanBuilder::from(picked)
+                .join(
+                    barrier,
+                    datafusion::logical_expr::JoinType::Inner,
+                    (vec!["picked.employee_id"], vec!["employees.employee_id"]),
+                    None,
+                )
+                .unwrap()
+                .build()
+                .unwrap();
+            let plan = ctx.state().create_physical_plan(&join).await.unwrap();
+            let got = datafusion::physical_plan::collect(Arc::clone(&plan), ctx.task_ctx())
+                .await
+                .unwrap();
+            let joined: usize = got.iter().map(|b| b.num_rows()).sum();
+            let count = |sql: &'static str| {
+                let ctx = ctx.clone();
+                async move {
+                    let b = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+                    b[0].column(0)
+                        .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                        .value(0)
+                }
+            };
+            let want =
+                count("SELECT count(*) FROM employees WHERE employee_id < 3 AND region = 'US'")
+                    .await;
+            let us = count("SELECT count(*) FROM employees WHERE region = 'US'").await;
+            assert_eq!(i64::try_from(joined).unwrap(), want, "{masked:?}");
+            let exec = find_barrier(&plan).expect("a barrier");
+            let passed = exec.metrics().and_then(|m| m.output_rows()).unwrap();
+            assert!(us > 100, "{us}");
+            assert_eq!(i64::try_from(passed).unwrap(), want, "{masked:?}");
+        }
     }
 
     #[tokio::test]
