@@ -23,7 +23,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{AsArray, BooleanArray};
+use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::compute::kernels::boolean::and;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -579,7 +579,7 @@ impl ExecutionPlan for GovernedScanExec {
         let input = self.inner.execute(partition, context)?;
         let schema: SchemaRef = self.schema();
         let predicate = self.predicate.clone();
-        let dynamic = Arc::clone(&self.dynamic);
+        let mut dynamic = DynamicRows::new(Arc::clone(&self.dynamic));
         let output = self.output.clone();
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let stream = input.map(move |batch| {
@@ -588,25 +588,14 @@ impl ExecutionPlan for GovernedScanExec {
                 Some(columns) => batch.project(columns)?,
                 None => batch.clone(),
             };
-            let mut keep = match &predicate {
+            let policy = match &predicate {
                 Some(p) => Some(boolean(p.evaluate(&batch)?, batch.num_rows())?),
                 None => None,
             };
-            for filter in dynamic.iter() {
-                let value = filter.evaluate(&batch)?;
-                // Not filled yet (or nothing to rule out).
-                if matches!(
-                    value,
-                    ColumnarValue::Scalar(ScalarValue::Boolean(Some(true)))
-                ) {
-                    continue;
-                }
-                let value = boolean(value, batch.num_rows())?;
-                keep = Some(match keep {
-                    Some(k) => and(&k, &value)?,
-                    None => value,
-                });
-            }
+            let keep = match (policy, dynamic.mask(&batch)?) {
+                (Some(p), Some(d)) => Some(and(&p, &d)?),
+                (p, d) => p.or(d),
+            };
             let out = match keep {
                 Some(k) => filter_record_batch(&passed, &k)?,
                 None => passed,
@@ -619,6 +608,65 @@ impl ExecutionPlan for GovernedScanExec {
 
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
+    }
+}
+
+/// Rows a barrier's dynamic filters are tried on before it judges them.
+const DYNAMIC_SAMPLE_ROWS: usize = 65_536;
+
+/// The dynamic filters of one barrier partition, applied while they pay:
+/// once they have ruled on [`DYNAMIC_SAMPLE_ROWS`] rows and kept more than
+/// nine in ten, the partition stops evaluating them (a join's hash lookup
+/// per row, done again by the join, for nothing); the hidden scan still
+/// prunes with them. Only rows they can drop are counted, not rows seen
+/// before a filter is filled.
+struct DynamicRows {
+    filters: Arc<[Arc<dyn PhysicalExpr>]>,
+    ruled: usize,
+    kept: usize,
+}
+
+impl DynamicRows {
+    fn new(filters: Arc<[Arc<dyn PhysicalExpr>]>) -> Self {
+        Self {
+            filters,
+            ruled: 0,
+            kept: 0,
+        }
+    }
+
+    /// Whether filters that kept `kept` of `ruled` rows still pay.
+    fn pays(ruled: usize, kept: usize) -> bool {
+        ruled < DYNAMIC_SAMPLE_ROWS || kept.saturating_mul(10) <= ruled.saturating_mul(9)
+    }
+
+    /// The rows of `batch` the filled filters keep, or None when none
+    /// rules anything out (or they stopped paying).
+    fn mask(&mut self, batch: &RecordBatch) -> Result<Option<BooleanArray>> {
+        if self.filters.is_empty() || !Self::pays(self.ruled, self.kept) {
+            return Ok(None);
+        }
+        let mut keep: Option<BooleanArray> = None;
+        for filter in self.filters.iter() {
+            let value = filter.evaluate(batch)?;
+            // Not filled yet (or nothing to rule out).
+            if matches!(
+                value,
+                ColumnarValue::Scalar(ScalarValue::Boolean(Some(true)))
+            ) {
+                continue;
+            }
+            let value = boolean(value, batch.num_rows())?;
+            keep = Some(match keep {
+                Some(k) => and(&k, &value)?,
+                None => value,
+            });
+        }
+        if let Some(k) = &keep {
+            self.ruled += batch.num_rows();
+            self.kept += k.true_count();
+        }
+        Ok(keep)
     }
 }
 
@@ -1149,6 +1197,55 @@ pub(super) mod tests {
             .value(0);
         assert!(counted > 0);
         assert_eq!(i64::try_from(counted).unwrap(), want);
+    }
+
+    #[test]
+    fn dynamic_filters_stop_when_they_keep_nine_rows_in_ten() {
+        // Judged only after a sample.
+        assert!(DynamicRows::pays(
+            DYNAMIC_SAMPLE_ROWS - 1,
+            DYNAMIC_SAMPLE_ROWS - 1
+        ));
+        // Selective: kept on.
+        assert!(DynamicRows::pays(100_000, 10));
+        assert!(DynamicRows::pays(100_000, 90_000));
+        // Keeping more than 90 %: off.
+        assert!(!DynamicRows::pays(100_000, 90_001));
+        assert!(!DynamicRows::pays(DYNAMIC_SAMPLE_ROWS, DYNAMIC_SAMPLE_ROWS));
+    }
+
+    #[test]
+    fn a_barrier_partition_drops_a_filter_that_keeps_every_row() {
+        use datafusion::arrow::array::Int64Array;
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::logical_expr::Operator;
+        use datafusion::physical_expr::expressions::{binary, lit as plit};
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let rows = i64::try_from(DYNAMIC_SAMPLE_ROWS).unwrap();
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(Int64Array::from_iter_values(0..rows))],
+        )
+        .unwrap();
+        let k: Arc<dyn PhysicalExpr> = Arc::new(Column::new("k", 0));
+        let filter = |op, v: i64| binary(Arc::clone(&k), op, plit(v), &schema).unwrap();
+        // Keeps every row: applied to the sample, then no longer.
+        let mut all = DynamicRows::new(vec![filter(Operator::GtEq, 0)].into());
+        assert_eq!(
+            all.mask(&batch).unwrap().unwrap().true_count(),
+            batch.num_rows()
+        );
+        assert!(all.mask(&batch).unwrap().is_none());
+        // Keeps 1 %: applied to every batch.
+        let mut few = DynamicRows::new(vec![filter(Operator::Lt, rows / 100)].into());
+        for _ in 0..3 {
+            let kept = few.mask(&batch).unwrap().unwrap().true_count();
+            assert_eq!(kept, usize::try_from(rows / 100).unwrap());
+        }
+        // Not filled (`true`): nothing to apply, nothing counted.
+        let mut empty = DynamicRows::new(vec![plit(true)].into());
+        assert!(empty.mask(&batch).unwrap().is_none());
+        assert_eq!(empty.ruled, 0);
     }
 
     #[tokio::test]
