@@ -7,7 +7,8 @@
 //! - restricted: through Veil as `bench_restricted` (masks and row filters).
 //!
 //! Each query runs once per variant to warm up, then `iterations` rounds of
-//! the three variants interleaved; the median of each is reported. The
+//! the three variants interleaved, each round starting with the next
+//! variant; the median of each is reported. The
 //! unrestricted answer must equal the ungoverned one for every query: the
 //! run fails otherwise.
 
@@ -320,22 +321,33 @@ pub async fn run_on(
             .await
             .map_err(|e| failed(RESTRICTED, &e))?;
         let (mut a, mut b, mut c) = (vec![], vec![], vec![]);
-        for _ in 0..opts.iterations.max(1) {
-            let t = Instant::now();
-            plain(&harness.plain, &sql)
-                .await
-                .map_err(|e| failed("plain DataFusion", &e))?;
-            a.push(ms(t));
-            let t = Instant::now();
-            governed(&mut unrestricted, &sql)
-                .await
-                .map_err(|e| failed(UNRESTRICTED, &e))?;
-            b.push(ms(t));
-            let t = Instant::now();
-            governed(&mut restricted, &sql)
-                .await
-                .map_err(|e| failed(RESTRICTED, &e))?;
-            c.push(ms(t));
+        for round in 0..opts.iterations.max(1) {
+            // Each round starts with the next variant, so none always
+            // runs right after another (whose freed memory, caches or
+            // machine spell it would inherit).
+            for k in 0..3 {
+                let t = Instant::now();
+                match (round + k) % 3 {
+                    0 => {
+                        plain(&harness.plain, &sql)
+                            .await
+                            .map_err(|e| failed("plain DataFusion", &e))?;
+                        a.push(ms(t));
+                    }
+                    1 => {
+                        governed(&mut unrestricted, &sql)
+                            .await
+                            .map_err(|e| failed(UNRESTRICTED, &e))?;
+                        b.push(ms(t));
+                    }
+                    _ => {
+                        governed(&mut restricted, &sql)
+                            .await
+                            .map_err(|e| failed(RESTRICTED, &e))?;
+                        c.push(ms(t));
+                    }
+                }
+            }
         }
         let timing = QueryTiming {
             name,
