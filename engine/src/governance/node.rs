@@ -885,14 +885,7 @@ pub(super) mod tests {
         options.optimizer.repartition_file_min_size = 0;
         let ctx = SessionContext::new_with_state(state);
         let scan = employees_scan(&ctx, "employees").await.build().unwrap();
-        let barrier = GovernedScanNode {
-            source: "hr.employees".into(),
-            input: scan,
-            row_predicate: Some(col("region").eq(lit("US"))),
-            masked: masked.iter().map(|m| m.to_string()).collect(),
-            policies: vec!["employees_region".into()],
-        }
-        .into_plan();
+        let barrier = us_only(scan, masked.iter().map(|m| m.to_string()).collect());
         let plan = ctx.state().create_physical_plan(&barrier).await.unwrap();
         let mut node = &plan;
         while node.downcast_ref::<GovernedScanExec>().is_none() {
@@ -1048,11 +1041,17 @@ pub(super) mod tests {
             .unwrap()
             .build()
             .unwrap();
+        us_only(scan, vec![])
+    }
+
+    /// `GovernedScan(region = 'US')` over `scan` (of the employees file),
+    /// its parent masking `masked`.
+    fn us_only(scan: LogicalPlan, masked: Vec<String>) -> LogicalPlan {
         GovernedScanNode {
             source: "hr.employees".into(),
             input: scan,
             row_predicate: Some(col("region").eq(lit("US"))),
-            masked: vec![],
+            masked,
             policies: vec!["employees_region".into()],
         }
         .into_plan()
@@ -1064,6 +1063,53 @@ pub(super) mod tests {
             return Some(b);
         }
         plan.children().into_iter().find_map(find_barrier)
+    }
+
+    /// `SELECT employee_id FROM picked WHERE employee_id < 3`, `picked`
+    /// registered in `ctx` as another copy of the employees file.
+    async fn picked_employee_ids(ctx: &SessionContext) -> LogicalPlan {
+        employees_scan(ctx, "picked")
+            .await
+            .filter(col("picked.employee_id").lt(lit(3)))
+            .unwrap()
+            .project(vec![col("picked.employee_id")])
+            .unwrap()
+            .build()
+            .unwrap()
+    }
+
+    /// Plans and runs `left JOIN right ON left.key = right.key` (inner).
+    async fn run_inner_join(
+        ctx: &SessionContext,
+        left: LogicalPlan,
+        right: LogicalPlan,
+        keys: (&str, &str),
+    ) -> (Arc<dyn ExecutionPlan>, usize) {
+        let join = LogicalPlanBuilder::from(left)
+            .join(
+                right,
+                datafusion::logical_expr::JoinType::Inner,
+                (vec![keys.0], vec![keys.1]),
+                None,
+            )
+            .unwrap()
+            .build()
+            .unwrap();
+        let plan = ctx.state().create_physical_plan(&join).await.unwrap();
+        let got = datafusion::physical_plan::collect(Arc::clone(&plan), ctx.task_ctx())
+            .await
+            .unwrap();
+        (plan, got.iter().map(|b| b.num_rows()).sum())
+    }
+
+    /// The count `sql` (a `SELECT count(*) ...`) returns, as a row count.
+    async fn count(ctx: &SessionContext, sql: &str) -> usize {
+        let b = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let n = b[0]
+            .column(0)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+            .value(0);
+        usize::try_from(n).unwrap()
     }
 
     /// Plans `picked JOIN GovernedScan(employees) USING employee_id`, where
@@ -1078,23 +1124,9 @@ pub(super) mod tests {
         let mut state = governed_state();
         state.config_mut().options_mut().execution.target_partitions = partitions;
         let ctx = SessionContext::new_with_state(state);
-        let picked = employees_scan(&ctx, "picked").await;
+        let picked = picked_employee_ids(&ctx).await;
         let employees = employees_scan(&ctx, "employees").await;
-        let picked = picked
-            .filter(col("picked.employee_id").lt(lit(3)))
-            .unwrap()
-            .project(vec![col("picked.employee_id")])
-            .unwrap()
-            .build()
-            .unwrap();
-        let barrier = GovernedScanNode {
-            source: "hr.employees".into(),
-            input: employees.build().unwrap(),
-            row_predicate: Some(col("region").eq(lit("US"))),
-            masked,
-            policies: vec!["employees_region".into()],
-        }
-        .into_plan();
+        let barrier = us_only(employees.build().unwrap(), masked);
         let barrier = if narrow {
             LogicalPlanBuilder::from(barrier)
                 .project(vec![col("employees.employee_id"), col("employees.name")])
@@ -1160,43 +1192,22 @@ pub(super) mod tests {
             .unwrap()
             .build()
             .unwrap();
-        let join = LogicalPlanBuilder::from(picked)
-            .join(
-                barrier,
-                datafusion::logical_expr::JoinType::Inner,
-                (vec!["paid"], vec!["employees.salary"]),
-                None,
-            )
-            .unwrap()
-            .build()
-            .unwrap();
-        let plan = ctx.state().create_physical_plan(&join).await.unwrap();
-        let got = datafusion::physical_plan::collect(Arc::clone(&plan), ctx.task_ctx())
-            .await
-            .unwrap();
+        let (plan, counted) =
+            run_inner_join(&ctx, picked, barrier, ("paid", "employees.salary")).await;
         let exec = find_barrier(&plan).expect("a barrier");
         assert_eq!(exec.schema().fields().len(), 2, "{:?}", exec.schema());
         let inner = displayable(exec.inner.as_ref()).indent(true).to_string();
         // Filled by the join (it finds its filter among the barrier's
         // expressions) and on `salary`.
         assert!(inner.contains("DynamicFilter [ salary@"), "{inner}");
-        let want = ctx
-            .sql(
-                "SELECT count(*) FROM employees p JOIN employees e ON p.salary = e.salary \
-                 WHERE p.employee_id < 3 AND e.region = 'US' AND e.email LIKE '%a%'",
-            )
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        let counted: usize = got.iter().map(|b| b.num_rows()).sum();
-        let want = want[0]
-            .column(0)
-            .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
-            .value(0);
+        let want = count(
+            &ctx,
+            "SELECT count(*) FROM employees p JOIN employees e ON p.salary = e.salary \
+             WHERE p.employee_id < 3 AND e.region = 'US' AND e.email LIKE '%a%'",
+        )
+        .await;
         assert!(counted > 0);
-        assert_eq!(i64::try_from(counted).unwrap(), want);
+        assert_eq!(counted, want);
     }
 
     #[test]
@@ -1257,56 +1268,27 @@ pub(super) mod tests {
         // every US employee, and the answer is the same.
         for masked in [vec![], vec!["salary".to_string()]] {
             let ctx = SessionContext::new_with_state(governed_state());
-            let picked = employees_scan(&ctx, "picked")
-                .await
-                .filter(col("picked.employee_id").lt(lit(3)))
-                .unwrap()
-                .project(vec![col("picked.employee_id")])
-                .unwrap()
-                .build()
-                .unwrap();
+            let picked = picked_employee_ids(&ctx).await;
             let employees = employees_scan(&ctx, "employees").await;
-            let barrier = GovernedScanNode {
-                source: "hr.employees".into(),
-                input: employees.build().unwrap(),
-                row_predicate: Some(col("region").eq(lit("US"))),
-                masked: masked.clone(),
-                policies: vec!["employees_region".into()],
-            }
-            .into_plan();
-            let join = LogicalPlanBuilder::from(picked)
-                .join(
-                    barrier,
-                    datafusion::logical_expr::JoinType::Inner,
-                    (vec!["picked.employee_id"], vec!["employees.employee_id"]),
-                    None,
-                )
-                .unwrap()
-                .build()
-                .unwrap();
-            let plan = ctx.state().create_physical_plan(&join).await.unwrap();
-            let got = datafusion::physical_plan::collect(Arc::clone(&plan), ctx.task_ctx())
-                .await
-                .unwrap();
-            let joined: usize = got.iter().map(|b| b.num_rows()).sum();
-            let count = |sql: &'static str| {
-                let ctx = ctx.clone();
-                async move {
-                    let b = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-                    b[0].column(0)
-                        .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
-                        .value(0)
-                }
-            };
-            let want =
-                count("SELECT count(*) FROM employees WHERE employee_id < 3 AND region = 'US'")
-                    .await;
-            let us = count("SELECT count(*) FROM employees WHERE region = 'US'").await;
-            assert_eq!(i64::try_from(joined).unwrap(), want, "{masked:?}");
+            let barrier = us_only(employees.build().unwrap(), masked.clone());
+            let (plan, joined) = run_inner_join(
+                &ctx,
+                picked,
+                barrier,
+                ("picked.employee_id", "employees.employee_id"),
+            )
+            .await;
+            let want = count(
+                &ctx,
+                "SELECT count(*) FROM employees WHERE employee_id < 3 AND region = 'US'",
+            )
+            .await;
+            let us = count(&ctx, "SELECT count(*) FROM employees WHERE region = 'US'").await;
+            assert_eq!(joined, want, "{masked:?}");
             let exec = find_barrier(&plan).expect("a barrier");
             let passed = exec.metrics().and_then(|m| m.output_rows()).unwrap();
             assert!(us > 100, "{us}");
-            assert_eq!(i64::try_from(passed).unwrap(), want, "{masked:?}");
+            assert_eq!(passed, want, "{masked:?}");
         }
     }
 
