@@ -1293,6 +1293,65 @@ pub(super) mod tests {
     }
 
     #[tokio::test]
+    async fn a_topk_threshold_applied_by_the_barrier_keeps_the_top_visible_rows() {
+        // `ORDER BY salary DESC LIMIT 5` over `GovernedScan(region = 'US')`
+        // in batches of 64 rows: the TopK's threshold tightens as it reads
+        // and the barrier drops raw rows below it, before the policy. The
+        // answer is still the top five US salaries, not the top five of
+        // every region.
+        let mut state = governed_state();
+        let options = state.config_mut().options_mut();
+        options
+            .set("datafusion.execution.batch_size", "64")
+            .unwrap();
+        options.execution.target_partitions = 2;
+        options.optimizer.repartition_file_min_size = 0;
+        let ctx = SessionContext::new_with_state(state);
+        let scan = employees_scan(&ctx, "employees").await.build().unwrap();
+        let top = LogicalPlanBuilder::from(us_only(scan, vec![]))
+            .project(vec![col("employees.employee_id"), col("employees.salary")])
+            .unwrap()
+            .sort(vec![
+                col("employees.salary").sort(false, true),
+                col("employees.employee_id").sort(true, true),
+            ])
+            .unwrap()
+            .limit(0, Some(5))
+            .unwrap()
+            .build()
+            .unwrap();
+        let plan = ctx.state().create_physical_plan(&top).await.unwrap();
+        let got = datafusion::physical_plan::collect(Arc::clone(&plan), ctx.task_ctx())
+            .await
+            .unwrap();
+        let want = ctx
+            .sql(
+                "SELECT employee_id, salary FROM employees WHERE region = 'US' \
+                 ORDER BY salary DESC, employee_id LIMIT 5",
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let shown = |b: &[RecordBatch]| {
+            datafusion::arrow::util::pretty::pretty_format_batches(b)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(shown(&got), shown(&want));
+        let exec = find_barrier(&plan).expect("a barrier");
+        assert!(
+            !exec.dynamic.is_empty(),
+            "the TopK's filter reached the barrier"
+        );
+        // Fewer than every US employee left the barrier.
+        let us = count(&ctx, "SELECT count(*) FROM employees WHERE region = 'US'").await;
+        let passed = exec.metrics().and_then(|m| m.output_rows()).unwrap();
+        assert!(passed < us, "{passed} of {us}");
+    }
+
+    #[tokio::test]
     async fn a_join_key_dynamic_filter_reaches_the_hidden_scan_only_on_an_unmasked_column() {
         // Whole or narrowed to the columns read above it (the filter is
         // written over the barrier's output and re-bound to its input).
