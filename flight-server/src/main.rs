@@ -15,7 +15,9 @@ use veil_flight_server::config::{Config, FileConfig, Overrides};
 /// mimalloc instead of the system allocator (as DataFusion's own CLI
 /// does): after a large query, glibc's allocator spent about a tenth of a
 /// point query's CPU consolidating and splitting free chunks (README,
-/// "Benchmarks").
+/// "Benchmarks"). Built without transparent huge pages (the workspace's
+/// `no_thp` feature): the kernel zeroed a whole 2 MiB page each time
+/// mimalloc touched memory it had purged.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
