@@ -1111,11 +1111,20 @@ pub(super) mod tests {
             .unwrap()
             .build()
             .unwrap();
-        let plan = ctx.state().create_physical_plan(&join).await.unwrap();
+        let (plan, got) = plan_and_collect(ctx, &join).await;
+        (plan, got.iter().map(|b| b.num_rows()).sum())
+    }
+
+    /// The physical plan of `plan` and the batches it returns.
+    async fn plan_and_collect(
+        ctx: &SessionContext,
+        plan: &LogicalPlan,
+    ) -> (Arc<dyn ExecutionPlan>, Vec<RecordBatch>) {
+        let plan = ctx.state().create_physical_plan(plan).await.unwrap();
         let got = datafusion::physical_plan::collect(Arc::clone(&plan), ctx.task_ctx())
             .await
             .unwrap();
-        (plan, got.iter().map(|b| b.num_rows()).sum())
+        (plan, got)
     }
 
     /// The count `sql` (a `SELECT count(*) ...`) returns, as a row count.
@@ -1376,10 +1385,7 @@ pub(super) mod tests {
             .unwrap()
             .build()
             .unwrap();
-        let plan = ctx.state().create_physical_plan(&top).await.unwrap();
-        let got = datafusion::physical_plan::collect(Arc::clone(&plan), ctx.task_ctx())
-            .await
-            .unwrap();
+        let (plan, got) = plan_and_collect(&ctx, &top).await;
         let want = ctx
             .sql(
                 "SELECT employee_id, salary FROM employees WHERE region = 'US' \
