@@ -103,6 +103,10 @@ fn statement_state(runtime: Arc<RuntimeEnv>, query_memory: usize) -> Result<Sess
     // Not governance: DataFusion leaves `x IN (subquery)` above every join
     // (semi_join.rs); `veil bench tpch` gives its ungoverned run this rule too.
     optimizer_rules.push(Arc::new(crate::semi_join::SemiJoinOnJoinKey));
+    // Not governance either: an aggregate joined on its group key only
+    // aggregates the keys the join can match (group_reduction.rs); the
+    // ungoverned run of `veil bench tpch` has it too.
+    optimizer_rules.push(Arc::new(crate::group_reduction::ReduceGroupsByJoinKey));
     optimizer_rules.push(Arc::new(RawKeyJoin));
     optimizer_rules.push(Arc::new(LiftUnsafeFilters));
     optimizer_rules.push(Arc::new(crate::bounded_fns::BoundedConstants {

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod error;
 mod executor;
 pub mod governance;
+pub mod group_reduction;
 pub mod interrupt;
 pub mod keys;
 pub mod limits;

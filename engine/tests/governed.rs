@@ -915,3 +915,82 @@ async fn attribute_contains_on_a_typed_column_matches_the_values_that_cast() {
     assert!(!seen.is_empty());
     assert!(seen.iter().all(|r| r[0] == day), "{seen:?}");
 }
+
+/// A grouped subquery joined on its group key aggregates only the keys of
+/// the filtered side (group_reduction.rs): under bob's masks and row
+/// policy the copied side is governed as the original (tokens compared,
+/// rows of other regions absent), and the answers are the ones of a shape
+/// the rule leaves alone (a range instead of an equality).
+#[tokio::test]
+async fn a_grouped_subquery_reduced_by_a_governed_join_answers_as_before() {
+    let (_d, engine) = demo().await;
+    let mut alice = engine.session("alice");
+    let mut bob = engine.session("bob");
+    let id = |region: &str| {
+        format!(
+        "SELECT employee_id, email FROM hr.employees WHERE region = '{region}' ORDER BY employee_id LIMIT 1"
+    )
+    };
+    let us = q(&mut alice, &id("US")).await.remove(0);
+    let apac = q(&mut alice, &id("APAC")).await.remove(0);
+    let token = q(
+        &mut bob,
+        &format!(
+            "SELECT email FROM hr.employees WHERE employee_id = {}",
+            us[0]
+        ),
+    )
+    .await[0][0]
+        .clone();
+    assert_ne!(token, us[1]);
+    // Grouped by the HASHed email, joined on it to one employee.
+    let query = |filter: &str| {
+        format!(
+            "SELECT e.employee_id, g.n FROM hr.employees e \
+             JOIN (SELECT email, count(*) AS n, max(salary) AS top FROM hr.employees GROUP BY email) g \
+             ON g.email = e.email WHERE {filter}"
+        )
+    };
+    let cases = [
+        (
+            format!("e.employee_id = {}", us[0]),
+            format!("e.employee_id > {0} - 1 AND e.employee_id < {0} + 1", us[0]),
+            vec![vec![us[0].clone(), "1".into()]],
+        ),
+        // Another region's employee: absent from the copy as from the original.
+        (
+            format!("e.employee_id = {}", apac[0]),
+            format!(
+                "e.employee_id > {0} - 1 AND e.employee_id < {0} + 1",
+                apac[0]
+            ),
+            vec![],
+        ),
+        // The token matches, the raw address does not.
+        (
+            format!("e.email = '{token}'"),
+            format!("e.email >= '{token}' AND e.email < '{token}z'"),
+            vec![vec![us[0].clone(), "1".into()]],
+        ),
+        (
+            format!("e.email = '{}'", us[1]),
+            format!("e.email >= '{0}' AND e.email < '{0}z'", us[1]),
+            vec![],
+        ),
+    ];
+    for (reduced, whole, want) in cases {
+        let plan = q(&mut bob, &format!("EXPLAIN {}", query(&reduced)))
+            .await
+            .concat()
+            .join("\n");
+        assert!(plan.contains("__veil_group_reducer"), "{plan}");
+        assert!(!plan.contains("employees.parquet"), "{plan}");
+        let plan = q(&mut bob, &format!("EXPLAIN {}", query(&whole)))
+            .await
+            .concat()
+            .join("\n");
+        assert!(!plan.contains("__veil_group_reducer"), "{plan}");
+        assert_eq!(q(&mut bob, &query(&reduced)).await, want, "{reduced}");
+        assert_eq!(q(&mut bob, &query(&whole)).await, want, "{whole}");
+    }
+}
