@@ -28,6 +28,7 @@ pub mod policy;
 pub mod principal;
 pub mod project;
 pub mod semi_join;
+pub mod shared_plan;
 pub mod sql_guard;
 pub mod statement;
 pub mod store;

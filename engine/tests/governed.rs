@@ -994,3 +994,68 @@ async fn a_grouped_subquery_reduced_by_a_governed_join_answers_as_before() {
         assert_eq!(q(&mut bob, &query(&whole)).await, want, "{whole}");
     }
 }
+
+/// A CTE the query names twice is aggregated once (shared_plan.rs), under
+/// bob's masks and row policy: the shared result is his (salaries
+/// rounded, US rows only), the same as two different aggregates give, and
+/// EXPLAIN ANALYZE still shows the barrier and no file.
+#[tokio::test]
+async fn a_governed_cte_named_twice_is_aggregated_once_as_the_principal_sees_it() {
+    let (_d, engine) = demo().await;
+    let mut bob = engine.session("bob");
+    let query = |e: &str, n: &str| {
+        format!(
+            "WITH d AS (SELECT department, count(*) AS n, max(salary) AS highest FROM hr.employees GROUP BY department), \
+             e AS ({e}) SELECT department, n, highest FROM d \
+             WHERE highest = (SELECT max(highest) FROM e{n}) ORDER BY department"
+        )
+    };
+    // `e` the same aggregate as `d` (shared), or `d`'s without the count
+    // (not shared).
+    let shared_sql = query(
+        "SELECT department, count(*) AS n, max(salary) AS highest FROM hr.employees GROUP BY department",
+        " WHERE n > 0",
+    );
+    let apart_sql = query(
+        "SELECT department, max(salary) AS highest FROM hr.employees GROUP BY department",
+        "",
+    );
+    let shared = q(&mut bob, &shared_sql).await;
+    assert_eq!(shared, q(&mut bob, &apart_sql).await);
+    assert!(!shared.is_empty());
+    let highest = q(&mut bob, "SELECT max(salary) FROM hr.employees").await;
+    for row in &shared {
+        let visible = q(
+            &mut bob,
+            &format!(
+                "SELECT count(*) FROM hr.employees WHERE department = '{}'",
+                row[0]
+            ),
+        )
+        .await;
+        assert_eq!(visible[0][0], row[1]);
+        assert_eq!(highest[0][0], row[2]);
+        let top: i64 = row[2].parse().unwrap();
+        assert_eq!(top % 10000, 0, "salary is rounded: {row:?}");
+    }
+    let count = |text: &str, what: &str| text.matches(what).count();
+    let plan = q(&mut bob, &format!("EXPLAIN {shared_sql}"))
+        .await
+        .concat()
+        .join("\n");
+    assert_eq!(count(&plan, "SharedExec"), 2, "{plan}");
+    let plan = q(&mut bob, &format!("EXPLAIN {apart_sql}"))
+        .await
+        .concat()
+        .join("\n");
+    assert_eq!(count(&plan, "SharedExec"), 0, "{plan}");
+    let analyzed = q(&mut bob, &format!("EXPLAIN ANALYZE {shared_sql}"))
+        .await
+        .concat()
+        .join("\n");
+    assert!(
+        analyzed.contains("SharedExec") && analyzed.contains("GovernedScanExec"),
+        "{analyzed}"
+    );
+    assert!(!analyzed.contains("employees.parquet"), "{analyzed}");
+}

@@ -827,10 +827,12 @@ impl QueryPlanner for GovernedQueryPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let planner =
-            DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(GovernedScanPlanner {
+        let planner = DefaultPhysicalPlanner::with_extension_planners(vec![
+            Arc::new(GovernedScanPlanner {
                 visible: Arc::clone(&self.visible),
-            })]);
+            }),
+            Arc::new(crate::shared_plan::SharedPlanner),
+        ]);
         let mut plan = logical_plan.clone();
         if let Some(limit) = self.input_limit {
             let batch = session.config_options().execution.batch_size.get();
@@ -844,6 +846,8 @@ impl QueryPlanner for GovernedQueryPlanner {
         {
             plan = crate::interrupt::interruptible_joins(plan, &governance.0.interrupt)?;
         }
+        // An aggregate the query repeats runs once (shared_plan.rs).
+        let plan = crate::shared_plan::share_repeated(plan)?;
         planner.create_physical_plan(&plan, session).await
     }
 }

@@ -23,6 +23,7 @@ use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use veil_engine::group_reduction::ReduceGroupsByJoinKey;
 use veil_engine::keys::MasterKey;
 use veil_engine::semi_join::SemiJoinOnJoinKey;
+use veil_engine::shared_plan::SharingQueryPlanner;
 use veil_engine::store::{CatalogStore, SqliteStore};
 use veil_engine::{Engine, EngineOptions, Session};
 
@@ -165,13 +166,14 @@ impl Harness {
         veil_engine::statement::apply_script(&mut engine.session("admin"), &profile).await?;
 
         // DataFusion with Veil's planning rules that are not governance
-        // (`semi_join.rs`, `group_reduction.rs`, `build_side.rs`), so the
-        // runs differ by governance alone.
+        // (`semi_join.rs`, `group_reduction.rs`, `build_side.rs`,
+        // `shared_plan.rs`), so the runs differ by governance alone.
         let plain = SessionContext::new_with_state(
             SessionStateBuilder::new()
                 .with_default_features()
                 .with_optimizer_rule(Arc::new(SemiJoinOnJoinKey))
                 .with_optimizer_rule(Arc::new(ReduceGroupsByJoinKey))
+                .with_query_planner(Arc::new(SharingQueryPlanner))
                 .with_physical_optimizer_rules(veil_engine::build_side::physical_rules(vec![]))
                 .build(),
         );
