@@ -353,3 +353,179 @@ fn is_filtered(plan: &LogicalPlan) -> Result<bool> {
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+    use datafusion::execution::SessionStateBuilder;
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
+
+    /// Parts and their lines (NULL keys on both sides), with or without
+    /// the rule.
+    async fn shop(with_rule: bool) -> SessionContext {
+        let mut builder = SessionStateBuilder::new().with_default_features();
+        if with_rule {
+            builder = builder.with_optimizer_rule(Arc::new(ReduceGroupsByJoinKey));
+        }
+        let ctx = SessionContext::new_with_state(builder.build());
+        for sql in [
+            "CREATE TABLE part (p_id INT, brand VARCHAR, size INT) AS VALUES \
+             (1, 'b1', 10), (2, 'b2', 20), (3, 'b1', 30), (4, 'b3', 10), (NULL, 'b1', 40)",
+            "CREATE TABLE line (l_part INT, l_supp INT, qty INT, price INT) AS VALUES \
+             (1, 7, 1, 100), (1, 8, 9, 200), (1, 7, 4, 300), (2, 7, 5, 10), (2, 8, 50, 20), \
+             (3, 8, 2, 5), (3, 8, 8, 6), (4, 7, 3, 1), (NULL, 7, 1, 1000), (NULL, 8, 2, 2000)",
+        ] {
+            ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        }
+        ctx
+    }
+
+    async fn rows(ctx: &SessionContext, sql: &str) -> String {
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        pretty_format_batches(&batches).unwrap().to_string()
+    }
+
+    async fn plan(ctx: &SessionContext, sql: &str) -> String {
+        let df = ctx.sql(sql).await.unwrap();
+        df.into_optimized_plan()
+            .unwrap()
+            .display_indent()
+            .to_string()
+    }
+
+    /// The answer with and without the rule (asserted equal) and the
+    /// plan with it.
+    async fn both(sql: &str) -> (String, String) {
+        let (with, without) = (shop(true).await, shop(false).await);
+        let got = rows(&with, sql).await;
+        assert_eq!(got, rows(&without, sql).await, "{sql}");
+        (got, plan(&with, sql).await)
+    }
+
+    /// Whether the copied relation sits below the aggregate grouping
+    /// `group` (and only once in the plan).
+    fn reduced(plan: &str, group: &str) -> bool {
+        let depth = |what: &str| {
+            plan.lines()
+                .find(|l| l.contains(what))
+                .map(|l| l.len() - l.trim_start().len())
+        };
+        let aggregate = depth(&format!("Aggregate: groupBy=[[{group}]]"));
+        match (aggregate, depth(REDUCER)) {
+            (Some(a), Some(r)) => r > a && plan.matches(REDUCER).count() <= 2,
+            _ => false,
+        }
+    }
+
+    fn table(lines: &[&str]) -> String {
+        lines.join("\n")
+    }
+
+    #[tokio::test]
+    async fn a_correlated_average_aggregates_only_the_parts_the_filter_keeps() {
+        // TPC-H q17's shape, with 0.8 of the part's average quantity.
+        let sql = "SELECT sum(price) AS s FROM line, part WHERE p_id = l_part AND brand = 'b1' \
+            AND qty < (SELECT 0.8 * avg(qty) FROM line l2 WHERE l2.l_part = p_id)";
+        let (got, plan) = both(sql).await;
+        assert!(reduced(&plan, "l2.l_part"), "{plan}");
+        // Part 1: average 14/3, lines with qty 1 and 4 (< 3.73): 1 only;
+        // part 3: average 5, qty 2 (< 4): 5. NULL parts join nothing.
+        assert_eq!(
+            got,
+            table(&["+-----+", "| s   |", "+-----+", "| 105 |", "+-----+"])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_subquery_in_an_in_list_reduces_through_the_semi_join() {
+        // TPC-H q20's shape: the key reaches the filtered relation through
+        // the `IN` subquery's semi join.
+        let sql = "SELECT l_supp FROM (SELECT DISTINCT l_part AS k, l_supp FROM line) s \
+            WHERE k IN (SELECT p_id FROM part WHERE brand LIKE 'b1%') \
+            AND l_supp IN (SELECT l_supp FROM line l2 WHERE l2.l_part = k GROUP BY l_supp \
+                           HAVING sum(qty) > 3) ORDER BY 1";
+        let (got, plan) = both(sql).await;
+        assert!(reduced(&plan, "l2.l_supp, l2.l_part"), "{plan}");
+        let want = [
+            "+--------+",
+            "| l_supp |",
+            "+--------+",
+            "| 7      |",
+            "| 8      |",
+            "| 8      |",
+            "+--------+",
+        ];
+        assert_eq!(got, table(&want));
+
+        let sql = "SELECT p_id FROM part WHERE brand = 'b1' AND size > (SELECT sum(qty) FROM line \
+            WHERE l_part = p_id AND l_supp = 8) ORDER BY 1";
+        let (got, plan) = both(sql).await;
+        assert!(reduced(&plan, "line.l_part"), "{plan}");
+        let want = [
+            "+------+", "| p_id |", "+------+", "| 1    |", "| 3    |", "+------+",
+        ];
+        assert_eq!(got, table(&want));
+    }
+
+    #[tokio::test]
+    async fn a_derived_table_joined_on_its_group_key_is_reduced_from_either_side() {
+        for sql in [
+            "SELECT p_id, n FROM part JOIN (SELECT l_part, count(*) AS n FROM line GROUP BY l_part) g \
+             ON g.l_part = p_id WHERE brand IN ('b2', 'b3') ORDER BY 1",
+            "SELECT p_id, n FROM (SELECT l_part, count(*) AS n FROM line GROUP BY l_part) g \
+             JOIN part ON p_id = g.l_part WHERE brand IN ('b2', 'b3') ORDER BY 1",
+            // An equality on an expression of a column counts too.
+            "SELECT p_id, n FROM part JOIN (SELECT l_part, count(*) AS n FROM line GROUP BY l_part) g \
+             ON g.l_part = p_id WHERE size + 0 = 20 OR upper(brand) = 'B3' ORDER BY 1",
+        ] {
+            let (got, plan) = both(sql).await;
+            assert!(reduced(&plan, "line.l_part"), "{plan}");
+            let want = ["+------+---+", "| p_id | n |", "+------+---+", "| 2    | 2 |", "| 4    | 1 |", "+------+---+"];
+            assert_eq!(got, table(&want), "{sql}");
+        }
+    }
+
+    #[tokio::test]
+    async fn nulls_match_when_the_join_says_so() {
+        // IS NOT DISTINCT FROM joins the NULL part to the NULL-key group.
+        let sql = "SELECT p_id, n FROM part JOIN (SELECT l_part, count(*) AS n FROM line GROUP BY l_part) g \
+            ON g.l_part IS NOT DISTINCT FROM p_id WHERE brand = 'b1' ORDER BY 1 NULLS FIRST";
+        let (got, plan) = both(sql).await;
+        assert!(reduced(&plan, "line.l_part"), "{plan}");
+        let want = [
+            "+------+---+",
+            "| p_id | n |",
+            "+------+---+",
+            "|      | 2 |",
+            "| 1    | 3 |",
+            "| 3    | 2 |",
+            "+------+---+",
+        ];
+        assert_eq!(got, table(&want));
+    }
+
+    #[tokio::test]
+    async fn groups_the_join_keeps_or_cannot_tell_apart_are_left_whole() {
+        let (with, without) = (shop(true).await, shop(false).await);
+        for sql in [
+            // The aggregate on the preserved side of an outer join.
+            "SELECT g.l_part, n, p_id FROM (SELECT l_part, count(*) AS n FROM line GROUP BY l_part) g \
+             LEFT JOIN (SELECT * FROM part WHERE brand = 'b1') p ON g.l_part = p.p_id ORDER BY 1",
+            // Only a range: no sign the other side is small.
+            "SELECT p_id, n FROM part JOIN (SELECT l_part, count(*) AS n FROM line GROUP BY l_part) g \
+             ON g.l_part = p_id WHERE size > 15 ORDER BY 1",
+            // A computed key, a grouping set, an anti join.
+            "SELECT p_id, n FROM part JOIN (SELECT l_part + 1 AS k, count(*) AS n FROM line GROUP BY l_part + 1) g \
+             ON g.k = p_id WHERE brand = 'b1' ORDER BY 1",
+            "SELECT p_id, n FROM part JOIN (SELECT l_part, count(*) AS n FROM line GROUP BY ROLLUP (l_part)) g \
+             ON g.l_part = p_id WHERE brand = 'b1' ORDER BY 1",
+            "SELECT g.l_part FROM (SELECT l_part FROM line GROUP BY l_part) g \
+             WHERE NOT EXISTS (SELECT 1 FROM part WHERE p_id = g.l_part AND brand = 'b1') ORDER BY 1",
+        ] {
+            assert_eq!(plan(&with, sql).await, plan(&without, sql).await, "{sql}");
+            assert_eq!(rows(&with, sql).await, rows(&without, sql).await, "{sql}");
+        }
+    }
+}
