@@ -119,16 +119,18 @@ fn statement_state(runtime: Arc<RuntimeEnv>, query_memory: usize) -> Result<Sess
     // Last before the sanity check: partial aggregates group raw keys, so
     // nothing may reshape them after; filters evaluate costly masks after
     // their other conjuncts (costly_conjuncts.rs), after every rule that
-    // pushes or merges filters; joins yield between batches
+    // pushes or merges filters, and the remaining conjuncts run in a
+    // measured order (adaptive_and.rs, not governance); joins yield between batches
     // (yielding.rs), after every rule that rewrites joins or pushes
     // filters through them.
     let at = physical_rules
         .iter()
         .position(|r| r.name() == "SanityCheckPlan")
         .unwrap_or(physical_rules.len());
-    let last: [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 3] = [
+    let last: [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 4] = [
         Arc::new(RawKeyGroup),
         Arc::new(crate::governance::costly_conjuncts::CostlyConjunctsLast),
+        Arc::new(crate::adaptive_and::AdaptiveConjuncts),
         Arc::new(crate::yielding::YieldingJoins),
     ];
     physical_rules.splice(at..at, last);
@@ -1502,10 +1504,11 @@ mod tests {
         );
         let sanity = at("SanityCheckPlan");
         assert_eq!(
-            &names[sanity - 3..sanity],
+            &names[sanity - 4..sanity],
             [
                 "veil_raw_key_group",
                 "veil_costly_conjuncts_last",
+                "veil_adaptive_conjuncts",
                 "veil_yielding_joins"
             ]
         );

@@ -3,6 +3,7 @@
 //! No network code lives here; every governance behaviour is testable
 //! in-process through [`Engine`] and [`Session`].
 
+pub mod adaptive_and;
 pub mod audit;
 mod bounded_fns;
 mod bounded_inputs;

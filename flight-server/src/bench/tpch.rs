@@ -19,7 +19,9 @@ use std::time::Instant;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::execution::SessionStateBuilder;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use veil_engine::adaptive_and::AdaptiveConjuncts;
 use veil_engine::group_reduction::ReduceGroupsByJoinKey;
 use veil_engine::keys::MasterKey;
 use veil_engine::semi_join::SemiJoinOnJoinKey;
@@ -167,14 +169,15 @@ impl Harness {
 
         // DataFusion with Veil's planning rules that are not governance
         // (`semi_join.rs`, `group_reduction.rs`, `build_side.rs`,
-        // `shared_plan.rs`), so the runs differ by governance alone.
+        // `shared_plan.rs`, `adaptive_and.rs`), so the runs differ by
+        // governance alone.
         let plain = SessionContext::new_with_state(
             SessionStateBuilder::new()
                 .with_default_features()
                 .with_optimizer_rule(Arc::new(SemiJoinOnJoinKey))
                 .with_optimizer_rule(Arc::new(ReduceGroupsByJoinKey))
                 .with_query_planner(Arc::new(SharingQueryPlanner))
-                .with_physical_optimizer_rules(veil_engine::build_side::physical_rules(vec![]))
+                .with_physical_optimizer_rules(plain_physical_rules())
                 .build(),
         );
         plain.sql("CREATE SCHEMA tpch").await?.collect().await?;
@@ -365,4 +368,17 @@ pub async fn run_on(
         timings.push(timing);
     }
     Ok(BenchResult::new(scale, "veil", timings))
+}
+
+/// DataFusion's physical rules with Veil's that are not governance: the
+/// semi-join build side (`build_side.rs`) and, last before the sanity
+/// check as in the engine, the adaptive conjunct order (`adaptive_and.rs`).
+fn plain_physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
+    let mut rules = veil_engine::build_side::physical_rules(vec![]);
+    let at = rules
+        .iter()
+        .position(|r| r.name() == "SanityCheckPlan")
+        .unwrap_or(rules.len());
+    rules.insert(at, Arc::new(AdaptiveConjuncts));
+    rules
 }
