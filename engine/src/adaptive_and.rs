@@ -214,15 +214,26 @@ fn truth(value: ColumnarValue, rows: usize) -> Result<BooleanArray> {
     })
 }
 
-impl fmt::Display for AdaptiveAnd {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl AdaptiveAnd {
+    /// Writes the conjuncts joined by `AND`, each with `write`.
+    fn write_joined(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        write: impl Fn(&Arc<dyn PhysicalExpr>, &mut fmt::Formatter<'_>) -> fmt::Result,
+    ) -> fmt::Result {
         for (i, c) in self.conjuncts.iter().enumerate() {
             if i > 0 {
-                write!(f, " AND ")?;
+                f.write_str(" AND ")?;
             }
-            write!(f, "{c}")?;
+            write(c, f)?;
         }
         Ok(())
+    }
+}
+
+impl fmt::Display for AdaptiveAnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_joined(f, |c, f| write!(f, "{c}"))
     }
 }
 
@@ -265,13 +276,7 @@ impl PhysicalExpr for AdaptiveAnd {
     }
 
     fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, c) in self.conjuncts.iter().enumerate() {
-            if i > 0 {
-                write!(f, " AND ")?;
-            }
-            c.fmt_sql(f)?;
-        }
-        Ok(())
+        self.write_joined(f, |c, f| c.fmt_sql(f))
     }
 }
 
