@@ -96,7 +96,7 @@ pub struct AdaptiveAnd {
 }
 
 /// What the first rows showed, per conjunct.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Sample {
     rows: usize,
     nanos: Vec<u128>,
@@ -106,9 +106,14 @@ struct Sample {
 impl AdaptiveAnd {
     /// The conjunction of `conjuncts`, in this order until measured.
     pub fn new(conjuncts: Vec<Arc<dyn PhysicalExpr>>) -> Self {
+        let n = conjuncts.len();
         Self {
             conjuncts,
-            sample: Mutex::new(Sample::default()),
+            sample: Mutex::new(Sample {
+                rows: 0,
+                nanos: vec![0; n],
+                kept: vec![0; n],
+            }),
             order: OnceLock::new(),
         }
     }
@@ -133,14 +138,12 @@ impl AdaptiveAnd {
             .sample
             .lock()
             .map_err(|_| DataFusionError::Internal("filter sample lock poisoned".into()))?;
-        if sample.nanos.is_empty() {
-            sample.nanos = vec![0; self.conjuncts.len()];
-            sample.kept = vec![0; self.conjuncts.len()];
-        }
         sample.rows += batch.num_rows();
-        for (i, (n, k)) in nanos.into_iter().zip(kept).enumerate() {
-            sample.nanos[i] += n;
-            sample.kept[i] += k;
+        for (total, n) in sample.nanos.iter_mut().zip(nanos) {
+            *total += n;
+        }
+        for (total, k) in sample.kept.iter_mut().zip(kept) {
+            *total += k;
         }
         if sample.rows >= SAMPLE_ROWS {
             let _ = self.order.set(rank(&sample));

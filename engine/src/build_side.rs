@@ -139,12 +139,12 @@ fn row_width(schema: &Schema) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::util::pretty::pretty_format_batches;
     use datafusion::execution::SessionStateBuilder;
     use datafusion::physical_plan::displayable;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
     use super::*;
+    use crate::test_sql::rows;
 
     /// Two partitions and no collected build sides, so every hash join is
     /// partitioned; with or without the rule.
@@ -178,11 +178,6 @@ mod tests {
             ctx.sql(sql).await.unwrap().collect().await.unwrap();
         }
         ctx
-    }
-
-    async fn rows(ctx: &SessionContext, sql: &str) -> String {
-        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        pretty_format_batches(&batches).unwrap().to_string()
     }
 
     /// The semi or anti hash join's type and its build side's first column.

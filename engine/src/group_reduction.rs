@@ -356,11 +356,11 @@ fn is_filtered(plan: &LogicalPlan) -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::util::pretty::pretty_format_batches;
     use datafusion::execution::SessionStateBuilder;
     use datafusion::prelude::SessionContext;
 
     use super::*;
+    use crate::test_sql::{plan, rows};
 
     /// Parts and their lines (NULL keys on both sides), with or without
     /// the rule.
@@ -380,19 +380,6 @@ mod tests {
             ctx.sql(sql).await.unwrap().collect().await.unwrap();
         }
         ctx
-    }
-
-    async fn rows(ctx: &SessionContext, sql: &str) -> String {
-        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        pretty_format_batches(&batches).unwrap().to_string()
-    }
-
-    async fn plan(ctx: &SessionContext, sql: &str) -> String {
-        let df = ctx.sql(sql).await.unwrap();
-        df.into_optimized_plan()
-            .unwrap()
-            .display_indent()
-            .to_string()
     }
 
     /// The answer with and without the rule (asserted equal) and the

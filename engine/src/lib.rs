@@ -33,6 +33,8 @@ pub mod shared_plan;
 pub mod sql_guard;
 pub mod statement;
 pub mod store;
+#[cfg(test)]
+mod test_sql;
 mod timeslice;
 mod turns;
 pub mod workspace;

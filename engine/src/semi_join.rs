@@ -152,11 +152,11 @@ fn sink_or_place(
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::util::pretty::pretty_format_batches;
     use datafusion::execution::SessionStateBuilder;
     use datafusion::prelude::SessionContext;
 
     use super::*;
+    use crate::test_sql::{plan, rows};
 
     /// Customers, their orders and the orders' lines, with or without
     /// the rule.
@@ -182,18 +182,6 @@ mod tests {
     const BIG_ORDERS: &str = "SELECT c_name, o_id, sum(l_qty) AS q FROM c, o, l \
         WHERE o_id IN (SELECT l_o FROM l GROUP BY l_o HAVING sum(l_qty) > 60) \
         AND c_id = o_c AND o_id = l_o GROUP BY c_name, o_id ORDER BY o_id";
-
-    async fn rows(ctx: &SessionContext, sql: &str) -> String {
-        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        pretty_format_batches(&batches).unwrap().to_string()
-    }
-
-    async fn plan(ctx: &SessionContext, sql: &str) -> String {
-        let df = ctx.sql(sql).await.unwrap();
-        let optimized = df.into_optimized_plan().unwrap();
-        let shown = optimized.display_indent().to_string();
-        shown
-    }
 
     /// Indentation of the first line containing `what`.
     fn depth(plan: &str, what: &str) -> usize {
