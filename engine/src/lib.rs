@@ -13,6 +13,7 @@ pub mod catalog;
 mod catalog_cache;
 mod checked;
 pub mod condition;
+pub mod decimal_arith;
 pub mod engine;
 pub mod error;
 mod executor;

@@ -288,7 +288,8 @@ fn materialize(input: Arc<dyn ExecutionPlan>, context: Arc<TaskContext>, id: usi
     .shared()
 }
 
-/// DataFusion's default planner with repeated aggregates shared (for
+/// DataFusion's default planner with repeated aggregates shared and
+/// decimal arithmetic without needless overflow checks (for
 /// sessions without governance, such as `veil bench tpch`'s ungoverned
 /// run; the governed planner does the same).
 #[derive(Debug, Default)]
@@ -304,6 +305,7 @@ impl QueryPlanner for SharingQueryPlanner {
         let planner =
             DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(SharedPlanner)]);
         let plan = share_repeated(logical_plan.clone())?;
+        let plan = crate::decimal_arith::unchecked_decimal_arith(plan)?;
         planner.create_physical_plan(&plan, session).await
     }
 }

@@ -1059,3 +1059,48 @@ async fn a_governed_cte_named_twice_is_aggregated_once_as_the_principal_sees_it(
     );
     assert!(!analyzed.contains("employees.parquet"), "{analyzed}");
 }
+
+/// Decimal arithmetic runs without per-row overflow checks
+/// (`decimal_arith.rs`) on what the principal sees: rounded salaries of
+/// his region, and a filter on a product of the masked column matches no
+/// raw salary.
+#[tokio::test]
+async fn decimal_arithmetic_on_a_masked_column_computes_on_the_masked_values() {
+    let (_d, engine) = demo().await;
+    let mut alice = engine.session("alice");
+    let mut bob = engine.session("bob");
+    let arith = "SELECT salary, CAST(salary AS DECIMAL(15, 2)) * CAST(1.5 AS DECIMAL(3, 1)) \
+                 - CAST(salary AS DECIMAL(15, 2)) AS half FROM hr.employees";
+    let seen = q(&mut bob, arith).await;
+    let visible = q(&mut bob, "SELECT count(*) FROM hr.employees").await;
+    assert_eq!(seen.len().to_string(), visible[0][0]);
+    for row in &seen {
+        let salary: i64 = row[0].parse().unwrap();
+        assert_eq!(salary % 10000, 0, "rounded: {row:?}");
+        assert_eq!(row[1], format!("{}.{:03}", salary / 2, (salary % 2) * 500));
+    }
+    let plan = q(&mut bob, &format!("EXPLAIN {arith}"))
+        .await
+        .concat()
+        .join("\n");
+    assert!(
+        plan.contains("decimal_mul") && plan.contains("decimal_sub"),
+        "{plan}"
+    );
+
+    // alice sees raw salaries; a raw one that rounding changes.
+    let raw = q(
+        &mut alice,
+        "SELECT salary FROM hr.employees WHERE salary % 10000 <> 0 LIMIT 1",
+    )
+    .await;
+    let raw: i64 = raw[0][0].parse().unwrap();
+    let probe = format!(
+        "SELECT count(*) FROM hr.employees \
+         WHERE CAST(salary AS DECIMAL(15, 2)) * CAST(3 AS DECIMAL(2, 0)) = {}",
+        raw * 3
+    );
+    let matches: i64 = q(&mut alice, &probe).await[0][0].parse().unwrap();
+    assert!(matches >= 1, "alice finds the raw salary");
+    assert_eq!(q(&mut bob, &probe).await, vec![vec!["0".to_string()]]);
+}

@@ -848,6 +848,9 @@ impl QueryPlanner for GovernedQueryPlanner {
         }
         // An aggregate the query repeats runs once (shared_plan.rs).
         let plan = crate::shared_plan::share_repeated(plan)?;
+        // Decimal arithmetic that cannot overflow skips arrow's per-row
+        // overflow check (decimal_arith.rs).
+        let plan = crate::decimal_arith::unchecked_decimal_arith(plan)?;
         planner.create_physical_plan(&plan, session).await
     }
 }
