@@ -10,13 +10,14 @@
 //! though no value in those columns comes near 2^63.
 //!
 //! Before physical planning, [`unchecked_decimal_arith`] replaces each
-//! `Decimal128` `a * b`, and each `a + b` / `a - b` of equal scales, with a
+//! `Decimal128` `a * b`, `a + b` and `a - b` whose type is arrow's with a
 //! [`DecimalArith`] function of the same type and column name. Per batch it
-//! checks, in one vectorized pass, whether every operand fits in 64 bits;
-//! then no product, sum or difference can overflow 128 bits, and it computes
-//! them with plain widening operations. Otherwise it calls arrow's kernel,
-//! as DataFusion would have, so answers and overflow errors are exactly
-//! DataFusion's.
+//! computes the results from 64-bit operands (scaled first for `+` and `-`,
+//! as arrow rescales to the larger scale) while checking, in the same
+//! branch-free pass, that every operand fits in 64 bits; then no result can
+//! overflow 128 bits. If one does not fit, it throws the results away and
+//! calls arrow's kernel, as DataFusion would have, so answers and overflow
+//! errors are exactly DataFusion's.
 
 use std::sync::Arc;
 
@@ -41,9 +42,9 @@ use datafusion::physical_expr_common::datum::apply;
 pub enum DecimalOp {
     /// `a * b`
     Mul,
-    /// `a + b` (equal scales)
+    /// `a + b`
     Add,
-    /// `a - b` (equal scales)
+    /// `a - b`
     Sub,
 }
 
