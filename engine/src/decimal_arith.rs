@@ -362,11 +362,11 @@ mod tests {
     #[test]
     fn every_operation_equals_arrows_kernel_on_arrays_scalars_and_nulls() {
         let a = [
-            Some(10_500_00),
+            Some(1_050_000),
             None,
             Some(-3_25),
             Some(0),
-            Some(99_999_999_99),
+            Some(9_999_999_999),
         ];
         let b = [Some(93), Some(7), None, Some(-100), Some(1_00)];
         let scalar = |v: i128, p, s| ColumnarValue::Scalar(ScalarValue::Decimal128(Some(v), p, s));

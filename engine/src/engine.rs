@@ -127,10 +127,13 @@ fn statement_state(runtime: Arc<RuntimeEnv>, query_memory: usize) -> Result<Sess
         .iter()
         .position(|r| r.name() == "SanityCheckPlan")
         .unwrap_or(physical_rules.len());
-    let last: [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 4] = [
+    let last: [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 5] = [
         Arc::new(RawKeyGroup),
         Arc::new(crate::governance::costly_conjuncts::CostlyConjunctsLast),
         Arc::new(crate::adaptive_and::AdaptiveConjuncts),
+        // Not governance: scans drop the rows a join's build-side keys
+        // rule out (dynamic_scan.rs); the ungoverned bench run has it too.
+        Arc::new(crate::dynamic_scan::DynamicScanRows),
         Arc::new(crate::yielding::YieldingJoins),
     ];
     physical_rules.splice(at..at, last);
@@ -1504,13 +1507,15 @@ mod tests {
         );
         let sanity = at("SanityCheckPlan");
         assert_eq!(
-            &names[sanity - 4..sanity],
+            &names[sanity - 5..sanity],
             [
                 "veil_raw_key_group",
                 "veil_costly_conjuncts_last",
                 "veil_adaptive_conjuncts",
+                "veil_dynamic_scan_rows",
                 "veil_yielding_joins"
             ]
         );
+        assert!(at("FilterPushdown(Post)") < at("veil_dynamic_scan_rows"));
     }
 }

@@ -14,6 +14,7 @@ mod catalog_cache;
 mod checked;
 pub mod condition;
 pub mod decimal_arith;
+pub mod dynamic_scan;
 pub mod engine;
 pub mod error;
 mod executor;

@@ -1104,3 +1104,24 @@ async fn decimal_arithmetic_on_a_masked_column_computes_on_the_masked_values() {
     assert!(matches >= 1, "alice finds the raw salary");
     assert_eq!(q(&mut bob, &probe).await, vec![vec!["0".to_string()]]);
 }
+
+/// A join's build-side keys filter the rows of scans outside barriers
+/// (`dynamic_scan.rs`); a barrier keeps its hidden scan to itself and
+/// answers as before.
+#[tokio::test]
+async fn join_keys_filtering_scans_leave_barriers_opaque() {
+    let (_d, engine) = demo().await;
+    let mut bob = engine.session("bob");
+    let sql = "SELECT e.employee_id, e.region FROM (VALUES (1), (2), (3), (4), (5), (6), (7), (8)) ids(id) \
+               JOIN hr.employees e ON e.employee_id = ids.id ORDER BY 1";
+    let rows = q(&mut bob, sql).await;
+    assert!(!rows.is_empty() && rows.len() < 8, "{rows:?}");
+    assert!(rows.iter().all(|r| r[1] == "US"), "{rows:?}");
+    let analyzed = q(&mut bob, &format!("EXPLAIN ANALYZE {sql}"))
+        .await
+        .concat()
+        .join("\n");
+    assert!(analyzed.contains("GovernedScanExec"), "{analyzed}");
+    assert!(!analyzed.contains("employees.parquet"), "{analyzed}");
+    assert!(!analyzed.contains("DynamicRowsExec"), "{analyzed}");
+}

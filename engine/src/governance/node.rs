@@ -620,14 +620,14 @@ const DYNAMIC_SAMPLE_ROWS: usize = 65_536;
 /// per row, done again by the join, for nothing); the hidden scan still
 /// prunes with them. Only rows they can drop are counted, not rows seen
 /// before a filter is filled.
-struct DynamicRows {
+pub(crate) struct DynamicRows {
     filters: Arc<[Arc<dyn PhysicalExpr>]>,
     ruled: usize,
     kept: usize,
 }
 
 impl DynamicRows {
-    fn new(filters: Arc<[Arc<dyn PhysicalExpr>]>) -> Self {
+    pub(crate) fn new(filters: Arc<[Arc<dyn PhysicalExpr>]>) -> Self {
         Self {
             filters,
             ruled: 0,
@@ -642,7 +642,7 @@ impl DynamicRows {
 
     /// The rows of `batch` the filled filters keep, or None when none
     /// rules anything out (or they stopped paying).
-    fn mask(&mut self, batch: &RecordBatch) -> Result<Option<BooleanArray>> {
+    pub(crate) fn mask(&mut self, batch: &RecordBatch) -> Result<Option<BooleanArray>> {
         if self.filters.is_empty() || !Self::pays(self.ruled, self.kept) {
             return Ok(None);
         }

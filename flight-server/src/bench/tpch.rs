@@ -372,7 +372,8 @@ pub async fn run_on(
 
 /// DataFusion's physical rules with Veil's that are not governance: the
 /// semi-join build side (`build_side.rs`) and, last before the sanity
-/// check as in the engine, the adaptive conjunct order (`adaptive_and.rs`).
+/// check as in the engine, the adaptive conjunct order (`adaptive_and.rs`)
+/// and join keys filtering scans' rows (`dynamic_scan.rs`).
 fn plain_physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     let mut rules = veil_engine::build_side::physical_rules(vec![]);
     let at = rules
@@ -380,5 +381,6 @@ fn plain_physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
         .position(|r| r.name() == "SanityCheckPlan")
         .unwrap_or(rules.len());
     rules.insert(at, Arc::new(AdaptiveConjuncts));
+    rules.insert(at + 1, Arc::new(veil_engine::dynamic_scan::DynamicScanRows));
     rules
 }
