@@ -69,24 +69,32 @@ impl DecimalOp {
     /// arrow's result type for `Decimal128(p1, s1) op Decimal128(p2, s2)`
     /// and the factors arrow scales each operand by first (sums and
     /// differences bring both to the larger scale), or `None` when this
-    /// module leaves the operation to arrow (scales out of range).
+    /// module leaves the operation to arrow (negative scales, scales or
+    /// precisions out of range).
     fn shape(self, (p1, s1): (u8, i8), (p2, s2): (u8, i8)) -> Option<Shape> {
         let max = DECIMAL128_MAX_PRECISION;
+        if s1 < 0 || s2 < 0 || p1 > max || p2 > max {
+            return None;
+        }
         match self {
             Self::Mul => {
                 let scale = s1.checked_add(s2)?;
                 (scale <= DECIMAL128_MAX_SCALE).then(|| Shape {
-                    output: DataType::Decimal128(p1.saturating_add(p2 + 1).min(max), scale),
+                    output: DataType::Decimal128((p1 + p2 + 1).min(max), scale),
                     factors: (1, 1),
                 })
             }
             Self::Add | Self::Sub => {
+                // In i16: p <= 38 and 0 <= s <= 127.
+                let (p1, s1, p2, s2) = (i16::from(p1), i16::from(s1), i16::from(p2), i16::from(s2));
                 let scale = s1.max(s2);
-                let digits = (p1 as i8 - s1).max(p2 as i8 - s2);
-                let precision = (scale.saturating_add(digits) as u8).saturating_add(1);
-                let factor = |s: i8| 10_i64.checked_pow(u32::try_from(scale - s).ok()?);
+                let precision = scale + (p1 - s1).max(p2 - s2) + 1;
+                let factor = |s: i16| 10_i64.checked_pow(u32::try_from(scale - s).ok()?);
                 Some(Shape {
-                    output: DataType::Decimal128(precision.min(max), scale),
+                    output: DataType::Decimal128(
+                        u8::try_from(precision.clamp(1, i16::from(max))).ok()?,
+                        i8::try_from(scale).ok()?,
+                    ),
                     factors: (factor(s1)?, factor(s2)?),
                 })
             }
@@ -439,6 +447,9 @@ mod tests {
             shape(DecimalOp::Mul, (37, 4), (21, 2)),
             Some((DataType::Decimal128(38, 6), (1, 1)))
         );
+        // Negative scales are left to arrow.
+        assert_eq!(shape(DecimalOp::Add, (38, -100), (38, 120)), None);
+        assert_eq!(shape(DecimalOp::Mul, (10, -2), (10, 2)), None);
         // Scales 10^19 apart: arrow rescales in 128 bits; left to it.
         assert_eq!(shape(DecimalOp::Add, (38, 0), (38, 19)), None);
         assert_eq!(shape(DecimalOp::Mul, (38, 20), (38, 20)), None);
