@@ -267,15 +267,14 @@ mod tests {
         ctx
     }
 
+    async fn physical(ctx: &SessionContext, sql: &str) -> Arc<dyn ExecutionPlan> {
+        let df = ctx.sql(sql).await.unwrap();
+        df.create_physical_plan().await.unwrap()
+    }
+
     /// The answer, and per plan node name its output rows.
     async fn run(ctx: &SessionContext, sql: &str) -> (String, Vec<(String, usize)>) {
-        let plan = ctx
-            .sql(sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let plan = physical(ctx, sql).await;
         let batches = collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
         let mut rows = vec![];
         plan.apply(|node| {
@@ -318,13 +317,7 @@ mod tests {
         let (got, _) = run(&fast, sql).await;
         assert_eq!(got, run(&ctx(false).await, sql).await.0);
         assert_eq!(got.lines().count(), 13, "nine employees:\n{got}");
-        let plan = fast
-            .sql(sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let plan = physical(&fast, sql).await;
         let text = displayable(plan.as_ref()).indent(true).to_string();
         assert!(
             !text.contains("DynamicRowsExec: DynamicFilter [ employee_id"),
@@ -335,13 +328,7 @@ mod tests {
     #[tokio::test]
     async fn a_plan_is_wrapped_once_and_a_scan_without_dynamic_filters_not_at_all() {
         let fast = ctx(true).await;
-        let plan = fast
-            .sql(JOIN)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let plan = physical(&fast, JOIN).await;
         let again = DynamicScanRows
             .optimize(Arc::clone(&plan), &ConfigOptions::default())
             .unwrap();
@@ -354,13 +341,7 @@ mod tests {
         };
         assert_eq!(count(&plan), 1);
         assert_eq!(count(&again), 1);
-        let scan = fast
-            .sql("SELECT region FROM employees WHERE salary > 100")
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let scan = physical(&fast, "SELECT region FROM employees WHERE salary > 100").await;
         assert_eq!(count(&scan), 0);
     }
 }
