@@ -611,15 +611,15 @@ impl ExecutionPlan for GovernedScanExec {
     }
 }
 
-/// Rows a barrier's dynamic filters are tried on before it judges them.
+/// Rows a partition's dynamic filters are tried on before it judges them.
 const DYNAMIC_SAMPLE_ROWS: usize = 65_536;
 
-/// The dynamic filters of one barrier partition, applied while they pay:
-/// once they have ruled on [`DYNAMIC_SAMPLE_ROWS`] rows and kept more than
-/// nine in ten, the partition stops evaluating them (a join's hash lookup
-/// per row, done again by the join, for nothing); the hidden scan still
-/// prunes with them. Only rows they can drop are counted, not rows seen
-/// before a filter is filled.
+/// The dynamic filters of one partition of a barrier (or of a scan outside
+/// barriers, `dynamic_scan.rs`), applied while they pay: once they have
+/// ruled on [`DYNAMIC_SAMPLE_ROWS`] rows and kept more than nine in ten,
+/// the partition stops evaluating them (a join's hash lookup per row, done
+/// again by the join, for nothing); the scan still prunes with them. Only
+/// rows they can drop are counted, not rows seen before a filter is filled.
 pub(crate) struct DynamicRows {
     filters: Arc<[Arc<dyn PhysicalExpr>]>,
     ruled: usize,
