@@ -191,23 +191,32 @@ impl AdaptiveAnd {
 /// rows dropped, lowest first (a conjunct that dropped nothing last); ties
 /// in the query's order.
 fn rank(sample: &Sample) -> Vec<usize> {
-    let rows = sample.rows.max(1) as f64;
     let score = |i: usize| {
-        let cost = sample.nanos.get(i).copied().unwrap_or(0) as f64 / rows;
-        let dropped = 1.0 - sample.kept.get(i).copied().unwrap_or(0) as f64 / rows;
-        if dropped <= 0.0 {
-            f64::INFINITY
-        } else {
-            cost / dropped
-        }
+        let nanos = sample.nanos.get(i).copied().unwrap_or(0);
+        let kept = sample.kept.get(i).copied().unwrap_or(0);
+        score(nanos, kept, sample.rows)
     };
     let mut order: Vec<usize> = (0..sample.nanos.len()).collect();
     order.sort_by(|&a, &b| score(a).total_cmp(&score(b)).then(a.cmp(&b)));
     order
 }
 
+/// How early a filter should run that took `nanos` to evaluate on `rows`
+/// rows and kept `kept` of them: its cost per row over the share it drops,
+/// lower first; infinite when it dropped nothing.
+pub(crate) fn score(nanos: u128, kept: usize, rows: usize) -> f64 {
+    let rows = rows.max(1) as f64;
+    let cost = nanos as f64 / rows;
+    let dropped = 1.0 - kept as f64 / rows;
+    if dropped <= 0.0 {
+        f64::INFINITY
+    } else {
+        cost / dropped
+    }
+}
+
 /// A predicate's value as a mask: true where it is true (NULL is false).
-fn truth(value: ColumnarValue, rows: usize) -> Result<BooleanArray> {
+pub(crate) fn truth(value: ColumnarValue, rows: usize) -> Result<BooleanArray> {
     let array = value.into_array(rows)?;
     let Some(mask) = array.as_boolean_opt() else {
         return internal_err!("a filter conjunct is not boolean: {}", array.data_type());

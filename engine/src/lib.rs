@@ -4,6 +4,7 @@
 //! in-process through [`Engine`] and [`Session`].
 
 pub mod adaptive_and;
+mod any_partition;
 pub mod audit;
 mod bounded_fns;
 mod bounded_inputs;
@@ -14,6 +15,7 @@ mod catalog_cache;
 mod checked;
 pub mod condition;
 pub mod decimal_arith;
+mod dynamic_rows;
 pub mod dynamic_scan;
 pub mod engine;
 pub mod error;

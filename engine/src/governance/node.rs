@@ -23,7 +23,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::array::{AsArray, BooleanArray};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::compute::kernels::boolean::and;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -31,7 +31,7 @@ use datafusion::catalog::Session;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{internal_err, DFSchemaRef, Result, ScalarValue, Statistics};
+use datafusion::common::{internal_err, DFSchemaRef, Result, Statistics};
 use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -39,7 +39,7 @@ use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext
 use datafusion::logical_expr::{
     ColumnarValue, Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
 };
-use datafusion::physical_expr::expressions::{CaseExpr, Column, DynamicFilterPhysicalExpr};
+use datafusion::physical_expr::expressions::{Column, DynamicFilterPhysicalExpr};
 use datafusion::physical_expr::utils::{collect_columns, reassign_expr_columns};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_optimizer::projection_pushdown::ProjectionPushdown;
@@ -65,6 +65,7 @@ use futures::StreamExt;
 
 use super::rule::StatementGovernance;
 use super::visible_stats::{Visible, VisibleStatsCache};
+use crate::dynamic_rows::DynamicRows;
 
 /// The logical governance barrier over one raw scan.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -611,81 +612,6 @@ impl ExecutionPlan for GovernedScanExec {
     }
 }
 
-/// Rows a partition's dynamic filters are tried on before it judges them.
-const DYNAMIC_SAMPLE_ROWS: usize = 65_536;
-
-/// The dynamic filters of one partition of a barrier (or of a scan outside
-/// barriers, `dynamic_scan.rs`), applied while they pay: once they have
-/// ruled on [`DYNAMIC_SAMPLE_ROWS`] rows and kept more than nine in ten,
-/// the partition stops evaluating them (a join's hash lookup per row, done
-/// again by the join, for nothing); the scan still prunes with them. Only
-/// rows they can drop are counted, not rows seen before a filter is filled.
-pub(crate) struct DynamicRows {
-    filters: Arc<[Arc<dyn PhysicalExpr>]>,
-    ruled: usize,
-    kept: usize,
-}
-
-impl DynamicRows {
-    pub(crate) fn new(filters: Arc<[Arc<dyn PhysicalExpr>]>) -> Self {
-        Self {
-            filters,
-            ruled: 0,
-            kept: 0,
-        }
-    }
-
-    /// Whether filters that kept `kept` of `ruled` rows still pay.
-    fn pays(ruled: usize, kept: usize) -> bool {
-        ruled < DYNAMIC_SAMPLE_ROWS || kept.saturating_mul(10) <= ruled.saturating_mul(9)
-    }
-
-    /// The rows of `batch` the filled filters keep, or None when none
-    /// rules anything out (or they stopped paying).
-    pub(crate) fn mask(&mut self, batch: &RecordBatch) -> Result<Option<BooleanArray>> {
-        if self.filters.is_empty() || !Self::pays(self.ruled, self.kept) {
-            return Ok(None);
-        }
-        let mut keep: Option<BooleanArray> = None;
-        for filter in self.filters.iter() {
-            if is_partitioned_lookup(filter)? {
-                continue;
-            }
-            let value = filter.evaluate(batch)?;
-            // Not filled yet (or nothing to rule out).
-            if matches!(
-                value,
-                ColumnarValue::Scalar(ScalarValue::Boolean(Some(true)))
-            ) {
-                continue;
-            }
-            let value = boolean(value, batch.num_rows())?;
-            keep = Some(match keep {
-                Some(k) => and(&k, &value)?,
-                None => value,
-            });
-        }
-        if let Some(k) = &keep {
-            self.ruled += batch.num_rows();
-            self.kept += k.true_count();
-        }
-        Ok(keep)
-    }
-}
-
-/// Whether `filter` is currently a partitioned hash join's filter, `CASE
-/// hash_repartition % n WHEN 0 THEN .. END`: DataFusion evaluates it by
-/// splitting each batch per partition and merging the results, which
-/// costs more than the repartition and probe it saves (q12: the barrier's
-/// input took 76 ms against 29 ms). The scan still prunes with it; join
-/// filters of a collected build side (`bounds AND hash_lookup`, `IN`) stay.
-fn is_partitioned_lookup(filter: &Arc<dyn PhysicalExpr>) -> Result<bool> {
-    Ok(match filter.downcast_ref::<DynamicFilterPhysicalExpr>() {
-        Some(d) => d.current()?.is::<CaseExpr>(),
-        None => false,
-    })
-}
-
 /// `value` (a predicate's result over `rows` rows) as a boolean array.
 fn boolean(value: ColumnarValue, rows: usize) -> Result<BooleanArray> {
     let array = value.into_array(rows)?;
@@ -857,6 +783,7 @@ impl QueryPlanner for GovernedQueryPlanner {
 
 #[cfg(test)]
 pub(super) mod tests {
+    use datafusion::arrow::array::RecordBatch;
     use datafusion::datasource::provider_as_source;
     use datafusion::execution::SessionStateBuilder;
     use datafusion::logical_expr::{col, lit, LogicalPlanBuilder};
@@ -1240,95 +1167,6 @@ pub(super) mod tests {
         .await;
         assert!(counted > 0);
         assert_eq!(counted, want);
-    }
-
-    #[test]
-    fn dynamic_filters_stop_when_they_keep_nine_rows_in_ten() {
-        // Judged only after a sample.
-        assert!(DynamicRows::pays(
-            DYNAMIC_SAMPLE_ROWS - 1,
-            DYNAMIC_SAMPLE_ROWS - 1
-        ));
-        // Selective: kept on.
-        assert!(DynamicRows::pays(100_000, 10));
-        assert!(DynamicRows::pays(100_000, 90_000));
-        // Keeping more than 90 %: off.
-        assert!(!DynamicRows::pays(100_000, 90_001));
-        assert!(!DynamicRows::pays(DYNAMIC_SAMPLE_ROWS, DYNAMIC_SAMPLE_ROWS));
-    }
-
-    #[test]
-    fn a_barrier_partition_drops_a_filter_that_keeps_every_row() {
-        use datafusion::arrow::array::Int64Array;
-        use datafusion::arrow::datatypes::{DataType, Field, Schema};
-        use datafusion::logical_expr::Operator;
-        use datafusion::physical_expr::expressions::{binary, lit as plit};
-        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
-        let rows = i64::try_from(DYNAMIC_SAMPLE_ROWS).unwrap();
-        let batch = RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![Arc::new(Int64Array::from_iter_values(0..rows))],
-        )
-        .unwrap();
-        let k: Arc<dyn PhysicalExpr> = Arc::new(Column::new("k", 0));
-        let filter = |op, v: i64| binary(Arc::clone(&k), op, plit(v), &schema).unwrap();
-        // Keeps every row: applied to the sample, then no longer.
-        let mut all = DynamicRows::new(vec![filter(Operator::GtEq, 0)].into());
-        assert_eq!(
-            all.mask(&batch).unwrap().unwrap().true_count(),
-            batch.num_rows()
-        );
-        assert!(all.mask(&batch).unwrap().is_none());
-        // Keeps 1 %: applied to every batch.
-        let mut few = DynamicRows::new(vec![filter(Operator::Lt, rows / 100)].into());
-        for _ in 0..3 {
-            let kept = few.mask(&batch).unwrap().unwrap().true_count();
-            assert_eq!(kept, usize::try_from(rows / 100).unwrap());
-        }
-        // Not filled (`true`): nothing to apply, nothing counted.
-        let mut empty = DynamicRows::new(vec![plit(true)].into());
-        assert!(empty.mask(&batch).unwrap().is_none());
-        assert_eq!(empty.ruled, 0);
-    }
-
-    #[test]
-    fn a_partitioned_joins_case_filter_is_left_to_the_join() {
-        use datafusion::arrow::array::Int64Array;
-        use datafusion::arrow::datatypes::{DataType, Field, Schema};
-        use datafusion::logical_expr::Operator;
-        use datafusion::physical_expr::expressions::{binary, case, lit as plit};
-        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
-        let batch = RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![Arc::new(Int64Array::from_iter_values(0..1000))],
-        )
-        .unwrap();
-        let k: Arc<dyn PhysicalExpr> = Arc::new(Column::new("k", 0));
-        let below = |v: i64| binary(Arc::clone(&k), Operator::Lt, plit(v), &schema).unwrap();
-        let dynamic = |filled: Arc<dyn PhysicalExpr>| {
-            let d = DynamicFilterPhysicalExpr::new(vec![Arc::clone(&k)], plit(true));
-            d.update(filled).unwrap();
-            Arc::new(d) as Arc<dyn PhysicalExpr>
-        };
-        // A collected build side's filter (bounds, lookup): applied.
-        let collected = dynamic(below(10));
-        assert!(!is_partitioned_lookup(&collected).unwrap());
-        let mut rows = DynamicRows::new(vec![collected].into());
-        assert_eq!(rows.mask(&batch).unwrap().unwrap().true_count(), 10);
-        // A partitioned join's `CASE partition WHEN 0 THEN .. END`: left
-        // to the join, which drops the same rows; nothing counted.
-        let partition = binary(Arc::clone(&k), Operator::Modulo, plit(2i64), &schema).unwrap();
-        let per_partition = case(
-            Some(partition),
-            vec![(plit(0i64), below(10)), (plit(1i64), below(20))],
-            Some(plit(false)),
-        )
-        .unwrap();
-        let partitioned = dynamic(per_partition);
-        assert!(is_partitioned_lookup(&partitioned).unwrap());
-        let mut rows = DynamicRows::new(vec![partitioned].into());
-        assert!(rows.mask(&batch).unwrap().is_none());
-        assert_eq!(rows.ruled, 0);
     }
 
     #[tokio::test]

@@ -1,0 +1,367 @@
+//! Dynamic filters (join keys, TopK thresholds) applied to the rows of a
+//! barrier or of a scan, each while it pays.
+//!
+//! DataFusion gives a scan the dynamic filters of the joins above it; the
+//! scan prunes row groups and pages with them but passes on every row of
+//! what it reads. [`DynamicRows`] evaluates them on each batch of one
+//! partition, for `GovernedScanExec` (`governance/node.rs`) and
+//! `DynamicRowsExec` (`dynamic_scan.rs`):
+//!
+//! - first every filled filter on every row of the first
+//!   [`DYNAMIC_SAMPLE_ROWS`], timed; a filter that kept more than nine rows
+//!   in ten is dropped (a join's hash lookup per row, done again by the
+//!   join, for nothing), the others are ordered by cost per row over the
+//!   share of rows they drop (`adaptive_and::score`, as for filters);
+//! - then each on the rows the ones before it kept (on a copy of those once
+//!   at most a fifth remain), and dropped once it has kept more than nine in
+//!   ten of the rows it was given (q9: the orders filter keeps 85 % of
+//!   lineitem's rows but runs on the 2 % the part filter keeps).
+//!
+//! Only rows a filter can drop are counted, not rows seen before it is
+//! filled. A partitioned join's filter is applied as
+//! [`any_partition`](crate::any_partition) relaxes it (once per filled
+//! expression). Every filter only drops rows its join would not match, so
+//! which run and in what order never changes an answer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::array::{BooleanArray, RecordBatch};
+use datafusion::arrow::compute::kernels::boolean::and;
+use datafusion::arrow::datatypes::Schema;
+use datafusion::common::{internal_err, Result, ScalarValue};
+use datafusion::logical_expr::ColumnarValue;
+use datafusion::physical_expr::expressions::DynamicFilterPhysicalExpr;
+use datafusion::physical_expr::PhysicalExpr;
+
+use crate::adaptive_and::{score, truth};
+use crate::any_partition::any_partition;
+
+/// Rows a partition's dynamic filters are tried on before it judges them.
+pub(crate) const DYNAMIC_SAMPLE_ROWS: usize = 65_536;
+
+/// The dynamic filters of one partition (see the module documentation).
+pub(crate) struct DynamicRows {
+    filters: Vec<JudgedFilter>,
+    /// The order to evaluate them in, once sampled.
+    order: Option<Vec<usize>>,
+}
+
+/// One dynamic filter of [`DynamicRows`] and how it has done.
+struct JudgedFilter {
+    filter: Arc<dyn PhysicalExpr>,
+    /// The filled expression last seen and what is evaluated for it.
+    relaxed: Option<(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)>,
+    /// Rows it was evaluated on while sampling, how many it kept, and the
+    /// time that took.
+    sampled: usize,
+    sample_kept: usize,
+    nanos: u128,
+    /// Rows it ruled on once ordered (those the filters before it kept)
+    /// and how many of them it kept.
+    ruled: usize,
+    kept: usize,
+    /// No longer evaluated: it did not pay.
+    off: bool,
+}
+
+impl JudgedFilter {
+    fn new(filter: &Arc<dyn PhysicalExpr>) -> Self {
+        Self {
+            filter: Arc::clone(filter),
+            relaxed: None,
+            sampled: 0,
+            sample_kept: 0,
+            nanos: 0,
+            ruled: 0,
+            kept: 0,
+            off: false,
+        }
+    }
+
+    /// What to evaluate on batches of `schema`: a dynamic filter's current
+    /// expression, relaxed once per fill.
+    fn current(&mut self, schema: &Schema) -> Result<Arc<dyn PhysicalExpr>> {
+        let Some(dynamic) = self.filter.downcast_ref::<DynamicFilterPhysicalExpr>() else {
+            return Ok(Arc::clone(&self.filter));
+        };
+        let filled = dynamic.current()?;
+        if let Some((seen, relaxed)) = &self.relaxed {
+            if Arc::ptr_eq(seen, &filled) {
+                return Ok(Arc::clone(relaxed));
+            }
+        }
+        let relaxed = any_partition(&filled, schema)?;
+        self.relaxed = Some((filled, Arc::clone(&relaxed)));
+        Ok(relaxed)
+    }
+}
+
+impl DynamicRows {
+    pub(crate) fn new(filters: Arc<[Arc<dyn PhysicalExpr>]>) -> Self {
+        Self {
+            filters: filters.iter().map(JudgedFilter::new).collect(),
+            order: None,
+        }
+    }
+
+    /// Whether a filter that kept `kept` of `ruled` rows still pays.
+    fn pays(ruled: usize, kept: usize) -> bool {
+        ruled < DYNAMIC_SAMPLE_ROWS || kept.saturating_mul(10) <= ruled.saturating_mul(9)
+    }
+
+    /// The rows of `batch` the filled filters keep, or None when none
+    /// rules anything out (or they stopped paying).
+    pub(crate) fn mask(&mut self, batch: &RecordBatch) -> Result<Option<BooleanArray>> {
+        if self.order.is_some() {
+            return self.ordered(batch);
+        }
+        let keep = self.sample(batch)?;
+        let sampled = |f: &JudgedFilter| f.sampled >= DYNAMIC_SAMPLE_ROWS;
+        if self.filters.iter().any(sampled)
+            && self.filters.iter().all(|f| f.sampled == 0 || sampled(f))
+        {
+            self.order = Some(self.rank());
+        }
+        Ok(keep)
+    }
+
+    /// Evaluates every filter on every row of `batch`, timing each.
+    fn sample(&mut self, batch: &RecordBatch) -> Result<Option<BooleanArray>> {
+        let rows = batch.num_rows();
+        let mut keep: Option<BooleanArray> = None;
+        for judged in &mut self.filters {
+            let filter = judged.current(batch.schema_ref())?;
+            let start = Instant::now();
+            let value = filter.evaluate(batch)?;
+            let nanos = start.elapsed().as_nanos();
+            if rules_nothing(&value) {
+                continue;
+            }
+            let mask = truth(value, rows)?;
+            judged.sampled += rows;
+            judged.sample_kept += mask.true_count();
+            judged.nanos += nanos;
+            keep = Some(match keep {
+                Some(k) => and(&k, &mask)?,
+                None => mask,
+            });
+        }
+        Ok(keep)
+    }
+
+    /// Drops the sampled filters that did not pay and orders the rest,
+    /// those not filled yet last.
+    fn rank(&mut self) -> Vec<usize> {
+        for f in &mut self.filters {
+            f.off = f.sampled > 0 && !Self::pays(f.sampled, f.sample_kept);
+        }
+        let score = |f: &JudgedFilter| match f.sampled {
+            0 => f64::INFINITY,
+            rows => score(f.nanos, f.sample_kept, rows),
+        };
+        let mut order: Vec<usize> = (0..self.filters.len()).collect();
+        order.sort_by(|&a, &b| {
+            score(&self.filters[a])
+                .total_cmp(&score(&self.filters[b]))
+                .then(a.cmp(&b))
+        });
+        order
+    }
+
+    /// Evaluates the filters in order, each on the rows the ones before
+    /// kept, judging each on those rows.
+    fn ordered(&mut self, batch: &RecordBatch) -> Result<Option<BooleanArray>> {
+        let Some(order) = &self.order else {
+            return internal_err!("dynamic filters evaluated in order before being ordered");
+        };
+        let rows = batch.num_rows();
+        let mut keep: Option<BooleanArray> = None;
+        for &i in order {
+            let Some(judged) = self.filters.get_mut(i) else {
+                return internal_err!("dynamic filter {i} out of range");
+            };
+            if judged.off {
+                continue;
+            }
+            let filter = judged.current(batch.schema_ref())?;
+            let before = keep.as_ref().map_or(rows, |k| k.true_count());
+            let value = match &keep {
+                // At most a fifth left (DataFusion's threshold for `AND`).
+                Some(k) if before * 5 <= rows => filter.evaluate_selection(batch, k)?,
+                _ => filter.evaluate(batch)?,
+            };
+            if rules_nothing(&value) {
+                continue;
+            }
+            let mask = truth(value, rows)?;
+            let next = match keep {
+                Some(k) => and(&k, &mask)?,
+                None => mask,
+            };
+            let after = next.true_count();
+            judged.ruled += before;
+            judged.kept += after;
+            judged.off = !Self::pays(judged.ruled, judged.kept);
+            keep = Some(next);
+            if after == 0 {
+                break;
+            }
+        }
+        Ok(keep)
+    }
+}
+
+/// Whether a filter's value is `true` for every row (not filled yet, or
+/// nothing to rule out).
+fn rules_nothing(value: &ColumnarValue) -> bool {
+    matches!(
+        value,
+        ColumnarValue::Scalar(ScalarValue::Boolean(Some(true)))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field};
+    use datafusion::logical_expr::Operator;
+    use datafusion::physical_expr::expressions::{binary, case, col, in_list, lit};
+
+    fn schema() -> Arc<Schema> {
+        Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]))
+    }
+
+    /// Keys `0..rows`.
+    fn batch(rows: i64) -> RecordBatch {
+        RecordBatch::try_new(
+            schema(),
+            vec![Arc::new(Int64Array::from_iter_values(0..rows))],
+        )
+        .unwrap()
+    }
+
+    fn k() -> Arc<dyn PhysicalExpr> {
+        col("k", &schema()).unwrap()
+    }
+
+    /// `k op v`.
+    fn compare(op: Operator, v: i64) -> Arc<dyn PhysicalExpr> {
+        binary(k(), op, lit(v), &schema()).unwrap()
+    }
+
+    /// `k % m = 0`.
+    fn multiple_of(m: i64) -> Arc<dyn PhysicalExpr> {
+        let modulo = binary(k(), Operator::Modulo, lit(m), &schema()).unwrap();
+        binary(modulo, Operator::Eq, lit(0i64), &schema()).unwrap()
+    }
+
+    fn sample_rows() -> i64 {
+        i64::try_from(DYNAMIC_SAMPLE_ROWS).unwrap()
+    }
+
+    #[test]
+    fn dynamic_filters_stop_when_they_keep_nine_rows_in_ten() {
+        // Judged only after a sample.
+        assert!(DynamicRows::pays(
+            DYNAMIC_SAMPLE_ROWS - 1,
+            DYNAMIC_SAMPLE_ROWS - 1
+        ));
+        // Selective: kept on.
+        assert!(DynamicRows::pays(100_000, 10));
+        assert!(DynamicRows::pays(100_000, 90_000));
+        // Keeping more than 90 %: off.
+        assert!(!DynamicRows::pays(100_000, 90_001));
+        assert!(!DynamicRows::pays(DYNAMIC_SAMPLE_ROWS, DYNAMIC_SAMPLE_ROWS));
+    }
+
+    #[test]
+    fn a_partition_drops_a_filter_that_keeps_every_row() {
+        let rows = sample_rows();
+        let batch = batch(rows);
+        // Keeps every row: applied to the sample, then no longer.
+        let mut all = DynamicRows::new(vec![compare(Operator::GtEq, 0)].into());
+        assert_eq!(
+            all.mask(&batch).unwrap().unwrap().true_count(),
+            batch.num_rows()
+        );
+        assert!(all.mask(&batch).unwrap().is_none());
+        // Keeps 1 %: applied to every batch.
+        let mut few = DynamicRows::new(vec![compare(Operator::Lt, rows / 100)].into());
+        for _ in 0..3 {
+            let kept = few.mask(&batch).unwrap().unwrap().true_count();
+            assert_eq!(kept, usize::try_from(rows / 100).unwrap());
+        }
+        // Each filter judged on its own: with both, the one keeping every
+        // row stops after the sample, the selective one goes on.
+        let mut both = DynamicRows::new(
+            vec![
+                compare(Operator::GtEq, 0),
+                compare(Operator::Lt, rows / 100),
+            ]
+            .into(),
+        );
+        for _ in 0..3 {
+            let kept = both.mask(&batch).unwrap().unwrap().true_count();
+            assert_eq!(kept, usize::try_from(rows / 100).unwrap());
+        }
+        assert!(both.filters[0].off && !both.filters[1].off);
+        // Not filled (`true`): nothing to apply, nothing counted.
+        let mut empty = DynamicRows::new(vec![lit(true)].into());
+        assert!(empty.mask(&batch).unwrap().is_none());
+        assert_eq!(empty.filters[0].sampled, 0);
+    }
+
+    #[test]
+    fn the_selective_filter_runs_first_and_a_redundant_one_stops() {
+        let batch = batch(sample_rows());
+        // Listed first: keeps half. Listed second: keeps one row in 64,
+        // all of them even.
+        let mut rows = DynamicRows::new(vec![multiple_of(2), multiple_of(64)].into());
+        let want = batch.num_rows() / 64;
+        assert_eq!(rows.mask(&batch).unwrap().unwrap().true_count(), want);
+        assert_eq!(rows.order, Some(vec![1, 0]));
+        assert!(!rows.filters[0].off, "half the rows dropped alone");
+        // Run on the rows `% 64` kept, `% 2` keeps all of them: it stops
+        // once it has ruled on a sample of them.
+        for _ in 0..64 {
+            assert_eq!(rows.mask(&batch).unwrap().unwrap().true_count(), want);
+        }
+        assert!(rows.filters[0].off);
+        assert!(!rows.filters[1].off);
+        assert_eq!(rows.mask(&batch).unwrap().unwrap().true_count(), want);
+    }
+
+    #[test]
+    fn a_partitioned_joins_case_filter_is_applied_as_any_partitions() {
+        let batch = batch(1000);
+        let member = |values: &[i64]| {
+            let values = values.iter().map(|&v| lit(v)).collect();
+            in_list(k(), values, &false, &schema()).unwrap()
+        };
+        let dynamic = Arc::new(DynamicFilterPhysicalExpr::new(vec![k()], lit(true)));
+        let filter = Arc::clone(&dynamic) as Arc<dyn PhysicalExpr>;
+        let mut rows = DynamicRows::new(vec![filter].into());
+        // Not filled: nothing applied, nothing counted.
+        assert!(rows.mask(&batch).unwrap().is_none());
+        assert_eq!(rows.filters[0].sampled, 0);
+        // A collected build side's filter (bounds, lookup): applied.
+        dynamic.update(compare(Operator::Lt, 10)).unwrap();
+        assert_eq!(rows.mask(&batch).unwrap().unwrap().true_count(), 10);
+        // A partitioned join's `CASE partition WHEN 0 THEN .. END`: each
+        // partition's keys kept, the lists merged into one.
+        let partition = binary(k(), Operator::Modulo, lit(2i64), &schema()).unwrap();
+        let per_partition = case(
+            Some(partition),
+            vec![(lit(0i64), member(&[2, 4])), (lit(1i64), member(&[7]))],
+            Some(lit(false)),
+        )
+        .unwrap();
+        dynamic.update(per_partition).unwrap();
+        assert_eq!(rows.mask(&batch).unwrap().unwrap().true_count(), 3);
+        let (_, relaxed) = rows.filters[0].relaxed.as_ref().unwrap();
+        assert!(!relaxed.to_string().contains("CASE"), "{relaxed}");
+        assert_eq!(rows.filters[0].sampled, 2000);
+    }
+}
