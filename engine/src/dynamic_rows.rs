@@ -20,7 +20,8 @@
 //! Only rows a filter can drop are counted, not rows seen before it is
 //! filled. A partitioned join's filter is applied as
 //! [`any_partition`](crate::any_partition) relaxes it (once per filled
-//! expression). Every filter only drops rows its join would not match, so
+//! expression): one `IN` list, or nothing when its partitions look up hash
+//! tables. Every filter only drops rows its join would not match, so
 //! which run and in what order never changes an answer.
 
 use std::sync::Arc;
@@ -50,8 +51,9 @@ pub(crate) struct DynamicRows {
 /// One dynamic filter of [`DynamicRows`] and how it has done.
 struct JudgedFilter {
     filter: Arc<dyn PhysicalExpr>,
-    /// The filled expression last seen and what is evaluated for it.
-    relaxed: Option<(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)>,
+    /// The filled expression last seen and what is evaluated for it
+    /// (None: nothing, it is left to its join).
+    relaxed: Option<(Arc<dyn PhysicalExpr>, Option<Arc<dyn PhysicalExpr>>)>,
     /// Rows it was evaluated on while sampling, how many it kept, and the
     /// time that took.
     sampled: usize,
@@ -80,19 +82,19 @@ impl JudgedFilter {
     }
 
     /// What to evaluate on batches of `schema`: a dynamic filter's current
-    /// expression, relaxed once per fill.
-    fn current(&mut self, schema: &Schema) -> Result<Arc<dyn PhysicalExpr>> {
+    /// expression, relaxed once per fill; None when it is left to its join.
+    fn current(&mut self, schema: &Schema) -> Result<Option<Arc<dyn PhysicalExpr>>> {
         let Some(dynamic) = self.filter.downcast_ref::<DynamicFilterPhysicalExpr>() else {
-            return Ok(Arc::clone(&self.filter));
+            return Ok(Some(Arc::clone(&self.filter)));
         };
         let filled = dynamic.current()?;
         if let Some((seen, relaxed)) = &self.relaxed {
             if Arc::ptr_eq(seen, &filled) {
-                return Ok(Arc::clone(relaxed));
+                return Ok(relaxed.clone());
             }
         }
         let relaxed = any_partition(&filled, schema)?;
-        self.relaxed = Some((filled, Arc::clone(&relaxed)));
+        self.relaxed = Some((filled, relaxed.clone()));
         Ok(relaxed)
     }
 }
@@ -131,7 +133,9 @@ impl DynamicRows {
         let rows = batch.num_rows();
         let mut keep: Option<BooleanArray> = None;
         for judged in &mut self.filters {
-            let filter = judged.current(batch.schema_ref())?;
+            let Some(filter) = judged.current(batch.schema_ref())? else {
+                continue;
+            };
             let start = Instant::now();
             let value = filter.evaluate(batch)?;
             let nanos = start.elapsed().as_nanos();
@@ -184,7 +188,9 @@ impl DynamicRows {
             if judged.off {
                 continue;
             }
-            let filter = judged.current(batch.schema_ref())?;
+            let Some(filter) = judged.current(batch.schema_ref())? else {
+                continue;
+            };
             let before = keep.as_ref().map_or(rows, |k| k.true_count());
             let value = match &keep {
                 // At most a fifth left (DataFusion's threshold for `AND`).
@@ -361,7 +367,22 @@ mod tests {
         dynamic.update(per_partition).unwrap();
         assert_eq!(rows.mask(&batch).unwrap().unwrap().true_count(), 3);
         let (_, relaxed) = rows.filters[0].relaxed.as_ref().unwrap();
+        let relaxed = relaxed.as_ref().unwrap();
         assert!(!relaxed.to_string().contains("CASE"), "{relaxed}");
+        assert_eq!(rows.filters[0].sampled, 2000);
+        // Per-partition lookups that are not `IN` lists: left to the join.
+        let partition = binary(k(), Operator::Modulo, lit(2i64), &schema()).unwrap();
+        let lookups = case(
+            Some(partition),
+            vec![
+                (lit(0i64), compare(Operator::Lt, 10)),
+                (lit(1i64), compare(Operator::Lt, 20)),
+            ],
+            Some(lit(false)),
+        )
+        .unwrap();
+        dynamic.update(lookups).unwrap();
+        assert!(rows.mask(&batch).unwrap().is_none());
         assert_eq!(rows.filters[0].sampled, 2000);
     }
 }
