@@ -30,10 +30,12 @@ use std::time::Instant;
 use datafusion::arrow::array::{BooleanArray, RecordBatch};
 use datafusion::arrow::compute::kernels::boolean::and;
 use datafusion::arrow::datatypes::Schema;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{internal_err, Result, ScalarValue};
 use datafusion::logical_expr::ColumnarValue;
-use datafusion::physical_expr::expressions::DynamicFilterPhysicalExpr;
+use datafusion::physical_expr::expressions::{lit, DynamicFilterPhysicalExpr};
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::joins::HashTableLookupExpr;
 
 use crate::adaptive_and::{score, truth};
 use crate::any_partition::any_partition;
@@ -65,6 +67,10 @@ struct JudgedFilter {
     kept: usize,
     /// No longer evaluated: it did not pay.
     off: bool,
+    /// Its join probes these rows directly: a hash table lookup is left to
+    /// the join, which does the same lookup for no more (its bounds are
+    /// still applied).
+    own: bool,
 }
 
 impl JudgedFilter {
@@ -78,6 +84,7 @@ impl JudgedFilter {
             ruled: 0,
             kept: 0,
             off: false,
+            own: false,
         }
     }
 
@@ -93,7 +100,20 @@ impl JudgedFilter {
                 return Ok(relaxed.clone());
             }
         }
-        let relaxed = any_partition(&filled, schema)?;
+        let mut relaxed = any_partition(&filled, schema)?;
+        if let (true, Some(r)) = (self.own, &relaxed) {
+            // `bounds AND lookup` → `bounds AND true`: a superset, as any
+            // lookup sits in a conjunction or disjunction.
+            let bounds = Arc::clone(r).transform(|e| {
+                Ok(match e.is::<HashTableLookupExpr>() {
+                    true => Transformed::yes(lit(true)),
+                    false => Transformed::no(e),
+                })
+            })?;
+            if bounds.transformed {
+                relaxed = Some(bounds.data);
+            }
+        }
         self.relaxed = Some((filled, relaxed.clone()));
         Ok(relaxed)
     }
@@ -105,6 +125,15 @@ impl DynamicRows {
             filters: filters.iter().map(JudgedFilter::new).collect(),
             order: None,
         }
+    }
+
+    /// Flags the filters whose join probes these rows directly (`own`,
+    /// one flag per filter).
+    pub(crate) fn probed_by(mut self, own: &[bool]) -> Self {
+        for (f, own) in self.filters.iter_mut().zip(own) {
+            f.own = *own;
+        }
+        self
     }
 
     /// Whether a filter that kept `kept` of `ruled` rows still pays.

@@ -32,8 +32,11 @@ use datafusion::physical_expr::expressions::DynamicFilterPhysicalExpr;
 use datafusion::physical_expr::utils::reassign_expr_columns;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, StatisticsArgs,
@@ -41,6 +44,7 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 
 use crate::dynamic_rows::DynamicRows;
+use crate::timeslice::TimesliceExec;
 
 /// The physical optimizer rule (see the module documentation). It runs
 /// after DataFusion's post-optimization filter pushdown, which hands the
@@ -54,9 +58,21 @@ impl PhysicalOptimizerRule for DynamicScanRows {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        // Per scan probed directly by a hash join: that join's filter.
+        let mut direct: Vec<(*const (), u64)> = vec![];
         plan.transform_down(|node| {
             if node.is::<DynamicRowsExec>() {
                 return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
+            }
+            if let Some(join) = node.downcast_ref::<HashJoinExec>() {
+                if let Some(scan) = probed_scan(join.right()) {
+                    let scan = Arc::as_ptr(scan) as *const ();
+                    for filter in join.dynamic_expressions_produced() {
+                        if let Some(id) = filter.expression_id() {
+                            direct.push((scan, id));
+                        }
+                    }
+                }
             }
             if !node.is::<DataSourceExec>() {
                 return Ok(Transformed::no(node));
@@ -65,6 +81,19 @@ impl PhysicalOptimizerRule for DynamicScanRows {
             if filters.is_empty() {
                 return Ok(Transformed::no(node));
             }
+            let scan = Arc::as_ptr(&node) as *const ();
+            let probed_by: Vec<u64> = direct
+                .iter()
+                .filter(|(s, _)| *s == scan)
+                .map(|(_, id)| *id)
+                .collect();
+            let filters = filters
+                .into_iter()
+                .map(|f| {
+                    let own = f.expression_id().is_some_and(|id| probed_by.contains(&id));
+                    (f, own)
+                })
+                .collect();
             let wrapped: Arc<dyn ExecutionPlan> = Arc::new(DynamicRowsExec::new(node, filters));
             Ok(Transformed::new(wrapped, true, TreeNodeRecursion::Jump))
         })
@@ -77,6 +106,24 @@ impl PhysicalOptimizerRule for DynamicScanRows {
 
     fn schema_check(&self) -> bool {
         true
+    }
+}
+
+/// The scan a join's probe side is, through nodes that neither drop nor
+/// move rows (the join itself would probe every row the scan passes).
+fn probed_scan(probe: &Arc<dyn ExecutionPlan>) -> Option<&Arc<dyn ExecutionPlan>> {
+    let mut node = probe;
+    loop {
+        if node.is::<DataSourceExec>() {
+            return Some(node);
+        }
+        let thin = node.is::<CooperativeExec>()
+            || node.is::<TimesliceExec>()
+            || node.is::<ProjectionExec>();
+        match (thin, node.children().as_slice()) {
+            (true, [child]) => node = child,
+            _ => return None,
+        }
     }
 }
 
@@ -107,15 +154,21 @@ fn dynamic_filters(scan: &Arc<dyn ExecutionPlan>) -> Result<Vec<Arc<dyn Physical
 pub struct DynamicRowsExec {
     input: Arc<dyn ExecutionPlan>,
     filters: Arc<[Arc<dyn PhysicalExpr>]>,
+    /// Per filter: whether its join probes this scan's rows directly.
+    own: Arc<[bool]>,
     metrics: ExecutionPlanMetricsSet,
 }
 
 impl DynamicRowsExec {
-    /// `input`'s rows that `filters` (over its schema) keep.
-    pub fn new(input: Arc<dyn ExecutionPlan>, filters: Vec<Arc<dyn PhysicalExpr>>) -> Self {
+    /// `input`'s rows that `filters` (over its schema) keep; each flagged
+    /// when its join probes `input` directly, so a hash table lookup, as
+    /// costly as that probe, is left to the join.
+    pub fn new(input: Arc<dyn ExecutionPlan>, filters: Vec<(Arc<dyn PhysicalExpr>, bool)>) -> Self {
+        let (filters, own): (Vec<_>, Vec<_>) = filters.into_iter().unzip();
         Self {
             input,
             filters: filters.into(),
+            own: own.into(),
             metrics: ExecutionPlanMetricsSet::new(),
         }
     }
@@ -178,6 +231,7 @@ impl ExecutionPlan for DynamicRowsExec {
         Ok(Arc::new(Self {
             input: children.swap_remove(0),
             filters: Arc::clone(&self.filters),
+            own: Arc::clone(&self.own),
             metrics: ExecutionPlanMetricsSet::new(),
         }))
     }
@@ -199,7 +253,7 @@ impl ExecutionPlan for DynamicRowsExec {
     ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context)?;
         let schema = input.schema();
-        let mut rows = DynamicRows::new(Arc::clone(&self.filters));
+        let mut rows = DynamicRows::new(Arc::clone(&self.filters)).probed_by(&self.own);
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let stream = input.map(move |batch| {
             let batch = batch?;
@@ -337,6 +391,34 @@ mod tests {
             .map(|(_, r)| *r)
             .collect();
         assert_eq!(scanned, vec![3], "{rows:?}");
+    }
+
+    #[tokio::test]
+    async fn a_join_probing_the_scan_itself_keeps_its_hash_lookup() {
+        // 300 build keys (more than DataFusion's 150 for an `IN` list): the
+        // filter is `bounds AND hash_lookup`. The join probes the scan's
+        // rows directly, with the same lookup, so the scan applies only
+        // the bounds (2..=600 of 1..=1000).
+        let fast = ctx(true).await;
+        let many = "CREATE TABLE many AS SELECT value * 2 AS id FROM generate_series(1, 300)";
+        fast.sql(many).await.unwrap().collect().await.unwrap();
+        let slow = ctx(false).await;
+        slow.sql(many).await.unwrap().collect().await.unwrap();
+        let sql = "SELECT count(*), min(e.employee_id), max(e.employee_id) \
+            FROM many JOIN employees e ON e.employee_id = many.id";
+        let (got, rows) = run(&fast, sql).await;
+        assert_eq!(got, run(&slow, sql).await.0);
+        assert!(got.contains("| 300      | 2 "), "{got}");
+        let text = displayable(physical(&fast, sql).await.as_ref())
+            .indent(true)
+            .to_string();
+        assert!(text.contains("mode=CollectLeft"), "{text}");
+        let scanned: Vec<usize> = rows
+            .iter()
+            .filter(|(n, _)| n == "DynamicRowsExec")
+            .map(|(_, r)| *r)
+            .collect();
+        assert_eq!(scanned, vec![599], "{rows:?}");
     }
 
     #[tokio::test]
