@@ -34,7 +34,7 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{internal_err, Result, ScalarValue};
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::expressions::{lit, DynamicFilterPhysicalExpr};
-use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::{PhysicalExpr, PhysicalExprRef};
 use datafusion::physical_plan::joins::HashTableLookupExpr;
 
 use crate::adaptive_and::{score, truth};
@@ -55,7 +55,7 @@ struct JudgedFilter {
     filter: Arc<dyn PhysicalExpr>,
     /// The filled expression last seen and what is evaluated for it
     /// (None: nothing, it is left to its join).
-    relaxed: Option<(Arc<dyn PhysicalExpr>, Option<Arc<dyn PhysicalExpr>>)>,
+    relaxed: Option<(Arc<dyn PhysicalExpr>, Option<PhysicalExprRef>)>,
     /// Rows it was evaluated on while sampling, how many it kept, and the
     /// time that took.
     sampled: usize,
