@@ -348,6 +348,20 @@ mod tests {
         (text, rows)
     }
 
+    /// The output rows of every node named `name`.
+    fn output_rows(rows: &[(String, usize)], name: &str) -> Vec<usize> {
+        rows.iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, r)| *r)
+            .collect()
+    }
+
+    async fn plan_text(ctx: &SessionContext, sql: &str) -> String {
+        let plan = physical(ctx, sql).await;
+        let text = displayable(plan.as_ref()).indent(true).to_string();
+        text
+    }
+
     const JOIN: &str = "SELECT e.employee_id, e.region FROM ids JOIN employees e \
         ON e.employee_id = ids.id ORDER BY e.employee_id";
 
@@ -356,12 +370,7 @@ mod tests {
         let (got, rows) = run(&ctx(true).await, JOIN).await;
         assert_eq!(got, run(&ctx(false).await, JOIN).await.0);
         assert_eq!(got.lines().count(), 7, "three matches:\n{got}");
-        let of = |name: &str| -> Vec<usize> {
-            rows.iter()
-                .filter(|(n, _)| n == name)
-                .map(|(_, r)| *r)
-                .collect()
-        };
+        let of = |name: &str| output_rows(&rows, name);
         // The scan read every row; only the three the build keys name
         // reached the join.
         assert_eq!(of("DataSourceExec").iter().max(), Some(&1000), "{rows:?}");
@@ -378,18 +387,12 @@ mod tests {
         optimizer.hash_join_single_partition_threshold = 0;
         optimizer.hash_join_single_partition_threshold_rows = 0;
         let partitioned = ctx_with(true, config.clone()).await;
-        let text = displayable(physical(&partitioned, JOIN).await.as_ref())
-            .indent(true)
-            .to_string();
+        let text = plan_text(&partitioned, JOIN).await;
         assert!(text.contains("mode=Partitioned"), "{text}");
         let (got, rows) = run(&partitioned, JOIN).await;
         assert_eq!(got, run(&ctx_with(false, config).await, JOIN).await.0);
         assert_eq!(got.lines().count(), 7, "three matches:\n{got}");
-        let scanned: Vec<usize> = rows
-            .iter()
-            .filter(|(n, _)| n == "DynamicRowsExec")
-            .map(|(_, r)| *r)
-            .collect();
+        let scanned = output_rows(&rows, "DynamicRowsExec");
         assert_eq!(scanned, vec![3], "{rows:?}");
     }
 
@@ -409,15 +412,9 @@ mod tests {
         let (got, rows) = run(&fast, sql).await;
         assert_eq!(got, run(&slow, sql).await.0);
         assert!(got.contains("| 300      | 2 "), "{got}");
-        let text = displayable(physical(&fast, sql).await.as_ref())
-            .indent(true)
-            .to_string();
+        let text = plan_text(&fast, sql).await;
         assert!(text.contains("mode=CollectLeft"), "{text}");
-        let scanned: Vec<usize> = rows
-            .iter()
-            .filter(|(n, _)| n == "DynamicRowsExec")
-            .map(|(_, r)| *r)
-            .collect();
+        let scanned = output_rows(&rows, "DynamicRowsExec");
         assert_eq!(scanned, vec![599], "{rows:?}");
     }
 
