@@ -144,8 +144,8 @@ impl DynamicRows {
     /// The rows of `batch` the filled filters keep, or None when none
     /// rules anything out (or they stopped paying).
     pub(crate) fn mask(&mut self, batch: &RecordBatch) -> Result<Option<BooleanArray>> {
-        if self.order.is_some() {
-            return self.ordered(batch);
+        if let Some(order) = &self.order {
+            return Self::ordered(&mut self.filters, order, batch);
         }
         let keep = self.sample(batch)?;
         let sampled = |f: &JudgedFilter| f.sampled >= DYNAMIC_SAMPLE_ROWS;
@@ -189,29 +189,30 @@ impl DynamicRows {
         for f in &mut self.filters {
             f.off = f.sampled > 0 && !Self::pays(f.sampled, f.sample_kept);
         }
-        let score = |f: &JudgedFilter| match f.sampled {
-            0 => f64::INFINITY,
-            rows => score(f.nanos, f.sample_kept, rows),
-        };
-        let mut order: Vec<usize> = (0..self.filters.len()).collect();
-        order.sort_by(|&a, &b| {
-            score(&self.filters[a])
-                .total_cmp(&score(&self.filters[b]))
-                .then(a.cmp(&b))
-        });
+        let priority: Vec<f64> = self
+            .filters
+            .iter()
+            .map(|f| match f.sampled {
+                0 => f64::INFINITY,
+                rows => score(f.nanos, f.sample_kept, rows),
+            })
+            .collect();
+        let mut order: Vec<usize> = (0..priority.len()).collect();
+        order.sort_by(|&a, &b| priority[a].total_cmp(&priority[b]).then(a.cmp(&b)));
         order
     }
 
     /// Evaluates the filters in order, each on the rows the ones before
     /// kept, judging each on those rows.
-    fn ordered(&mut self, batch: &RecordBatch) -> Result<Option<BooleanArray>> {
-        let Some(order) = &self.order else {
-            return internal_err!("dynamic filters evaluated in order before being ordered");
-        };
+    fn ordered(
+        filters: &mut [JudgedFilter],
+        order: &[usize],
+        batch: &RecordBatch,
+    ) -> Result<Option<BooleanArray>> {
         let rows = batch.num_rows();
         let mut keep: Option<BooleanArray> = None;
         for &i in order {
-            let Some(judged) = self.filters.get_mut(i) else {
+            let Some(judged) = filters.get_mut(i) else {
                 return internal_err!("dynamic filter {i} out of range");
             };
             if judged.off {

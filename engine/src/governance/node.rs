@@ -1176,8 +1176,23 @@ pub(super) mod tests {
         // by statistics only): once the build side (two employees) is
         // known, the barrier passes on only the rows that can match, not
         // every US employee, and the answer is the same.
-        for masked in [vec![], vec!["salary".to_string()]] {
-            let ctx = SessionContext::new_with_state(governed_state());
+        // Also with both sides hash partitioned: the join's filter is then
+        // one `IN` list per partition, which the barrier applies as one
+        // list (`any_partition.rs`), still after its policy.
+        let cases = [
+            (vec![], false),
+            (vec!["salary".to_string()], false),
+            (vec![], true),
+        ];
+        for (masked, partitioned) in cases {
+            let mut state = governed_state();
+            if partitioned {
+                let options = state.config_mut().options_mut();
+                options.execution.target_partitions = 2;
+                options.optimizer.hash_join_single_partition_threshold = 0;
+                options.optimizer.hash_join_single_partition_threshold_rows = 0;
+            }
+            let ctx = SessionContext::new_with_state(state);
             let picked = picked_employee_ids(&ctx).await;
             let employees = employees_scan(&ctx, "employees").await;
             let barrier = us_only(employees.build().unwrap(), masked.clone());
@@ -1194,11 +1209,13 @@ pub(super) mod tests {
             )
             .await;
             let us = count(&ctx, "SELECT count(*) FROM employees WHERE region = 'US'").await;
-            assert_eq!(joined, want, "{masked:?}");
+            assert_eq!(joined, want, "{masked:?} {partitioned}");
+            let text = displayable(plan.as_ref()).indent(true).to_string();
+            assert_eq!(text.contains("mode=Partitioned"), partitioned, "{text}");
             let exec = find_barrier(&plan).expect("a barrier");
             let passed = exec.metrics().and_then(|m| m.output_rows()).unwrap();
             assert!(us > 100, "{us}");
-            assert_eq!(passed, want, "{masked:?}");
+            assert_eq!(passed, want, "{masked:?} {partitioned}");
         }
     }
 
