@@ -52,7 +52,7 @@ use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
 /// The alias of a copied relation; also how the rule recognises an
 /// aggregate it has already reduced.
-const REDUCER: &str = "__veil_group_reducer";
+pub(crate) const REDUCER: &str = "__veil_group_reducer";
 
 /// The optimizer rule (see the module documentation).
 #[derive(Debug, Default)]

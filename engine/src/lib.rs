@@ -33,6 +33,7 @@ pub mod policy;
 pub mod principal;
 pub mod project;
 pub mod semi_join;
+mod shared_join;
 pub mod shared_plan;
 pub mod sql_guard;
 pub mod statement;

@@ -10,9 +10,11 @@
 //! executes its input into memory (accounted to the statement's memory
 //! pool), and the others read those batches instead of running their own.
 //!
-//! Only aggregates are shared: their output is at most the groups the
-//! aggregate itself held in memory, and they are where repeated work is
-//! large. Equal subtrees compute equal results (a plan without volatile
+//! Only aggregates are shared here: their output is at most the groups
+//! the aggregate itself held in memory, and they are where repeated work
+//! is large. One kind of join is shared too, found first by
+//! `shared_join.rs`: the join a reduced aggregate's semi join copies
+//! (TPC-H q17); its output is what the reducer's selective filter left. Equal subtrees compute equal results (a plan without volatile
 //! functions is a pure function of its input files, read in the same
 //! statement), so which occurrence runs does not matter. A recursive
 //! query's terms run once per iteration and are left alone. A governed subtree is shared whole, barrier and
@@ -53,9 +55,11 @@ use futures::{StreamExt, TryStreamExt};
 /// `plan` with every aggregate that occurs more than once (outside other
 /// repeated aggregates) wrapped in a [`SharedNode`] per occurrence.
 pub fn share_repeated(plan: LogicalPlan) -> Result<LogicalPlan> {
+    // Joins first (`shared_join.rs`); what they share is left alone here.
+    let (plan, first_id) = crate::shared_join::share_reduced_joins(plan, 0)?;
     let mut seen: HashMap<LogicalPlan, usize> = HashMap::new();
     plan.apply_with_subqueries(|node| {
-        if matches!(node, LogicalPlan::RecursiveQuery(_)) {
+        if matches!(node, LogicalPlan::RecursiveQuery(_)) || is_shared(node) {
             return Ok(TreeNodeRecursion::Jump);
         }
         if matches!(node, LogicalPlan::Aggregate(_)) && !is_volatile(node)? {
@@ -70,7 +74,7 @@ pub fn share_repeated(plan: LogicalPlan) -> Result<LogicalPlan> {
     // Occurrences that are not inside another repeated aggregate.
     let mut outer: HashMap<LogicalPlan, usize> = HashMap::new();
     plan.apply_with_subqueries(|node| {
-        if matches!(node, LogicalPlan::RecursiveQuery(_)) {
+        if matches!(node, LogicalPlan::RecursiveQuery(_)) || is_shared(node) {
             return Ok(TreeNodeRecursion::Jump);
         }
         if seen.contains_key(node) {
@@ -83,13 +87,16 @@ pub fn share_repeated(plan: LogicalPlan) -> Result<LogicalPlan> {
         .into_iter()
         .filter(|(_, n)| *n > 1)
         .enumerate()
-        .map(|(id, (node, consumers))| (node, Arc::new(SharedState::new(id, consumers))))
+        .map(|(id, (node, consumers))| {
+            let state = SharedState::new(first_id + id, consumers);
+            (node, Arc::new(state))
+        })
         .collect();
     if states.is_empty() {
         return Ok(plan);
     }
     plan.transform_down_with_subqueries(|node| match states.get_mut(&node) {
-        _ if matches!(node, LogicalPlan::RecursiveQuery(_)) => {
+        _ if matches!(node, LogicalPlan::RecursiveQuery(_)) || is_shared(&node) => {
             Ok(Transformed::new(node, false, TreeNodeRecursion::Jump))
         }
         Some(state) => {
@@ -107,6 +114,11 @@ pub fn share_repeated(plan: LogicalPlan) -> Result<LogicalPlan> {
     .map(|t| t.data)
 }
 
+/// Whether `node` is a [`SharedNode`] already.
+fn is_shared(node: &LogicalPlan) -> bool {
+    matches!(node, LogicalPlan::Extension(e) if e.node.as_any().is::<SharedNode>())
+}
+
 /// Whether a plan calls a volatile function (`random()`): two occurrences
 /// may differ, so they are not shared.
 fn is_volatile(plan: &LogicalPlan) -> Result<bool> {
@@ -119,6 +131,18 @@ fn is_volatile(plan: &LogicalPlan) -> Result<bool> {
 pub struct SharedNode {
     input: LogicalPlan,
     state: Arc<SharedState>,
+}
+
+impl SharedNode {
+    /// One of `consumers` occurrences of `input`, sharing state `id`; the
+    /// caller makes one node per occurrence from one [`SharedNode`]
+    /// (clones share the state).
+    pub(crate) fn new(input: LogicalPlan, id: usize, consumers: usize) -> Self {
+        Self {
+            input,
+            state: Arc::new(SharedState::new(id, consumers)),
+        }
+    }
 }
 
 impl PartialEq for SharedNode {
@@ -462,7 +486,7 @@ impl ExecutionPlan for SharedExec {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use datafusion::arrow::util::pretty::pretty_format_batches;
     use datafusion::execution::SessionStateBuilder;
     use datafusion::physical_plan::{collect, displayable};
@@ -492,7 +516,7 @@ mod tests {
     }
 
     /// The answer and the executed physical plan.
-    async fn run(ctx: &SessionContext, sql: &str) -> (String, Arc<dyn ExecutionPlan>) {
+    pub(crate) async fn run(ctx: &SessionContext, sql: &str) -> (String, Arc<dyn ExecutionPlan>) {
         let plan = ctx
             .sql(sql)
             .await
@@ -505,7 +529,7 @@ mod tests {
     }
 
     /// Per `SharedExec`, the rows its own input produced (None: never ran).
-    fn shared_inputs(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<Option<usize>>) {
+    pub(crate) fn shared_inputs(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<Option<usize>>) {
         if plan.name() == "SharedExec" {
             let input = plan.children()[0];
             out.push(input.metrics().and_then(|m| m.output_rows()));

@@ -995,6 +995,45 @@ async fn a_grouped_subquery_reduced_by_a_governed_join_answers_as_before() {
     }
 }
 
+/// q17's shape over governed sources (`shared_join.rs`): transactions
+/// under their card's average amount. The transactions table is behind
+/// bob's barrier (US rows), so the join is not shared; the answer is bob's
+/// (only US transactions, as a shape the rules leave alone answers) and
+/// no file or shared join shows in EXPLAIN ANALYZE.
+#[tokio::test]
+async fn an_average_over_a_governed_join_stays_behind_the_barrier() {
+    let (_d, engine) = demo().await;
+    let mut bob = engine.session("bob");
+    let query = |filter: &str| {
+        format!(
+            "SELECT count(*), sum(amount), min(transactions.region), max(transactions.region) \
+             FROM sales.transactions, payments.cards \
+             WHERE cards.card_id = transactions.card_id AND {filter} \
+             AND amount < (SELECT 0.8 * avg(amount) FROM sales.transactions \
+             WHERE transactions.card_id = cards.card_id)"
+        )
+    };
+    let reduced = query("cards.region = 'US'");
+    let whole = query("cards.region >= 'US' AND cards.region <= 'US'");
+    let plan = q(&mut bob, &format!("EXPLAIN {reduced}"))
+        .await
+        .concat()
+        .join("\n");
+    assert!(plan.contains("__veil_group_reducer"), "{plan}");
+    assert!(!plan.contains("SharedExec"), "{plan}");
+    let got = q(&mut bob, &reduced).await;
+    assert_eq!(got, q(&mut bob, &whole).await);
+    // Some transactions, all of them US ones.
+    assert_ne!(got[0][0], "0", "{got:?}");
+    assert_eq!((got[0][2].as_str(), got[0][3].as_str()), ("US", "US"));
+    let analyzed = q(&mut bob, &format!("EXPLAIN ANALYZE {reduced}"))
+        .await
+        .concat()
+        .join("\n");
+    assert!(analyzed.contains("GovernedScanExec"), "{analyzed}");
+    assert!(!analyzed.contains(".parquet"), "{analyzed}");
+}
+
 /// A CTE the query names twice is aggregated once (shared_plan.rs), under
 /// bob's masks and row policy: the shared result is his (salaries
 /// rounded, US rows only), the same as two different aggregates give, and
