@@ -349,7 +349,15 @@ mod tests {
             assert_eq!(got, want, "rows from {from}");
             from += 4096;
         }
-        assert_eq!(adaptive.order.get(), Some(&vec![2, 1, 0]));
+        // The selective conjunct first. The other two cost the same and
+        // drop 11 % and 28 %: their order rests on timings, which a
+        // loaded machine (tests running in parallel) can swap; `rank`
+        // below checks the ordering itself on fixed figures.
+        let order = adaptive.order.get().unwrap();
+        assert_eq!(order.first(), Some(&2), "{order:?}");
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec![0, 1, 2]);
         // A conjunct that drops nothing goes last.
         let sample = Sample {
             rows: 100,
