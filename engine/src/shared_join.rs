@@ -309,26 +309,32 @@ mod tests {
         )
     }
 
-    #[tokio::test]
-    async fn an_average_over_the_reduced_groups_reads_the_query_join_once() {
+    /// Veil's answer to `below(aggregate)` (asserted equal to plain
+    /// DataFusion's), per `SharedExec` the rows its input produced, and
+    /// the physical plan's text.
+    async fn answer(aggregate: &str) -> (String, Vec<Option<usize>>, String) {
         let (veil, plain) = (shop(true).await, shop(false).await);
-        let sql = below("avg");
+        let sql = below(aggregate);
         let (got, plan) = run(&veil, &sql).await;
-        assert_eq!(got, run(&plain, &sql).await.0);
-        // Part 1: 0.8 * avg(1, 9, 4) = 3.73, line 100 passes. Part 3
-        // (listed twice): 0.8 * avg(2, 8) = 4, line 5 passes twice; the
-        // inner join repeats part 3's lines, the average stays 5.
-        let want = [
-            "+-------+",
-            "| total |",
-            "+-------+",
-            "| 110   |",
-            "+-------+",
-        ];
-        assert_eq!(got, want.join("\n"));
+        assert_eq!(got, run(&plain, &sql).await.0, "{sql}");
         let mut inputs = vec![];
         shared_inputs(&plan, &mut inputs);
         let text = displayable(plan.as_ref()).indent(true).to_string();
+        (got, inputs, text)
+    }
+
+    fn total(value: &str) -> String {
+        let value = format!("| {value:<5} |");
+        ["+-------+", "| total |", "+-------+", &value, "+-------+"].join("\n")
+    }
+
+    #[tokio::test]
+    async fn an_average_over_the_reduced_groups_reads_the_query_join_once() {
+        let (got, inputs, text) = answer("avg").await;
+        // Part 1: 0.8 * avg(1, 9, 4) = 3.73, line 100 passes. Part 3
+        // (listed twice): 0.8 * avg(2, 8) = 4, line 5 passes twice; the
+        // inner join repeats part 3's lines, the average stays 5.
+        assert_eq!(got, total("110"));
         assert_eq!(inputs.len(), 2, "{text}");
         // One occurrence ran the join (parts 1 and 3: 3 + 2 * 2 lines),
         // the other read its batches.
@@ -340,37 +346,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_sum_over_the_reduced_groups_keeps_its_semi_join() {
-        let (veil, plain) = (shop(true).await, shop(false).await);
-        // A sum would double part 3's lines: the semi join stays.
-        let sql = below("sum");
-        let (got, plan) = run(&veil, &sql).await;
-        assert_eq!(got, run(&plain, &sql).await.0);
-        // Part 1: 0.8 * 14 = 11.2, all three lines (600); part 3: 0.8 *
-        // 10 = 8, line 5 twice.
-        let want = [
-            "+-------+",
-            "| total |",
-            "+-------+",
-            "| 610   |",
-            "+-------+",
-        ];
-        assert_eq!(got, want.join("\n"));
-        let mut inputs = vec![];
-        shared_inputs(&plan, &mut inputs);
-        assert!(
-            inputs.is_empty(),
-            "{}",
-            displayable(plan.as_ref()).indent(true)
-        );
-
+        // A sum would double part 3's lines: the semi join stays. Part 1:
+        // 0.8 * 14 = 11.2, all three lines (600); part 3: 0.8 * 10 = 8,
+        // line 5 twice.
+        let (got, inputs, text) = answer("sum").await;
+        assert_eq!(got, total("610"));
+        assert!(inputs.is_empty(), "{text}");
         // min / max and DISTINCT aggregates share it too.
         for aggregate in ["max", "min", "count(DISTINCT qty) + avg"] {
-            let sql = below(aggregate);
-            let (got, plan) = run(&veil, &sql).await;
-            assert_eq!(got, run(&plain, &sql).await.0, "{sql}");
-            let mut inputs = vec![];
-            shared_inputs(&plan, &mut inputs);
-            assert_eq!(inputs.len(), 2, "{sql}");
+            let (_, inputs, text) = answer(aggregate).await;
+            assert_eq!(inputs.len(), 2, "{aggregate}: {text}");
         }
     }
 }
