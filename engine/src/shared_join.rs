@@ -31,6 +31,14 @@
 //! their semi join. The join is the query's own join, computed once for
 //! the same principal, so governance sees nothing new: the relation `R`
 //! is the reducer `group_reduction.rs` copied from that join's side.
+//!
+//! The shared join is held in memory once, accounted to the statement's
+//! pool as a shared aggregate is. Its size is what a selective filter on
+//! `R` lets through (q17: 6K rows); a join too large for the pool fails
+//! the statement with the pool's error, where the two separate joins
+//! streamed. The scans are matched by table name (not through aliases:
+//! `FROM lineitem l` in the query and `FROM lineitem` in the subquery
+//! qualify their columns differently and are left alone).
 
 use std::sync::Arc;
 

@@ -14,7 +14,8 @@
 //! the aggregate itself held in memory, and they are where repeated work
 //! is large. One kind of join is shared too, found first by
 //! `shared_join.rs`: the join a reduced aggregate's semi join copies
-//! (TPC-H q17); its output is what the reducer's selective filter left. Equal subtrees compute equal results (a plan without volatile
+//! (TPC-H q17); its output is what the reducer's selective filter left.
+//! Equal subtrees compute equal results (a plan without volatile
 //! functions is a pure function of its input files, read in the same
 //! statement), so which occurrence runs does not matter. A recursive
 //! query's terms run once per iteration and are left alone. A governed subtree is shared whole, barrier and
