@@ -34,9 +34,9 @@
 //!
 //! The shared join is held in memory once, accounted to the statement's
 //! pool as a shared aggregate is. Its size is what a selective filter on
-//! `R` lets through (q17: 6K rows); a join too large for the pool fails
-//! the statement with the pool's error, where the two separate joins
-//! streamed. The scans are matched by table name (not through aliases:
+//! `R` lets through (q17: 6K rows); when it does not fit, each occurrence
+//! runs its own join (`SharedExec`), the inner join standing in for the
+//! semi join, which is exact as above. The scans are matched by table name (not through aliases:
 //! `FROM lineitem l` in the query and `FROM lineitem` in the subquery
 //! qualify their columns differently and are left alone).
 

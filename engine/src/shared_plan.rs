@@ -9,6 +9,9 @@
 //! occurrences' [`SharedExec`]s share one state, so the first to run
 //! executes its input into memory (accounted to the statement's memory
 //! pool), and the others read those batches instead of running their own.
+//! When the batches do not fit the statement's memory, every occurrence
+//! runs its own input instead, as it would unshared, so sharing never
+//! fails a statement that runs without it.
 //!
 //! Only aggregates are shared here: their output is at most the groups
 //! the aggregate itself held in memory, and they are where repeated work
@@ -51,6 +54,7 @@ use datafusion::physical_plan::{
 };
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
 /// `plan` with every aggregate that occurs more than once (outside other
@@ -448,14 +452,28 @@ impl ExecutionPlan for SharedExec {
         }
         let batches = self.state.batches(&self.input, &context)?;
         let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let input = Arc::clone(&self.input);
         let stream = futures::stream::once(async move {
-            let materialized = batches.await.map_err(DataFusionError::Shared)?;
-            let batches = materialized.batches.clone();
-            Ok::<_, DataFusionError>(futures::stream::iter(batches).map(move |batch| {
-                // The memory stays accounted while a consumer streams.
-                let _held = &materialized;
+            let own: BoxStream<'static, Result<RecordBatch>> = match batches.await {
+                Ok(materialized) => {
+                    let batches = materialized.batches.clone();
+                    futures::stream::iter(batches)
+                        .map(move |batch| {
+                            // The memory stays accounted while a consumer streams.
+                            let _held = &materialized;
+                            Ok(batch)
+                        })
+                        .boxed()
+                }
+                // Too large to hold for the query's memory: each
+                // occurrence streams its own input, as it would unshared.
+                Err(e) if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) => {
+                    input.execute(0, context)?.boxed()
+                }
+                Err(e) => return Err(DataFusionError::Shared(e)),
+            };
+            Ok::<_, DataFusionError>(own.inspect_ok(move |batch| {
                 baseline.record_output(batch.num_rows());
-                Ok(batch)
             }))
         })
         .try_flatten();
@@ -537,6 +555,43 @@ pub(crate) mod tests {
         }
         for child in plan.children() {
             shared_inputs(child, out);
+        }
+    }
+
+    /// 800 KB of one column, in one partition.
+    fn wide() -> Arc<dyn ExecutionPlan> {
+        use datafusion::arrow::array::Int64Array;
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::datasource::memory::MemorySourceConfig;
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let column = Arc::new(Int64Array::from_iter_values(0..100_000));
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![column]).unwrap();
+        MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_shared_input_too_large_to_hold_is_streamed_by_each_occurrence() {
+        use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+        use datafusion::physical_plan::union::UnionExec;
+        let input = wide();
+        let state = Arc::new(SharedState::new(0, 2));
+        let occurrence = |state: &Arc<SharedState>| -> Arc<dyn ExecutionPlan> {
+            Arc::new(SharedExec::new(Arc::clone(&input), Arc::clone(state)))
+        };
+        let union = UnionExec::try_new(vec![occurrence(&state), occurrence(&state)]).unwrap();
+        for limit in [64 * 1024, 16 * 1024 * 1024] {
+            let runtime = RuntimeEnvBuilder::new()
+                .with_memory_limit(limit, 1.0)
+                .build_arc()
+                .unwrap();
+            let context = Arc::new(TaskContext::default().with_runtime(runtime));
+            // 64 KiB cannot hold the input (the first occurrence's try
+            // fails); both occurrences then stream it themselves.
+            let held = materialize(Arc::clone(&input), Arc::clone(&context), 0).await;
+            assert_eq!(held.is_err(), limit < 1024 * 1024, "{limit}");
+            let batches = collect(Arc::clone(&union), context).await.unwrap();
+            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            assert_eq!(rows, 200_000, "{limit}");
         }
     }
 
