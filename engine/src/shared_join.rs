@@ -36,17 +36,18 @@
 //! pool as a shared aggregate is. Its size is what a selective filter on
 //! `R` lets through (q17: 6K rows); when it does not fit, each occurrence
 //! runs its own join (`SharedExec`), the inner join standing in for the
-//! semi join, which is exact as above. The scans are matched by table name (not through aliases:
-//! `FROM lineitem l` in the query and `FROM lineitem` in the subquery
-//! qualify their columns differently and are left alone).
+//! semi join, which is exact as above. The scans are matched by table
+//! name, directly or under an alias (`FROM lineitem l` outside, `FROM
+//! lineitem l2` inside: the semi join's columns are renamed from the
+//! shared scan's).
 
 use std::sync::Arc;
 
 use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
-use datafusion::common::{Column, Result};
+use datafusion::common::{Column, Result, TableReference};
 use datafusion::logical_expr::{
     Aggregate, Expr, Extension, Join, JoinConstraint, JoinType, LogicalPlan, Projection,
-    TableScanBuilder,
+    SubqueryAlias, TableScan, TableScanBuilder,
 };
 
 use crate::group_reduction::REDUCER;
@@ -89,22 +90,20 @@ pub(crate) fn share_reduced_joins(
             if replace.iter().any(|(old, _)| old == inner) || !once(inner)? {
                 continue;
             }
-            let Some(shared) = widened_join(&semi, inner)? else {
+            let Some((shared, semi_columns)) = widened_join(&semi, inner)? else {
                 continue;
             };
-            let node = |shared: &LogicalPlan, keep: &LogicalPlan| -> Result<LogicalPlan> {
-                let columns = keep.schema().columns().into_iter().map(Expr::Column);
-                Ok(LogicalPlan::Projection(Projection::try_new(
-                    columns.collect(),
-                    Arc::new(shared.clone()),
-                )?))
-            };
-            let shared = LogicalPlan::Extension(Extension {
+            let shared = Arc::new(LogicalPlan::Extension(Extension {
                 node: Arc::new(SharedNode::new(shared, next_id, 2)),
-            });
+            }));
             next_id += 1;
-            replace.push((semi.join.clone(), node(&shared, &semi.join)?));
-            replace.push((inner.clone(), node(&shared, inner)?));
+            let project = |exprs: Vec<Expr>| -> Result<LogicalPlan> {
+                let projection = Projection::try_new(exprs, Arc::clone(&shared))?;
+                Ok(LogicalPlan::Projection(projection))
+            };
+            let inner_columns = inner.schema().columns().into_iter().map(Expr::Column);
+            replace.push((semi.join.clone(), project(semi_columns)?));
+            replace.push((inner.clone(), project(inner_columns.collect())?));
             break;
         }
     }
@@ -188,9 +187,13 @@ fn reduced_semi_join(aggregate: &Aggregate) -> Option<ReducedSemi> {
 }
 
 /// The join `inner` with its scan widened to the columns `semi` reads too,
-/// when `inner` joins the same scan to the same reducer relation on the
-/// same key pair and the same null equality; otherwise None.
-fn widened_join(semi: &ReducedSemi, inner: &LogicalPlan) -> Result<Option<LogicalPlan>> {
+/// when `inner` joins the same scan (aliased or not) to the same reducer
+/// relation on the same key pair and the same null equality; with it, the
+/// semi join's columns as expressions over that join. None otherwise.
+fn widened_join(
+    semi: &ReducedSemi,
+    inner: &LogicalPlan,
+) -> Result<Option<(LogicalPlan, Vec<Expr>)>> {
     let LogicalPlan::Join(join) = inner else {
         return Ok(None);
     };
@@ -219,18 +222,32 @@ fn widened_join(semi: &ReducedSemi, inner: &LogicalPlan) -> Result<Option<Logica
     } else {
         (&join.right, right)
     };
-    if *scan_key != semi.group || key.name != semi.key {
+    // The same column of the same table, under either side's name.
+    if scan_key.name != semi.group.name || key.name != semi.key {
         return Ok(None);
     }
-    let Some(widened) = widened_scan(&semi.input, scan)? else {
+    let Some((widened, qualifier)) = widened_scan(&semi.input, scan)? else {
         return Ok(None);
     };
+    // The semi join's columns, renamed from the shared scan's.
+    let semi_columns = semi
+        .input
+        .schema()
+        .iter()
+        .map(|(q, field)| {
+            let from = Expr::Column(Column::new(Some(qualifier.clone()), field.name()));
+            match q {
+                Some(q) if *q == qualifier => from,
+                q => from.alias_qualified(q.cloned(), field.name()),
+            }
+        })
+        .collect();
     let (l, r) = if scan_on_left {
         (Arc::new(widened), Arc::clone(&join.right))
     } else {
         (Arc::clone(&join.left), Arc::new(widened))
     };
-    Ok(Some(LogicalPlan::Join(Join::try_new(
+    let join = Join::try_new(
         l,
         r,
         join.on.clone(),
@@ -239,22 +256,37 @@ fn widened_join(semi: &ReducedSemi, inner: &LogicalPlan) -> Result<Option<Logica
         JoinConstraint::On,
         join.null_equality,
         join.null_aware,
-    )?)))
+    )?;
+    Ok(Some((LogicalPlan::Join(join), semi_columns)))
 }
 
-/// One scan reading the columns of both `a` and `b`, when they scan the
-/// same table with the same filters and limit.
-fn widened_scan(a: &LogicalPlan, b: &LogicalPlan) -> Result<Option<LogicalPlan>> {
-    let (LogicalPlan::TableScan(a), LogicalPlan::TableScan(b)) = (a, b) else {
+/// A table scan, directly or under an alias, and the name its columns
+/// carry.
+fn named_scan(plan: &LogicalPlan) -> Option<(&TableScan, TableReference)> {
+    match plan {
+        LogicalPlan::TableScan(t) => Some((t, t.table_name.clone())),
+        LogicalPlan::SubqueryAlias(a) => match a.input.as_ref() {
+            LogicalPlan::TableScan(t) => Some((t, a.alias.clone())),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `b` reading the columns of both `a` and `b`, under `b`'s name (returned
+/// too), when they scan the same table with the same filters and limit.
+fn widened_scan(a: &LogicalPlan, b: &LogicalPlan) -> Result<Option<(LogicalPlan, TableReference)>> {
+    let (Some((a, _)), Some((b_scan, name))) = (named_scan(a), named_scan(b)) else {
         return Ok(None);
     };
-    // One name is one table within a statement.
-    let same = a.table_name == b.table_name
-        && a.source.schema() == b.source.schema()
-        && a.filters == b.filters
-        && a.fetch == b.fetch
-        && a.statistics_requests == b.statistics_requests;
-    let (Some(pa), Some(pb)) = (&a.projection, &b.projection) else {
+    // One name is one table within a statement (filters pushed into a
+    // scan name the table, not an alias).
+    let same = a.table_name == b_scan.table_name
+        && a.source.schema() == b_scan.source.schema()
+        && a.filters == b_scan.filters
+        && a.fetch == b_scan.fetch
+        && a.statistics_requests == b_scan.statistics_requests;
+    let (Some(pa), Some(pb)) = (&a.projection, &b_scan.projection) else {
         return Ok(None);
     };
     if !same {
@@ -269,7 +301,14 @@ fn widened_scan(a: &LogicalPlan, b: &LogicalPlan) -> Result<Option<LogicalPlan>>
         .with_fetch(a.fetch)
         .with_statistics_requests(a.statistics_requests.clone())
         .build()?;
-    Ok(Some(LogicalPlan::TableScan(scan)))
+    let scan = LogicalPlan::TableScan(scan);
+    let plan = match b {
+        LogicalPlan::SubqueryAlias(_) => {
+            LogicalPlan::SubqueryAlias(SubqueryAlias::try_new(Arc::new(scan), name.clone())?)
+        }
+        _ => scan,
+    };
+    Ok(Some((plan, name)))
 }
 
 #[cfg(test)]
@@ -321,10 +360,13 @@ mod tests {
     /// DataFusion's), per `SharedExec` the rows its input produced, and
     /// the physical plan's text.
     async fn answer(aggregate: &str) -> (String, Vec<Option<usize>>, String) {
+        answer_sql(&below(aggregate)).await
+    }
+
+    async fn answer_sql(sql: &str) -> (String, Vec<Option<usize>>, String) {
         let (veil, plain) = (shop(true).await, shop(false).await);
-        let sql = below(aggregate);
-        let (got, plan) = run(&veil, &sql).await;
-        assert_eq!(got, run(&plain, &sql).await.0, "{sql}");
+        let (got, plan) = run(&veil, sql).await;
+        assert_eq!(got, run(&plain, sql).await.0, "{sql}");
         let mut inputs = vec![];
         shared_inputs(&plan, &mut inputs);
         let text = displayable(plan.as_ref()).indent(true).to_string();
@@ -350,6 +392,23 @@ mod tests {
         assert_eq!(ran, vec![&Some(7)], "{inputs:?}\n{text}");
         // The decorrelated comparison is the only semi join left.
         assert_eq!(text.matches("Semi").count(), 1, "{text}");
+    }
+
+    #[tokio::test]
+    async fn aliased_scans_of_the_same_table_share_the_join() {
+        // Both aliased, or only the outer query's line.
+        for inner in ["line l2 WHERE l2.l_part", "line WHERE line.l_part"] {
+            let sql = format!(
+                "SELECT sum(l.price) AS total FROM line l, part p \
+                 WHERE p.p_id = l.l_part AND p.brand = 'b1' \
+                 AND l.qty < (SELECT 0.8 * avg(qty) FROM {inner} = p.p_id)"
+            );
+            let (got, inputs, text) = answer_sql(&sql).await;
+            assert_eq!(got, total("110"), "{sql}");
+            let ran: Vec<_> = inputs.iter().filter(|r| r.unwrap_or(0) > 0).collect();
+            assert_eq!(ran, vec![&Some(7)], "{sql}\n{text}");
+            assert_eq!(inputs.len(), 2, "{sql}\n{text}");
+        }
     }
 
     #[tokio::test]
