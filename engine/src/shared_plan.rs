@@ -575,10 +575,10 @@ pub(crate) mod tests {
         use datafusion::physical_plan::union::UnionExec;
         let input = wide();
         let state = Arc::new(SharedState::new(0, 2));
-        let occurrence = |state: &Arc<SharedState>| -> Arc<dyn ExecutionPlan> {
-            Arc::new(SharedExec::new(Arc::clone(&input), Arc::clone(state)))
+        let occurrence = || -> Arc<dyn ExecutionPlan> {
+            Arc::new(SharedExec::new(Arc::clone(&input), Arc::clone(&state)))
         };
-        let union = UnionExec::try_new(vec![occurrence(&state), occurrence(&state)]).unwrap();
+        let union = UnionExec::try_new(vec![occurrence(), occurrence()]).unwrap();
         for limit in [64 * 1024, 16 * 1024 * 1024] {
             let runtime = RuntimeEnvBuilder::new()
                 .with_memory_limit(limit, 1.0)

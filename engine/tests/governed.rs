@@ -40,6 +40,11 @@ fn rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
     out
 }
 
+/// The text of `what` (`EXPLAIN` or `EXPLAIN ANALYZE`) of `sql`.
+async fn explain(s: &mut Session, what: &str, sql: &str) -> String {
+    q(s, &format!("{what} {sql}")).await.concat().join("\n")
+}
+
 async fn q(s: &mut Session, sql: &str) -> Vec<Vec<String>> {
     let out = s
         .execute(sql)
@@ -164,10 +169,7 @@ async fn masked_values_never_reach_predicates_joins_or_groups() {
     assert_eq!(q(&mut bob, &raw).await, vec![vec!["0".to_string()]]);
     let tokens = format!("{join} WHERE a.email IN (SELECT email FROM hr.employees)");
     assert_eq!(q(&mut bob, &tokens).await, n);
-    let plan = q(&mut bob, &format!("EXPLAIN {tokens}"))
-        .await
-        .concat()
-        .join("\n");
+    let plan = explain(&mut bob, "EXPLAIN", &tokens).await;
     let at = |what: &str| {
         let line = plan
             .lines()
@@ -196,10 +198,7 @@ async fn masked_values_never_reach_predicates_joins_or_groups() {
         q(&mut bob, &mixed(&token)).await,
         vec![vec!["1".to_string()]]
     );
-    let plan = q(&mut bob, &format!("EXPLAIN {}", mixed(&token)))
-        .await
-        .concat()
-        .join("\n");
+    let plan = explain(&mut bob, "EXPLAIN", &mixed(&token)).await;
     assert!(
         plan.contains("FilterExec: CASE WHEN employee_id@") && plan.contains(" THEN veil_hash["),
         "{plan}"
@@ -979,16 +978,10 @@ async fn a_grouped_subquery_reduced_by_a_governed_join_answers_as_before() {
         ),
     ];
     for (reduced, whole, want) in cases {
-        let plan = q(&mut bob, &format!("EXPLAIN {}", query(&reduced)))
-            .await
-            .concat()
-            .join("\n");
+        let plan = explain(&mut bob, "EXPLAIN", &query(&reduced)).await;
         assert!(plan.contains("__veil_group_reducer"), "{plan}");
         assert!(!plan.contains("employees.parquet"), "{plan}");
-        let plan = q(&mut bob, &format!("EXPLAIN {}", query(&whole)))
-            .await
-            .concat()
-            .join("\n");
+        let plan = explain(&mut bob, "EXPLAIN", &query(&whole)).await;
         assert!(!plan.contains("__veil_group_reducer"), "{plan}");
         assert_eq!(q(&mut bob, &query(&reduced)).await, want, "{reduced}");
         assert_eq!(q(&mut bob, &query(&whole)).await, want, "{whole}");
@@ -1015,10 +1008,7 @@ async fn an_average_over_a_governed_join_stays_behind_the_barrier() {
     };
     let reduced = query("cards.region = 'US'");
     let whole = query("cards.region >= 'US' AND cards.region <= 'US'");
-    let plan = q(&mut bob, &format!("EXPLAIN {reduced}"))
-        .await
-        .concat()
-        .join("\n");
+    let plan = explain(&mut bob, "EXPLAIN", &reduced).await;
     assert!(plan.contains("__veil_group_reducer"), "{plan}");
     assert!(!plan.contains("SharedExec"), "{plan}");
     let got = q(&mut bob, &reduced).await;
@@ -1026,10 +1016,7 @@ async fn an_average_over_a_governed_join_stays_behind_the_barrier() {
     // Some transactions, all of them US ones.
     assert_ne!(got[0][0], "0", "{got:?}");
     assert_eq!((got[0][2].as_str(), got[0][3].as_str()), ("US", "US"));
-    let analyzed = q(&mut bob, &format!("EXPLAIN ANALYZE {reduced}"))
-        .await
-        .concat()
-        .join("\n");
+    let analyzed = explain(&mut bob, "EXPLAIN ANALYZE", &reduced).await;
     assert!(analyzed.contains("GovernedScanExec"), "{analyzed}");
     assert!(!analyzed.contains(".parquet"), "{analyzed}");
 }
@@ -1078,20 +1065,11 @@ async fn a_governed_cte_named_twice_is_aggregated_once_as_the_principal_sees_it(
         assert_eq!(top % 10000, 0, "salary is rounded: {row:?}");
     }
     let count = |text: &str, what: &str| text.matches(what).count();
-    let plan = q(&mut bob, &format!("EXPLAIN {shared_sql}"))
-        .await
-        .concat()
-        .join("\n");
+    let plan = explain(&mut bob, "EXPLAIN", &shared_sql).await;
     assert_eq!(count(&plan, "SharedExec"), 2, "{plan}");
-    let plan = q(&mut bob, &format!("EXPLAIN {apart_sql}"))
-        .await
-        .concat()
-        .join("\n");
+    let plan = explain(&mut bob, "EXPLAIN", &apart_sql).await;
     assert_eq!(count(&plan, "SharedExec"), 0, "{plan}");
-    let analyzed = q(&mut bob, &format!("EXPLAIN ANALYZE {shared_sql}"))
-        .await
-        .concat()
-        .join("\n");
+    let analyzed = explain(&mut bob, "EXPLAIN ANALYZE", &shared_sql).await;
     assert!(
         analyzed.contains("SharedExec") && analyzed.contains("GovernedScanExec"),
         "{analyzed}"
@@ -1118,10 +1096,7 @@ async fn decimal_arithmetic_on_a_masked_column_computes_on_the_masked_values() {
         assert_eq!(salary % 10000, 0, "rounded: {row:?}");
         assert_eq!(row[1], format!("{}.{:03}", salary / 2, (salary % 2) * 500));
     }
-    let plan = q(&mut bob, &format!("EXPLAIN {arith}"))
-        .await
-        .concat()
-        .join("\n");
+    let plan = explain(&mut bob, "EXPLAIN", arith).await;
     assert!(
         plan.contains("decimal_mul") && plan.contains("decimal_sub"),
         "{plan}"
@@ -1156,10 +1131,7 @@ async fn join_keys_filtering_scans_leave_barriers_opaque() {
     let rows = q(&mut bob, sql).await;
     assert!(!rows.is_empty() && rows.len() < 8, "{rows:?}");
     assert!(rows.iter().all(|r| r[1] == "US"), "{rows:?}");
-    let analyzed = q(&mut bob, &format!("EXPLAIN ANALYZE {sql}"))
-        .await
-        .concat()
-        .join("\n");
+    let analyzed = explain(&mut bob, "EXPLAIN ANALYZE", sql).await;
     assert!(analyzed.contains("GovernedScanExec"), "{analyzed}");
     assert!(!analyzed.contains("employees.parquet"), "{analyzed}");
     assert!(!analyzed.contains("DynamicRowsExec"), "{analyzed}");
