@@ -122,13 +122,16 @@ fn statement_state(runtime: Arc<RuntimeEnv>, query_memory: usize) -> Result<Sess
     // pushes or merges filters, and the remaining conjuncts run in a
     // measured order (adaptive_and.rs, not governance); joins yield between batches
     // (yielding.rs), after every rule that rewrites joins or pushes
-    // filters through them.
+    // filters through them. `LIKE`s of `%`-separated segments are matched
+    // by substring search (like_segments.rs, not governance), before the
+    // filter rules that split or reorder their conjuncts.
     let at = physical_rules
         .iter()
         .position(|r| r.name() == "SanityCheckPlan")
         .unwrap_or(physical_rules.len());
-    let last: [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 5] = [
+    let last: [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 6] = [
         Arc::new(RawKeyGroup),
+        Arc::new(crate::like_segments::LikeSegments),
         Arc::new(crate::governance::costly_conjuncts::CostlyConjunctsLast),
         Arc::new(crate::adaptive_and::AdaptiveConjuncts),
         // Not governance: scans drop the rows a join's build-side keys
@@ -1507,9 +1510,10 @@ mod tests {
         );
         let sanity = at("SanityCheckPlan");
         assert_eq!(
-            &names[sanity - 5..sanity],
+            &names[sanity - 6..sanity],
             [
                 "veil_raw_key_group",
+                "veil_like_segments",
                 "veil_costly_conjuncts_last",
                 "veil_adaptive_conjuncts",
                 "veil_dynamic_scan_rows",

@@ -6,6 +6,7 @@
 pub mod adaptive_and;
 mod any_partition;
 pub mod audit;
+pub mod avg_sums;
 mod bounded_fns;
 mod bounded_inputs;
 mod bounded_windows;
@@ -24,6 +25,7 @@ pub mod governance;
 pub mod group_reduction;
 pub mod interrupt;
 pub mod keys;
+pub mod like_segments;
 pub mod limits;
 pub mod login;
 pub mod metrics;

@@ -335,6 +335,7 @@ impl QueryPlanner for SharingQueryPlanner {
             DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(SharedPlanner)]);
         let plan = share_repeated(logical_plan.clone())?;
         let plan = crate::decimal_arith::unchecked_decimal_arith(plan)?;
+        let plan = crate::avg_sums::averages_from_sums(plan)?;
         planner.create_physical_plan(&plan, session).await
     }
 }

@@ -137,6 +137,14 @@ async fn masked_values_never_reach_predicates_joins_or_groups() {
     ] {
         assert_eq!(q(&mut bob, &sql).await, vec![vec!["0".to_string()]], "{sql}");
     }
+    // A LIKE of several segments (matched by substring search,
+    // like_segments.rs) sees the mask too: raw emails hold '@' and '.',
+    // bob's HASH tokens neither.
+    let emails = "SELECT count(*) > 0 FROM hr.employees WHERE email LIKE '%@%.%'";
+    assert_eq!(q(&mut alice, emails).await, vec![vec!["true".to_string()]]);
+    assert_eq!(q(&mut bob, emails).await, vec![vec!["false".to_string()]]);
+    let plan = explain(&mut bob, "EXPLAIN", emails).await;
+    assert!(plan.contains("LIKE %@%.%"), "{plan}");
     // GROUP BY / DISTINCT on a masked column see only tokens or NULLs.
     let groups = q(&mut bob, "SELECT DISTINCT ssn FROM hr.employees").await;
     assert_eq!(groups, vec![vec!["NULL".to_string()]]);

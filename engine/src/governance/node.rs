@@ -645,9 +645,9 @@ impl ExtensionPlanner for GovernedScanPlanner {
             return internal_err!("GovernedScan needs exactly one input");
         };
         let predicate = match &node.row_predicate {
-            Some(p) => {
-                Some(planner.create_physical_expr(p, logical.schema(), session, planning_ctx)?)
-            }
+            Some(p) => Some(crate::like_segments::rewrite(
+                planner.create_physical_expr(p, logical.schema(), session, planning_ctx)?,
+            )?),
             None => None,
         };
         let visible = self.visible.get(node, physical, session).await;
@@ -665,10 +665,16 @@ impl ExtensionPlanner for GovernedScanPlanner {
 
 /// The physical optimizer rules a barrier's hidden input gets (it is a
 /// scan, possibly under leakproof filters and a projection): filters and
-/// projections pushed into the scan. The rest of the physical optimizer
+/// projections pushed into the scan, and segment `LIKE`s matched by
+/// substring search (`like_segments.rs`). The rest of the physical optimizer
 /// (distribution, sorting, joins, aggregates, limits) has nothing to do
 /// on it and cost about 20 µs per source and statement.
-const HIDDEN_INPUT_RULES: [&str; 3] = ["FilterPushdown", "ProjectionPushdown", "EnsureCooperative"];
+const HIDDEN_INPUT_RULES: [&str; 4] = [
+    "FilterPushdown",
+    "ProjectionPushdown",
+    "veil_like_segments",
+    "EnsureCooperative",
+];
 
 /// Optimizes the input the outer physical optimizer cannot see. The row
 /// policy is offered to the scan as a filter, so Parquet skips the row
@@ -777,6 +783,8 @@ impl QueryPlanner for GovernedQueryPlanner {
         // Decimal arithmetic that cannot overflow skips arrow's per-row
         // overflow check (decimal_arith.rs).
         let plan = crate::decimal_arith::unchecked_decimal_arith(plan)?;
+        // Decimal averages share their aggregate's sums and count (avg_sums.rs).
+        let plan = crate::avg_sums::averages_from_sums(plan)?;
         planner.create_physical_plan(&plan, session).await
     }
 }

@@ -372,7 +372,8 @@ pub async fn run_on(
 
 /// DataFusion's physical rules with Veil's that are not governance: the
 /// semi-join build side (`build_side.rs`) and, last before the sanity
-/// check as in the engine, the adaptive conjunct order (`adaptive_and.rs`)
+/// check as in the engine, segment `LIKE`s by substring search
+/// (`like_segments.rs`), the adaptive conjunct order (`adaptive_and.rs`)
 /// and join keys filtering scans' rows (`dynamic_scan.rs`).
 fn plain_physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     let mut rules = veil_engine::build_side::physical_rules(vec![]);
@@ -380,7 +381,11 @@ fn plain_physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
         .iter()
         .position(|r| r.name() == "SanityCheckPlan")
         .unwrap_or(rules.len());
-    rules.insert(at, Arc::new(AdaptiveConjuncts));
-    rules.insert(at + 1, Arc::new(veil_engine::dynamic_scan::DynamicScanRows));
+    let last: [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 3] = [
+        Arc::new(veil_engine::like_segments::LikeSegments),
+        Arc::new(AdaptiveConjuncts),
+        Arc::new(veil_engine::dynamic_scan::DynamicScanRows),
+    ];
+    rules.splice(at..at, last);
     rules
 }
