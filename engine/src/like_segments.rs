@@ -22,7 +22,10 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::array::{
+    Array, AsArray, BooleanArray, ByteView, RecordBatch, StringViewArray, MAX_INLINE_VIEW_LEN,
+};
+use datafusion::arrow::buffer::BooleanBuffer;
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
@@ -135,6 +138,80 @@ impl SegmentsLike {
     }
 }
 
+impl SegmentsLike {
+    /// [`Self::mask`] over string views, searching the bytes the views point
+    /// into for the first segment once per buffer instead of once per
+    /// string (short strings, held in their views, are matched one by one):
+    /// a long string can match only where that segment lies wholly inside
+    /// it. The search finds every occurrence, overlapping ones included, so
+    /// no string is ruled out by an occurrence that straddles its start.
+    /// Falls back to [`Self::mask`] when the pattern starts with a prefix
+    /// (matched per string at once) or the views point into much more than
+    /// their own bytes (a dictionary shared by many batches).
+    fn mask_views(&self, strings: &StringViewArray) -> BooleanArray {
+        let Some(first) = self.segments.middle.first() else {
+            return self.mask(strings);
+        };
+        if !self.segments.prefix.is_empty() {
+            return self.mask(strings);
+        }
+        let buffers = strings.data_buffers();
+        let mut ranges = vec![(usize::MAX, 0_usize); buffers.len()];
+        let mut long_bytes = 0_usize;
+        for view in strings.views().iter() {
+            let len = *view as u32;
+            if len > MAX_INLINE_VIEW_LEN {
+                let view = ByteView::from(*view);
+                let start = view.offset as usize;
+                if let Some(r) = ranges.get_mut(view.buffer_index as usize) {
+                    r.0 = r.0.min(start);
+                    r.1 = r.1.max(start + len as usize);
+                }
+                long_bytes += len as usize;
+            }
+        }
+        let searched: usize = ranges.iter().map(|&(lo, hi)| hi.saturating_sub(lo)).sum();
+        if searched > 4 * long_bytes + 4096 {
+            return self.mask(strings);
+        }
+        let needle = first.needle().len();
+        let hits: Vec<Vec<usize>> = buffers
+            .iter()
+            .zip(&ranges)
+            .map(|(buffer, &(lo, hi))| {
+                let mut hits = Vec::new();
+                let Some(bytes) = buffer.get(lo..hi) else {
+                    return hits;
+                };
+                let mut from = 0;
+                while let Some(i) = bytes.get(from..).and_then(|rest| first.find(rest)) {
+                    hits.push(lo + from + i);
+                    from += i + 1;
+                }
+                hits
+            })
+            .collect();
+        let views = strings.views();
+        let values = BooleanBuffer::collect_bool(strings.len(), |i| {
+            let raw = views[i];
+            let len = raw as u32;
+            let matches = if len <= MAX_INLINE_VIEW_LEN {
+                self.segments.matches(strings.value(i).as_bytes())
+            } else {
+                let view = ByteView::from(raw);
+                let start = view.offset as usize;
+                let end = start + len as usize;
+                let hits = hits.get(view.buffer_index as usize).map_or(&[][..], |h| h);
+                let k = hits.partition_point(|&p| p < start);
+                hits.get(k).is_some_and(|&p| p + needle <= end)
+                    && self.segments.matches(strings.value(i).as_bytes())
+            };
+            matches != self.negated
+        });
+        BooleanArray::new(values, strings.nulls().cloned())
+    }
+}
+
 impl fmt::Display for SegmentsLike {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.like)
@@ -171,7 +248,7 @@ impl PhysicalExpr for SegmentsLike {
         let mask = match array.data_type() {
             DataType::Utf8 => self.mask(array.as_string::<i32>()),
             DataType::LargeUtf8 => self.mask(array.as_string::<i64>()),
-            DataType::Utf8View => self.mask(array.as_string_view()),
+            DataType::Utf8View => self.mask_views(array.as_string_view()),
             _ => return self.like.evaluate(batch),
         };
         Ok(ColumnarValue::Array(Arc::new(mask)))
@@ -255,7 +332,7 @@ mod tests {
     use datafusion::physical_expr::expressions::{col, lit};
     use datafusion::prelude::SessionContext;
 
-    const STRINGS: [Option<&str>; 12] = [
+    const STRINGS: [Option<&str>; 14] = [
         Some("special requests"),
         Some("requests special"),
         Some("specialrequests"),
@@ -268,9 +345,13 @@ mod tests {
         Some("abab"),
         Some("ba"),
         Some("\u{e9}t\u{e9} \u{e0} b\u{e9}b\u{e9}"),
+        // Long strings side by side in one buffer: "aa" also occurs across
+        // the boundary, one byte before the second string's own.
+        Some("xxxxxxxxxxxxxxa"),
+        Some("aab and more than twelve"),
     ];
 
-    const PATTERNS: [&str; 11] = [
+    const PATTERNS: [&str; 12] = [
         "%special%requests%",
         "special%requests",
         "%special%requests",
@@ -282,6 +363,7 @@ mod tests {
         "%b%a",
         "\u{e9}t%b\u{e9}%",
         "%\u{e0}%\u{e9}",
+        "%aa%b%",
     ];
 
     /// Every pattern, plain and negated, over Utf8 and Utf8View strings:
@@ -315,8 +397,8 @@ mod tests {
                     let fast_any: &dyn Any = fast.as_ref();
                     assert!(fast_any.is::<SegmentsLike>(), "{pattern} not replaced");
                     assert_eq!(fast.to_string(), like.to_string());
-                    let want = like.evaluate(&batch).unwrap().into_array(12).unwrap();
-                    let got = fast.evaluate(&batch).unwrap().into_array(12).unwrap();
+                    let want = like.evaluate(&batch).unwrap().into_array(14).unwrap();
+                    let got = fast.evaluate(&batch).unwrap().into_array(14).unwrap();
                     assert_eq!(
                         got.as_boolean(),
                         want.as_boolean(),
@@ -326,6 +408,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Views that point into far more bytes than their own (two rows
+    /// taken from a thousand): the strings are matched one by one, with
+    /// the same answers.
+    #[test]
+    fn views_into_a_wide_buffer_answer_what_like_answers() {
+        let many: Vec<String> = (0..1000)
+            .map(|i| format!("row {i:04} says special {} requests", ["no", "many"][i % 2]))
+            .collect();
+        let all = StringViewArray::from_iter_values(many.iter());
+        let taken = datafusion::arrow::compute::take(
+            &all,
+            &datafusion::arrow::array::UInt32Array::from(vec![0, 999, 4]),
+            None,
+        )
+        .unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "s",
+            DataType::Utf8View,
+            false,
+        )]));
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![taken]).unwrap();
+        let like: Arc<dyn PhysicalExpr> = Arc::new(LikeExpr::new(
+            false,
+            false,
+            col("s", &schema).unwrap(),
+            lit(ScalarValue::Utf8View(Some("%special%many%".into()))),
+        ));
+        let fast = rewrite(Arc::clone(&like)).unwrap();
+        let got = fast.evaluate(&batch).unwrap().into_array(3).unwrap();
+        let want = like.evaluate(&batch).unwrap().into_array(3).unwrap();
+        assert_eq!(got.as_boolean(), want.as_boolean());
+        assert_eq!(
+            got.as_boolean().iter().collect::<Vec<_>>(),
+            [Some(false), Some(true), Some(false)]
+        );
     }
 
     /// Patterns arrow matches without a regular expression, or that hold
