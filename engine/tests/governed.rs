@@ -867,6 +867,29 @@ async fn a_file_added_to_a_source_directory_is_read_by_the_next_query() {
     assert_eq!(n(&two), 2 * n(&one));
 }
 
+/// A row policy whose `LIKE` is matched by substring search
+/// (like_segments.rs) keeps exactly the rows that `LIKE` keeps on the raw
+/// values.
+#[tokio::test]
+async fn a_segment_like_row_policy_keeps_the_rows_its_like_keeps() {
+    let (_dir, engine) = demo().await;
+    let mut alice = engine.session("alice");
+    let raw = "SELECT count(*) FROM hr.employees WHERE email LIKE '%a%a%@%'";
+    let want: usize = q(&mut alice, raw).await[0][0].parse().unwrap();
+    assert!(want > 0 && want < 1000, "{want} of 1000 emails match");
+    let mut admin = engine.session("admin");
+    for sql in [
+        "CREATE USER ivan PASSWORD 'ivan-pw' GROUPS ('analysts', 'staff') \
+         ATTRIBUTES (region = ('EU', 'US', 'APAC'))",
+        "CREATE ROW POLICY two_as ON hr.employees USING email LIKE '%a%a%@%'",
+    ] {
+        q(&mut admin, sql).await;
+    }
+    let mut ivan = engine.session("ivan");
+    let seen = q(&mut ivan, "SELECT count(*) FROM hr.employees").await;
+    assert_eq!(seen, vec![vec![want.to_string()]]);
+}
+
 /// `attribute_contains` on integer and date columns: attribute values are text,
 /// so "007" names 7, and a value that is no integer of the column (text,
 /// out of range) matches nothing instead of failing the query.
