@@ -142,11 +142,15 @@ fn rewrite(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
         kept.push(e);
     }
     let groups = aggregate.group_expr.len();
-    let split = Aggregate::try_new(
+    // A plan DataFusion refuses (a name the added sum would repeat) stays
+    // as it was: the rewrite is only ever an optimization.
+    let Ok(split) = Aggregate::try_new(
         Arc::clone(&aggregate.input),
         aggregate.group_expr.clone(),
         kept,
-    )?;
+    ) else {
+        return Ok(None);
+    };
     let column = |i: usize| Expr::Column(Column::from(split.schema.qualified_field(i)));
     let place = |i: usize| match at.get(i).copied().flatten() {
         Some(p) => Ok(groups + p),
@@ -166,9 +170,10 @@ fn rewrite(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
         projection.push(expr.alias_qualified(qualifier.cloned(), field.name()));
     }
     let split = Arc::new(LogicalPlan::Aggregate(split));
-    Ok(Some(LogicalPlan::Projection(Projection::try_new(
-        projection, split,
-    )?)))
+    Ok(Projection::try_new(projection, split)
+        .ok()
+        .filter(|p| p.schema.iter().eq(aggregate.schema.iter()))
+        .map(LogicalPlan::Projection))
 }
 
 /// `sum / count` as `avg` of a `DECIMAL(precision, scale)` computes it
@@ -340,6 +345,34 @@ mod tests {
         assert_eq!(plain, rewritten);
         assert!(plan.contains("avg_of_sum"), "{plan}");
         assert_eq!(rows(&rewritten)[1], ["b", "", "0"], "{rewritten}");
+    }
+
+    /// An aggregate where the added `sum(x)` would repeat a column's name
+    /// is left as it is, and the query still runs.
+    #[tokio::test]
+    async fn a_name_the_added_sum_would_repeat_keeps_the_average() {
+        use datafusion::functions_aggregate::expr_fn::{avg, count, max};
+        use datafusion::prelude::{col, lit};
+        let ctx = SessionContext::new();
+        let ddl = "CREATE TABLE t (x DECIMAL(15, 2) NOT NULL) AS VALUES (1.00), (2.00)";
+        ctx.sql(ddl).await.unwrap().collect().await.unwrap();
+        let df = ctx.table("t").await.unwrap().aggregate(
+            vec![],
+            vec![
+                avg(col("x")),
+                count(lit(1)),
+                max(col("x")).alias("sum(t.x)"),
+            ],
+        );
+        let plan = df.unwrap().logical_plan().clone();
+        let same = averages_from_sums(plan.clone()).unwrap();
+        assert_eq!(same, plan);
+        let physical = ctx.state().create_physical_plan(&same).await.unwrap();
+        let batches = datafusion::physical_plan::collect(physical, ctx.task_ctx())
+            .await
+            .unwrap();
+        let text = pretty_format_batches(&batches).unwrap().to_string();
+        assert_eq!(rows(&text), [["1.500000", "2", "2.00"]], "{text}");
     }
 
     #[tokio::test]
