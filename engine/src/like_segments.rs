@@ -92,12 +92,9 @@ pub fn rewrite(expr: Arc<dyn PhysicalExpr>) -> Result<Arc<dyn PhysicalExpr>> {
 /// where the string is NULL.
 #[derive(Debug)]
 pub struct SegmentsLike {
-    /// The `LIKE` it replaces: what EXPLAIN shows, and what runs on inputs
-    /// other than string arrays.
-    like: Arc<dyn PhysicalExpr>,
-    expr: Arc<dyn PhysicalExpr>,
-    pattern: Arc<dyn PhysicalExpr>,
-    negated: bool,
+    /// The `LIKE` it replaces: its operand and negation, what EXPLAIN
+    /// shows, and what runs on inputs other than string arrays.
+    like: LikeExpr,
     segments: Segments,
 }
 
@@ -119,11 +116,13 @@ impl SegmentsLike {
             _ => return None,
         };
         Some(Self {
-            like: Arc::clone(e),
-            expr: Arc::clone(like.expr()),
-            pattern: Arc::clone(like.pattern()),
-            negated: like.negated(),
             segments: Segments::parse(pattern)?,
+            like: LikeExpr::new(
+                like.negated(),
+                false,
+                Arc::clone(like.expr()),
+                Arc::clone(like.pattern()),
+            ),
         })
     }
 
@@ -133,7 +132,7 @@ impl SegmentsLike {
         T: datafusion::arrow::array::ArrayAccessor<Item = &'a str>,
     {
         BooleanArray::from_unary(strings, |s| {
-            self.segments.matches(s.as_bytes()) != self.negated
+            self.segments.matches(s.as_bytes()) != self.like.negated()
         })
     }
 }
@@ -206,7 +205,7 @@ impl SegmentsLike {
                 hits.get(k).is_some_and(|&p| p + needle <= end)
                     && self.segments.matches(strings.value(i).as_bytes())
             };
-            matches != self.negated
+            matches != self.like.negated()
         });
         BooleanArray::new(values, strings.nulls().cloned())
     }
@@ -220,7 +219,7 @@ impl fmt::Display for SegmentsLike {
 
 impl PartialEq for SegmentsLike {
     fn eq(&self, other: &Self) -> bool {
-        *self.like == *other.like
+        self.like == other.like
     }
 }
 
@@ -242,7 +241,7 @@ impl PhysicalExpr for SegmentsLike {
     }
 
     fn evaluate(&self, batch: &RecordBatch) -> Result<ColumnarValue> {
-        let ColumnarValue::Array(array) = self.expr.evaluate(batch)? else {
+        let ColumnarValue::Array(array) = self.like.expr().evaluate(batch)? else {
             return self.like.evaluate(batch);
         };
         let mask = match array.data_type() {
@@ -255,14 +254,18 @@ impl PhysicalExpr for SegmentsLike {
     }
 
     fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
-        vec![&self.expr, &self.pattern]
+        vec![self.like.expr(), self.like.pattern()]
     }
 
     fn with_new_children(
         self: Arc<Self>,
         children: Vec<Arc<dyn PhysicalExpr>>,
     ) -> Result<Arc<dyn PhysicalExpr>> {
-        let like = Arc::clone(&self.like).with_new_children(children)?;
+        let [expr, pattern] = <[_; 2]>::try_from(children).map_err(|c| {
+            datafusion::common::internal_datafusion_err!("LIKE has 2 children, not {}", c.len())
+        })?;
+        let like: Arc<dyn PhysicalExpr> =
+            Arc::new(LikeExpr::new(self.like.negated(), false, expr, pattern));
         Ok(match Self::try_from_like(&like) {
             Some(s) => Arc::new(s),
             None => like,
@@ -445,6 +448,38 @@ mod tests {
             got.as_boolean().iter().collect::<Vec<_>>(),
             [Some(false), Some(true), Some(false)]
         );
+    }
+
+    /// New children (a column remapped by projection pushdown) keep the
+    /// replacement, matching the new column.
+    #[test]
+    fn new_children_keep_the_replacement() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Utf8, true),
+            Field::new("b", DataType::Utf8, true),
+        ]));
+        let like: Arc<dyn PhysicalExpr> = Arc::new(LikeExpr::new(
+            true,
+            false,
+            col("a", &schema).unwrap(),
+            lit("%x%y%"),
+        ));
+        let fast = rewrite(like).unwrap();
+        let moved = Arc::clone(&fast)
+            .with_new_children(vec![col("b", &schema).unwrap(), lit("%x%y%")])
+            .unwrap();
+        assert!((moved.as_ref() as &dyn Any).is::<SegmentsLike>());
+        assert_eq!(moved.to_string(), "b@1 NOT LIKE %x%y%");
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["xy"])),
+                Arc::new(StringArray::from(vec!["ab"])),
+            ],
+        )
+        .unwrap();
+        let got = moved.evaluate(&batch).unwrap().into_array(1).unwrap();
+        assert!(got.as_boolean().value(0), "\"ab\" has no x: NOT LIKE holds");
     }
 
     /// Patterns arrow matches without a regular expression, or that hold
