@@ -39,6 +39,8 @@ use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::ExecutionPlan;
 
+use crate::collect_build::CollectSmallBuild;
+
 /// Bytes a value of a variable-width type (strings, binary, nested) is
 /// taken to hold.
 pub const VARIABLE_WIDTH: usize = 24;
@@ -47,8 +49,9 @@ pub const VARIABLE_WIDTH: usize = 24;
 #[derive(Debug, Default)]
 pub struct SmallerBuildSide;
 
-/// DataFusion's default physical rules with [`SmallerBuildSide`] right
-/// after join selection and `then` right after it.
+/// DataFusion's default physical rules with [`SmallerBuildSide`] and
+/// [`CollectSmallBuild`] (collect_build.rs) right after join selection and
+/// `then` right after them.
 pub fn physical_rules(
     then: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>>,
 ) -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
@@ -59,7 +62,7 @@ pub fn physical_rules(
         .map(|i| i + 1)
         .unwrap_or(rules.len());
     let mut after: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> =
-        vec![Arc::new(SmallerBuildSide)];
+        vec![Arc::new(SmallerBuildSide), Arc::new(CollectSmallBuild)];
     after.extend(then);
     rules.splice(at..at, after);
     rules

@@ -113,8 +113,9 @@ fn statement_state(runtime: Arc<RuntimeEnv>, query_memory: usize) -> Result<Sess
         limit: query_memory,
     }));
     // After join selection: semi and anti joins build on the side smaller
-    // in bytes (build_side.rs, not governance), then joins on raw keys
-    // never partition by them (governance/raw_keys.rs).
+    // in bytes (build_side.rs) and joins with a far larger probe side
+    // build one table (collect_build.rs), neither governance; then joins
+    // on raw keys never partition by them (governance/raw_keys.rs).
     let mut physical_rules = crate::build_side::physical_rules(vec![Arc::new(RawKeyJoinMode)]);
     // Last before the sanity check: partial aggregates group raw keys, so
     // nothing may reshape them after; filters evaluate costly masks after
@@ -1503,7 +1504,8 @@ mod tests {
         };
         let join_selection = at("join_selection");
         assert_eq!(at("veil_smaller_build_side"), join_selection + 1);
-        assert_eq!(at("veil_raw_key_join_mode"), join_selection + 2);
+        assert_eq!(at("veil_collect_small_build"), join_selection + 2);
+        assert_eq!(at("veil_raw_key_join_mode"), join_selection + 3);
         assert!(
             at("veil_smaller_build_side")
                 < at("FilterPushdown(Post)").min(at("EnsureRequirements"))

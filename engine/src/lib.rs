@@ -14,6 +14,7 @@ pub mod build_side;
 pub mod catalog;
 mod catalog_cache;
 mod checked;
+pub mod collect_build;
 pub mod condition;
 pub mod decimal_arith;
 mod dynamic_rows;

@@ -371,7 +371,8 @@ pub async fn run_on(
 }
 
 /// DataFusion's physical rules with Veil's that are not governance: the
-/// semi-join build side (`build_side.rs`) and, last before the sanity
+/// semi-join build side (`build_side.rs`), one table for a join whose
+/// probe side is far larger (`collect_build.rs`) and, last before the sanity
 /// check as in the engine, segment `LIKE`s by substring search
 /// (`like_segments.rs`), the adaptive conjunct order (`adaptive_and.rs`)
 /// and join keys filtering scans' rows (`dynamic_scan.rs`).
