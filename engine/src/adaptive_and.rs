@@ -415,13 +415,7 @@ mod tests {
         let filter_of = |sql: &'static str| {
             let ctx = with.clone();
             async move {
-                let plan = ctx
-                    .sql(sql)
-                    .await
-                    .unwrap()
-                    .create_physical_plan()
-                    .await
-                    .unwrap();
+                let plan = crate::test_sql::physical_plan(&ctx, sql).await;
                 let mut found = None;
                 plan.apply(|n| {
                     let any: &dyn Any = n.as_ref();

@@ -147,7 +147,7 @@ mod tests {
     use datafusion::prelude::{SessionConfig, SessionContext};
 
     use super::*;
-    use crate::test_sql::rows;
+    use crate::test_sql::{physical_plan, rows};
 
     /// Two partitions and no collected build sides, so every hash join is
     /// partitioned; with or without the rule.
@@ -185,13 +185,7 @@ mod tests {
 
     /// The semi or anti hash join's type and its build side's first column.
     async fn semi_join(ctx: &SessionContext, sql: &str) -> String {
-        let plan = ctx
-            .sql(sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let plan = physical_plan(ctx, sql).await;
         let shown = displayable(plan.as_ref()).indent(true).to_string();
         let line = shown
             .lines()

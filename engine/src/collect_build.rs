@@ -157,7 +157,7 @@ mod tests {
     use datafusion::prelude::{SessionConfig, SessionContext};
 
     use super::*;
-    use crate::test_sql::rows;
+    use crate::test_sql::{physical_plan, rows};
 
     /// Two partitions and no build side small enough for DataFusion to
     /// collect, so every hash join is partitioned; with or without the
@@ -194,13 +194,7 @@ mod tests {
 
     /// The partition modes of the plan's hash joins, top first.
     async fn modes(ctx: &SessionContext, sql: &str) -> Vec<String> {
-        let plan = ctx
-            .sql(sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let plan = physical_plan(ctx, sql).await;
         let shown = displayable(plan.as_ref()).indent(true).to_string();
         shown
             .lines()

@@ -204,18 +204,10 @@ mod tests {
     use datafusion::prelude::SessionContext;
     use futures::TryStreamExt;
 
+    use crate::test_sql::physical_plan as plan;
+
     fn executor() -> Arc<Executor> {
         Arc::new(Executor::new(1, 2 << 20).unwrap())
-    }
-
-    /// The physical plan of `sql` in `ctx`.
-    async fn plan(ctx: &SessionContext, sql: &str) -> Arc<dyn ExecutionPlan> {
-        ctx.sql(sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap()
     }
 
     fn task(ctx: &SessionContext) -> TaskContext {

@@ -537,13 +537,7 @@ pub(crate) mod tests {
 
     /// The answer and the executed physical plan.
     pub(crate) async fn run(ctx: &SessionContext, sql: &str) -> (String, Arc<dyn ExecutionPlan>) {
-        let plan = ctx
-            .sql(sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let plan = crate::test_sql::physical_plan(ctx, sql).await;
         let batches = collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
         (pretty_format_batches(&batches).unwrap().to_string(), plan)
     }

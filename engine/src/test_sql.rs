@@ -2,7 +2,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::sync::Arc;
+
 use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
 /// The answer of `sql`, as a pretty-printed table.
@@ -18,4 +21,14 @@ pub(crate) async fn plan(ctx: &SessionContext, sql: &str) -> String {
         .unwrap()
         .display_indent()
         .to_string()
+}
+
+/// The physical plan of `sql`, not executed.
+pub(crate) async fn physical_plan(ctx: &SessionContext, sql: &str) -> Arc<dyn ExecutionPlan> {
+    ctx.sql(sql)
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap()
 }
