@@ -29,6 +29,7 @@ use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, Task
 use datafusion::logical_expr::{LogicalPlan, Statement};
 use datafusion::optimizer::{Analyzer, Optimizer};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::analyze::AnalyzeExec;
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
@@ -1465,10 +1466,14 @@ impl Session {
     ) -> Result<QueryOutput> {
         let task = TaskContext::from(&*ctx.state_ref().read())
             .with_runtime(self.engine.statement_runtime()?);
+        let analyze = plan.downcast_ref::<AnalyzeExec>().is_some();
         let mut stream = self
             .engine
             .executor
             .execute(plan, task, Arc::clone(&gctx.interrupt))?;
+        if analyze {
+            stream = crate::analyze_text::redact(stream);
+        }
         if let Some(deadline) = self.deadline {
             let timeout = self.engine.admission.limits().query_timeout;
             stream = crate::limits::with_deadline(stream, deadline, timeout);

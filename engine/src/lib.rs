@@ -4,6 +4,7 @@
 //! in-process through [`Engine`] and [`Session`].
 
 pub mod adaptive_and;
+mod analyze_text;
 mod any_partition;
 pub mod audit;
 pub mod avg_sums;
