@@ -26,6 +26,7 @@ mod executor;
 pub mod governance;
 pub mod group_reduction;
 pub mod interrupt;
+pub mod join_arrays;
 pub mod keys;
 pub mod like_segments;
 pub mod limits;

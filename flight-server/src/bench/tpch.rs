@@ -20,7 +20,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use veil_engine::adaptive_and::AdaptiveConjuncts;
 use veil_engine::group_reduction::ReduceGroupsByJoinKey;
 use veil_engine::keys::MasterKey;
@@ -167,12 +167,17 @@ impl Harness {
         let profile = PROFILE.replace("{data}", text);
         veil_engine::statement::apply_script(&mut engine.session("admin"), &profile).await?;
 
-        // DataFusion with Veil's planning rules that are not governance
-        // (`semi_join.rs`, `group_reduction.rs`, `build_side.rs`,
-        // `shared_plan.rs`, `adaptive_and.rs`), so the runs differ by
-        // governance alone.
+        // DataFusion with Veil's planning rules and settings that are not
+        // governance (`semi_join.rs`, `group_reduction.rs`, `build_side.rs`,
+        // `shared_plan.rs`, `adaptive_and.rs`, `join_arrays.rs`), so the runs
+        // differ by governance alone.
         let plain = SessionContext::new_with_state(
             SessionStateBuilder::new()
+                .with_config({
+                    let mut config = SessionConfig::new();
+                    veil_engine::join_arrays::configure(&mut config);
+                    config
+                })
                 .with_default_features()
                 .with_optimizer_rule(Arc::new(SemiJoinOnJoinKey))
                 .with_optimizer_rule(Arc::new(ReduceGroupsByJoinKey))
