@@ -1467,8 +1467,13 @@ impl Session {
         gctx: &GovernanceContext,
         plan: Arc<dyn ExecutionPlan>,
     ) -> Result<QueryOutput> {
-        let task = TaskContext::from(&*ctx.state_ref().read())
+        let mut task = TaskContext::from(&*ctx.state_ref().read())
             .with_runtime(self.engine.statement_runtime()?);
+        if crate::governance::raw_keys::joins_raw_keys(&plan) {
+            let mut config = task.session_config().clone();
+            crate::join_arrays::hash_only(&mut config);
+            task = task.with_session_config(config);
+        }
         let analyze = plan.downcast_ref::<AnalyzeExec>().is_some();
         let mut stream = self
             .engine

@@ -32,6 +32,16 @@ pub fn configure(config: &mut SessionConfig) {
         .perfect_hash_join_small_build_threshold = ARRAY_JOIN_RANGE;
 }
 
+/// Every hash join hashes its keys, whatever their range: for statements
+/// that join masked columns on their raw values (`governance/raw_keys.rs`),
+/// where an array's size, and the time to clear it, would follow the range
+/// of values the user may only see as tokens.
+pub fn hash_only(config: &mut SessionConfig) {
+    let execution = &mut config.options_mut().execution;
+    execution.perfect_hash_join_small_build_threshold = 0;
+    execution.perfect_hash_join_min_key_density = f64::INFINITY;
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -45,19 +55,17 @@ mod tests {
     use datafusion::prelude::SessionContext;
 
     use super::*;
+    use crate::governance::raw_keys::{joins_raw_keys, plan_joins_raw_keys};
     use crate::test_sql::physical_plan;
 
     /// 1,000 dimension keys spread over 0..4M (a range of 4M values, filled
-    /// to 0.025 %), and 200,000 facts over the same range.
-    async fn ctx(arrays: bool) -> SessionContext {
-        let mut config = SessionConfig::new().with_target_partitions(2);
-        if arrays {
-            configure(&mut config);
-        }
-        let ctx = SessionContext::new_with_config(config);
+    /// to 0.025 %), and 200,000 facts over the same range, in columns named
+    /// `key`.
+    async fn ctx(config: SessionConfig, key: &str) -> SessionContext {
+        let ctx = SessionContext::new_with_config(config.with_target_partitions(2));
         for (name, rows, step) in [("dim", 1_000, 4_000), ("fact", 200_000, 20)] {
             let schema = Arc::new(Schema::new(vec![
-                Field::new("k", DataType::Int64, false),
+                Field::new(key, DataType::Int64, false),
                 Field::new("v", DataType::Int64, false),
             ]));
             let keys = Int64Array::from_iter_values((0..rows).map(|i| i * step));
@@ -87,8 +95,15 @@ mod tests {
         let sql = "SELECT count(*), sum(fact.v), sum(dim.v) FROM fact JOIN dim ON fact.k = dim.k";
         let mut answers = Vec::new();
         for arrays in [false, true] {
-            let ctx = ctx(arrays).await;
+            let mut config = SessionConfig::new();
+            if arrays {
+                configure(&mut config);
+            }
+            let ctx = ctx(config, "k").await;
+            let logical = ctx.sql(sql).await.unwrap().into_optimized_plan().unwrap();
+            assert!(!plan_joins_raw_keys(&logical));
             let plan = physical_plan(&ctx, sql).await;
+            assert!(!joins_raw_keys(&plan));
             let batches = collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
             assert_eq!(arrays_built(&plan) > 0, arrays, "arrays: {arrays}");
             answers.push(
@@ -100,5 +115,35 @@ mod tests {
         assert_eq!(answers[0], answers[1]);
         // Every 200th fact (k a multiple of 4,000 below 4M) has its dimension.
         assert!(answers[1].contains("| 1000 "), "{}", answers[1]);
+    }
+
+    /// A join on raw keys (columns named as `raw_keys.rs` names them) is
+    /// recognized, and under `hash_only` builds no array even for keys
+    /// whose range is small, with the same answer.
+    #[tokio::test]
+    async fn a_join_on_raw_keys_hashes_them_whatever_their_range() {
+        let sql = "SELECT count(*), sum(fact.v) FROM fact JOIN dim \
+                   ON fact.__veil_raw_key_0 = dim.__veil_raw_key_0";
+        let mut answers = Vec::new();
+        for hashing in [false, true] {
+            let mut config = SessionConfig::new();
+            configure(&mut config);
+            if hashing {
+                hash_only(&mut config);
+            }
+            let ctx = ctx(config, "__veil_raw_key_0").await;
+            let logical = ctx.sql(sql).await.unwrap().into_optimized_plan().unwrap();
+            assert!(plan_joins_raw_keys(&logical));
+            let plan = physical_plan(&ctx, sql).await;
+            assert!(joins_raw_keys(&plan));
+            let batches = collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
+            assert_eq!(arrays_built(&plan) > 0, !hashing, "hash only: {hashing}");
+            answers.push(
+                datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        assert_eq!(answers[0], answers[1]);
     }
 }

@@ -308,6 +308,40 @@ impl OptimizerRule for RawKeyJoin {
     }
 }
 
+/// Whether `plan` has a hash join on raw keys: such a statement runs with
+/// every join hashing its keys (`join_arrays::hash_only`), because an array
+/// indexed by key would take memory, and time to clear, in proportion to
+/// the range of the raw values.
+pub(crate) fn joins_raw_keys(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.exists(|p| {
+        let any: &dyn Any = p.as_ref();
+        Ok(any.downcast_ref::<HashJoinExec>().is_some_and(|join| {
+            join.on()
+                .iter()
+                .any(|(l, r)| is_raw_key(l) || is_raw_key(r))
+        }))
+    })
+    // Cannot fail; if it did, hash every join.
+    .unwrap_or(true)
+}
+
+/// Whether a logical plan (subqueries included) joins on raw keys, for
+/// the statements DataFusion plans and runs in one call (workspace writes).
+pub(crate) fn plan_joins_raw_keys(plan: &LogicalPlan) -> bool {
+    let raw = |e: &Expr| matches!(e, Expr::Column(c) if c.name.starts_with(RAW_KEY));
+    let mut found = false;
+    let walked = plan.apply_with_subqueries(|p| {
+        if let LogicalPlan::Join(join) = p {
+            found |= join.on.iter().any(|(l, r)| raw(l) || raw(r));
+        }
+        Ok(match found {
+            true => TreeNodeRecursion::Stop,
+            false => TreeNodeRecursion::Continue,
+        })
+    });
+    found || walked.is_err()
+}
+
 fn is_raw_key(e: &Arc<dyn PhysicalExpr>) -> bool {
     let any: &dyn Any = e.as_ref();
     any.downcast_ref::<PhysicalColumn>()

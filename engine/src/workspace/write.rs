@@ -568,7 +568,10 @@ impl<'a> Writer<'a> {
             // Runs with the statement's own memory pool, and its place
             // among the executor's statements for its joins (turns.rs).
             let turn = engine.executor().turn();
-            let config = state.config().clone().with_extension(Arc::clone(&turn));
+            let mut config = state.config().clone().with_extension(Arc::clone(&turn));
+            if crate::governance::raw_keys::plan_joins_raw_keys(&plan) {
+                crate::join_arrays::hash_only(&mut config);
+            }
             let state = SessionStateBuilder::new_from_existing(state)
                 .with_config(config)
                 .with_runtime_env(engine.statement_runtime()?)
