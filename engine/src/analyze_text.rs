@@ -53,8 +53,9 @@ fn redact_batch(batch: &RecordBatch) -> Result<RecordBatch> {
 
 fn redact_text(column: &ArrayRef) -> ArrayRef {
     let Some(re) = KEY_METRICS.as_ref() else {
-        // The pattern is a constant that compiles; without it, print no plan
-        // text rather than the metric.
+        // The pattern is a constant that compiles. Were it not, the plan
+        // column (which cannot be null) would make the batch an error:
+        // no text rather than the metric.
         return Arc::new(StringArray::new_null(column.len()));
     };
     let text = column.as_string::<i32>();
