@@ -17,6 +17,12 @@
 //!   ten of the rows it was given (q9: the orders filter keeps 85 % of
 //!   lineitem's rows but runs on the 2 % the part filter keeps).
 //!
+//! A filter whose join probes these rows directly (`own`: the scan under
+//! a join and a few comparisons, `dynamic_scan.rs`) repeats the join's
+//! lookup on the rows it keeps: its sample decides whether it keeps its
+//! lookup ([`OWN_LOOKUP_NANOS`] a row at most, half the rows dropped at
+//! least) or leaves it to the join and applies only its bounds.
+//!
 //! Only rows a filter can drop are counted, not rows seen before it is
 //! filled. A partitioned join's filter is applied as
 //! [`any_partition`](crate::any_partition) relaxes it (once per filled
@@ -43,6 +49,13 @@ use crate::any_partition::any_partition;
 /// Rows a partition's dynamic filters are tried on before it judges them.
 pub(crate) const DYNAMIC_SAMPLE_ROWS: usize = 65_536;
 
+/// The most a join's lookup may cost a row (its bounds included) to be
+/// applied in the scan its join probes (`own`). TPC-H's lookups in
+/// arrays (`join_arrays.rs`) cost 2-9 ns a row here (more where the keys
+/// come in random order), while q4's lookup of 6M `lineitem` rows in a
+/// hash table of 57K orders cost 16 ns a row.
+pub(crate) const OWN_LOOKUP_NANOS: f64 = 10.0;
+
 /// The dynamic filters of one partition (see the module documentation).
 pub(crate) struct DynamicRows {
     filters: Vec<JudgedFilter>,
@@ -67,10 +80,11 @@ struct JudgedFilter {
     kept: usize,
     /// No longer evaluated: it did not pay.
     off: bool,
-    /// Its join probes these rows directly: a hash table lookup is left to
-    /// the join, which does the same lookup for no more (its bounds are
-    /// still applied).
+    /// Its join probes these rows directly, with the same lookup.
     own: bool,
+    /// Its lookups are left to its join (its bounds are still applied):
+    /// an `own` filter whose sample showed a lookup that did not pay.
+    bounds_only: bool,
 }
 
 impl JudgedFilter {
@@ -85,6 +99,7 @@ impl JudgedFilter {
             kept: 0,
             off: false,
             own: false,
+            bounds_only: false,
         }
     }
 
@@ -101,7 +116,7 @@ impl JudgedFilter {
             }
         }
         let mut relaxed = any_partition(&filled, schema)?;
-        if let (true, Some(r)) = (self.own, &relaxed) {
+        if let (true, Some(r)) = (self.bounds_only, &relaxed) {
             // `bounds AND lookup` → `bounds AND true`: a superset, as any
             // lookup sits in a conjunction or disjunction.
             let bounds = Arc::clone(r).transform(|e| {
@@ -184,10 +199,15 @@ impl DynamicRows {
     }
 
     /// Drops the sampled filters that did not pay and orders the rest,
-    /// those not filled yet last.
+    /// those not filled yet last. An `own` filter keeps its lookups only
+    /// when [`own_lookup_pays`] on its sample.
     fn rank(&mut self) -> Vec<usize> {
         for f in &mut self.filters {
             f.off = f.sampled > 0 && !Self::pays(f.sampled, f.sample_kept);
+            if f.own && !own_lookup_pays(f.nanos, f.sample_kept, f.sampled) {
+                f.bounds_only = true;
+                f.relaxed = None;
+            }
         }
         let priority: Vec<f64> = self
             .filters
@@ -246,6 +266,19 @@ impl DynamicRows {
         }
         Ok(keep)
     }
+}
+
+/// Whether a join's own filter (its lookup included) that kept `kept` of
+/// `rows` rows in `nanos` pays in the scan, where the join will look up
+/// again the rows it keeps: when it costs at most [`OWN_LOOKUP_NANOS`] a
+/// row and drops at least half the rows, whose filters and probes between
+/// scan and join it saves.
+fn own_lookup_pays(nanos: u128, kept: usize, rows: usize) -> bool {
+    if rows == 0 {
+        return false;
+    }
+    let per_row = nanos as f64 / rows as f64;
+    per_row <= OWN_LOOKUP_NANOS && kept.saturating_mul(2) <= rows
 }
 
 /// Whether a filter's value is `true` for every row (not filled yet, or
@@ -367,6 +400,68 @@ mod tests {
         assert!(rows.filters[0].off);
         assert!(!rows.filters[1].off);
         assert_eq!(rows.mask(&batch).unwrap().unwrap().true_count(), want);
+    }
+
+    #[test]
+    fn a_joins_own_lookup_pays_when_cheap_and_selective() {
+        let rows = DYNAMIC_SAMPLE_ROWS;
+        let nanos = |per_row: u128| per_row * rows as u128;
+        // An array's load a row, dropping 99 %: applied.
+        assert!(own_lookup_pays(nanos(1), rows / 100, rows));
+        // Dropping exactly half still pays; keeping more does not.
+        assert!(own_lookup_pays(nanos(2), rows / 2, rows));
+        assert!(!own_lookup_pays(nanos(2), rows / 2 + 1, rows));
+        // A large hash table's probe: left to the join however selective.
+        assert!(!own_lookup_pays(nanos(16), 0, rows));
+        assert!(own_lookup_pays(nanos(9), 0, rows));
+        // Never sampled: left to the join.
+        assert!(!own_lookup_pays(0, 0, 0));
+    }
+
+    /// A join's dynamic filter filled with `k <= 1000 AND lookup(k)` over
+    /// an empty hash table (no build key matches).
+    fn bounds_and_empty_lookup() -> Arc<dyn PhysicalExpr> {
+        use datafusion::physical_plan::joins::join_hash_map::JoinHashMapU64;
+        use datafusion::physical_plan::joins::{Map, SeededRandomState};
+        let map = Map::HashMap(Box::new(JoinHashMapU64::with_capacity(0)));
+        let lookup = HashTableLookupExpr::new(
+            vec![k()],
+            SeededRandomState::with_seed(0),
+            Arc::new(map),
+            "hash_lookup".to_string(),
+        );
+        let bounds = compare(Operator::LtEq, 1000);
+        let filled = binary(bounds, Operator::And, Arc::new(lookup), &schema()).unwrap();
+        let dynamic = DynamicFilterPhysicalExpr::new(vec![k()], lit(true));
+        dynamic.update(filled).unwrap();
+        Arc::new(dynamic)
+    }
+
+    #[test]
+    fn a_joins_own_lookup_is_left_to_it_once_its_sample_shows_it_costly() {
+        let batch = batch(sample_rows());
+        for (per_row, kept) in [(1u128, 0), (50, 1001)] {
+            let mut rows = DynamicRows::new(vec![bounds_and_empty_lookup()].into());
+            rows = rows.probed_by(&[true]);
+            // The sample evaluates the lookup: no row is kept.
+            let sampled = rows.sample(&batch).unwrap().unwrap();
+            assert_eq!(sampled.true_count(), 0);
+            // Judged at `per_row` ns a row (set, not timed).
+            let judged = &mut rows.filters[0];
+            assert_eq!(judged.sampled, batch.num_rows());
+            judged.nanos = per_row * judged.sampled as u128;
+            rows.order = Some(rows.rank());
+            // Cheap: the lookup stays; costly: only the bounds (0..=1000).
+            let mask = rows.mask(&batch).unwrap().unwrap();
+            assert_eq!(mask.true_count(), kept, "{per_row} ns a row");
+            assert_eq!(rows.filters[0].bounds_only, per_row > 10);
+        }
+        // Not flagged as probed by its join: the lookup always stays.
+        let mut rows = DynamicRows::new(vec![bounds_and_empty_lookup()].into());
+        rows.sample(&batch).unwrap();
+        rows.filters[0].nanos = 50 * batch.num_rows() as u128;
+        rows.order = Some(rows.rank());
+        assert_eq!(rows.mask(&batch).unwrap().unwrap().true_count(), 0);
     }
 
     #[test]
