@@ -74,6 +74,9 @@ struct JudgedFilter {
     sampled: usize,
     sample_kept: usize,
     nanos: u128,
+    /// Its lowest cost per row over the sample's batches: a batch whose
+    /// thread was descheduled while timed costs more than the filter did.
+    best_per_row: f64,
     /// Rows it ruled on once ordered (those the filters before it kept)
     /// and how many of them it kept.
     ruled: usize,
@@ -95,6 +98,7 @@ impl JudgedFilter {
             sampled: 0,
             sample_kept: 0,
             nanos: 0,
+            best_per_row: f64::INFINITY,
             ruled: 0,
             kept: 0,
             off: false,
@@ -190,6 +194,7 @@ impl DynamicRows {
             judged.sampled += rows;
             judged.sample_kept += mask.true_count();
             judged.nanos += nanos;
+            judged.best_per_row = judged.best_per_row.min(nanos as f64 / rows.max(1) as f64);
             keep = Some(match keep {
                 Some(k) => and(&k, &mask)?,
                 None => mask,
@@ -204,7 +209,7 @@ impl DynamicRows {
     fn rank(&mut self) -> Vec<usize> {
         for f in &mut self.filters {
             f.off = f.sampled > 0 && !Self::pays(f.sampled, f.sample_kept);
-            if f.own && !own_lookup_pays(f.nanos, f.sample_kept, f.sampled) {
+            if f.own && !own_lookup_pays(f.best_per_row, f.sample_kept, f.sampled) {
                 f.bounds_only = true;
                 f.relaxed = None;
             }
@@ -269,16 +274,12 @@ impl DynamicRows {
 }
 
 /// Whether a join's own filter (its lookup included) that kept `kept` of
-/// `rows` rows in `nanos` pays in the scan, where the join will look up
-/// again the rows it keeps: when it costs at most [`OWN_LOOKUP_NANOS`] a
-/// row and drops at least half the rows, whose filters and probes between
-/// scan and join it saves.
-fn own_lookup_pays(nanos: u128, kept: usize, rows: usize) -> bool {
-    if rows == 0 {
-        return false;
-    }
-    let per_row = nanos as f64 / rows as f64;
-    per_row <= OWN_LOOKUP_NANOS && kept.saturating_mul(2) <= rows
+/// `rows` rows, at best `per_row` ns a row, pays in the scan, where the
+/// join will look up again the rows it keeps: when it costs at most
+/// [`OWN_LOOKUP_NANOS`] a row and drops at least half the rows, whose
+/// filters and probes between scan and join it saves.
+fn own_lookup_pays(per_row: f64, kept: usize, rows: usize) -> bool {
+    rows > 0 && per_row <= OWN_LOOKUP_NANOS && kept.saturating_mul(2) <= rows
 }
 
 /// Whether a filter's value is `true` for every row (not filled yet, or
@@ -405,17 +406,17 @@ mod tests {
     #[test]
     fn a_joins_own_lookup_pays_when_cheap_and_selective() {
         let rows = DYNAMIC_SAMPLE_ROWS;
-        let nanos = |per_row: u128| per_row * rows as u128;
         // An array's load a row, dropping 99 %: applied.
-        assert!(own_lookup_pays(nanos(1), rows / 100, rows));
+        assert!(own_lookup_pays(1.0, rows / 100, rows));
         // Dropping exactly half still pays; keeping more does not.
-        assert!(own_lookup_pays(nanos(2), rows / 2, rows));
-        assert!(!own_lookup_pays(nanos(2), rows / 2 + 1, rows));
+        assert!(own_lookup_pays(2.0, rows / 2, rows));
+        assert!(!own_lookup_pays(2.0, rows / 2 + 1, rows));
         // A large hash table's probe: left to the join however selective.
-        assert!(!own_lookup_pays(nanos(16), 0, rows));
-        assert!(own_lookup_pays(nanos(9), 0, rows));
+        assert!(!own_lookup_pays(16.0, 0, rows));
+        assert!(own_lookup_pays(9.0, 0, rows));
         // Never sampled: left to the join.
-        assert!(!own_lookup_pays(0, 0, 0));
+        assert!(!own_lookup_pays(f64::INFINITY, 0, 0));
+        assert!(!own_lookup_pays(0.0, 0, 0));
     }
 
     /// A join's dynamic filter filled with `k <= 1000 AND lookup(k)` over
@@ -449,7 +450,13 @@ mod tests {
             // Judged at `per_row` ns a row (set, not timed).
             let judged = &mut rows.filters[0];
             assert_eq!(judged.sampled, batch.num_rows());
-            judged.nanos = per_row * judged.sampled as u128;
+            let mean = judged.nanos as f64 / judged.sampled as f64;
+            assert!(
+                judged.best_per_row <= mean,
+                "{} > {mean}",
+                judged.best_per_row
+            );
+            judged.best_per_row = per_row as f64;
             rows.order = Some(rows.rank());
             // Cheap: the lookup stays; costly: only the bounds (0..=1000).
             let mask = rows.mask(&batch).unwrap().unwrap();
@@ -459,7 +466,7 @@ mod tests {
         // Not flagged as probed by its join: the lookup always stays.
         let mut rows = DynamicRows::new(vec![bounds_and_empty_lookup()].into());
         rows.sample(&batch).unwrap();
-        rows.filters[0].nanos = 50 * batch.num_rows() as u128;
+        rows.filters[0].best_per_row = 50.0;
         rows.order = Some(rows.rank());
         assert_eq!(rows.mask(&batch).unwrap().unwrap().true_count(), 0);
     }
