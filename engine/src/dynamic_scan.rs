@@ -124,8 +124,8 @@ impl PhysicalOptimizerRule for DynamicScanRows {
 /// (`dynamic_rows::own_lookup_pays`). TPC-H q4 spent 98 ms of CPU looking
 /// up 6M `lineitem` rows in a hash table of orders in the scan, where
 /// `l_receiptdate > l_commitdate` costs a few ns a row; q19's lookup in
-/// an array of 485 parts costs about 1 ns a row and spares 6M rows a
-/// string filter.
+/// an array of 485 parts costs 3-9 ns a row (its keys come in random
+/// order) and spares 5.87M rows a string filter of about 16 ns a row.
 fn probed_scan(probe: &Arc<dyn ExecutionPlan>) -> Option<&Arc<dyn ExecutionPlan>> {
     let mut node = probe;
     loop {
