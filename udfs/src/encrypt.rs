@@ -17,15 +17,13 @@ use datafusion::arrow::array::{ArrayRef, StringBuilder};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
 use hkdf::Hkdf;
-use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::canonical::for_each_canonical;
 use crate::error::UdfError;
 use crate::key::MaskKey;
+use crate::mac::KeyedMac;
 use crate::mask::ArrayMask;
-
-type HmacSha256 = Hmac<Sha256>;
 
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
@@ -34,7 +32,7 @@ const TAG_LEN: usize = 16;
 pub(crate) struct EncryptMask {
     key: MaskKey,
     cipher: Aes256Gcm,
-    nonce_mac: HmacSha256,
+    nonce_mac: KeyedMac,
 }
 
 impl std::fmt::Debug for EncryptMask {
@@ -43,7 +41,7 @@ impl std::fmt::Debug for EncryptMask {
     }
 }
 
-fn subkeys(key: &MaskKey) -> Result<(Aes256Gcm, HmacSha256), UdfError> {
+fn subkeys(key: &MaskKey) -> Result<(Aes256Gcm, KeyedMac), UdfError> {
     let hk = Hkdf::<Sha256>::new(None, key.bytes());
     let (mut enc, mut nonce) = ([0u8; 32], [0u8; 32]);
     let bad = |_| UdfError::InvalidParameters(format!("key {}", key.handle()));
@@ -51,15 +49,13 @@ fn subkeys(key: &MaskKey) -> Result<(Aes256Gcm, HmacSha256), UdfError> {
     hk.expand(b"veil/encrypt/nonce", &mut nonce).map_err(bad)?;
     let cipher = Aes256Gcm::new_from_slice(&enc)
         .map_err(|_| UdfError::InvalidParameters(format!("key {}", key.handle())))?;
-    let mac = <HmacSha256 as Mac>::new_from_slice(&nonce)
+    let mac = KeyedMac::new(&nonce)
         .map_err(|_| UdfError::InvalidParameters(format!("key {}", key.handle())))?;
     Ok((cipher, mac))
 }
 
-fn synthetic_nonce(mac: &HmacSha256, canonical: &[u8]) -> [u8; NONCE_LEN] {
-    let mut m = mac.clone();
-    m.update(canonical);
-    let full = m.finalize().into_bytes();
+fn synthetic_nonce(mac: &KeyedMac, canonical: &[u8]) -> [u8; NONCE_LEN] {
+    let full = mac.tag(canonical);
     let mut nonce = [0u8; NONCE_LEN];
     nonce.copy_from_slice(&full[..NONCE_LEN]);
     nonce

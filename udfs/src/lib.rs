@@ -32,6 +32,7 @@ mod encrypt;
 mod error;
 mod hash;
 mod key;
+mod mac;
 mod mask;
 mod null;
 mod regex_replace;

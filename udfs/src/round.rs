@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 
 use datafusion::arrow::array::{ArrayRef, AsArray};
 use datafusion::arrow::compute::{cast, kernels::arity::unary};
-use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, UInt64Type};
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type, UInt64Type};
 use datafusion::common::Result;
 
 use crate::error::UdfError;
@@ -88,6 +88,24 @@ impl ArrayMask for RoundMask {
             std::sync::Arc::new(unary::<Int64Type, _, Int64Type>(v.as_primitive(), |x| {
                 x.div_euclid(w).saturating_mul(w)
             }))
+        } else if let DataType::Decimal128(precision, scale) = t {
+            // Up to 18 digits the unscaled value fits an i64, whose
+            // conversion to f64 is one instruction (arrow's decimal cast
+            // goes through i128, a library call per value); both round the
+            // integer to the nearest f64, so the result is the same.
+            let (w, unit) = (self.width, 10f64.powi(i32::from(scale)));
+            if precision <= 18 {
+                std::sync::Arc::new(unary::<Decimal128Type, _, Float64Type>(
+                    input.as_primitive(),
+                    |v| ((v as i64) as f64 / unit / w).floor() * w,
+                ))
+            } else {
+                let v = cast(input, &DataType::Float64)?;
+                std::sync::Arc::new(unary::<Float64Type, _, Float64Type>(
+                    v.as_primitive(),
+                    |x| (x / w).floor() * w,
+                ))
+            }
         } else {
             let w = self.width;
             let v = cast(input, &DataType::Float64)?;

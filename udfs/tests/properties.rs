@@ -7,9 +7,10 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Int64Array, LargeStringArray, StringArray, StringViewArray,
+    Array, ArrayRef, AsArray, Decimal128Array, Int64Array, LargeStringArray, StringArray,
+    StringViewArray,
 };
-use datafusion::arrow::datatypes::{Field, Int64Type};
+use datafusion::arrow::datatypes::{Field, Float64Type, Int64Type};
 use datafusion::config::ConfigOptions;
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF};
 use proptest::prelude::*;
@@ -270,6 +271,34 @@ proptest! {
             match v {
                 None => prop_assert!(out.is_null(i)),
                 Some(v) => prop_assert_eq!(out.value(i), v.div_euclid(width) * width),
+            }
+        }
+    }
+
+    /// Decimals of up to 18 digits take a path of their own (`round.rs`);
+    /// both paths give floor(x / width) * width of the decimal's f64 value,
+    /// NULLs kept.
+    #[test]
+    fn round_of_decimals_is_floor_of_width_on_both_paths(
+        values in prop::collection::vec(prop::option::of(-999_999_999_999_999i64..999_999_999_999_999), 0..50),
+        width in prop::sample::select(vec![0.5, 1.0, 7.0, 100.0, 2500.0]),
+        scale in 0i8..6,
+    ) {
+        let udf = mask_udf(MaskSpec::Round(width)).unwrap();
+        for precision in [15u8, 18, 38] {
+            let input = Decimal128Array::from(values.iter().map(|v| v.map(i128::from)).collect::<Vec<_>>())
+                .with_precision_and_scale(precision, scale)
+                .unwrap();
+            let out = invoke(&udf, Arc::new(input));
+            let out = out.as_primitive::<Float64Type>();
+            for (i, v) in values.iter().enumerate() {
+                match v {
+                    None => prop_assert!(out.is_null(i)),
+                    Some(v) => {
+                        let x = *v as f64 / 10f64.powi(i32::from(scale));
+                        prop_assert_eq!(out.value(i), (x / width).floor() * width, "precision {}", precision);
+                    }
+                }
             }
         }
     }

@@ -584,7 +584,18 @@ impl ExecutionPlan for GovernedScanExec {
         let output = self.output.clone();
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let stream = input.map(move |batch| {
-            let batch = batch?;
+            let mut batch = batch?;
+            let mut dynamic_keep = dynamic.mask(&batch)?;
+            // A join keeping few of the rows (q22's anti join keeps 0.6 % of
+            // the orders) narrows the batch first, so the row policy runs
+            // only on rows that can leave the barrier. Both filters run on
+            // every row that leaves it, in either order.
+            if let (Some(_), Some(d)) = (&predicate, &dynamic_keep) {
+                if d.true_count() * 2 < d.len() {
+                    batch = filter_record_batch(&batch, d)?;
+                    dynamic_keep = None;
+                }
+            }
             let passed = match &output {
                 Some(columns) => batch.project(columns)?,
                 None => batch.clone(),
@@ -593,7 +604,7 @@ impl ExecutionPlan for GovernedScanExec {
                 Some(p) => Some(boolean(p.evaluate(&batch)?, batch.num_rows())?),
                 None => None,
             };
-            let keep = match (policy, dynamic.mask(&batch)?) {
+            let keep = match (policy, dynamic_keep) {
                 (Some(p), Some(d)) => Some(and(&p, &d)?),
                 (p, d) => p.or(d),
             };
@@ -1217,6 +1228,11 @@ pub(super) mod tests {
             )
             .await;
             let us = count(&ctx, "SELECT count(*) FROM employees WHERE region = 'US'").await;
+            // The join keeps a picked row the policy hides (the barrier
+            // narrows its batches to the join's rows before the policy).
+            let picked_rows =
+                count(&ctx, "SELECT count(*) FROM employees WHERE employee_id < 3").await;
+            assert!(want >= 1 && want < picked_rows, "{want} {picked_rows}");
             assert_eq!(joined, want, "{masked:?} {partitioned}");
             let text = displayable(plan.as_ref()).indent(true).to_string();
             assert_eq!(text.contains("mode=Partitioned"), partitioned, "{text}");
