@@ -18,9 +18,23 @@
 //! barrier (whose hidden input is no child), and a filter only drops rows
 //! the join would drop: its keys are the build side's, which the same
 //! query reads.
+//!
+//! A scan holding a filter that a hash join of the same plan produces waits,
+//! before it reads, until that join has built (at most [`FILTER_WAIT`]). A
+//! join reads its probe side only once it has built, so this changes
+//! nothing for its own probe scan; but DataFusion starts every partition of
+//! a `CoalescePartitionsExec` (a collected join's build side) as soon as the
+//! plan is executed, so such a scan raced the joins above it: in TPC-H q7
+//! the customer scan passed 34.6K-42.2K of 150K rows where the nation
+//! join's filter keeps 12K, and the orders filtered by those customers went
+//! on to the next join's build. Only hash joins' filters are waited for: a
+//! TopK's or an aggregate's completes when its own input ends, and that
+//! input may be this scan.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::common::config::ConfigOptions;
@@ -52,6 +66,13 @@ use crate::adaptive_and::AdaptiveAnd;
 use crate::dynamic_rows::DynamicRows;
 use crate::timeslice::TimesliceExec;
 
+/// Longest a scan waits for the hash joins whose filters it holds to build.
+/// A join that never fills its filter at run time (its dynamic filter
+/// pushdown turned off after planning) then costs this wait once per
+/// partition, not a hang; a build that takes longer leaves the scan to
+/// start unfiltered, as it did before.
+pub(crate) const FILTER_WAIT: Duration = Duration::from_millis(500);
+
 /// The physical optimizer rule (see the module documentation). It runs
 /// after DataFusion's post-optimization filter pushdown, which hands the
 /// dynamic filters to the scans.
@@ -64,6 +85,18 @@ impl PhysicalOptimizerRule for DynamicScanRows {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        // Every filter a hash join of the plan produces.
+        let mut produced: HashSet<u64> = HashSet::new();
+        plan.apply(|node| {
+            if let Some(join) = node.downcast_ref::<HashJoinExec>() {
+                produced.extend(
+                    join.dynamic_expressions_produced()
+                        .iter()
+                        .filter_map(|f| f.expression_id()),
+                );
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
         // Per scan probed directly by a hash join: that join's filter.
         let mut direct: Vec<(*const (), u64)> = vec![];
         plan.transform_down(|node| {
@@ -93,6 +126,10 @@ impl PhysicalOptimizerRule for DynamicScanRows {
                 .filter(|(s, _)| *s == scan)
                 .map(|(_, id)| *id)
                 .collect();
+            let joins_build = filters
+                .iter()
+                .map(|f| f.expression_id().is_some_and(|id| produced.contains(&id)))
+                .collect::<Vec<_>>();
             let filters = filters
                 .into_iter()
                 .map(|f| {
@@ -100,7 +137,8 @@ impl PhysicalOptimizerRule for DynamicScanRows {
                     (f, own)
                 })
                 .collect();
-            let wrapped: Arc<dyn ExecutionPlan> = Arc::new(DynamicRowsExec::new(node, filters));
+            let wrapped: Arc<dyn ExecutionPlan> =
+                Arc::new(DynamicRowsExec::new(node, filters).awaiting(&joins_build));
             Ok(Transformed::new(wrapped, true, TreeNodeRecursion::Jump))
         })
         .map(|t| t.data)
@@ -210,6 +248,9 @@ pub struct DynamicRowsExec {
     filters: Arc<[Arc<dyn PhysicalExpr>]>,
     /// Per filter: whether its join probes this scan's rows directly.
     own: Arc<[bool]>,
+    /// Per filter: whether a hash join of the plan produces it, so the scan
+    /// waits for it to be built before reading (see the module doc).
+    awaited: Arc<[bool]>,
     metrics: ExecutionPlanMetricsSet,
 }
 
@@ -221,10 +262,24 @@ impl DynamicRowsExec {
         let (filters, own): (Vec<_>, Vec<_>) = filters.into_iter().unzip();
         Self {
             input,
+            awaited: vec![false; filters.len()].into(),
             filters: filters.into(),
             own: own.into(),
             metrics: ExecutionPlanMetricsSet::new(),
         }
+    }
+
+    /// The same, waiting before it reads for the filters flagged in
+    /// `awaited` (one flag per filter: those a hash join of the plan
+    /// produces) to be complete, for at most [`FILTER_WAIT`].
+    pub fn awaiting(mut self, awaited: &[bool]) -> Self {
+        self.awaited = self
+            .filters
+            .iter()
+            .enumerate()
+            .map(|(i, _)| awaited.get(i).copied().unwrap_or(false))
+            .collect();
+        self
     }
 }
 
@@ -286,6 +341,7 @@ impl ExecutionPlan for DynamicRowsExec {
             input: children.swap_remove(0),
             filters: Arc::clone(&self.filters),
             own: Arc::clone(&self.own),
+            awaited: Arc::clone(&self.awaited),
             metrics: ExecutionPlanMetricsSet::new(),
         }))
     }
@@ -307,6 +363,36 @@ impl ExecutionPlan for DynamicRowsExec {
     ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context)?;
         let schema = input.schema();
+        let awaited: Vec<Arc<dyn PhysicalExpr>> = self
+            .filters
+            .iter()
+            .zip(self.awaited.iter())
+            .filter(|(_, awaited)| **awaited)
+            .map(|(f, _)| Arc::clone(f))
+            .collect();
+        // Creating the input stream reads nothing; its first poll opens the
+        // files (and prunes row groups by the filters as they are then).
+        let input: SendableRecordBatchStream = if awaited.is_empty() {
+            input
+        } else {
+            let built = async move {
+                for filter in &awaited {
+                    let any: &dyn std::any::Any = filter.as_ref();
+                    if let Some(dynamic) = any.downcast_ref::<DynamicFilterPhysicalExpr>() {
+                        dynamic.wait_complete().await;
+                    }
+                }
+            };
+            let waited = async move {
+                // Past the bound the scan reads as it did before.
+                let _ = tokio::time::timeout(FILTER_WAIT, built).await;
+                input
+            };
+            Box::pin(RecordBatchStreamAdapter::new(
+                Arc::clone(&schema),
+                futures::stream::once(waited).flatten(),
+            ))
+        };
         let mut rows = DynamicRows::new(Arc::clone(&self.filters)).probed_by(&self.own);
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let stream = input.map(move |batch| {
@@ -553,5 +639,104 @@ mod tests {
         assert_eq!(count(&again), 1);
         let scan = physical(&fast, "SELECT region FROM employees WHERE salary > 100").await;
         assert_eq!(count(&scan), 0);
+    }
+
+    /// The `awaited` flags of the plan's `DynamicRowsExec`s.
+    fn awaited_flags(plan: &Arc<dyn ExecutionPlan>) -> Vec<Vec<bool>> {
+        let mut flags = vec![];
+        plan.apply(|node| {
+            if let Some(rows) = node.downcast_ref::<DynamicRowsExec>() {
+                flags.push(rows.awaited.to_vec());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .unwrap();
+        flags
+    }
+
+    #[tokio::test]
+    async fn only_a_hash_joins_filter_is_awaited() {
+        let ctx = ctx(true).await;
+        assert_eq!(awaited_flags(&physical(&ctx, JOIN).await), vec![vec![true]]);
+        // A TopK's threshold completes when the scan it filters ends:
+        // waiting for it there would never end.
+        let top = "SELECT employee_id FROM employees ORDER BY salary DESC LIMIT 5";
+        let plan = physical(&ctx, top).await;
+        assert_eq!(
+            awaited_flags(&plan),
+            vec![vec![false]],
+            "{}",
+            displayable(plan.as_ref()).indent(true)
+        );
+        let (got, _) = run(&ctx, top).await;
+        assert_eq!(got.lines().count(), 9, "five rows:\n{got}");
+    }
+
+    /// `k` = 0..100 in one batch under a `DynamicRowsExec` holding a filter
+    /// on `k` (true until updated), awaited or not.
+    fn scan_with_filter(awaited: bool) -> (Arc<dyn ExecutionPlan>, Arc<DynamicFilterPhysicalExpr>) {
+        use datafusion::arrow::array::{Int64Array, RecordBatch};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::datasource::memory::MemorySourceConfig;
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let values = Arc::new(Int64Array::from_iter_values(0..100));
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![values]).unwrap();
+        let scan = MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None).unwrap();
+        let k: Arc<dyn PhysicalExpr> = Arc::new(Column::new("k", 0));
+        let filter = Arc::new(DynamicFilterPhysicalExpr::new(
+            vec![k],
+            datafusion::physical_expr::expressions::lit(true),
+        ));
+        let held = Arc::clone(&filter) as Arc<dyn PhysicalExpr>;
+        let rows = DynamicRowsExec::new(scan, vec![(held, false)]).awaiting(&[awaited]);
+        (Arc::new(rows), filter)
+    }
+
+    fn total_rows(batches: &[datafusion::arrow::array::RecordBatch]) -> usize {
+        batches.iter().map(|b| b.num_rows()).sum()
+    }
+
+    #[tokio::test]
+    async fn a_scan_holding_a_join_filter_reads_only_once_the_join_has_built() {
+        let (rows, filter) = scan_with_filter(true);
+        let task = SessionContext::new().task_ctx();
+        let run = tokio::spawn(collect(rows, task));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!run.is_finished(), "the scan read before the join built");
+        let k: Arc<dyn PhysicalExpr> = Arc::new(Column::new("k", 0));
+        let ten = datafusion::physical_expr::expressions::lit(10i64);
+        filter
+            .update(Arc::new(BinaryExpr::new(
+                k,
+                datafusion::logical_expr::Operator::Lt,
+                ten,
+            )))
+            .unwrap();
+        filter.mark_complete();
+        let batches = run.await.unwrap().unwrap();
+        // Every row went through the built filter.
+        assert_eq!(total_rows(&batches), 10);
+    }
+
+    #[tokio::test]
+    async fn a_join_filter_never_built_holds_the_scan_only_up_to_the_bound() {
+        let (rows, _filter) = scan_with_filter(true);
+        let started = std::time::Instant::now();
+        let batches = collect(rows, SessionContext::new().task_ctx())
+            .await
+            .unwrap();
+        assert_eq!(total_rows(&batches), 100);
+        assert!(started.elapsed() >= FILTER_WAIT, "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_filter_not_awaited_holds_nothing() {
+        let (rows, _filter) = scan_with_filter(false);
+        let started = std::time::Instant::now();
+        let batches = collect(rows, SessionContext::new().task_ctx())
+            .await
+            .unwrap();
+        assert_eq!(total_rows(&batches), 100);
+        assert!(started.elapsed() < FILTER_WAIT, "{:?}", started.elapsed());
     }
 }
