@@ -113,6 +113,11 @@ impl PhysicalOptimizerRule for DynamicScanRows {
                     }
                 }
             }
+            // A barrier applies its dynamic filters itself (its hidden
+            // input is no child): it waits like a scan.
+            if let Some(barrier) = crate::governance::awaiting_joins(&node, &produced)? {
+                return Ok(Transformed::new(barrier, true, TreeNodeRecursion::Jump));
+            }
             if !node.is::<DataSourceExec>() {
                 return Ok(Transformed::no(node));
             }
@@ -238,6 +243,37 @@ fn dynamic_filters(scan: &Arc<dyn ExecutionPlan>) -> Result<Vec<Arc<dyn Physical
         .into_iter()
         .filter_map(|d| reassign_expr_columns(d, &schema).ok())
         .collect())
+}
+
+/// `input`, read only once the dynamic filters `awaited` (filters hash
+/// joins produce) are complete, or [`FILTER_WAIT`] has passed. Creating a
+/// scan's stream reads nothing; its first poll opens the files (and prunes
+/// row groups by the filters as they are then).
+pub(crate) fn after_joins_build(
+    input: SendableRecordBatchStream,
+    awaited: Vec<Arc<dyn PhysicalExpr>>,
+) -> SendableRecordBatchStream {
+    if awaited.is_empty() {
+        return input;
+    }
+    let schema = input.schema();
+    let built = async move {
+        for filter in &awaited {
+            let any: &dyn std::any::Any = filter.as_ref();
+            if let Some(dynamic) = any.downcast_ref::<DynamicFilterPhysicalExpr>() {
+                dynamic.wait_complete().await;
+            }
+        }
+    };
+    let waited = async move {
+        // Past the bound the scan reads as it did before.
+        let _ = tokio::time::timeout(FILTER_WAIT, built).await;
+        input
+    };
+    Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        futures::stream::once(waited).flatten(),
+    ))
 }
 
 /// A scan's rows that its dynamic filters keep (see the module
@@ -370,29 +406,7 @@ impl ExecutionPlan for DynamicRowsExec {
             .filter(|(_, awaited)| **awaited)
             .map(|(f, _)| Arc::clone(f))
             .collect();
-        // Creating the input stream reads nothing; its first poll opens the
-        // files (and prunes row groups by the filters as they are then).
-        let input: SendableRecordBatchStream = if awaited.is_empty() {
-            input
-        } else {
-            let built = async move {
-                for filter in &awaited {
-                    let any: &dyn std::any::Any = filter.as_ref();
-                    if let Some(dynamic) = any.downcast_ref::<DynamicFilterPhysicalExpr>() {
-                        dynamic.wait_complete().await;
-                    }
-                }
-            };
-            let waited = async move {
-                // Past the bound the scan reads as it did before.
-                let _ = tokio::time::timeout(FILTER_WAIT, built).await;
-                input
-            };
-            Box::pin(RecordBatchStreamAdapter::new(
-                Arc::clone(&schema),
-                futures::stream::once(waited).flatten(),
-            ))
-        };
+        let input = after_joins_build(input, awaited);
         let mut rows = DynamicRows::new(Arc::clone(&self.filters)).probed_by(&self.own);
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let stream = input.map(move |batch| {

@@ -36,6 +36,7 @@ pub mod rule;
 pub mod table;
 pub mod visible_stats;
 
+pub(crate) use node::awaiting_joins;
 pub use node::{GovernedQueryPlanner, GovernedScanNode};
 pub use rule::{GovernanceContext, GovernanceRule, StatementGovernance};
 pub use table::GovernedTable;

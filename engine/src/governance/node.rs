@@ -18,7 +18,7 @@
 //! applies those to its rows too.
 
 use std::cmp::Ordering;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -66,6 +66,7 @@ use futures::StreamExt;
 use super::rule::StatementGovernance;
 use super::visible_stats::{Visible, VisibleStatsCache};
 use crate::dynamic_rows::DynamicRows;
+use crate::dynamic_scan::after_joins_build;
 
 /// The logical governance barrier over one raw scan.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -185,6 +186,10 @@ struct GovernedScanExec {
     /// [`GovernedScanExec::accepts_early`]), over `inner`'s schema: the
     /// barrier drops the rows they rule out once their producer fills them.
     dynamic: Arc<[Arc<dyn PhysicalExpr>]>,
+    /// Ids of the dynamic filters above that hash joins of the plan produce:
+    /// the barrier reads only once they are built (`dynamic_scan.rs`,
+    /// [`awaiting_joins`]).
+    awaited: Arc<HashSet<u64>>,
     cache: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -216,6 +221,7 @@ impl GovernedScanExec {
             visible,
             output,
             dynamic: Arc::new([]),
+            awaited: Arc::default(),
             cache,
             metrics: ExecutionPlanMetricsSet::new(),
         })
@@ -224,6 +230,13 @@ impl GovernedScanExec {
     /// The same barrier also applying `dynamic` (over `inner`'s schema).
     fn with_dynamic(mut self, dynamic: Arc<[Arc<dyn PhysicalExpr>]>) -> Self {
         self.dynamic = dynamic;
+        self
+    }
+
+    /// The same barrier waiting, before it reads, for the dynamic filters
+    /// of ids `awaited` to be built.
+    fn with_awaited(mut self, awaited: Arc<HashSet<u64>>) -> Self {
+        self.awaited = awaited;
         self
     }
 
@@ -277,7 +290,8 @@ impl GovernedScanExec {
             self.visible.clone(),
             (!all).then(|| output.into()),
         )?
-        .with_dynamic(dynamic.into()))
+        .with_dynamic(dynamic.into())
+        .with_awaited(Arc::clone(&self.awaited)))
     }
 
     /// Whether `filter` may run on raw rows before the row policy: a
@@ -305,6 +319,38 @@ impl GovernedScanExec {
                 })
             })
     }
+}
+
+/// `plan`, when it is a barrier applying dynamic filters that hash joins
+/// of the plan produce (ids in `produced`), made to read only once those
+/// are built (see `dynamic_scan.rs`); None otherwise.
+pub(crate) fn awaiting_joins(
+    plan: &Arc<dyn ExecutionPlan>,
+    produced: &HashSet<u64>,
+) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    let Some(barrier) = plan.downcast_ref::<GovernedScanExec>() else {
+        return Ok(None);
+    };
+    let awaited: HashSet<u64> = barrier
+        .dynamic
+        .iter()
+        .filter_map(|d| d.expression_id())
+        .filter(|id| produced.contains(id))
+        .collect();
+    if awaited.is_empty() || awaited == *barrier.awaited {
+        return Ok(None);
+    }
+    let waiting = GovernedScanExec::new(
+        barrier.source.clone(),
+        Arc::clone(&barrier.inner),
+        barrier.predicate.clone(),
+        Arc::clone(&barrier.masked),
+        barrier.visible.clone(),
+        barrier.output.clone(),
+    )?
+    .with_dynamic(Arc::clone(&barrier.dynamic))
+    .with_awaited(Arc::new(awaited));
+    Ok(Some(Arc::new(waiting)))
 }
 
 /// Offers `filters` (over `plan`'s output) to the scan at the bottom of a
@@ -568,7 +614,8 @@ impl ExecutionPlan for GovernedScanExec {
             self.visible.clone(),
             self.output.clone(),
         )?
-        .with_dynamic(dynamic);
+        .with_dynamic(dynamic)
+        .with_awaited(Arc::clone(&self.awaited));
         Ok(result.with_updated_node(Arc::new(barrier) as Arc<dyn ExecutionPlan>))
     }
 
@@ -577,7 +624,16 @@ impl ExecutionPlan for GovernedScanExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let input = self.inner.execute(partition, context)?;
+        let awaited: Vec<_> = self
+            .dynamic
+            .iter()
+            .filter(|d| {
+                d.expression_id()
+                    .is_some_and(|id| self.awaited.contains(&id))
+            })
+            .cloned()
+            .collect();
+        let input = after_joins_build(self.inner.execute(partition, context)?, awaited);
         let schema: SchemaRef = self.schema();
         let predicate = self.predicate.clone();
         let mut dynamic = DynamicRows::new(Arc::clone(&self.dynamic));
@@ -1323,5 +1379,57 @@ pub(super) mod tests {
                 assert!(!inner.contains("DynamicFilter"), "{inner}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_barrier_holding_a_join_filter_reads_only_once_the_join_has_built() {
+        // Like a scan (`dynamic_scan.rs`): a barrier started before the
+        // hash join whose filter it applies has built waits for it, then
+        // passes only the rows that filter keeps and its policy allows.
+        use datafusion::arrow::array::Int64Array;
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::datasource::memory::MemorySourceConfig;
+        use datafusion::logical_expr::Operator;
+        use datafusion::physical_expr::expressions::{lit as plit, BinaryExpr};
+        use datafusion::physical_plan::collect;
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let values = Arc::new(Int64Array::from_iter_values(0..100));
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![values]).unwrap();
+        let scan = MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None).unwrap();
+        let k: Arc<dyn PhysicalExpr> = Arc::new(Column::new("k", 0));
+        let filter = Arc::new(DynamicFilterPhysicalExpr::new(
+            vec![Arc::clone(&k)],
+            plit(true),
+        ));
+        // The policy: even k only.
+        let two = Arc::new(BinaryExpr::new(
+            Arc::clone(&k),
+            Operator::Modulo,
+            plit(2i64),
+        ));
+        let even = Arc::new(BinaryExpr::new(two, Operator::Eq, plit(0i64)));
+        let barrier =
+            GovernedScanExec::new("s.t".into(), scan, Some(even), Arc::new([]), None, None)
+                .unwrap()
+                .with_dynamic(vec![Arc::clone(&filter) as Arc<dyn PhysicalExpr>].into());
+        let barrier: Arc<dyn ExecutionPlan> = Arc::new(barrier);
+        // A filter no join of the plan produces is not waited for.
+        assert!(awaiting_joins(&barrier, &HashSet::new()).unwrap().is_none());
+        let id = filter.expression_id().unwrap();
+        let waiting = awaiting_joins(&barrier, &HashSet::from([id]))
+            .unwrap()
+            .unwrap();
+        let task = SessionContext::new().task_ctx();
+        let run = tokio::spawn(collect(waiting, task));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!run.is_finished(), "the barrier read before the join built");
+        filter
+            .update(Arc::new(BinaryExpr::new(k, Operator::Lt, plit(10i64))))
+            .unwrap();
+        filter.mark_complete();
+        let batches = run.await.unwrap().unwrap();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        // k < 10 and even: 0, 2, 4, 6, 8.
+        assert_eq!(rows, 5);
     }
 }
