@@ -443,6 +443,26 @@ impl ExecutionPlan for DynamicRowsExec {
     }
 }
 
+/// For tests here and in the barrier's: `k` = 0..100 in one in-memory
+/// batch, and a dynamic filter on `k` (true until updated).
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn k_scan_with_filter() -> (Arc<dyn ExecutionPlan>, Arc<DynamicFilterPhysicalExpr>) {
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::memory::MemorySourceConfig;
+    let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+    let values = Arc::new(Int64Array::from_iter_values(0..100));
+    let batch = RecordBatch::try_new(Arc::clone(&schema), vec![values]).unwrap();
+    let scan = MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None).unwrap();
+    let k: Arc<dyn PhysicalExpr> = Arc::new(Column::new("k", 0));
+    let filter = Arc::new(DynamicFilterPhysicalExpr::new(
+        vec![k],
+        datafusion::physical_expr::expressions::lit(true),
+    ));
+    (scan, filter)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -689,18 +709,7 @@ mod tests {
     /// `k` = 0..100 in one batch under a `DynamicRowsExec` holding a filter
     /// on `k` (true until updated), awaited or not.
     fn scan_with_filter(awaited: bool) -> (Arc<dyn ExecutionPlan>, Arc<DynamicFilterPhysicalExpr>) {
-        use datafusion::arrow::array::{Int64Array, RecordBatch};
-        use datafusion::arrow::datatypes::{DataType, Field, Schema};
-        use datafusion::datasource::memory::MemorySourceConfig;
-        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
-        let values = Arc::new(Int64Array::from_iter_values(0..100));
-        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![values]).unwrap();
-        let scan = MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None).unwrap();
-        let k: Arc<dyn PhysicalExpr> = Arc::new(Column::new("k", 0));
-        let filter = Arc::new(DynamicFilterPhysicalExpr::new(
-            vec![k],
-            datafusion::physical_expr::expressions::lit(true),
-        ));
+        let (scan, filter) = k_scan_with_filter();
         let held = Arc::clone(&filter) as Arc<dyn PhysicalExpr>;
         let rows = DynamicRowsExec::new(scan, vec![(held, false)]).awaiting(&[awaited]);
         (Arc::new(rows), filter)

@@ -1386,21 +1386,11 @@ pub(super) mod tests {
         // Like a scan (`dynamic_scan.rs`): a barrier started before the
         // hash join whose filter it applies has built waits for it, then
         // passes only the rows that filter keeps and its policy allows.
-        use datafusion::arrow::array::Int64Array;
-        use datafusion::arrow::datatypes::{DataType, Field, Schema};
-        use datafusion::datasource::memory::MemorySourceConfig;
         use datafusion::logical_expr::Operator;
         use datafusion::physical_expr::expressions::{lit as plit, BinaryExpr};
         use datafusion::physical_plan::collect;
-        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
-        let values = Arc::new(Int64Array::from_iter_values(0..100));
-        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![values]).unwrap();
-        let scan = MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None).unwrap();
+        let (scan, filter) = crate::dynamic_scan::k_scan_with_filter();
         let k: Arc<dyn PhysicalExpr> = Arc::new(Column::new("k", 0));
-        let filter = Arc::new(DynamicFilterPhysicalExpr::new(
-            vec![Arc::clone(&k)],
-            plit(true),
-        ));
         // The policy: even k only.
         let two = Arc::new(BinaryExpr::new(
             Arc::clone(&k),
