@@ -6,6 +6,7 @@
 //! a query gives a permission-denied error that names it.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,6 +18,7 @@ use datafusion::datasource::listing::{
 };
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::runtime_env::RuntimeEnv;
+use futures::FutureExt;
 
 use crate::error::{Result, VeilError};
 use crate::governance::{GovernanceContext, GovernedTable};
@@ -199,10 +201,13 @@ impl TableProvider for SourceTable {
         state: &dyn datafusion::catalog::Session,
         args: datafusion::catalog::ScanArgs<'a>,
     ) -> DfResult<datafusion::catalog::ScanResult> {
-        let result = self
-            .inner
-            .scan_with_args(state, args)
+        // Reading a footer can panic inside parquet on a corrupt file (a
+        // metadata length past the file's start overflows a subtraction in
+        // debug builds); that is this source's failure, not the statement's.
+        let result = AssertUnwindSafe(self.inner.scan_with_args(state, args))
+            .catch_unwind()
             .await
+            .map_err(|panic| self.unreadable(crate::executor::panic_message(panic.as_ref())))?
             .map_err(|e| self.unreadable(e))?;
         let plan = result.plan();
         if plan.is::<datafusion::physical_plan::empty::EmptyExec>() {

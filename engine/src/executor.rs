@@ -190,7 +190,7 @@ impl Drop for Executor {
 }
 
 /// The text a panic carried, if any.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
         .copied()

@@ -374,6 +374,30 @@ async fn governance_statements_check_rights_and_validate() {
     );
 }
 
+/// A file that ends like Parquet but whose footer names more metadata than
+/// the file holds (this panicked inside parquet's decoder in debug builds)
+/// is refused as a source like any unreadable file, and nothing changes.
+#[tokio::test]
+async fn a_garbage_parquet_footer_is_refused_as_a_source() {
+    let (_d, engine) = demo().await;
+    let mut admin = engine.session("admin");
+    let before = engine.snapshot().unwrap().version;
+    let files = tempfile::tempdir().unwrap();
+    std::fs::write(
+        files.path().join("part-0.parquet"),
+        b"PAR1 this is not a parquet file PAR1",
+    )
+    .unwrap();
+    let sql = format!(
+        "CREATE DATA SOURCE x.y FROM PARQUET '{}/'",
+        files.path().display()
+    );
+    let e = err(&mut admin, &sql).await;
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("is not readable Parquet"), "{e}");
+    assert_eq!(engine.snapshot().unwrap().version, before);
+}
+
 #[tokio::test]
 async fn policy_changes_apply_to_the_next_statement() {
     let (_d, engine) = demo().await;

@@ -6,6 +6,7 @@
 //! permission the impersonator lacks.
 
 use std::collections::BTreeSet;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
@@ -13,6 +14,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::ExprSchemable;
 use datafusion::prelude::SessionContext;
+use futures::FutureExt;
 use veil_udfs::{mask_udf, KeyHandle, MaskKey};
 
 use super::ast::GovStatement;
@@ -163,14 +165,18 @@ async fn infer_schema(location: &str) -> Result<datafusion::arrow::datatypes::Sc
     let ctx = SessionContext::new();
     let url = datafusion::datasource::listing::ListingTableUrl::parse(location)
         .map_err(|e| VeilError::InvalidArgument(format!("location '{location}': {e}")))?;
-    let schema = parquet_options()
-        .infer_schema(&ctx.state(), &url)
+    let state = ctx.state();
+    let unreadable = |e: &dyn std::fmt::Display| {
+        VeilError::InvalidArgument(format!(
+            "location '{location}' is not readable Parquet: {e}"
+        ))
+    };
+    // A garbage footer can panic inside parquet (see `SourceTable::scan_with_args`).
+    let schema = AssertUnwindSafe(parquet_options().infer_schema(&state, &url))
+        .catch_unwind()
         .await
-        .map_err(|e| {
-            VeilError::InvalidArgument(format!(
-                "location '{location}' is not readable Parquet: {e}"
-            ))
-        })?;
+        .map_err(|panic| unreadable(&crate::executor::panic_message(panic.as_ref())))?
+        .map_err(|e| unreadable(&e))?;
     if schema.fields().is_empty() {
         return Err(VeilError::InvalidArgument(format!(
             "location '{location}' holds no Parquet files"
