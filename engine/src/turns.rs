@@ -99,16 +99,13 @@ impl Turns {
         self.light.load(Ordering::Relaxed)
     }
 
-    /// Whether a light statement runs, or stopped less than `grace` ago
-    /// and not before `since` (microseconds since `base`).
-    pub fn light_within(&self, grace: Duration, since: u64) -> bool {
+    /// Whether a light statement runs, or stopped less than `grace` ago.
+    pub fn light_within(&self, grace: Duration) -> bool {
         if self.light() > 0 {
             return true;
         }
         let last = self.last_light.load(Ordering::Relaxed);
-        last != 0
-            && last >= since
-            && Duration::from_micros(self.micros().saturating_sub(last)) < grace
+        last != 0 && Duration::from_micros(self.micros().saturating_sub(last)) < grace
     }
 
     fn light_started(&self) {
@@ -157,9 +154,6 @@ pub(crate) struct Turn {
     is_heavy: AtomicBool,
     /// The longest poll of its joins, in microseconds.
     longest: AtomicU64,
-    /// When it first ran: microseconds since its [`Turns`]' base, plus one
-    /// (zero before).
-    started: AtomicU64,
 }
 
 impl Turn {
@@ -170,7 +164,6 @@ impl Turn {
             standing: Mutex::new(Standing::default()),
             is_heavy: AtomicBool::new(false),
             longest: AtomicU64::new(0),
-            started: AtomicU64::new(0),
         }
     }
 
@@ -216,18 +209,10 @@ impl Turn {
 
     /// Whether light statements are running, or stopped less than the
     /// statement's longest poll ago (within [`GRACE_MIN`] and
-    /// [`GRACE_MAX`]) and since it started, so that a heavy one needs a
-    /// lane. A light statement that stopped before it started is not
-    /// waited for: a statement turns heavy at least [`HEAVY_POLL`] after it
-    /// started, longer than the gaps the grace covers (planning to
-    /// execution, a client between two batches), and the one that stopped
-    /// last is most often its own planning (`Engine::planning` runs as a
-    /// turn of its own), which then held its joins to one lane.
+    /// [`GRACE_MAX`]), so that a heavy one needs a lane.
     pub fn others_waiting(&self) -> bool {
         let longest = Duration::from_micros(self.longest.load(Ordering::Relaxed));
-        let since = self.started.load(Ordering::Relaxed).saturating_sub(1);
-        self.turns
-            .light_within(longest.clamp(GRACE_MIN, GRACE_MAX), since)
+        self.turns.light_within(longest.clamp(GRACE_MIN, GRACE_MAX))
     }
 
     /// How long one of its joins waits at most on an executor without
@@ -240,10 +225,6 @@ impl Turn {
 
     /// Marks the statement running until the guard is dropped.
     pub fn run(self: &Arc<Self>) -> Running {
-        let now = self.turns.micros().saturating_add(1);
-        let _ = self
-            .started
-            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
         self.running(true);
         Running(Arc::clone(self))
     }
@@ -323,31 +304,6 @@ mod tests {
         assert_eq!(turns.light(), 0);
         drop(running_a);
         assert_eq!(turns.light(), 0);
-    }
-
-    #[test]
-    fn a_light_statement_that_stopped_before_a_heavy_one_started_is_not_waited_for() {
-        let turns = Arc::new(Turns::new(2));
-        // Its planning, a light turn of its own, stops just before it runs.
-        let planning = Arc::new(Turn::new(Arc::clone(&turns)));
-        drop(planning.run());
-        std::thread::sleep(Duration::from_millis(2));
-        let heavy = Arc::new(Turn::new(Arc::clone(&turns)));
-        let _running = heavy.run();
-        heavy.ran_long(Duration::from_secs(1));
-        assert!(heavy.is_heavy());
-        assert_eq!(turns.light(), 0);
-        assert!(
-            !heavy.others_waiting(),
-            "a light turn that stopped before the heavy one started holds it to no lane"
-        );
-        // One that stops after it started is still given its grace.
-        let light = Arc::new(Turn::new(Arc::clone(&turns)));
-        drop(light.run());
-        assert!(
-            heavy.others_waiting(),
-            "stopped a moment ago, after it started"
-        );
     }
 
     #[tokio::test]
