@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::error::ArrowError;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -103,14 +104,17 @@ pub(crate) fn unreadable_source(
 }
 
 /// Whether a query error comes from reading files (storage or Parquet
-/// decoding) rather than from the query itself.
+/// decoding) rather than from the query itself. A page that fails to
+/// decode reaches DataFusion through arrow's reader, as arrow's
+/// `ParquetError` ("dictionary index out of bounds", ...).
 fn is_read_error(e: &DataFusionError) -> bool {
-    matches!(
-        e.find_root(),
+    match e.find_root() {
         DataFusionError::ParquetError(_)
-            | DataFusionError::ObjectStore(_)
-            | DataFusionError::IoError(_)
-    )
+        | DataFusionError::ObjectStore(_)
+        | DataFusionError::IoError(_) => true,
+        DataFusionError::ArrowError(a, _) => matches!(a.as_ref(), ArrowError::ParquetError(_)),
+        _ => false,
+    }
 }
 
 /// Rewrites an execution error that comes from reading a source's files

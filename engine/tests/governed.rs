@@ -398,6 +398,86 @@ async fn a_garbage_parquet_footer_is_refused_as_a_source() {
     assert_eq!(engine.snapshot().unwrap().version, before);
 }
 
+/// Bytes damaged inside a file's pages (its footer intact, so the source
+/// is created from it): every query over it either answers or fails as
+/// that source's unreadable data (FailedPrecondition, no storage path),
+/// never as the user's mistake or an internal error. Before, a page that
+/// decoded to a bad dictionary index came back as InvalidArgument with
+/// parquet's text ("dictionary index out of bounds: the len is 3000 but
+/// the index is 3407").
+#[tokio::test]
+async fn damaged_pages_fail_as_the_sources_unreadable_data() {
+    let (_d, engine) = demo().await;
+    let mut admin = engine.session("admin");
+    let original = std::fs::read(repo_root().join("testdata/sales/transactions.parquet")).unwrap();
+    let tail = original.len() - 8;
+    let footer = u32::from_le_bytes(original[tail..tail + 4].try_into().unwrap()) as usize;
+    let pages = 4..tail - footer - 16;
+    let files = tempfile::tempdir().unwrap();
+    // xorshift64: the same damage on every run.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed as usize
+    };
+    let (mut answered, mut unreadable) = (0, 0);
+    for i in 0..120 {
+        let mut bytes = original.clone();
+        let at = pages.start + next() % pages.len();
+        let len = 1 + next() % 16;
+        for b in &mut bytes[at..at + len] {
+            *b = next() as u8;
+        }
+        let dir = files.path().join(format!("t{i}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("part-0.parquet"), &bytes).unwrap();
+        let create = format!(
+            "CREATE DATA SOURCE damaged.t{i} FROM PARQUET '{}/'",
+            dir.display()
+        );
+        if let Err(e) = admin.execute(&create).await {
+            // Damage to the page index is found at creation.
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{create}: {e}");
+            continue;
+        }
+        q(
+            &mut admin,
+            &format!("ALTER DATA SOURCE damaged.t{i} SET SUBSCRIPTION ANYONE"),
+        )
+        .await;
+        let mut bob = engine.session("bob");
+        for sql in [
+            format!("SELECT * FROM damaged.t{i}"),
+            format!("SELECT region, sum(amount) FROM damaged.t{i} GROUP BY region"),
+        ] {
+            let result = match bob.execute(&sql).await {
+                Err(e) => Err(e),
+                Ok(out) => out.collect().await,
+            };
+            match result {
+                Ok(_) => answered += 1,
+                Err(e) => {
+                    let what = format!("{sql} (bytes {at}..{}): {e}", at + len);
+                    assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{what}");
+                    assert!(
+                        e.to_string()
+                            .contains(&format!("data source damaged.t{i} cannot be read")),
+                        "{what}"
+                    );
+                    assert!(!e.to_string().contains("part-0"), "{what}");
+                    unreadable += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        unreadable >= 10,
+        "the damage is found: {unreadable} failed, {answered} answered"
+    );
+}
+
 #[tokio::test]
 async fn policy_changes_apply_to_the_next_statement() {
     let (_d, engine) = demo().await;
