@@ -22,6 +22,7 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use futures::FutureExt;
 
 use crate::error::{Result, VeilError};
+use crate::file_schema::{FileSchemaCheck, FileSchemaMismatch};
 use crate::governance::{GovernanceContext, GovernedTable};
 use crate::model::{DataSource, SourceKind};
 use crate::policy::subscription;
@@ -60,7 +61,8 @@ pub fn raw_table(source: &DataSource, runtime: &RuntimeEnv) -> Result<Arc<dyn Ta
         let url = ListingTableUrl::parse(&source.location)?;
         let config = ListingTableConfig::new(url)
             .with_listing_options(parquet_options())
-            .with_schema(source_schema(source)?);
+            .with_schema(source_schema(source)?)
+            .with_expr_adapter_factory(Arc::new(FileSchemaCheck));
         Arc::new(
             ListingTable::try_new(config)?
                 .with_cache(runtime.cache_manager.get_file_statistic_cache()),
@@ -87,6 +89,7 @@ struct SourceTable {
 /// The error a query gets when a data source's files cannot be read: it
 /// names the source and says what to suspect; the location and the
 /// low-level cause go to the server log only (no storage paths to users).
+/// `name` is what cannot be read ("data source hr.employees").
 pub(crate) fn unreadable_source(
     name: &str,
     location: &str,
@@ -98,21 +101,24 @@ pub(crate) fn unreadable_source(
         "data source cannot be read: {cause}"
     );
     VeilError::FailedPrecondition(format!(
-        "data source {name} cannot be read: one of its files is missing, truncated or \
-         corrupt, or the source has no files left (the server log has the details)"
+        "{name} cannot be read: one of its files is missing, truncated, corrupt or \
+         not of the source's schema, or the source has no files left (the server log has \
+         the details)"
     ))
 }
 
 /// Whether a query error comes from reading files (storage or Parquet
-/// decoding) rather than from the query itself. A page that fails to
-/// decode reaches DataFusion through arrow's reader, as arrow's
-/// `ParquetError` ("dictionary index out of bounds", ...).
+/// decoding, a file that does not match the source's schema) rather than
+/// from the query itself. A page that fails to decode reaches DataFusion
+/// through arrow's reader, as arrow's `ParquetError` ("dictionary index
+/// out of bounds", ...).
 fn is_read_error(e: &DataFusionError) -> bool {
     match e.find_root() {
         DataFusionError::ParquetError(_)
         | DataFusionError::ObjectStore(_)
         | DataFusionError::IoError(_) => true,
         DataFusionError::ArrowError(a, _) => matches!(a.as_ref(), ArrowError::ParquetError(_)),
+        DataFusionError::External(e) => e.is::<FileSchemaMismatch>(),
         _ => false,
     }
 }

@@ -23,6 +23,7 @@ pub mod dynamic_scan;
 pub mod engine;
 pub mod error;
 mod executor;
+mod file_schema;
 pub mod governance;
 pub mod group_reduction;
 pub mod interrupt;

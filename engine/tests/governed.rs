@@ -462,8 +462,9 @@ async fn damaged_pages_fail_as_the_sources_unreadable_data() {
                     let what = format!("{sql} (bytes {at}..{}): {e}", at + len);
                     assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{what}");
                     assert!(
-                        e.to_string()
-                            .contains(&format!("data source damaged.t{i} cannot be read")),
+                        e.to_string().contains(&format!(
+                            "failed precondition: data source damaged.t{i} cannot be read:"
+                        )),
                         "{what}"
                     );
                     assert!(!e.to_string().contains("part-0"), "{what}");
@@ -476,6 +477,54 @@ async fn damaged_pages_fail_as_the_sources_unreadable_data() {
         unreadable >= 10,
         "the damage is found: {unreadable} failed, {answered} answered"
     );
+}
+
+/// A source's directory rewritten with files of other columns (here the
+/// employees file under the transactions source): queries that read the
+/// columns fail as the source's unreadable data, not as the user's
+/// mistake ("Column 'txn_id' is declared as non-nullable but contains
+/// null values", InvalidArgument, before).
+#[tokio::test]
+async fn files_of_another_schema_fail_as_the_sources_unreadable_data() {
+    let (_d, engine) = demo().await;
+    let mut admin = engine.session("admin");
+    let files = tempfile::tempdir().unwrap();
+    let file = files.path().join("part-0.parquet");
+    std::fs::copy(
+        repo_root().join("testdata/sales/transactions.parquet"),
+        &file,
+    )
+    .unwrap();
+    for sql in [
+        format!(
+            "CREATE DATA SOURCE drift.t FROM PARQUET '{}/'",
+            files.path().display()
+        ),
+        "ALTER DATA SOURCE drift.t SET SUBSCRIPTION ANYONE".to_string(),
+    ] {
+        q(&mut admin, &sql).await;
+    }
+    let mut bob = engine.session("bob");
+    let before = q(&mut bob, "SELECT count(*) FROM drift.t WHERE txn_id > 0").await;
+    assert_ne!(before, vec![vec!["0".to_string()]]);
+
+    std::fs::copy(repo_root().join("testdata/hr/employees.parquet"), &file).unwrap();
+    tokio::time::sleep(veil_engine::engine::LISTING_TTL + std::time::Duration::from_millis(200))
+        .await;
+    for sql in [
+        "SELECT * FROM drift.t",
+        "SELECT region, sum(amount) FROM drift.t GROUP BY region",
+        "SELECT count(*) FROM drift.t WHERE txn_id > 0",
+    ] {
+        let e = err(&mut bob, sql).await;
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{sql}: {e}");
+        assert!(
+            e.to_string()
+                .contains("failed precondition: data source drift.t cannot be read:"),
+            "{sql}: {e}"
+        );
+        assert!(!e.to_string().contains("part-0"), "{sql}: {e}");
+    }
 }
 
 #[tokio::test]
