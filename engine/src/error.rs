@@ -175,6 +175,12 @@ fn datafusion_kind(e: &DataFusionError) -> ErrorKind {
             DataFusionError::IoError(io) if spill_limit(&io.to_string()) => {
                 return ErrorKind::ResourceExhausted
             }
+            // One of ours, shared between partitions (`Arc` kept it wrapped).
+            DataFusionError::External(inner) if inner.is::<VeilError>() => {
+                return inner
+                    .downcast_ref::<VeilError>()
+                    .map_or(ErrorKind::Internal, VeilError::kind);
+            }
             // A pattern DataFusion compiled while planning (`'a' ~ '('`).
             DataFusionError::External(inner)
                 if inner.is::<regex::Error>() || inner.is::<regex_syntax::Error>() =>

@@ -527,6 +527,58 @@ async fn files_of_another_schema_fail_as_the_sources_unreadable_data() {
     }
 }
 
+/// A row policy that fails on the raw rows it filters (an SSN that does
+/// not parse as a number, a division by zero) denies the query without
+/// DataFusion's text, which quotes the raw value ("Cannot cast string
+/// '758-44-3250' to value of Int32 type"): masked values and values of
+/// hidden rows never come out in an error, whatever the statement.
+#[tokio::test]
+async fn a_row_policy_failing_on_the_data_shows_no_value() {
+    let (_d, engine) = demo().await;
+    let mut admin = engine.session("admin");
+    let mut alice = engine.session("alice");
+    let secrets: Vec<String> = q(&mut alice, "SELECT ssn, email, name FROM hr.employees")
+        .await
+        .into_iter()
+        .flatten()
+        .filter(|v| v != "NULL")
+        .collect();
+    assert!(secrets.len() > 100);
+    for policy in [
+        "CREATE ROW POLICY bad_cast ON hr.employees USING CAST(ssn AS INT) > 0 \
+         UNLESS has_group('hr')",
+        "CREATE ROW POLICY bad_div ON hr.employees \
+         USING 1 / (length(email) - length(email)) > 0 UNLESS has_group('hr')",
+    ] {
+        q(&mut admin, policy).await;
+        let mut bob = engine.session("bob");
+        for sql in [
+            "SELECT name FROM hr.employees",
+            "SELECT count(*) FROM hr.employees",
+            "SELECT * FROM hr.employees WHERE ssn IS NOT NULL",
+            "EXPLAIN ANALYZE SELECT email FROM hr.employees",
+            "SELECT e.name FROM hr.employees e JOIN hr.employees f ON e.email = f.email",
+            "SELECT name FROM hr.employees WHERE email IN (SELECT email FROM hr.employees)",
+        ] {
+            let e = err(&mut bob, sql).await;
+            let text = e.to_string();
+            assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{sql}: {text}");
+            assert!(
+                text.contains("a row policy on hr.employees failed on the data it filters"),
+                "{sql}: {text}"
+            );
+            for secret in &secrets {
+                assert!(!text.contains(secret.as_str()), "{sql}: {secret} in {text}");
+            }
+        }
+        // Those the policy exempts read as before.
+        let all = q(&mut alice, "SELECT count(*) FROM hr.employees").await;
+        assert_ne!(all, vec![vec!["0".to_string()]]);
+        let name = policy.split_whitespace().nth(3).unwrap();
+        q(&mut admin, &format!("DROP POLICY {name}")).await;
+    }
+}
+
 #[tokio::test]
 async fn policy_changes_apply_to_the_next_statement() {
     let (_d, engine) = demo().await;
@@ -851,7 +903,12 @@ async fn a_failing_visible_count_leaves_planning_alone() {
         barrier_statistics(&mut bob, "SELECT id, region, salary, badge FROM t.people").await;
     assert!(line.contains("Rows=Inexact(64)"), "{line}");
     let e = err(&mut bob, "SELECT count(*) FROM t.people").await;
-    assert!(e.to_string().to_lowercase().contains("cast"), "{e}");
+    assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e}");
+    assert!(
+        e.to_string()
+            .contains("a row policy on t.people failed on the data it filters"),
+        "{e}"
+    );
 }
 
 /// A source on which no policy applies to the principal is planned as a

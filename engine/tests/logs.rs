@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{demo, rows, Captured};
+use common::{demo, err, rows, Captured};
 use veil_engine::EngineOptions;
 
 #[tokio::test]
@@ -64,6 +64,25 @@ async fn debug_logs_hold_no_masked_value_hidden_row_or_password() {
                 let _ = out.collect().await;
             }
         }
+    }
+    // A row policy that fails on the raw rows (an SSN does not parse as a
+    // number): DataFusion's error quotes the value; the log must not.
+    rows(
+        &mut admin,
+        "CREATE ROW POLICY ssn_cast ON hr.employees USING CAST(ssn AS INT) > 0 \
+         UNLESS has_group('hr')",
+    )
+    .await;
+    for sql in [
+        "SELECT name FROM hr.employees",
+        "SELECT e.name FROM hr.employees e JOIN hr.employees f ON e.email = f.email",
+    ] {
+        let e = err(&mut bob, sql).await;
+        assert!(
+            e.to_string()
+                .contains("a row policy on hr.employees failed"),
+            "{sql}: {e}"
+        );
     }
     let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
     assert!(text.contains("DEBUG"), "debug logs were captured");

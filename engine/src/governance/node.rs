@@ -31,7 +31,7 @@ use datafusion::catalog::Session;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{internal_err, DFSchemaRef, Result, Statistics};
+use datafusion::common::{internal_err, DFSchemaRef, DataFusionError, Result, Statistics};
 use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -67,6 +67,7 @@ use super::rule::StatementGovernance;
 use super::visible_stats::{Visible, VisibleStatsCache};
 use crate::dynamic_rows::DynamicRows;
 use crate::dynamic_scan::after_joins_build;
+use crate::error::VeilError;
 
 /// The logical governance barrier over one raw scan.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -636,6 +637,7 @@ impl ExecutionPlan for GovernedScanExec {
         let input = after_joins_build(self.inner.execute(partition, context)?, awaited);
         let schema: SchemaRef = self.schema();
         let predicate = self.predicate.clone();
+        let source = self.source.clone();
         let mut dynamic = DynamicRows::new(Arc::clone(&self.dynamic));
         let output = self.output.clone();
         let baseline = BaselineMetrics::new(&self.metrics, partition);
@@ -657,7 +659,11 @@ impl ExecutionPlan for GovernedScanExec {
                 None => batch.clone(),
             };
             let policy = match &predicate {
-                Some(p) => Some(boolean(p.evaluate(&batch)?, batch.num_rows())?),
+                Some(p) => Some(boolean(
+                    p.evaluate(&batch)
+                        .map_err(|e| row_policy_failed(&source, e))?,
+                    batch.num_rows(),
+                )?),
                 None => None,
             };
             let keep = match (policy, dynamic_keep) {
@@ -677,6 +683,24 @@ impl ExecutionPlan for GovernedScanExec {
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
     }
+}
+
+/// The error a query gets when the row policy fails on the raw rows (a
+/// cast of a value that does not parse, a division by zero): DataFusion's
+/// text names the value ("Cannot cast string '758-44-3250'"), which may be
+/// masked or in a row the principal may not see, so it is neither shown nor
+/// logged; a resource limit passes through as it is.
+fn row_policy_failed(source: &str, e: DataFusionError) -> DataFusionError {
+    if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) {
+        return e;
+    }
+    tracing::warn!(source, "a row policy failed on the data it filters");
+    VeilError::FailedPrecondition(format!(
+        "a row policy on {source} failed on the data it filters, query denied (its error is \
+         not shown: it can hold values this user may not see; an administrator can run the \
+         policy's predicate over the source)"
+    ))
+    .into()
 }
 
 /// `value` (a predicate's result over `rows` rows) as a boolean array.

@@ -357,7 +357,13 @@ impl VisibleStatsCache {
         let counted = match count_visible(node, predicate, &missing, session).await {
             Ok(v) => v,
             Err(e) => {
-                tracing::debug!(source = %node.source, error = %e, "visible statistics not counted");
+                // The error's text can quote a raw value the row policy
+                // failed on (`node.rs`, `row_policy_failed`): not logged.
+                tracing::debug!(
+                    source = %node.source,
+                    kind = ?crate::error::VeilError::from(e).kind(),
+                    "visible statistics not counted"
+                );
                 if let Ok(mut failed) = self.failed.lock() {
                     if failed.len() >= MAX_ENTRIES {
                         failed.clear();
