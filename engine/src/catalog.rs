@@ -68,11 +68,27 @@ pub fn raw_table(source: &DataSource, runtime: &RuntimeEnv) -> Result<Arc<dyn Ta
                 .with_cache(runtime.cache_manager.get_file_statistic_cache()),
         )
     };
-    Ok(Arc::new(SourceTable {
-        name: source.full_name(),
-        location: source.location.clone(),
+    Ok(guarded_table(
+        format!("data source {}", source.full_name()),
+        source.location.clone(),
         inner,
-    }))
+    ))
+}
+
+/// `inner`, a table over Parquet files, with the errors of a source's scan
+/// (see [`SourceTable`]): `what` names it to users ("workspace table
+/// keep"), `location` only to the server log. For a table that has files:
+/// one whose scan finds none fails.
+pub(crate) fn guarded_table(
+    what: String,
+    location: String,
+    inner: Arc<dyn TableProvider>,
+) -> Arc<dyn TableProvider> {
+    Arc::new(SourceTable {
+        what,
+        location,
+        inner,
+    })
 }
 
 /// A source's raw table that names the source in every error of its scan,
@@ -81,7 +97,8 @@ pub fn raw_table(source: &DataSource, runtime: &RuntimeEnv) -> Result<Arc<dyn Ta
 /// files are all gone fails instead of answering with no rows.
 #[derive(Debug)]
 struct SourceTable {
-    name: String,
+    /// What users are told cannot be read ("data source hr.employees").
+    what: String,
     location: String,
     inner: Arc<dyn TableProvider>,
 }
@@ -101,9 +118,8 @@ pub(crate) fn unreadable_source(
         "data source cannot be read: {cause}"
     );
     VeilError::FailedPrecondition(format!(
-        "{name} cannot be read: one of its files is missing, truncated, corrupt or \
-         not of the source's schema, or the source has no files left (the server log has \
-         the details)"
+        "{name} cannot be read: one of its files is missing, truncated, corrupt or of \
+         another schema, or none is left (the server log has the details)"
     ))
 }
 
@@ -167,7 +183,7 @@ pub(crate) fn explain_read_error(e: VeilError, gctx: Option<&GovernanceContext>)
 
 impl SourceTable {
     fn unreadable(&self, e: impl std::fmt::Display) -> DataFusionError {
-        unreadable_source(&format!("data source {}", self.name), &self.location, &e).into()
+        unreadable_source(&self.what, &self.location, &e).into()
     }
 }
 

@@ -429,3 +429,67 @@ async fn orphans_are_swept_and_drops_release_files() {
     }
     panic!("dropped table's files were not released");
 }
+
+/// A workspace table whose committed files were damaged or deleted (by
+/// hand, a disk fault) fails with an error naming it, never with fewer
+/// rows or a storage path; so does a derived source over it, and the
+/// project's other tables read as before.
+#[tokio::test]
+async fn a_workspace_tables_lost_or_damaged_files_fail_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = demo(dir.path(), EngineOptions::default()).await;
+    project(&engine, "lost", false).await;
+    let mut bob = engine.session("bob");
+    bob.use_project(Some("lost")).unwrap();
+    run(
+        &mut bob,
+        "CREATE TABLE workspace.keep AS SELECT employee_id FROM hr.employees",
+    )
+    .await;
+    let files = parquet_files(&dir.path().join("warehouse"));
+    assert_eq!(files.len(), 1);
+    run(&mut bob, "CREATE TABLE workspace.other AS SELECT 1 AS x").await;
+    let mut sally = engine.session("sally");
+    sally.use_project(Some("lost")).unwrap();
+    run(
+        &mut sally,
+        "CREATE DERIVED DATA SOURCE an.keep FROM WORKSPACE TABLE keep",
+    )
+    .await;
+    let mut outside = engine.session("sally");
+    assert_eq!(
+        one(&mut outside, "SELECT count(*) FROM an.keep").await,
+        "311"
+    );
+
+    for damage in ["garbage", "deleted"] {
+        if damage == "garbage" {
+            std::fs::write(&files[0], b"PAR1 not a parquet file PAR1").unwrap();
+        } else {
+            std::fs::remove_file(&files[0]).unwrap();
+        }
+        tokio::time::sleep(veil_engine::engine::LISTING_TTL + Duration::from_millis(200)).await;
+        for (session, sql, what) in [
+            (
+                &mut bob,
+                "SELECT * FROM workspace.keep",
+                "workspace table keep",
+            ),
+            (&mut outside, "SELECT * FROM an.keep", "data source an.keep"),
+        ] {
+            let e = err(session, sql).await;
+            let text = e.to_string();
+            assert_eq!(
+                e.kind(),
+                ErrorKind::FailedPrecondition,
+                "{damage} {sql}: {text}"
+            );
+            assert!(
+                text.contains(&format!("failed precondition: {what} cannot be read:")),
+                "{damage} {sql}: {text}"
+            );
+            assert!(!text.contains("warehouse"), "no storage path: {text}");
+        }
+        assert_eq!(one(&mut bob, "SELECT x FROM workspace.other").await, "1");
+    }
+}

@@ -157,7 +157,15 @@ impl WorkspaceTableProvider {
             .iter()
             .map(|f| warehouse.url_of(&object_store::path::Path::from(f.path.as_str())))
             .collect();
-        let inner = parquet_files_table(&urls, table.schema()?, runtime)?;
+        let mut inner = parquet_files_table(&urls, table.schema()?, runtime)?;
+        if let Some(first) = urls.first() {
+            // Its committed files gone or damaged: an error, not fewer rows.
+            inner = crate::catalog::guarded_table(
+                format!("workspace table {}", table.name),
+                first.clone(),
+                inner,
+            );
+        }
         Ok(Self { table, inner })
     }
 }
