@@ -1,6 +1,6 @@
 //! Log scan: the adversarial queries of a masked, filtered user, logged at
 //! DEBUG (DataFusion's plans included), never put a masked value, a hidden
-//! row's value or a password into the logs.
+//! row's value or a password into the logs, nor into the errors they get.
 
 #![allow(clippy::unwrap_used)]
 
@@ -29,6 +29,18 @@ async fn debug_logs_hold_no_masked_value_hidden_row_or_password() {
         .filter(|v| v != "NULL")
         .collect();
     assert!(secrets.len() > 600);
+    // And the regions of the rows bob may not see.
+    let mut bob = engine.session("bob");
+    let visible: Vec<String> = rows(&mut bob, "SELECT DISTINCT region FROM hr.employees")
+        .await
+        .concat();
+    let hidden: Vec<String> = rows(&mut alice, "SELECT DISTINCT region FROM hr.employees")
+        .await
+        .concat()
+        .into_iter()
+        .filter(|r| !visible.contains(r))
+        .collect();
+    assert!(!hidden.is_empty() && !visible.is_empty());
     logs.0.lock().unwrap().clear();
 
     let mut admin = engine.session("admin");
@@ -41,9 +53,10 @@ async fn debug_logs_hold_no_masked_value_hidden_row_or_password() {
     }
     assert!(engine.authenticate("zed", "wrong-guess-pw-3").is_err());
     engine.authenticate("zed", "zed-new-pw-2").unwrap();
-    let mut bob = engine.session("bob");
     let mut as_bob = engine.session("admin");
     as_bob.impersonate(Some("bob")).unwrap();
+    // What the user is told when a statement fails, checked like the logs.
+    let mut errors = Vec::new();
     for s in [&mut bob, &mut as_bob] {
         for sql in [
             "SELECT name, email, ssn FROM hr.employees",
@@ -59,10 +72,17 @@ async fn debug_logs_hold_no_masked_value_hidden_row_or_password() {
             "SELECT 1 / (length(name) - length(name)) FROM hr.employees",
             "SHOW POLICY INFO FOR hr.employees",
             "SELECT * FROM hr.employees WHERE region <> 'US'",
+            "SELECT to_timestamp(name) FROM hr.employees",
+            "SELECT arrow_cast(email, 'Int64') FROM hr.employees",
+            "SELECT * FROM hr.employees WHERE CAST(region AS INT) = 1",
+            "SELECT * FROM hr.employees WHERE CAST(region AS INT) = 1 AND ssn IS NULL",
+            "SELECT CAST(name AS DATE) FROM hr.employees ORDER BY email LIMIT 1",
         ] {
-            if let Ok(out) = s.execute(sql).await {
-                let _ = out.collect().await;
-            }
+            let failed = match s.execute(sql).await {
+                Ok(out) => out.collect().await.err(),
+                Err(e) => Some(e),
+            };
+            errors.extend(failed.map(|e| format!("{sql}: {e}")));
         }
     }
     // A row policy that fails on the raw rows (an SSN does not parse as a
@@ -78,11 +98,25 @@ async fn debug_logs_hold_no_masked_value_hidden_row_or_password() {
         "SELECT e.name FROM hr.employees e JOIN hr.employees f ON e.email = f.email",
     ] {
         let e = err(&mut bob, sql).await;
+        errors.push(format!("{sql}: {e}"));
         assert!(
             e.to_string()
                 .contains("a row policy on hr.employees failed"),
             "{sql}: {e}"
         );
+    }
+    assert!(errors.len() >= 10, "the casts fail: {errors:?}");
+    for e in &errors {
+        for secret in &secrets {
+            assert!(!e.contains(secret.as_str()), "'{secret}' in the error {e}");
+        }
+        // Short: only as a quoted value.
+        for region in &hidden {
+            assert!(
+                !e.contains(&format!("'{region}'")),
+                "'{region}' in the error {e}"
+            );
+        }
     }
     let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
     assert!(text.contains("DEBUG"), "debug logs were captured");
