@@ -167,7 +167,7 @@ impl Sessions {
         let client = client.map(str::to_string);
         tokio::task::spawn_blocking(move || engine.login(&user, &password, client.as_deref()))
             .await
-            .map_err(|e| Status::internal(format!("the password check failed: {e}")))
+            .map_err(|e| crate::status::internal(format!("the password check failed: {e}")))
     }
 
     /// The session behind a request's bearer token (or Basic credentials,

@@ -401,3 +401,40 @@ async fn writes_on_every_path_and_derived_lineage() {
     let warehouse = server._dir.path().join("warehouse");
     assert_eq!(staging_dirs(&warehouse), Vec::<std::path::PathBuf>::new());
 }
+
+/// A storage failure under a write is an internal error: the client gets an
+/// incident id, not the warehouse's paths or the operating system's text;
+/// the write leaves nothing and the project's other tables still read.
+#[tokio::test]
+async fn a_storage_failure_names_an_incident_not_the_warehouse() {
+    let server = start().await;
+    let (_sally, mut bob) = setup(server.handle.addr, "broken").await;
+    run(
+        &mut bob,
+        "CREATE TABLE workspace.kept AS SELECT employee_id FROM hr.employees",
+    )
+    .await
+    .unwrap();
+    let warehouse = server._dir.path().join("warehouse");
+    let kept = parquet_files(&warehouse)[0].clone();
+    let project = kept.parent().unwrap().parent().unwrap();
+    // The next table's directory cannot be made: a file holds its name.
+    std::fs::write(project.join("next"), b"in the way").unwrap();
+    let e = run(
+        &mut bob,
+        "CREATE TABLE workspace.next AS SELECT employee_id FROM hr.employees",
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("Internal"), "{e}");
+    assert!(e.contains("internal error, incident "), "{e}");
+    let root = warehouse.to_string_lossy().into_owned();
+    for hidden in [root.as_str(), "warehouse", "projects", "directory"] {
+        assert!(!e.contains(hidden), "{hidden} in {e}");
+    }
+    assert_eq!(count(&mut bob, "kept").await, "311");
+    let e = run(&mut bob, "SELECT * FROM workspace.next")
+        .await
+        .unwrap_err();
+    assert!(e.contains("next"), "{e}");
+}

@@ -26,6 +26,7 @@ use futures::{stream, Stream, StreamExt};
 use tonic::Status;
 
 use super::DoGetStream;
+use crate::status::internal;
 
 /// Largest buffer size a batch is sent in one message with.
 const MAX_MESSAGE_BUFFERS: usize = 2 * 1024 * 1024;
@@ -43,7 +44,7 @@ where
             b.and_then(|b| {
                 encoder
                     .batch(&b)
-                    .map_err(|e| Status::internal(format!("cannot encode a result batch: {e}")))
+                    .map_err(|e| internal(format!("cannot encode a result batch: {e}")))
             })
         })
         .flat_map(|r| match r {

@@ -34,7 +34,7 @@ use veil_engine::workspace::WORKSPACE_SCHEMA;
 use veil_engine::{QueryOutput, Session, VeilError};
 
 use super::{encode, wire, DoGetStream, VeilFlightSql};
-use crate::status::to_status;
+use crate::status::{internal, to_status};
 
 /// Lifetime of tickets and prepared handles.
 pub const TICKET_TTL_SECS: i64 = 3600;
@@ -74,12 +74,11 @@ struct TicketBody {
 fn ipc_encode(schema: &Schema, batches: &[RecordBatch]) -> Result<String, Status> {
     let mut buf = Vec::new();
     {
-        let mut w =
-            StreamWriter::try_new(&mut buf, schema).map_err(|e| Status::internal(e.to_string()))?;
+        let mut w = StreamWriter::try_new(&mut buf, schema).map_err(internal)?;
         for b in batches {
-            w.write(b).map_err(|e| Status::internal(e.to_string()))?;
+            w.write(b).map_err(internal)?;
         }
-        w.finish().map_err(|e| Status::internal(e.to_string()))?;
+        w.finish().map_err(internal)?;
     }
     Ok(STANDARD.encode(buf))
 }
@@ -114,12 +113,12 @@ pub(super) fn encode_stream(out: QueryOutput) -> DoGetStream {
         None => encode::flight_stream(&out.schema, stream),
         Some(to) => {
             let sent = Arc::clone(&to);
-            let stream =
-                stream.and_then(move |b| {
-                    std::future::ready(wire::wire_batch(&b, &to).map_err(|e| {
-                        Status::internal(format!("cannot convert a result batch: {e}"))
-                    }))
-                });
+            let stream = stream.and_then(move |b| {
+                std::future::ready(
+                    wire::wire_batch(&b, &to)
+                        .map_err(|e| internal(format!("cannot convert a result batch: {e}"))),
+                )
+            });
             encode::flight_stream(&sent, stream)
         }
     }
