@@ -527,6 +527,73 @@ async fn files_of_another_schema_fail_as_the_sources_unreadable_data() {
     }
 }
 
+/// A file whose column changed type (`badge` written as strings where the
+/// source holds integers) fails as the source's unreadable data, not with
+/// arrow's cast error, which quoted the raw value it could not parse: a
+/// masked column's value, or one of a row the user may not see.
+#[tokio::test]
+async fn a_column_rewritten_as_strings_quotes_none_of_them() {
+    use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
+    use datafusion::parquet::arrow::ArrowWriter;
+    let (_d, engine) = demo().await;
+    let dir = tempfile::tempdir().unwrap();
+    people_source(
+        &engine,
+        dir.path(),
+        "drifted",
+        &[(1, "EU", 10, 7), (2, "US", 20, 8)],
+        "region = 'EU'",
+    )
+    .await;
+    let mut admin = engine.session("admin");
+    q(
+        &mut admin,
+        "CREATE MASKING POLICY badge_null ON t.drifted (badge) USING NULL",
+    )
+    .await;
+    let secrets = ["758-44-3250", "hidden-row-badge"];
+    let batch = RecordBatch::try_from_iter([
+        ("id", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),
+        ("region", Arc::new(StringArray::from(vec!["EU", "US"]))),
+        ("salary", Arc::new(Int64Array::from(vec![10, 20]))),
+        ("badge", Arc::new(StringArray::from(secrets.to_vec()))),
+    ])
+    .unwrap();
+    let path = dir.path().join("drifted.parquet");
+    let tmp = path.with_extension("tmp");
+    let mut w =
+        ArrowWriter::try_new(std::fs::File::create(&tmp).unwrap(), batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    std::fs::rename(tmp, &path).unwrap();
+    tokio::time::sleep(veil_engine::engine::LISTING_TTL + std::time::Duration::from_millis(200))
+        .await;
+
+    let mut bob = engine.session("bob");
+    for sql in [
+        "SELECT badge FROM t.drifted",
+        "SELECT * FROM t.drifted",
+        "SELECT count(*) FROM t.drifted WHERE badge > 0",
+        "SELECT sum(badge) FROM t.drifted",
+    ] {
+        for s in [&mut bob, &mut admin] {
+            let e = err(s, sql).await;
+            let text = e.to_string();
+            assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{sql}: {text}");
+            assert!(
+                text.contains("failed precondition: data source t.drifted cannot be read:"),
+                "{sql}: {text}"
+            );
+            for secret in secrets {
+                assert!(!text.contains(secret), "{sql}: {secret} in {text}");
+            }
+        }
+    }
+    // Columns that kept their type still read.
+    let ids = q(&mut bob, "SELECT id, region FROM t.drifted").await;
+    assert_eq!(ids, [["1".to_string(), "EU".to_string()]]);
+}
+
 /// A row policy that fails on the raw rows it filters (an SSN that does
 /// not parse as a number, a division by zero) denies the query without
 /// DataFusion's text, which quotes the raw value ("Cannot cast string
