@@ -23,7 +23,7 @@ use futures::FutureExt;
 
 use crate::error::{Result, VeilError};
 use crate::file_schema::{FileSchemaCheck, FileSchemaMismatch};
-use crate::governance::{GovernanceContext, GovernedTable};
+use crate::governance::{GovernanceContext, GovernedTable, StatementGovernance};
 use crate::model::{DataSource, SourceKind};
 use crate::policy::subscription;
 use crate::workspace::{Warehouse, WorkspaceSchema, WORKSPACE_SCHEMA};
@@ -139,9 +139,9 @@ fn is_read_error(e: &DataFusionError) -> bool {
     }
 }
 
-/// Rewrites an execution error that comes from reading a source's files
-/// into [`unreadable_source`]'s error for that source: the one whose
-/// location the cause mentions, else the only source the query read.
+/// Rewrites an execution error that comes from reading a table's files
+/// into [`unreadable_source`]'s error for that table: the one whose
+/// location the cause mentions, else the only table the query scanned.
 pub(crate) fn explain_read_error(e: VeilError, gctx: Option<&GovernanceContext>) -> VeilError {
     let (VeilError::DataFusion(d), Some(gctx)) = (&e, gctx) else {
         return e;
@@ -150,32 +150,26 @@ pub(crate) fn explain_read_error(e: VeilError, gctx: Option<&GovernanceContext>)
         return e;
     }
     let text = d.to_string();
-    let read: Vec<&DataSource> = gctx
-        .applied
-        .lock()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| gctx.snapshot.sources.get(&p.source))
-                .collect()
-        })
-        .unwrap_or_default();
-    let path = |s: &DataSource| {
-        let l = s
-            .location
-            .trim_start_matches("file://")
-            .trim_end_matches('/');
-        (!l.is_empty() && text.contains(l)).then_some(())
+    let scanned = gctx.scanned.lock().map(|s| s.clone()).unwrap_or_default();
+    let mentioned = |location: &str| {
+        let l = location.trim_start_matches("file://").trim_end_matches('/');
+        !l.is_empty() && text.contains(l)
     };
-    let source = read
-        .iter()
-        .find(|s| path(s).is_some())
-        .or(if read.len() == 1 { read.first() } else { None });
-    match source {
-        Some(s) => unreadable_source(&format!("data source {}", s.full_name()), &s.location, d),
-        None if read.is_empty() => e,
+    let table =
+        scanned
+            .iter()
+            .find(|(_, location)| mentioned(location))
+            .or(if scanned.len() == 1 {
+                scanned.first()
+            } else {
+                None
+            });
+    match table {
+        Some((what, location)) => unreadable_source(what, location, d),
+        None if scanned.is_empty() => e,
         None => {
-            let names: Vec<String> = read.iter().map(|s| s.full_name()).collect();
-            let what = format!("a data source of this query ({})", names.join(", "));
+            let names: Vec<&str> = scanned.iter().map(|(what, _)| what.as_str()).collect();
+            let what = format!("a table of this query ({})", names.join(", "));
             unreadable_source(&what, "", d)
         }
     }
@@ -238,6 +232,17 @@ impl TableProvider for SourceTable {
         let plan = result.plan();
         if plan.is::<datafusion::physical_plan::empty::EmptyExec>() {
             return Err(self.unreadable("no Parquet files are there"));
+        }
+        if let Some(governance) = state
+            .config_options()
+            .extensions
+            .get::<StatementGovernance>()
+        {
+            if let Ok(mut scanned) = governance.0.scanned.lock() {
+                if !scanned.iter().any(|(what, _)| *what == self.what) {
+                    scanned.push((self.what.clone(), self.location.clone()));
+                }
+            }
         }
         Ok(result)
     }

@@ -1038,6 +1038,7 @@ impl Session {
             snapshot: Arc::clone(snapshot),
             keys: self.engine.keys.clone(),
             applied: Mutex::new(Vec::new()),
+            scanned: Mutex::new(Vec::new()),
             metrics: self.engine.metrics.clone(),
             interrupt: Arc::default(),
         }

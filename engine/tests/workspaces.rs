@@ -493,3 +493,66 @@ async fn a_workspace_tables_lost_or_damaged_files_fail_it_alone() {
         assert_eq!(one(&mut bob, "SELECT x FROM workspace.other").await, "1");
     }
 }
+
+/// Bytes damaged inside a workspace file's pages, its footer intact, fail
+/// the query as that table's unreadable data (parquet's text, a dictionary
+/// index or a page header, went to the user as InvalidArgument before).
+#[tokio::test]
+async fn a_workspace_tables_damaged_pages_fail_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = demo(dir.path(), EngineOptions::default()).await;
+    project(&engine, "pages", false).await;
+    let mut bob = engine.session("bob");
+    bob.use_project(Some("pages")).unwrap();
+    run(
+        &mut bob,
+        "CREATE TABLE workspace.keep AS SELECT employee_id, name, email FROM hr.employees",
+    )
+    .await;
+    let file = parquet_files(&dir.path().join("warehouse"))[0].clone();
+    let original = std::fs::read(&file).unwrap();
+    let tail = original.len() - 8;
+    let footer = u32::from_le_bytes(original[tail..tail + 4].try_into().unwrap()) as usize;
+    let pages = 4..tail - footer - 16;
+    // xorshift64: the same damage on every run.
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed as usize
+    };
+    let (mut answered, mut unreadable) = (0, 0);
+    for _ in 0..60 {
+        let mut bytes = original.clone();
+        let at = pages.start + next() % pages.len();
+        let len = 1 + next() % 16;
+        for b in &mut bytes[at..at + len] {
+            *b = next() as u8;
+        }
+        std::fs::write(&file, &bytes).unwrap();
+        let sql = "SELECT * FROM workspace.keep";
+        let result = match bob.execute(sql).await {
+            Err(e) => Err(e),
+            Ok(out) => out.collect().await,
+        };
+        match result {
+            Ok(_) => answered += 1,
+            Err(e) => {
+                let what = format!("bytes {at}..{}: {e}", at + len);
+                assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{what}");
+                assert!(
+                    e.to_string()
+                        .contains("failed precondition: workspace table keep cannot be read:"),
+                    "{what}"
+                );
+                assert!(!e.to_string().contains("warehouse"), "{what}");
+                unreadable += 1;
+            }
+        }
+    }
+    assert!(
+        unreadable >= 5,
+        "the damage is found: {unreadable} failed, {answered} answered"
+    );
+}

@@ -54,6 +54,10 @@ pub struct GovernanceContext {
     pub keys: MasterKey,
     /// Sources touched and policies applied by the last analysis.
     pub applied: Mutex<Vec<AppliedPolicies>>,
+    /// Tables whose files the statement's scans read, as (what users are
+    /// told, location for the log): a read error while the statement runs
+    /// names its table (`catalog::explain_read_error`).
+    pub scanned: Mutex<Vec<(String, String)>>,
     /// Where the analyzer's time is reported.
     pub metrics: crate::metrics::Metrics,
     /// Set when the statement's output is dropped (`interrupt.rs`).
