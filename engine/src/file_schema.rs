@@ -13,7 +13,8 @@
 //! to value of Int64 type"): a masked column's raw value, or one of a row
 //! the user may not see. Expressions over such a file's drifted columns
 //! ([`DriftedRead`]) report any failure as [`FileSchemaMismatch`] without
-//! the text.
+//! the text; so do reads of a column the file declares nullable where the
+//! source's is not, when it holds a null.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -25,6 +26,7 @@ use datafusion::arrow::datatypes::{FieldRef, Schema, SchemaRef};
 use datafusion::common::nested_struct::validate_data_type_compatibility;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::ColumnarValue;
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr_adapter::{
@@ -43,12 +45,16 @@ pub(crate) struct FileSchemaCheck;
 pub(crate) struct FileSchemaMismatch(String);
 
 /// DataFusion's adapter for a file with columns of another type than its
-/// source's: expressions over them become [`DriftedRead`]s.
+/// source's, or nullable where the source's are not: expressions over them
+/// become [`DriftedRead`]s.
 #[derive(Debug)]
 struct DriftGuard {
     inner: Arc<dyn PhysicalExprAdapter>,
-    /// Columns whose type in the file differs from the source's.
+    /// Columns whose type or nullability in the file differs from the
+    /// source's.
     drifted: BTreeSet<String>,
+    /// Of those, the columns the source declares non-nullable.
+    not_null: BTreeSet<String>,
 }
 
 impl PhysicalExprAdapter for DriftGuard {
@@ -58,6 +64,11 @@ impl PhysicalExprAdapter for DriftGuard {
             .map(|c| c.name().to_string())
             .filter(|name| self.drifted.contains(name))
             .collect();
+        // A column read as such must hold no nulls where its source's
+        // cannot (an expression over it may).
+        let not_null = expr
+            .downcast_ref::<Column>()
+            .is_some_and(|c| self.not_null.contains(c.name()));
         let rewritten = self.inner.rewrite(expr)?;
         if reads.is_empty() {
             return Ok(rewritten);
@@ -65,18 +76,22 @@ impl PhysicalExprAdapter for DriftGuard {
         Ok(Arc::new(DriftedRead {
             expr: rewritten,
             columns: reads.into_iter().collect::<Vec<_>>().join(", "),
+            not_null,
         }))
     }
 }
 
 /// An expression over columns a file holds with another type than its
-/// source's: its errors (a value that does not cast) are the file's, and
-/// carry no value. Pruning on such a file does not see through it; files
-/// that match their source are not wrapped.
+/// source's, or nullable where the source's are not: its errors (a value
+/// that does not cast, a null the source's column cannot hold) are the
+/// file's, and carry no value. Pruning on such a file does not see through
+/// it; files that match their source are not wrapped.
 #[derive(Debug)]
 pub(crate) struct DriftedRead {
     expr: Arc<dyn PhysicalExpr>,
     columns: String,
+    /// A non-nullable column read as such: a null in it is the file's fault.
+    not_null: bool,
 }
 
 impl fmt::Display for DriftedRead {
@@ -105,13 +120,24 @@ impl PhysicalExpr for DriftedRead {
     }
 
     fn evaluate(&self, batch: &RecordBatch) -> Result<ColumnarValue> {
-        self.expr.evaluate(batch).map_err(|e| match e.find_root() {
-            DataFusionError::ResourcesExhausted(_) => e,
-            _ => DataFusionError::External(Box::new(FileSchemaMismatch(format!(
-                "column {} holds values that cannot be read as the source's type",
+        let mismatch = |what: &str| {
+            DataFusionError::External(Box::new(FileSchemaMismatch(format!(
+                "column {} holds {what}",
                 self.columns
-            )))),
-        })
+            ))))
+        };
+        let value = self.expr.evaluate(batch).map_err(|e| match e.find_root() {
+            DataFusionError::ResourcesExhausted(_) => e,
+            _ => mismatch("values that cannot be read as the source's type"),
+        })?;
+        let has_nulls = match &value {
+            ColumnarValue::Array(a) => a.null_count() > 0,
+            ColumnarValue::Scalar(v) => v.is_null(),
+        };
+        if self.not_null && has_nulls {
+            return Err(mismatch("nulls where the source's column has none"));
+        }
+        Ok(value)
     }
 
     fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
@@ -128,6 +154,7 @@ impl PhysicalExpr for DriftedRead {
         Ok(Arc::new(Self {
             expr,
             columns: self.columns.clone(),
+            not_null: self.not_null,
         }))
     }
 
@@ -142,15 +169,21 @@ impl PhysicalExprAdapterFactory for FileSchemaCheck {
         logical_file_schema: SchemaRef,
         physical_file_schema: SchemaRef,
     ) -> Result<Arc<dyn PhysicalExprAdapter>> {
-        let mut drifted = BTreeSet::new();
+        let (mut drifted, mut not_null) = (BTreeSet::new(), BTreeSet::new());
         for field in logical_file_schema.fields() {
             let mismatch = match physical_file_schema.field_with_name(field.name()) {
                 Err(_) if !field.is_nullable() => {
                     Some(format!("column {} is missing", field.name()))
                 }
                 // DataFusion's own test (struct evolution included).
-                Ok(file) if file.data_type() != field.data_type() => {
+                Ok(file)
+                    if file.data_type() != field.data_type()
+                        || (file.is_nullable() && !field.is_nullable()) =>
+                {
                     drifted.insert(field.name().clone());
+                    if !field.is_nullable() {
+                        not_null.insert(field.name().clone());
+                    }
                     validate_data_type_compatibility(
                         field.name(),
                         file.data_type(),
@@ -172,7 +205,11 @@ impl PhysicalExprAdapterFactory for FileSchemaCheck {
         if drifted.is_empty() {
             return Ok(inner);
         }
-        Ok(Arc::new(DriftGuard { inner, drifted }))
+        Ok(Arc::new(DriftGuard {
+            inner,
+            drifted,
+            not_null,
+        }))
     }
 }
 
@@ -253,5 +290,25 @@ mod tests {
             e.contains("column badge holds values that cannot be read"),
             "{e}"
         );
+
+        // Nullable in the file where the source's is not: read while it
+        // holds no null, the file's fault when it does.
+        use datafusion::arrow::array::Int64Array;
+        let strict = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let loose = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
+        let adapter = FileSchemaCheck
+            .create(Arc::clone(&strict), Arc::clone(&loose))
+            .unwrap();
+        let read = adapter.rewrite(col("id", &strict).unwrap()).unwrap();
+        let ids = |v: Option<i64>| {
+            RecordBatch::try_new(
+                Arc::clone(&loose),
+                vec![Arc::new(Int64Array::from(vec![Some(1), v]))],
+            )
+            .unwrap()
+        };
+        assert!(read.evaluate(&ids(Some(2))).is_ok());
+        let e = read.evaluate(&ids(None)).unwrap_err().to_string();
+        assert!(e.contains("column id holds nulls"), "{e}");
     }
 }

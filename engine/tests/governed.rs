@@ -565,7 +565,7 @@ async fn a_column_rewritten_as_strings_quotes_none_of_them() {
         ArrowWriter::try_new(std::fs::File::create(&tmp).unwrap(), batch.schema(), None).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
-    std::fs::rename(tmp, &path).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
     tokio::time::sleep(veil_engine::engine::LISTING_TTL + std::time::Duration::from_millis(200))
         .await;
 
@@ -592,6 +592,53 @@ async fn a_column_rewritten_as_strings_quotes_none_of_them() {
     // Columns that kept their type still read.
     let ids = q(&mut bob, "SELECT id, region FROM t.drifted").await;
     assert_eq!(ids, [["1".to_string(), "EU".to_string()]]);
+
+    // `badge` written nullable, with a null, where the source's is not:
+    // the file's fault too (it was InvalidArgument "Column 'badge' is
+    // declared as non-nullable but contains null values").
+    let batch = RecordBatch::try_from_iter_with_nullable([
+        (
+            "id",
+            Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef,
+            false,
+        ),
+        (
+            "region",
+            Arc::new(StringArray::from(vec!["EU", "US"])),
+            false,
+        ),
+        ("salary", Arc::new(Int64Array::from(vec![10, 20])), false),
+        (
+            "badge",
+            Arc::new(Int64Array::from(vec![None, Some(8)])),
+            true,
+        ),
+    ])
+    .unwrap();
+    let mut w =
+        ArrowWriter::try_new(std::fs::File::create(&tmp).unwrap(), batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    tokio::time::sleep(veil_engine::engine::LISTING_TTL + std::time::Duration::from_millis(200))
+        .await;
+    for sql in [
+        "SELECT badge FROM t.drifted",
+        "SELECT count(badge) FROM t.drifted",
+        "SELECT id FROM t.drifted WHERE badge IS NULL",
+    ] {
+        let e = err(&mut admin, sql).await;
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{sql}: {e}");
+        assert!(
+            e.to_string()
+                .contains("failed precondition: data source t.drifted cannot be read:"),
+            "{sql}: {e}"
+        );
+    }
+    assert_eq!(
+        q(&mut admin, "SELECT id, salary FROM t.drifted").await,
+        [["1".to_string(), "10".to_string()]]
+    );
 }
 
 /// A row policy that fails on the raw rows it filters (an SSN that does
