@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -410,26 +412,10 @@ async fn damaged_pages_fail_as_the_sources_unreadable_data() {
     let (_d, engine) = demo().await;
     let mut admin = engine.session("admin");
     let original = std::fs::read(repo_root().join("testdata/sales/transactions.parquet")).unwrap();
-    let tail = original.len() - 8;
-    let footer = u32::from_le_bytes(original[tail..tail + 4].try_into().unwrap()) as usize;
-    let pages = 4..tail - footer - 16;
     let files = tempfile::tempdir().unwrap();
-    // xorshift64: the same damage on every run.
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed as usize
-    };
     let (mut answered, mut unreadable) = (0, 0);
-    for i in 0..120 {
-        let mut bytes = original.clone();
-        let at = pages.start + next() % pages.len();
-        let len = 1 + next() % 16;
-        for b in &mut bytes[at..at + len] {
-            *b = next() as u8;
-        }
+    let copies = common::damaged_copies(&original, 0x9e37_79b9_7f4a_7c15, 120);
+    for (i, (damaged, bytes)) in copies.into_iter().enumerate() {
         let dir = files.path().join(format!("t{i}"));
         std::fs::create_dir(&dir).unwrap();
         std::fs::write(dir.join("part-0.parquet"), &bytes).unwrap();
@@ -459,7 +445,7 @@ async fn damaged_pages_fail_as_the_sources_unreadable_data() {
             match result {
                 Ok(_) => answered += 1,
                 Err(e) => {
-                    let what = format!("{sql} (bytes {at}..{}): {e}", at + len);
+                    let what = format!("{sql} (bytes {damaged:?}): {e}");
                     assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{what}");
                     assert!(
                         e.to_string().contains(&format!(
@@ -534,7 +520,6 @@ async fn files_of_another_schema_fail_as_the_sources_unreadable_data() {
 #[tokio::test]
 async fn a_column_rewritten_as_strings_quotes_none_of_them() {
     use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
-    use datafusion::parquet::arrow::ArrowWriter;
     let (_d, engine) = demo().await;
     let dir = tempfile::tempdir().unwrap();
     people_source(
@@ -560,12 +545,7 @@ async fn a_column_rewritten_as_strings_quotes_none_of_them() {
     ])
     .unwrap();
     let path = dir.path().join("drifted.parquet");
-    let tmp = path.with_extension("tmp");
-    let mut w =
-        ArrowWriter::try_new(std::fs::File::create(&tmp).unwrap(), batch.schema(), None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
+    common::write_parquet(&path, &batch);
     tokio::time::sleep(veil_engine::engine::LISTING_TTL + std::time::Duration::from_millis(200))
         .await;
 
@@ -615,11 +595,7 @@ async fn a_column_rewritten_as_strings_quotes_none_of_them() {
         ),
     ])
     .unwrap();
-    let mut w =
-        ArrowWriter::try_new(std::fs::File::create(&tmp).unwrap(), batch.schema(), None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
+    common::write_parquet(&path, &batch);
     tokio::time::sleep(veil_engine::engine::LISTING_TTL + std::time::Duration::from_millis(200))
         .await;
     for sql in [
@@ -822,7 +798,6 @@ async fn columns_read_only_inside_the_barrier_still_govern_every_row() {
 /// Writes `people.parquet`-like files: `(id, region, salary, badge)` rows.
 fn write_people(path: &std::path::Path, rows: &[(i64, &str, i64, i64)]) {
     use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
-    use datafusion::parquet::arrow::ArrowWriter;
     let id: ArrayRef = Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0)));
     let region: ArrayRef = Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1)));
     let salary: ArrayRef = Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2)));
@@ -834,12 +809,7 @@ fn write_people(path: &std::path::Path, rows: &[(i64, &str, i64, i64)]) {
         ("badge", badge),
     ])
     .unwrap();
-    let tmp = path.with_extension("tmp");
-    let mut w =
-        ArrowWriter::try_new(std::fs::File::create(&tmp).unwrap(), batch.schema(), None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-    std::fs::rename(tmp, path).unwrap();
+    common::write_parquet(path, &batch);
 }
 
 /// Registers `people.parquet`-like `rows` as `t.<table>` (subscription

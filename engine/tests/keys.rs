@@ -443,17 +443,13 @@ fn assert_no_byte_metrics(analyzed: &str) {
 #[tokio::test]
 async fn raw_key_joins_never_partition_on_the_raw_key() {
     use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch};
-    use datafusion::parquet::arrow::ArrowWriter;
     const ROWS: i64 = 300_000;
     let dir = tempfile::tempdir().unwrap();
     for (name, step) in [("a", 1), ("b", 2)] {
         let keys: ArrayRef = Arc::new(Int64Array::from_iter_values((0..ROWS).map(|i| i * step)));
         let vals: ArrayRef = Arc::new(Int64Array::from_iter_values(0..ROWS));
         let batch = RecordBatch::try_from_iter([("k", keys), ("v", vals)]).unwrap();
-        let file = std::fs::File::create(dir.path().join(format!("{name}.parquet"))).unwrap();
-        let mut w = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
+        common::write_parquet(&dir.path().join(format!("{name}.parquet")), &batch);
     }
     let engine = Engine::open(dir.path(), &root()).unwrap();
     engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
@@ -510,7 +506,6 @@ async fn raw_key_joins_never_partition_on_the_raw_key() {
 /// amount, 100,000 rows over many batches. Returns bob's session.
 async fn grouping_source(dir: &Path) -> (Arc<Engine>, Session) {
     use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
-    use datafusion::parquet::arrow::ArrowWriter;
     let n = 100_000usize;
     let region: ArrayRef = Arc::new(StringArray::from_iter(
         (0..n).map(|i| (i % 11 != 0).then_some(["EU", "US", "APAC"][i % 3])),
@@ -534,10 +529,7 @@ async fn grouping_source(dir: &Path) -> (Arc<Engine>, Session) {
     ])
     .unwrap();
     let path = dir.join("groups.parquet");
-    let mut w =
-        ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), batch.schema(), None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    common::write_parquet(&path, &batch);
     let engine = open(dir, true).await;
     let mut admin = engine.session("admin");
     for sql in [

@@ -511,26 +511,20 @@ async fn a_workspace_tables_damaged_pages_fail_naming_it() {
     .await;
     let file = parquet_files(&dir.path().join("warehouse"))[0].clone();
     let original = std::fs::read(&file).unwrap();
-    let tail = original.len() - 8;
-    let footer = u32::from_le_bytes(original[tail..tail + 4].try_into().unwrap()) as usize;
-    let pages = 4..tail - footer - 16;
-    // xorshift64: the same damage on every run.
-    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed as usize
-    };
     let (mut answered, mut unreadable) = (0, 0);
-    for _ in 0..60 {
-        let mut bytes = original.clone();
-        let at = pages.start + next() % pages.len();
-        let len = 1 + next() % 16;
-        for b in &mut bytes[at..at + len] {
-            *b = next() as u8;
-        }
+    let copies = common::damaged_copies(&original, 0x2545_f491_4f6c_dd1d, 60);
+    for (i, (damaged, bytes)) in copies.into_iter().enumerate() {
         std::fs::write(&file, &bytes).unwrap();
+        // A modification time of its own: the same size written within one
+        // clock tick would let the reader reuse the last copy's footer.
+        let modified =
+            std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + i as u64);
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
         let sql = "SELECT * FROM workspace.keep";
         let result = match bob.execute(sql).await {
             Err(e) => Err(e),
@@ -539,7 +533,7 @@ async fn a_workspace_tables_damaged_pages_fail_naming_it() {
         match result {
             Ok(_) => answered += 1,
             Err(e) => {
-                let what = format!("bytes {at}..{}: {e}", at + len);
+                let what = format!("bytes {damaged:?}: {e}");
                 assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{what}");
                 assert!(
                     e.to_string()

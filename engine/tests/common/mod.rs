@@ -88,3 +88,47 @@ impl Write for Captured {
         Ok(())
     }
 }
+
+/// Writes `batch` as the Parquet file `path`, atomically (a temporary file
+/// renamed over it), so a source listing `path` never sees half a file.
+pub fn write_parquet(path: &Path, batch: &datafusion::arrow::array::RecordBatch) {
+    use datafusion::parquet::arrow::ArrowWriter;
+    let tmp = path.with_extension("tmp");
+    let file = std::fs::File::create(&tmp).unwrap();
+    let mut w = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(batch).unwrap();
+    w.close().unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+/// `count` copies of a Parquet file's bytes, each with 1 to 16 bytes of its
+/// pages (between the leading magic and the footer) overwritten at a
+/// pseudo-random place, with the damaged range. xorshift64 from `seed`:
+/// the same damage on every run.
+pub fn damaged_copies(
+    original: &[u8],
+    seed: u64,
+    count: usize,
+) -> Vec<(std::ops::Range<usize>, Vec<u8>)> {
+    let tail = original.len() - 8;
+    let footer = u32::from_le_bytes(original[tail..tail + 4].try_into().unwrap()) as usize;
+    let pages = 4..tail - footer - 16;
+    let mut seed = seed;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed as usize
+    };
+    (0..count)
+        .map(|_| {
+            let mut bytes = original.to_vec();
+            let at = pages.start + next() % pages.len();
+            let len = 1 + next() % 16;
+            for b in &mut bytes[at..at + len] {
+                *b = next() as u8;
+            }
+            (at..at + len, bytes)
+        })
+        .collect()
+}
