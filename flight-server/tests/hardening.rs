@@ -456,6 +456,12 @@ async fn spilling_past_the_spill_limit_fails_the_statement_alone() {
         err.contains("exceeded the allowable limit of 1024.0 KB"),
         "{err}"
     );
+    // The same over a data source: the limit, not the source's files.
+    let over_source = "SELECT value, n FROM generate_series(1, 10000000) \
+                       CROSS JOIN (SELECT count(*) AS n FROM hr.employees) e ORDER BY value DESC";
+    let err = query(&mut bob, over_source).await.unwrap_err();
+    assert!(err.contains(EXHAUSTED), "{err}");
+    assert!(!err.contains("cannot be read"), "{err}");
     // Nothing is left spilled and the server serves on.
     assert!(all_memory_back(&server.engine).await);
     let small = "SELECT value FROM generate_series(1, 10000) ORDER BY value DESC LIMIT 1";
