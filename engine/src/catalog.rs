@@ -6,7 +6,6 @@
 //! a query gives a permission-denied error that names it.
 
 use std::collections::BTreeMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -19,7 +18,6 @@ use datafusion::datasource::listing::{
 };
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::runtime_env::RuntimeEnv;
-use futures::FutureExt;
 
 use crate::error::{Result, VeilError};
 use crate::file_schema::{FileSchemaCheck, FileSchemaMismatch};
@@ -224,10 +222,9 @@ impl TableProvider for SourceTable {
         // Reading a footer can panic inside parquet on a corrupt file (a
         // metadata length past the file's start overflows a subtraction in
         // debug builds); that is this source's failure, not the statement's.
-        let result = AssertUnwindSafe(self.inner.scan_with_args(state, args))
-            .catch_unwind()
+        let result = crate::executor::unless_panic(self.inner.scan_with_args(state, args))
             .await
-            .map_err(|panic| self.unreadable(crate::executor::panic_message(panic.as_ref())))?
+            .map_err(|panic| self.unreadable(panic))?
             .map_err(|e| self.unreadable(e))?;
         let plan = result.plan();
         if plan.is::<datafusion::physical_plan::empty::EmptyExec>() {

@@ -189,6 +189,16 @@ impl Drop for Executor {
     }
 }
 
+/// Awaits `work`; a panic inside it becomes `Err` with the panic's text
+/// (for work whose panic is a known input's fault: a corrupt Parquet
+/// footer).
+pub(crate) async fn unless_panic<F: Future>(work: F) -> std::result::Result<F::Output, String> {
+    AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .map_err(|panic| panic_message(panic.as_ref()).to_string())
+}
+
 /// The text a panic carried, if any.
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     panic

@@ -6,7 +6,6 @@
 //! permission the impersonator lacks.
 
 use std::collections::BTreeSet;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
@@ -14,7 +13,6 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::ExprSchemable;
 use datafusion::prelude::SessionContext;
-use futures::FutureExt;
 use veil_udfs::{mask_udf, KeyHandle, MaskKey};
 
 use super::ast::GovStatement;
@@ -172,10 +170,9 @@ async fn infer_schema(location: &str) -> Result<datafusion::arrow::datatypes::Sc
         ))
     };
     // A garbage footer can panic inside parquet (see `SourceTable::scan_with_args`).
-    let schema = AssertUnwindSafe(parquet_options().infer_schema(&state, &url))
-        .catch_unwind()
+    let schema = crate::executor::unless_panic(parquet_options().infer_schema(&state, &url))
         .await
-        .map_err(|panic| unreadable(&crate::executor::panic_message(panic.as_ref())))?
+        .map_err(|panic| unreadable(&panic))?
         .map_err(|e| unreadable(&e))?;
     if schema.fields().is_empty() {
         return Err(VeilError::InvalidArgument(format!(
