@@ -649,6 +649,7 @@ async fn a_row_policy_failing_on_the_data_shows_no_value() {
             "EXPLAIN ANALYZE SELECT email FROM hr.employees",
             "SELECT e.name FROM hr.employees e JOIN hr.employees f ON e.email = f.email",
             "SELECT name FROM hr.employees WHERE email IN (SELECT email FROM hr.employees)",
+            "SELECT name FROM hr.employees WHERE department = 'engineering'",
         ] {
             let e = err(&mut bob, sql).await;
             let text = e.to_string();

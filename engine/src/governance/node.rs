@@ -40,14 +40,16 @@ use datafusion::logical_expr::{
     ColumnarValue, Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
 };
 use datafusion::physical_expr::expressions::{Column, DynamicFilterPhysicalExpr};
-use datafusion::physical_expr::utils::{collect_columns, reassign_expr_columns};
+use datafusion::physical_expr::utils::{
+    collect_columns, conjunction, reassign_expr_columns, split_conjunction,
+};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_optimizer::projection_pushdown::ProjectionPushdown;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::execution_plan::{
     Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
 };
-use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use datafusion::physical_plan::filter_pushdown::{
     ChildFilterPushdownResult, ChildPushdownResult, FilterPushdownPhase, FilterPushdownPropagation,
     PushedDown,
@@ -791,10 +793,8 @@ fn optimize_hidden_input(
             }
         }
     }
-    if let (Some(filter), Some(p)) = (inner.downcast_ref::<FilterExec>(), predicate) {
-        if filter.predicate() == p && filter.projection().is_none() {
-            inner = Arc::clone(filter.input());
-        }
+    if let Some(p) = predicate {
+        inner = without_policy(inner, p)?;
     }
     // Outside a barrier, DataFusion splits a scan's files into byte ranges
     // for its parent (EnforceDistribution); the hidden scan has no parent
@@ -828,6 +828,49 @@ fn optimize_hidden_input(
         )?);
     }
     Ok(inner)
+}
+
+/// `plan` (a barrier's hidden input) with the row policy `policy` taken out
+/// of its filters. Filter pushdown leaves the policy in the filter offered
+/// to the scan, and merges it into a user's filter there (`region = 'US'
+/// AND email LIKE '%a%'`); the barrier evaluates it on every row anyway,
+/// and only there is its error kept from the user (`row_policy_failed`):
+/// evaluated in a hidden filter, a policy that fails on the data quoted
+/// the raw value ("Cannot cast string '758-44-3250'"), and it ran twice.
+/// The scan keeps it as its pruning predicate.
+fn without_policy(
+    plan: Arc<dyn ExecutionPlan>,
+    policy: &Arc<dyn PhysicalExpr>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    plan.transform_down(|node| {
+        let Some(filter) = node.downcast_ref::<FilterExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        // The policy over this filter's input (a projection between them
+        // moves its columns).
+        let Ok(here) = reassign_expr_columns(Arc::clone(policy), &filter.input().schema()) else {
+            return Ok(Transformed::no(node));
+        };
+        let policy_parts = split_conjunction(&here);
+        let parts = split_conjunction(filter.predicate());
+        let kept: Vec<Arc<dyn PhysicalExpr>> = parts
+            .iter()
+            .filter(|c| !policy_parts.iter().any(|p| *p == **c))
+            .map(|c| Arc::clone(c))
+            .collect();
+        if kept.len() == parts.len() {
+            return Ok(Transformed::no(node));
+        }
+        if kept.is_empty() && filter.projection().is_none() && filter.fetch().is_none() {
+            return Ok(Transformed::yes(Arc::clone(filter.input())));
+        }
+        let predicate = conjunction(kept);
+        let rebuilt = FilterExecBuilder::from(filter)
+            .with_predicate(predicate)
+            .build()?;
+        Ok(Transformed::yes(Arc::new(rebuilt) as Arc<dyn ExecutionPlan>))
+    })
+    .map(|t| t.data)
 }
 
 /// DataFusion's default planner plus the governance barrier, and, when
@@ -1082,6 +1125,29 @@ pub(super) mod tests {
     /// `GovernedScan(region = 'US')` over the `employees` table registered
     /// in `ctx`, with `email LIKE '%a%'` inside (as a pushed leakproof
     /// filter would be).
+    #[tokio::test]
+    async fn the_row_policy_runs_in_the_barrier_alone_under_a_users_filter() {
+        // A user's filter inside the barrier (`email LIKE '%a%'`): the
+        // hidden input's FilterExec runs it, and the policy stays out of it
+        // (the scan takes it for pruning; the barrier evaluates it, where
+        // its errors are kept from the user).
+        for partitions in [1, 4] {
+            let mut state = governed_state();
+            state.config_mut().options_mut().execution.target_partitions = partitions;
+            let ctx = SessionContext::new_with_state(state);
+            employees_scan(&ctx, "employees").await;
+            let barrier = us_employees_with_a_in_email(&ctx).await;
+            let plan = ctx.state().create_physical_plan(&barrier).await.unwrap();
+            let exec = find_barrier(&plan).expect("a barrier");
+            let inner = displayable(exec.inner.as_ref()).indent(true).to_string();
+            let filters: Vec<&str> = inner.lines().filter(|l| l.contains("FilterExec")).collect();
+            assert_eq!(filters.len(), 1, "{inner}");
+            assert!(filters[0].contains("email@"), "{inner}");
+            assert!(!filters[0].contains("region@"), "{inner}");
+            assert!(inner.contains("pruning_predicate=region"), "{inner}");
+        }
+    }
+
     async fn us_employees_with_a_in_email(ctx: &SessionContext) -> LogicalPlan {
         let table = ctx.table_provider("employees").await.unwrap();
         let scan = LogicalPlanBuilder::scan("employees", provider_as_source(table), None)
