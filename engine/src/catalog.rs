@@ -101,20 +101,16 @@ struct SourceTable {
     inner: Arc<dyn TableProvider>,
 }
 
-/// The error a query gets when a data source's files cannot be read: it
-/// names the source and says what to suspect; the location and the
-/// low-level cause go to the server log only (no storage paths to users).
-/// `name` is what cannot be read ("data source hr.employees").
+/// The error a query gets when a table's files cannot be read: it names
+/// the table and says what to suspect; the location and the low-level
+/// cause go to the server log only (no storage paths to users). `name` is
+/// what cannot be read ("data source hr.employees", "workspace table keep").
 pub(crate) fn unreadable_source(
     name: &str,
     location: &str,
     cause: &dyn std::fmt::Display,
 ) -> VeilError {
-    tracing::warn!(
-        source = name,
-        location,
-        "data source cannot be read: {cause}"
-    );
+    tracing::warn!(source = name, location, "a table cannot be read: {cause}");
     VeilError::FailedPrecondition(format!(
         "{name} cannot be read: one of its files is missing, truncated, corrupt or of \
          another schema, or none is left (the server log has the details)"
