@@ -229,7 +229,9 @@ impl Lineage {
 }
 
 /// What a principal sees of one source, in a comparable form: used to tell
-/// whether a parent's policies became stricter since a derivation.
+/// whether a parent's policies became stricter since a derivation, and
+/// whether a workspace table holds more of a parent than a derivation may
+/// publish.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Restriction {
     /// Whether the principal was subscribed.
@@ -238,24 +240,57 @@ pub struct Restriction {
     pub masks: BTreeMap<String, u8>,
     /// Row policies in force.
     pub row_policies: BTreeSet<String>,
+    /// Each row policy's predicate as resolved for the principal
+    /// (`region IN ('US')` from `attribute_contains('region', region)`): one
+    /// policy filters differently for different principals. Absent in
+    /// lineage recorded before it was kept; then only names compare.
+    #[serde(default)]
+    pub row_predicates: BTreeMap<String, String>,
 }
 
 impl Restriction {
     /// Why `self` (now) is stricter than `before`; empty when it is not.
     pub fn stricter_than(&self, before: &Restriction) -> Vec<String> {
+        self.narrower(before, "now ")
+    }
+
+    /// What `self` hides of the source that `other` shows (a mask, a
+    /// stricter mask, a row policy, the same policy resolved differently,
+    /// no subscription); empty when it shows at least as much.
+    pub fn hides_more_than(&self, other: &Restriction) -> Vec<String> {
+        self.narrower(other, "")
+    }
+
+    fn narrower(&self, other: &Restriction, now: &str) -> Vec<String> {
         let mut why = Vec::new();
-        if before.subscribed && !self.subscribed {
-            why.push("no longer subscribed".to_string());
+        if other.subscribed && !self.subscribed {
+            why.push(format!(
+                "{}subscribed",
+                if now.is_empty() { "not " } else { "no longer " }
+            ));
         }
         for (col, rank) in &self.masks {
-            match before.masks.get(col) {
-                None => why.push(format!("column {col} is now masked")),
+            match other.masks.get(col) {
+                None => why.push(format!("column {col} is {now}masked")),
                 Some(was) if rank < was => why.push(format!("column {col} has a stricter mask")),
                 _ => {}
             }
         }
-        for p in self.row_policies.difference(&before.row_policies) {
-            why.push(format!("row policy {p} now applies"));
+        for p in &self.row_policies {
+            if !other.row_policies.contains(p) {
+                why.push(format!("row policy {p} {now}applies"));
+                continue;
+            }
+            let (Some(mine), Some(theirs)) =
+                (self.row_predicates.get(p), other.row_predicates.get(p))
+            else {
+                continue;
+            };
+            if mine != theirs {
+                // Not the predicates themselves: policy details need
+                // FETCH_POLICY_INFO.
+                why.push(format!("row policy {p} {now}filters other rows"));
+            }
         }
         why
     }

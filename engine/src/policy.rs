@@ -174,7 +174,75 @@ pub fn restriction(
             .map(|m| (m.column.clone(), m.method.rank()))
             .collect(),
         row_policies: d.row_filters.iter().map(|r| r.policy.clone()).collect(),
+        row_predicates: resolved_predicates(p, source, &d.row_filters),
     })
+}
+
+/// Each row filter's predicate resolved for `p`, as text. A predicate that
+/// does not resolve over the source's schema is left out (a global policy
+/// on a column the source lacks does not apply; any other such predicate
+/// fails every query that reads the source).
+fn resolved_predicates(
+    p: &Principal,
+    source: &DataSource,
+    filters: &[RowFilter],
+) -> std::collections::BTreeMap<String, String> {
+    use crate::governance::principal_fns::{parse_predicate, resolve};
+    let Ok(schema) = crate::catalog::source_schema(source) else {
+        return Default::default();
+    };
+    let Ok(schema) = datafusion::common::DFSchema::try_from(schema.as_ref().clone()) else {
+        return Default::default();
+    };
+    filters
+        .iter()
+        .filter_map(|rf| {
+            let parsed = parse_predicate(&rf.predicate, &schema).ok()?;
+            let resolved = resolve(parsed, p, &schema).ok()?;
+            Some((rf.policy.clone(), resolved.to_string()))
+        })
+        .collect()
+}
+
+/// What `p` would see of workspace table `t` that their own access to its
+/// parents hides: one line per write that read a parent with broader
+/// access than `p` has (`who` names `p` in them); empty when `p` sees at
+/// least as much of every parent as each write read. Members outside
+/// equalization see different data, so a table sally (hr) wrote holds what
+/// bob's masks hide; the same check guards derived sources, for the
+/// entitlements they are shared with.
+pub fn read_beyond(
+    p: &Principal,
+    snapshot: &CatalogSnapshot,
+    t: &crate::workspace::WorkspaceTable,
+    who: &str,
+) -> Result<Vec<String>> {
+    let mut beyond = Vec::new();
+    for parent in &t.parents {
+        let Some(reads) = t.reads.get(parent) else {
+            beyond.push(format!(
+                "its writes read {parent} before Veil recorded with what access (write it again \
+                 from its sources)"
+            ));
+            continue;
+        };
+        let sees = match snapshot.sources.get(parent) {
+            Some(ps) => restriction(p, snapshot, ps)?,
+            None => Restriction::default(),
+        };
+        for read in reads {
+            let why = sees.hides_more_than(&read.access);
+            if !why.is_empty() {
+                beyond.push(format!(
+                    "{} wrote what they read of {parent}, more than {who} may see of it ({})",
+                    read.by,
+                    why.join(", ")
+                ));
+            }
+        }
+    }
+    beyond.dedup();
+    Ok(beyond)
 }
 
 /// Why a derived source is stale against its parents (empty: it is not):

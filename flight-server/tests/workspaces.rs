@@ -438,3 +438,57 @@ async fn a_storage_failure_names_an_incident_not_the_warehouse() {
         .unwrap_err();
     assert!(e.contains("next"), "{e}");
 }
+
+/// A statement bob planned over his own workspace table does not show him
+/// what sally (hr, equalization off) later wrote into it: the prepared
+/// handle, the ticket and a new statement are all refused, and no raw
+/// e-mail reaches him on any of them.
+#[tokio::test]
+async fn a_broader_members_overwrite_reaches_no_handle_of_another_member() {
+    let server = start().await;
+    let addr = server.handle.addr;
+    let (mut sally, mut bob) = setup(addr, "reach").await;
+    sally.set_header("x-veil-project", "reach");
+    run(
+        &mut bob,
+        "CREATE TABLE workspace.t AS SELECT employee_id, email FROM hr.employees",
+    )
+    .await
+    .unwrap();
+    let sql = "SELECT email FROM workspace.t";
+    let mut prepared = bob.prepare(sql.into(), None).await.unwrap();
+    let ticketed = bob.execute(sql.into(), None).await.unwrap();
+    let before = rows(&fetch(&mut bob, ticketed.clone()).await.unwrap());
+    assert_eq!(before.len(), 311);
+    assert!(before.iter().all(|r| !r[0].contains('@')));
+
+    run(
+        &mut sally,
+        "INSERT OVERWRITE workspace.t SELECT employee_id, email FROM hr.employees",
+    )
+    .await
+    .unwrap();
+    assert!(run(&mut sally, sql).await.unwrap()[0][0].contains('@'));
+
+    let check = |path: &str, e: String| {
+        // tonic's text for PermissionDenied.
+        assert!(e.contains("does not have permission"), "{path}: {e}");
+        assert!(
+            e.contains("bob may not read workspace table t"),
+            "{path}: {e}"
+        );
+        assert!(!e.contains('@'), "{path}: {e}");
+    };
+    let e = match prepared.execute().await {
+        Err(e) => e.to_string(),
+        Ok(info) => fetch(&mut bob, info).await.unwrap_err(),
+    };
+    check("prepared", e);
+    match fetch(&mut bob, ticketed).await {
+        Err(e) => check("ticket", e),
+        // A ticket planned before the overwrite may still read the version
+        // it was planned over, never the new one.
+        Ok(batches) => assert_eq!(rows(&batches), before, "ticket"),
+    }
+    check("statement", run(&mut bob, sql).await.unwrap_err());
+}

@@ -314,6 +314,26 @@ impl GovernanceContext {
         )))
     }
 
+    /// Refuses a scan of a workspace table holding what the principal's own
+    /// access to its parents hides (`policy::read_beyond`).
+    fn check_workspace_read(&self, scan: &TableScan) -> Result<()> {
+        let Some(w) = crate::workspace::lineage::workspace_table(scan) else {
+            return Ok(());
+        };
+        let who = self.principal.describe();
+        let beyond = crate::policy::read_beyond(&self.principal, &self.snapshot, &w.table, who)?;
+        if beyond.is_empty() {
+            return Ok(());
+        }
+        Err(VeilError::PermissionDenied(format!(
+            "{who} may not read workspace table {}: it holds data read with broader access than \
+             {who} has: {}; with equalization on, every member writes and reads the same view",
+            w.table.name,
+            beyond.join("; ")
+        ))
+        .into())
+    }
+
     /// The statement's project when it has masked joins on.
     fn join_project(&self) -> Option<&crate::project::Project> {
         let p = self.snapshot.projects.get(self.project.as_deref()?)?;
@@ -353,7 +373,10 @@ impl AnalyzerRule for GovernanceRule {
                             rewrote |= after.schema() != &before;
                             Ok(Transformed::yes(after))
                         }
-                        None => Ok(Transformed::no(LogicalPlan::TableScan(scan))),
+                        None => {
+                            ctx.check_workspace_read(&scan)?;
+                            Ok(Transformed::no(LogicalPlan::TableScan(scan)))
+                        }
                     };
                 }
                 other => other,

@@ -11,7 +11,7 @@ use super::exec::{change, join, utf8_batch, Ctx, Outcome};
 use crate::engine::{QueryOutput, Session};
 use crate::error::{Result, VeilError};
 use crate::model::{ColumnInfo, DataSource, Lineage, Permission, SourceKind, Subscription};
-use crate::policy::{restriction, staleness, subscription};
+use crate::policy::{read_beyond, restriction, staleness, subscription};
 use crate::project::{with_ancestors, Entitlements, Project, PurposeState};
 use crate::store::Change;
 use crate::workspace::{table_name, WorkspaceTable, WORKSPACE_SCHEMA};
@@ -177,6 +177,17 @@ fn create_derived(c: &Ctx<'_>, source: &str, table: &str) -> Result<Outcome> {
             None => Default::default(),
         };
         lineage.parents.insert(parent.clone(), r);
+    }
+    // A derived source may hold only what its subscribers see of its parents.
+    let beyond = read_beyond(&deriver, &c.snapshot, t, "those entitlements")?;
+    if !beyond.is_empty() {
+        return Err(VeilError::PermissionDenied(format!(
+            "workspace table {name} cannot be derived: it holds data read with broader access \
+             than the entitlements its derived source would be shared with ({entitlements}): {}; \
+             write it with equalization on, or by members who see no more than those \
+             entitlements",
+            beyond.join("; ")
+        )));
     }
     let warehouse = c.session.engine().warehouse();
     lineage.files = t

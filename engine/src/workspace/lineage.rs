@@ -10,11 +10,12 @@
 //! inherits every input's origins.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use datafusion::common::tree_node::TreeNode;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::DFSchema;
 use datafusion::datasource::source_as_provider;
-use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
+use datafusion::logical_expr::{Expr, JoinType, LogicalPlan, TableScan};
 
 use super::WorkspaceTableProvider;
 use crate::governance::GovernedScanNode;
@@ -37,6 +38,26 @@ pub fn masked_map(plan: &LogicalPlan, snapshot: &CatalogSnapshot) -> BTreeMap<St
         .filter(|(_, o)| !o.is_empty())
         .map(|(f, o)| (f.name().clone(), o))
         .collect()
+}
+
+/// The workspace table a scan reads, if it reads one.
+pub(crate) fn workspace_table(scan: &TableScan) -> Option<Arc<WorkspaceTableProvider>> {
+    let provider = source_as_provider(&scan.source).ok()?;
+    let any: Arc<dyn std::any::Any + Send + Sync> = provider;
+    any.downcast::<WorkspaceTableProvider>().ok()
+}
+
+/// The workspace tables `plan` reads (subqueries included): what a write
+/// copies from them carries their provenance.
+pub fn copied_tables(plan: &LogicalPlan) -> Vec<Arc<WorkspaceTableProvider>> {
+    let mut out = Vec::new();
+    let _ = plan.apply_with_subqueries(|p| {
+        if let LogicalPlan::TableScan(scan) = p {
+            out.extend(workspace_table(scan));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
 }
 
 fn union_all(inputs: &[Vec<Origins>]) -> Origins {
@@ -63,7 +84,7 @@ fn of_expr(e: &Expr, schema: &DFSchema, input: &[Origins], snapshot: &CatalogSna
         if let Some(plan) = plan {
             out.extend(walk(plan, snapshot).into_iter().flatten());
         }
-        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        Ok(TreeNodeRecursion::Continue)
     });
     out
 }
@@ -100,12 +121,7 @@ fn walk(plan: &LogicalPlan, snapshot: &CatalogSnapshot) -> Vec<Origins> {
     };
     let out = match plan {
         LogicalPlan::TableScan(scan) => {
-            let masked = source_as_provider(&scan.source).ok().and_then(|p| {
-                let any: std::sync::Arc<dyn std::any::Any + Send + Sync> = p;
-                any.downcast::<WorkspaceTableProvider>()
-                    .ok()
-                    .map(|w| w.table.masked.clone())
-            });
+            let masked = workspace_table(scan).map(|w| w.table.masked.clone());
             plan.schema()
                 .fields()
                 .iter()

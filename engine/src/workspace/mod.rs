@@ -67,8 +67,15 @@ pub struct WorkspaceTable {
     pub rows: u64,
     /// Columns holding masked values, with the source columns they came from.
     pub masked: BTreeMap<String, BTreeSet<String>>,
-    /// Governed sources read by the writes of this table.
+    /// Governed sources read by the writes of this table (directly or
+    /// through the workspace tables they copied).
     pub parents: BTreeSet<String>,
+    /// For each parent, every distinct access its writes read it with: a
+    /// derived source may publish the table only to entitlements that see
+    /// each parent at least as broadly (`CREATE DERIVED DATA SOURCE`).
+    /// Empty in tables written before it was kept.
+    #[serde(default)]
+    pub reads: BTreeMap<String, Vec<ParentRead>>,
     /// Whether keyed masks of those writes used the project's join key.
     pub project_keyed: bool,
     /// Set anew by every create or replace: an append started on one
@@ -80,6 +87,33 @@ pub struct WorkspaceTable {
     pub updated_by: String,
     /// When (RFC 3339).
     pub updated_at: String,
+}
+
+/// How one write read a parent source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRead {
+    /// Who wrote (the session's user).
+    pub by: String,
+    /// What the write's principal saw of the parent.
+    pub access: crate::model::Restriction,
+}
+
+/// Adds `more` (a write's or a copied table's reads) to `reads`, each
+/// distinct read once, and its sources to `parents`.
+pub fn add_reads(
+    parents: &mut BTreeSet<String>,
+    reads: &mut BTreeMap<String, Vec<ParentRead>>,
+    more: &BTreeMap<String, Vec<ParentRead>>,
+) {
+    for (parent, more) in more {
+        parents.insert(parent.clone());
+        let mine = reads.entry(parent.clone()).or_default();
+        for r in more {
+            if !mine.contains(r) {
+                mine.push(r.clone());
+            }
+        }
+    }
 }
 
 impl WorkspaceTable {

@@ -10,6 +10,7 @@
 //! A failure anywhere before that commit deletes what it wrote and leaves
 //! the committed table as it was.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,8 +29,8 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use object_store::path::Path;
 use serde_json::json;
 
-use super::lineage::masked_map;
-use super::{table_name, WorkspaceFile, WorkspaceTable, WORKSPACE_SCHEMA};
+use super::lineage::{copied_tables, masked_map};
+use super::{add_reads, table_name, ParentRead, WorkspaceFile, WorkspaceTable, WORKSPACE_SCHEMA};
 use crate::engine::{QueryOutput, Session};
 use crate::error::{Result, VeilError};
 use crate::governance::GovernanceContext;
@@ -414,6 +415,16 @@ impl PartitionStream for OneShot {
     }
 }
 
+/// What a write carries into its table version besides rows.
+struct Provenance {
+    /// Columns holding masked values, with their origins.
+    masked: BTreeMap<String, BTreeSet<String>>,
+    /// Governed sources read (directly or through copied tables).
+    parents: BTreeSet<String>,
+    /// With what access each was read.
+    reads: BTreeMap<String, Vec<ParentRead>>,
+}
+
 /// One workspace statement's context: who writes into which project.
 struct Writer<'a> {
     session: &'a Session,
@@ -542,13 +553,7 @@ impl<'a> Writer<'a> {
             .session
             .planning(async move { Ok(optimizing.optimize(&input)?) })
             .await?;
-        let masked = masked_map(&plan, &self.gctx.snapshot);
-        let parents: std::collections::BTreeSet<String> = self
-            .gctx
-            .applied
-            .lock()
-            .map(|a| a.iter().map(|p| p.source.clone()).collect())
-            .unwrap_or_default();
+        let provenance = self.provenance(&plan)?;
         let schema = match &mode {
             Mode::Append(t) => t.schema()?,
             Mode::Create | Mode::Replace(_) => Arc::new(plan.schema().as_arrow().clone()),
@@ -614,7 +619,7 @@ impl<'a> Writer<'a> {
         };
         guard.warehouse = None;
         let new_bytes: u64 = files.iter().map(|f| f.size).sum();
-        let committed = self.commit(name, &mode, schema, files.clone(), rows, masked, parents);
+        let committed = self.commit(name, &mode, schema, files.clone(), rows, provenance);
         match committed {
             Ok(replaced) => {
                 engine.release_later(replaced);
@@ -637,8 +642,44 @@ impl<'a> Writer<'a> {
         }
     }
 
+    /// What a write of `plan` carries: its masked columns, and what it read
+    /// of each governed source, directly (with this writer's access) or
+    /// through the workspace tables it copies (with theirs).
+    fn provenance(&self, plan: &LogicalPlan) -> Result<Provenance> {
+        let snapshot = &self.gctx.snapshot;
+        let mut sources: Vec<String> = self
+            .gctx
+            .applied
+            .lock()
+            .map(|a| a.iter().map(|p| p.source.clone()).collect())
+            .unwrap_or_default();
+        sources.sort();
+        sources.dedup();
+        let mut out = Provenance {
+            masked: masked_map(plan, snapshot),
+            parents: BTreeSet::new(),
+            reads: BTreeMap::new(),
+        };
+        for source in sources {
+            let access = match snapshot.sources.get(&source) {
+                Some(s) => crate::policy::restriction(&self.gctx.principal, snapshot, s)?,
+                None => Default::default(),
+            };
+            let by = self.session.user().to_string();
+            add_reads(
+                &mut out.parents,
+                &mut out.reads,
+                &BTreeMap::from([(source, vec![ParentRead { by, access }])]),
+            );
+        }
+        for copied in copied_tables(plan) {
+            out.parents.extend(copied.table.parents.iter().cloned());
+            add_reads(&mut out.parents, &mut out.reads, &copied.table.reads);
+        }
+        Ok(out)
+    }
+
     /// Commits a written version; returns the files it replaced.
-    #[allow(clippy::too_many_arguments)]
     fn commit(
         &self,
         name: &str,
@@ -646,9 +687,13 @@ impl<'a> Writer<'a> {
         schema: SchemaRef,
         files: Vec<WorkspaceFile>,
         rows: u64,
-        masked: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
-        parents: std::collections::BTreeSet<String>,
+        provenance: Provenance,
     ) -> Result<Vec<String>> {
+        let Provenance {
+            masked,
+            parents,
+            reads,
+        } = provenance;
         let engine = self.session.engine();
         let _guard = engine.write_guard()?;
         let fresh = engine.snapshot()?;
@@ -670,6 +715,7 @@ impl<'a> Writer<'a> {
                     rows,
                     masked,
                     parents,
+                    reads,
                     project_keyed,
                     incarnation: new_incarnation(),
                     created_by: user.clone(),
@@ -688,6 +734,7 @@ impl<'a> Writer<'a> {
                     rows,
                     masked,
                     parents,
+                    reads,
                     project_keyed,
                     incarnation: new_incarnation(),
                     updated_by: user.clone(),
@@ -721,6 +768,7 @@ impl<'a> Writer<'a> {
                     t.masked.entry(col).or_default().extend(origins);
                 }
                 t.parents.extend(parents);
+                add_reads(&mut t.parents, &mut t.reads, &reads);
                 t.project_keyed |= project_keyed;
                 t.updated_by = user.clone();
                 t.updated_at = at;
