@@ -280,6 +280,13 @@ async fn a_workspace_table_shows_no_member_more_than_their_access() {
         }
         assert!(!text.contains("region IN"), "no predicate: {text}");
     }
+    // Listed, but without the size that would count the rows bob's row
+    // policy hides.
+    let raw_row = |listed: Vec<Vec<String>>| listed.into_iter().find(|r| r[0] == "raw").unwrap();
+    let seen = raw_row(rows(&mut bob, "SHOW TABLES IN workspace").await);
+    assert_eq!((&seen[2][..], &seen[3][..], &seen[8][..]), ("", "", "no"));
+    let seen = raw_row(rows(&mut sally, "SHOW TABLES IN workspace").await);
+    assert_eq!((&seen[2][..], &seen[8][..]), ("1000", "yes"));
     // EXPLAIN shows the refusal as its plan (DataFusion reports a failed
     // analyzer rule there), not the table's plan.
     let explained = rows(&mut bob, "EXPLAIN SELECT * FROM workspace.raw").await;

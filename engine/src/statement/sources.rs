@@ -71,25 +71,35 @@ fn current_project<'s>(c: &'s Ctx<'_>, what: &str) -> Result<&'s Project> {
 
 fn show_workspace(c: &Ctx<'_>) -> Result<Outcome> {
     let project = current_project(c, "SHOW TABLES IN workspace")?;
-    let rows = c
+    let principal = c.session.principal(&c.snapshot)?;
+    let mut rows = Vec::new();
+    for t in c
         .snapshot
         .workspaces
         .get(&project.id)
         .into_iter()
         .flat_map(|t| t.values())
-        .map(|t| {
-            vec![
-                t.name.clone(),
-                t.version.to_string(),
-                t.rows.to_string(),
-                t.bytes().to_string(),
-                t.updated_by.clone(),
-                t.updated_at.clone(),
-                join(t.masked.keys()),
-                join(&t.parents),
-            ]
-        })
-        .collect();
+    {
+        // A table the caller may not read shows no size: its row count
+        // would tell how many rows their row policies hide.
+        let readable = read_beyond(&principal, &c.snapshot, t, principal.describe())?.is_empty();
+        let (count, bytes) = if readable {
+            (t.rows.to_string(), t.bytes().to_string())
+        } else {
+            (String::new(), String::new())
+        };
+        rows.push(vec![
+            t.name.clone(),
+            t.version.to_string(),
+            count,
+            bytes,
+            t.updated_by.clone(),
+            t.updated_at.clone(),
+            join(t.masked.keys()),
+            join(&t.parents),
+            if readable { "yes" } else { "no" }.to_string(),
+        ]);
+    }
     Ok(Outcome::Rows(utf8_batch(
         &[
             "table_name",
@@ -100,6 +110,7 @@ fn show_workspace(c: &Ctx<'_>) -> Result<Outcome> {
             "updated_at",
             "masked_columns",
             "sources",
+            "readable",
         ],
         rows,
     )?))
