@@ -238,6 +238,11 @@ pub struct Restriction {
     pub subscribed: bool,
     /// Masked columns with their method's precedence rank (lower: stricter).
     pub masks: BTreeMap<String, u8>,
+    /// Each masked column's method with its parameters (`ROUND 10` and
+    /// `ROUND 10000` share a rank, not what they show), as stored JSON.
+    /// Absent in lineage recorded before it was kept; then ranks compare.
+    #[serde(default)]
+    pub mask_methods: BTreeMap<String, String>,
     /// Row policies in force.
     pub row_policies: BTreeSet<String>,
     /// Each row policy's predicate as resolved for the principal
@@ -273,7 +278,17 @@ impl Restriction {
             match other.masks.get(col) {
                 None => why.push(format!("column {col} is {now}masked")),
                 Some(was) if rank < was => why.push(format!("column {col} has a stricter mask")),
-                _ => {}
+                Some(was) if rank == was => {
+                    let (Some(mine), Some(theirs)) =
+                        (self.mask_methods.get(col), other.mask_methods.get(col))
+                    else {
+                        continue;
+                    };
+                    if mine != theirs {
+                        why.push(format!("column {col} is {now}masked differently"));
+                    }
+                }
+                Some(_) => {}
             }
         }
         for p in &self.row_policies {

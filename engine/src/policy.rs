@@ -173,6 +173,11 @@ pub fn restriction(
             .iter()
             .map(|m| (m.column.clone(), m.method.rank()))
             .collect(),
+        mask_methods: d
+            .masks
+            .iter()
+            .filter_map(|m| Some((m.column.clone(), serde_json::to_string(&m.method).ok()?)))
+            .collect(),
         row_policies: d.row_filters.iter().map(|r| r.policy.clone()).collect(),
         row_predicates: resolved_predicates(p, source, &d.row_filters),
     })

@@ -423,6 +423,58 @@ async fn a_workspace_table_shows_no_member_more_than_their_access() {
     );
 }
 
+/// Two masks of one method differ in what they show: erin's salaries are
+/// rounded to 10, bob's (same groups and region) to 10,000. What erin
+/// writes is refused to bob, though both masks rank alike.
+#[tokio::test]
+async fn a_finer_mask_of_the_same_method_reaches_no_coarser_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = demo(dir.path(), EngineOptions::default()).await;
+    let mut admin = engine.session("admin");
+    run(
+        &mut admin,
+        "CREATE USER erin PASSWORD 'erin-pw' GROUPS ('analysts', 'staff') \
+         ATTRIBUTES (region = 'US')",
+    )
+    .await;
+    run(
+        &mut admin,
+        "CREATE MASKING POLICY salary_fine ON hr.employees (salary) USING ROUND 10 \
+         UNLESS current_user() = 'bob' OR has_group('hr')",
+    )
+    .await;
+    project(&engine, "fine", false).await;
+    let mut sally = engine.session("sally");
+    run(&mut sally, "ALTER PROJECT fine ADD MEMBER erin").await;
+    let mut erin = engine.session("erin");
+    erin.use_project(Some("fine")).unwrap();
+    let mut bob = engine.session("bob");
+    bob.use_project(Some("fine")).unwrap();
+    let fine = "SELECT count(*) FROM hr.employees WHERE salary % 10000 <> 0";
+    assert_ne!(one(&mut erin, fine).await, "0");
+    assert_eq!(one(&mut bob, fine).await, "0");
+    run(
+        &mut erin,
+        "CREATE TABLE workspace.pay AS SELECT employee_id, salary FROM hr.employees",
+    )
+    .await;
+    assert_ne!(
+        one(
+            &mut erin,
+            "SELECT count(*) FROM workspace.pay WHERE salary % 10000 <> 0"
+        )
+        .await,
+        "0"
+    );
+    let e = err(&mut bob, "SELECT salary FROM workspace.pay").await;
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    assert!(
+        e.to_string()
+            .contains("column salary is masked differently"),
+        "{e}"
+    );
+}
+
 /// Which workspace columns are marked masked: whatever a masked column flows
 /// into, through expressions, aggregates, joins and unions.
 #[tokio::test]
