@@ -715,6 +715,20 @@ fn settable(variable: &str, value: String) -> Result<(String, String)> {
         "datafusion.execution.target_partitions" => Some(MAX_TARGET_PARTITIONS),
         _ => None,
     };
+    if name == "datafusion.execution.time_zone" {
+        // DataFusion takes any text and fails later, in the client's
+        // decoder or a cast; PostgreSQL refuses an unknown zone at SET.
+        let zone = value.trim().trim_matches('\'');
+        if zone
+            .parse::<datafusion::arrow::array::timezone::Tz>()
+            .is_err()
+        {
+            return Err(VeilError::InvalidArgument(format!(
+                "SET {name}: {zone} is not a time zone (an IANA name such as Europe/Paris, or \
+                 an offset such as +02:00)"
+            )));
+        }
+    }
     if let Some(most) = most {
         let n: u64 = value.trim().trim_matches('\'').parse().map_err(|_| {
             VeilError::InvalidArgument(format!("SET {name} takes a whole number, not {value}"))

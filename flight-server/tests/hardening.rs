@@ -1226,12 +1226,22 @@ async fn functions_that_size_their_output_are_held_to_the_memory_share() {
             "SET datafusion.execution.batch_size = 'lots'",
             "takes a whole number",
         ),
+        // DataFusion took it, and every timestamp the session returned
+        // then failed in the client's decoder.
+        (
+            "SET datafusion.execution.time_zone = 'Mars/Olympus'",
+            "Mars/Olympus is not a time zone",
+        ),
     ] {
         let e = query(&mut bob, sql).await.unwrap_err();
         assert!(
             e.contains("invalid argument: ") && e.contains(why),
             "{sql}: {e}"
         );
+    }
+    for zone in ["Europe/Paris", "+02:00", "UTC"] {
+        let sql = format!("SET datafusion.execution.time_zone = '{zone}'");
+        query(&mut bob, &sql).await.unwrap();
     }
     let e = query(&mut bob, "SET datafusion.execution.batch_size = 0")
         .await
