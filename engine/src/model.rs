@@ -205,6 +205,11 @@ pub struct Lineage {
     pub project_keyed: bool,
     /// The project purposes the data was produced under (with ancestors).
     pub purposes: BTreeSet<String>,
+    /// Whether it holds what only those purposes show (a policy exception
+    /// they grant): then only principals acting under all of them, in a
+    /// project that has them approved, are subscribed (owners always).
+    #[serde(default)]
+    pub purpose_bound: bool,
     /// The entitlements it was derived for (the project's equalized ones,
     /// or the least-privileged member's when equalization was off); also its
     /// subscription.

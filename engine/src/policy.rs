@@ -106,6 +106,21 @@ pub fn subscription(
     if is_owner(p, source) {
         return Ok(Ok(()));
     }
+    if lineage.purpose_bound && !lineage.purposes.is_subset(&p.purposes) {
+        return Ok(Err(format!(
+            "{} is not subscribed to {}: it holds data read under the purposes of project {} \
+             ({}), so it is used only under them, in a project that has them approved",
+            p.describe(),
+            source.full_name(),
+            lineage.project,
+            lineage
+                .purposes
+                .iter()
+                .map(|x| format!("'{x}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     let stale = staleness(snapshot, lineage)?;
     if stale.is_empty() {
         return Ok(Ok(()));

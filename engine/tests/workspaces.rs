@@ -475,6 +475,100 @@ async fn a_finer_mask_of_the_same_method_reaches_no_coarser_member() {
     );
 }
 
+/// A purpose is an exception granted for a project's work: transactions
+/// show every region under 'Research', US only to bob without it. A table
+/// written under it and derived is usable only under that purpose, in a
+/// project that has it approved (before, bob read all 3000 transactions
+/// outside any project, against his 832); a derived table whose contents
+/// do not depend on the purpose is shared as before.
+#[tokio::test]
+async fn data_read_under_a_purpose_stays_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = demo(dir.path(), EngineOptions::default()).await;
+    let mut sally = engine.session("sally");
+    let mut pam = engine.session("pam");
+    for p in ["purp", "other"] {
+        run(&mut sally, &format!("CREATE PROJECT {p}")).await;
+        run(&mut sally, &format!("ALTER PROJECT {p} ADD MEMBER bob")).await;
+    }
+    for sql in [
+        "ALTER PROJECT purp ADD DATA SOURCE sales.transactions",
+        "ALTER PROJECT purp ADD DATA SOURCE hr.employees",
+        "ALTER PROJECT purp ADD PURPOSE 'Research'",
+    ] {
+        run(&mut sally, sql).await;
+    }
+    run(&mut pam, "APPROVE PURPOSE 'Research' FOR PROJECT purp").await;
+    let mut bob = engine.session("bob");
+    bob.use_project(Some("purp")).unwrap();
+    run(
+        &mut bob,
+        "CREATE TABLE workspace.tx AS SELECT * FROM sales.transactions",
+    )
+    .await;
+    run(
+        &mut bob,
+        "CREATE TABLE workspace.staff AS SELECT employee_id, region FROM hr.employees",
+    )
+    .await;
+    sally.use_project(Some("purp")).unwrap();
+    for t in ["tx", "staff"] {
+        run(
+            &mut sally,
+            &format!("CREATE DERIVED DATA SOURCE analytics.{t} FROM WORKSPACE TABLE {t}"),
+        )
+        .await;
+    }
+    let purposes = |described: Vec<Vec<String>>| {
+        described.into_iter().find(|r| r[0] == "purposes").unwrap()[1].clone()
+    };
+    assert_eq!(
+        purposes(rows(&mut sally, "DESCRIBE DATA SOURCE analytics.tx").await),
+        "Research; required: it holds what they exempt from policies"
+    );
+    assert_eq!(
+        purposes(rows(&mut sally, "DESCRIBE DATA SOURCE analytics.staff").await),
+        "Research"
+    );
+
+    let mut outside = engine.session("bob");
+    assert_eq!(
+        one(&mut outside, "SELECT count(*) FROM sales.transactions").await,
+        "832"
+    );
+    let e = err(&mut outside, "SELECT count(*) FROM analytics.tx").await;
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    assert!(
+        e.to_string().contains(
+            "bob is not subscribed to analytics.tx: it holds data read under the purposes of \
+             project purp ('Research')"
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        one(&mut outside, "SELECT count(*) FROM analytics.staff").await,
+        "311"
+    );
+
+    // Another project: only once it has the purpose approved.
+    run(&mut sally, "USE PROJECT NONE").await;
+    run(
+        &mut sally,
+        "ALTER PROJECT other ADD DATA SOURCE analytics.tx",
+    )
+    .await;
+    let mut inside = engine.session("bob");
+    inside.use_project(Some("other")).unwrap();
+    let e = err(&mut inside, "SELECT count(*) FROM analytics.tx").await;
+    assert!(e.to_string().contains("is not subscribed"), "{e}");
+    run(&mut sally, "ALTER PROJECT other ADD PURPOSE 'Research'").await;
+    run(&mut pam, "APPROVE PURPOSE 'Research' FOR PROJECT other").await;
+    assert_eq!(
+        one(&mut inside, "SELECT count(*) FROM analytics.tx").await,
+        "3000"
+    );
+}
+
 /// Which workspace columns are marked masked: whatever a masked column flows
 /// into, through expressions, aggregates, joins and unions.
 #[tokio::test]

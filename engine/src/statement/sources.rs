@@ -12,6 +12,7 @@ use crate::engine::{QueryOutput, Session};
 use crate::error::{Result, VeilError};
 use crate::model::{ColumnInfo, DataSource, Lineage, Permission, SourceKind, Subscription};
 use crate::policy::{read_beyond, restriction, staleness, subscription};
+use crate::principal::Principal;
 use crate::project::{with_ancestors, Entitlements, Project, PurposeState};
 use crate::store::Change;
 use crate::workspace::{table_name, WorkspaceTable, WORKSPACE_SCHEMA};
@@ -177,6 +178,7 @@ fn create_derived(c: &Ctx<'_>, source: &str, table: &str) -> Result<Outcome> {
         masked: t.masked.clone(),
         project_keyed: t.project_keyed,
         purposes,
+        purpose_bound: false,
         entitlements: entitlements.clone(),
         derived_by: c.session.effective_user().to_string(),
         derived_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -200,6 +202,13 @@ fn create_derived(c: &Ctx<'_>, source: &str, table: &str) -> Result<Outcome> {
             beyond.join("; ")
         )));
     }
+    // What only the purposes show stays under them: the entitlements alone
+    // could not read the table.
+    let bare = Principal {
+        purposes: BTreeSet::new(),
+        ..deriver.clone()
+    };
+    lineage.purpose_bound = !read_beyond(&bare, &c.snapshot, t, "the entitlements")?.is_empty();
     let warehouse = c.session.engine().warehouse();
     lineage.files = t
         .files
@@ -287,7 +296,17 @@ fn describe(c: &Ctx<'_>, name: &str) -> Result<Outcome> {
                 format!("{} version {}", l.table, l.table_version),
             ],
             vec!["parents".into(), join(l.parents.keys())],
-            vec!["purposes".into(), join(&l.purposes)],
+            vec![
+                "purposes".into(),
+                if l.purpose_bound {
+                    format!(
+                        "{}; required: it holds what they exempt from policies",
+                        join(&l.purposes)
+                    )
+                } else {
+                    join(&l.purposes)
+                },
+            ],
             vec!["entitlements".into(), l.entitlements.to_string()],
             vec![
                 "derived".into(),
