@@ -92,7 +92,8 @@ pub struct WorkspaceTable {
 /// How one write read a parent source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParentRead {
-    /// Who wrote (the session's user).
+    /// Who wrote (the user the write was governed for: the impersonated
+    /// one under impersonation).
     pub by: String,
     /// What the write's principal saw of the parent.
     pub access: crate::model::Restriction,

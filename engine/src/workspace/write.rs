@@ -665,7 +665,7 @@ impl<'a> Writer<'a> {
                 Some(s) => crate::policy::restriction(&self.gctx.principal, snapshot, s)?,
                 None => Default::default(),
             };
-            let by = self.session.user().to_string();
+            let by = self.session.effective_user().to_string();
             add_reads(
                 &mut out.parents,
                 &mut out.reads,
