@@ -6,6 +6,7 @@ derived data sources, and a SIGKILL in the middle of a large CTAS."""
 
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -272,3 +273,40 @@ def test_concurrent_appends_keep_every_row_once(server):
         assert rows(b, "SELECT count(*), count(DISTINCT writer || '-' || CAST(n AS VARCHAR)) FROM workspace.log") == [
             (20, 20)
         ]
+
+
+def test_a_broader_members_table_reaches_no_one_who_sees_less(server):
+    """Outside equalization sally (hr) reads raw SSNs of every region; a
+    table she writes is refused to bob in the project and cannot be derived
+    for the project's least-privileged entitlements; what bob writes under
+    the 'Research' purpose (every region of transactions) is derived as
+    purpose-bound, and outside any project bob cannot read it."""
+    setup_project(server, "wsreach")
+    with connect(server, "sally") as s:
+        rows(s, "ALTER PROJECT wsreach ADD DATA SOURCE sales.transactions")
+        rows(s, "ALTER PROJECT wsreach ADD PURPOSE 'Research'")
+    with connect(server, "pam") as p:
+        rows(p, "APPROVE PURPOSE 'Research' FOR PROJECT wsreach")
+    with in_project(server, "sally", "wsreach") as s:
+        rows(s, "CREATE TABLE workspace.raw AS SELECT employee_id, ssn FROM hr.employees")
+        assert rows(s, "SELECT count(ssn) FROM workspace.raw") == [(1000,)]
+    with in_project(server, "bob", "wsreach") as b:
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            rows(b, "SELECT ssn FROM workspace.raw WHERE ssn IS NOT NULL")
+        text = str(err.value)
+        assert "bob may not read workspace table raw" in text
+        assert "column ssn is masked" in text
+        assert re.search(r"\d{3}-\d{2}-\d{4}", text) is None, "no SSN in the error"
+        rows(b, "CREATE TABLE workspace.tx AS SELECT * FROM sales.transactions")
+    with in_project(server, "sally", "wsreach") as s:
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            rows(s, "CREATE DERIVED DATA SOURCE analytics.wsraw FROM WORKSPACE TABLE raw")
+        assert "workspace table raw cannot be derived" in str(err.value)
+        rows(s, "CREATE DERIVED DATA SOURCE analytics.wstx FROM WORKSPACE TABLE tx")
+    with connect(server, "bob") as b:
+        assert rows(b, "SELECT count(*) FROM sales.transactions") == [(832,)]
+        with pytest.raises(adbc_driver_manager.Error) as err:
+            rows(b, "SELECT count(*) FROM analytics.wstx")
+        assert "bob is not subscribed to analytics.wstx" in str(err.value)
+        with pytest.raises(adbc_driver_manager.Error):
+            rows(b, "SELECT count(*) FROM analytics.wsraw")
