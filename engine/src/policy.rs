@@ -106,20 +106,8 @@ pub fn subscription(
     if is_owner(p, source) {
         return Ok(Ok(()));
     }
-    if lineage.purpose_bound && !lineage.purposes.is_subset(&p.purposes) {
-        return Ok(Err(format!(
-            "{} is not subscribed to {}: it holds data read under the purposes of project {} \
-             ({}), so it is used only under them, in a project that has them approved",
-            p.describe(),
-            source.full_name(),
-            lineage.project,
-            lineage
-                .purposes
-                .iter()
-                .map(|x| format!("'{x}'"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
+    if let Some(reason) = outside_purposes(p, source) {
+        return Ok(Err(reason));
     }
     let stale = staleness(snapshot, lineage)?;
     if stale.is_empty() {
@@ -141,6 +129,30 @@ pub fn subscription(
         }
     }
     Ok(Ok(()))
+}
+
+/// Why `p` (not an owner) may not use a purpose-bound derived source: it
+/// acts outside the purposes the source's data was read under.
+fn outside_purposes(p: &Principal, source: &DataSource) -> Option<String> {
+    let SourceKind::Derived(lineage) = &source.kind else {
+        return None;
+    };
+    if !lineage.purpose_bound || lineage.purposes.is_subset(&p.purposes) || is_owner(p, source) {
+        return None;
+    }
+    Some(format!(
+        "{} is not subscribed to {}: it holds data read under the purposes of project {} ({}), \
+         so it is used only under them, in a project that has them approved",
+        p.describe(),
+        source.full_name(),
+        lineage.project,
+        lineage
+            .purposes
+            .iter()
+            .map(|x| format!("'{x}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
 }
 
 fn is_owner(p: &Principal, source: &DataSource) -> bool {
@@ -177,7 +189,7 @@ pub fn restriction(
     snapshot: &CatalogSnapshot,
     source: &DataSource,
 ) -> Result<Restriction> {
-    if own_subscription(p, source)?.is_err() {
+    if own_subscription(p, source)?.is_err() || outside_purposes(p, source).is_some() {
         return Ok(Restriction::default());
     }
     let d = decide_granted(p, snapshot, source)?;

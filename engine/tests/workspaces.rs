@@ -567,6 +567,29 @@ async fn data_read_under_a_purpose_stays_under_it() {
         one(&mut inside, "SELECT count(*) FROM analytics.tx").await,
         "3000"
     );
+    // Derived again from there, it stays bound to the purpose.
+    run(
+        &mut inside,
+        "CREATE TABLE workspace.tx2 AS SELECT * FROM analytics.tx",
+    )
+    .await;
+    let mut owner = engine.session("sally");
+    owner.use_project(Some("other")).unwrap();
+    run(
+        &mut owner,
+        "CREATE DERIVED DATA SOURCE analytics.tx2 FROM WORKSPACE TABLE tx2",
+    )
+    .await;
+    assert_eq!(
+        purposes(rows(&mut owner, "DESCRIBE DATA SOURCE analytics.tx2").await),
+        "Research; required: it holds what they exempt from policies"
+    );
+    let e = err(&mut outside, "SELECT count(*) FROM analytics.tx2").await;
+    assert!(
+        e.to_string()
+            .contains("bob is not subscribed to analytics.tx2"),
+        "{e}"
+    );
 }
 
 /// Which workspace columns are marked masked: whatever a masked column flows
