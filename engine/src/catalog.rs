@@ -145,10 +145,7 @@ pub(crate) fn explain_read_error(e: VeilError, gctx: Option<&GovernanceContext>)
     }
     let text = d.to_string();
     let scanned = gctx.scanned.lock().map(|s| s.clone()).unwrap_or_default();
-    let mentioned = |location: &str| {
-        let l = location.trim_start_matches("file://").trim_end_matches('/');
-        !l.is_empty() && text.contains(l)
-    };
+    let mentioned = |location: &str| mentions(&text, location);
     let table =
         scanned
             .iter()
@@ -167,6 +164,17 @@ pub(crate) fn explain_read_error(e: VeilError, gctx: Option<&GovernanceContext>)
             unreadable_source(&what, "", d)
         }
     }
+}
+
+/// Whether `text` names `location` (a file, or a directory: `.../keep`
+/// names `.../keep/x.parquet`, not `.../keep2/x.parquet`).
+fn mentions(text: &str, location: &str) -> bool {
+    let l = location.trim_start_matches("file://").trim_end_matches('/');
+    !l.is_empty()
+        && text.match_indices(l).any(|(at, _)| {
+            !text[at + l.len()..]
+                .starts_with(|c: char| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        })
 }
 
 impl SourceTable {
@@ -367,5 +375,21 @@ impl SchemaProvider for VeilSchema {
 
     fn table_exist(&self, name: &str) -> bool {
         self.tables.contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mentions;
+
+    #[test]
+    fn a_location_is_named_by_its_own_files_only() {
+        let text = "Object at location /w/projects/p/keep2/a-0.parquet not found";
+        assert!(!mentions(text, "file:///w/projects/p/keep"));
+        assert!(mentions(text, "file:///w/projects/p/keep2"));
+        assert!(mentions(text, "file:///w/projects/p/keep2/"));
+        assert!(mentions(text, "/w/projects/p/keep2/a-0.parquet"));
+        assert!(!mentions(text, "/w/projects/p/keep2/a-0.parq"));
+        assert!(!mentions(text, ""));
     }
 }

@@ -915,3 +915,74 @@ async fn a_workspace_tables_damaged_pages_fail_naming_it() {
         "the damage is found: {unreadable} failed, {answered} answered"
     );
 }
+
+/// A workspace table written in two parts, and the derived source that
+/// pins its files, fail when either file is gone: before, a lost second
+/// file was skipped and they answered with fewer rows (143 of 311).
+#[tokio::test]
+async fn a_lost_file_of_a_two_part_table_fails_it_not_fewer_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = demo(dir.path(), EngineOptions::default()).await;
+    project(&engine, "parts", false).await;
+    let mut bob = engine.session("bob");
+    bob.use_project(Some("parts")).unwrap();
+    let warehouse = dir.path().join("warehouse");
+    run(
+        &mut bob,
+        "CREATE TABLE workspace.other AS SELECT employee_id FROM hr.employees",
+    )
+    .await;
+    run(
+        &mut bob,
+        "CREATE TABLE workspace.keep AS SELECT employee_id FROM hr.employees WHERE employee_id < 500",
+    )
+    .await;
+    let first: Vec<PathBuf> = parquet_files(&warehouse);
+    run(
+        &mut bob,
+        "INSERT INTO workspace.keep SELECT employee_id FROM hr.employees WHERE employee_id >= 500",
+    )
+    .await;
+    assert_eq!(
+        one(&mut bob, "SELECT count(*) FROM workspace.keep").await,
+        "311"
+    );
+    let mut sally = engine.session("sally");
+    sally.use_project(Some("parts")).unwrap();
+    run(
+        &mut sally,
+        "CREATE DERIVED DATA SOURCE an.keep FROM WORKSPACE TABLE keep",
+    )
+    .await;
+    let second: Vec<PathBuf> = parquet_files(&warehouse)
+        .into_iter()
+        .filter(|f| !first.contains(f))
+        .collect();
+    assert_eq!(second.len(), 1);
+    std::fs::remove_file(&second[0]).unwrap();
+    let mut outside = engine.session("bob");
+    for (outer, sql, what) in [
+        (false, "SELECT employee_id FROM workspace.keep", "workspace table keep"),
+        (false, "SELECT employee_id FROM workspace.keep LIMIT 5", "workspace table keep"),
+        (
+            false,
+            "SELECT count(*) FROM workspace.keep k JOIN workspace.other o ON k.employee_id = o.employee_id",
+            "workspace table keep",
+        ),
+        (true, "SELECT employee_id FROM an.keep", "data source an.keep"),
+    ] {
+        let s = if outer { &mut outside } else { &mut bob };
+        let e = err(s, sql).await;
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{sql}: {e}");
+        assert!(
+            e.to_string().contains(&format!("{what} cannot be read")),
+            "{sql}: {e}"
+        );
+        assert!(!e.to_string().contains("warehouse"), "{sql}: {e}");
+    }
+    // The other table still reads.
+    assert_eq!(
+        one(&mut bob, "SELECT count(*) FROM workspace.other").await,
+        "311"
+    );
+}

@@ -20,10 +20,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::SchemaProvider;
-use datafusion::catalog::{Session as CatalogSession, TableProvider};
+use datafusion::catalog::{ScanArgs, ScanResult, Session as CatalogSession, TableProvider};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::DataFusionError;
 use datafusion::common::{Result as DfResult, Statistics};
 use datafusion::datasource::empty::EmptyTable;
 use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::TableType;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
@@ -167,12 +171,103 @@ pub fn parquet_files_table(
         .iter()
         .map(ListingTableUrl::parse)
         .collect::<DfResult<Vec<_>>>()?;
+    let expected = paths.iter().map(|p| p.prefix().clone()).collect();
     let config = ListingTableConfig::new_with_multi_paths(paths)
         .with_listing_options(parquet_options())
         .with_schema(schema);
     let table =
         ListingTable::try_new(config)?.with_cache(runtime.cache_manager.get_file_statistic_cache());
-    Ok(Arc::new(table))
+    Ok(Arc::new(AllFiles {
+        inner: Arc::new(table),
+        expected,
+    }))
+}
+
+/// A table of listed files that fails a scan when any of them is gone.
+/// DataFusion lists each file's URL as a prefix, so a deleted file would
+/// simply not be read: a workspace table or derived source that lost one of
+/// its files answered with fewer rows.
+#[derive(Debug)]
+struct AllFiles {
+    inner: Arc<dyn TableProvider>,
+    expected: Vec<object_store::path::Path>,
+}
+
+#[async_trait]
+impl TableProvider for AllFiles {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    fn statistics(&self) -> Option<Statistics> {
+        self.inner.statistics()
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn CatalogSession,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let args = ScanArgs::default()
+            .with_projection(projection.map(Vec::as_slice))
+            .with_filters(Some(filters))
+            .with_limit(limit);
+        Ok(self.scan_with_args(state, args).await?.into_inner())
+    }
+
+    async fn scan_with_args<'a>(
+        &self,
+        state: &dyn CatalogSession,
+        args: ScanArgs<'a>,
+    ) -> DfResult<ScanResult> {
+        // With a limit the listing may stop once it has enough rows; the
+        // limit above the scan still applies.
+        let result = self
+            .inner
+            .scan_with_args(state, args.with_limit(None))
+            .await?;
+        let mut listed = std::collections::HashSet::new();
+        result.plan().apply(|node| {
+            if let Some(files) = node
+                .downcast_ref::<DataSourceExec>()
+                .and_then(|d| d.data_source().downcast_ref::<FileScanConfig>())
+            {
+                listed.extend(
+                    files
+                        .file_groups
+                        .iter()
+                        .flat_map(|g| g.iter())
+                        .map(|f| f.path().clone()),
+                );
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        let missing = self
+            .expected
+            .iter()
+            .filter(|p| !listed.contains(*p))
+            .count();
+        if missing > 0 {
+            return Err(DataFusionError::Execution(format!(
+                "{missing} of its {} files are missing",
+                self.expected.len()
+            )));
+        }
+        Ok(result)
+    }
 }
 
 /// A workspace table as DataFusion reads it: its files, plus what lineage
@@ -193,11 +288,11 @@ impl WorkspaceTableProvider {
             .map(|f| warehouse.url_of(&object_store::path::Path::from(f.path.as_str())))
             .collect();
         let mut inner = parquet_files_table(&urls, table.schema()?, runtime)?;
-        if let Some(first) = urls.first() {
+        if !urls.is_empty() {
             // Its committed files gone or damaged: an error, not fewer rows.
             inner = crate::catalog::guarded_table(
                 format!("workspace table {}", table.name),
-                first.clone(),
+                warehouse.url_of(&warehouse.table_dir(&table.project_id, &table.name)),
                 inner,
             );
         }
