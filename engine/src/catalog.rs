@@ -166,6 +166,19 @@ pub(crate) fn explain_read_error(e: VeilError, gctx: Option<&GovernanceContext>)
     }
 }
 
+/// `TableProvider::scan`'s arguments as `ScanArgs`, for providers whose
+/// `scan` is their `scan_with_args`.
+pub(crate) fn scan_args<'a>(
+    projection: Option<&'a Vec<usize>>,
+    filters: &'a [datafusion::logical_expr::Expr],
+    limit: Option<usize>,
+) -> datafusion::catalog::ScanArgs<'a> {
+    datafusion::catalog::ScanArgs::default()
+        .with_projection(projection.map(Vec::as_slice))
+        .with_filters(Some(filters))
+        .with_limit(limit)
+}
+
 /// Whether `text` names `location` (a file, or a directory: `.../keep`
 /// names `.../keep/x.parquet`, not `.../keep2/x.parquet`).
 fn mentions(text: &str, location: &str) -> bool {
@@ -211,10 +224,7 @@ impl TableProvider for SourceTable {
         filters: &[datafusion::logical_expr::Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
-        let args = datafusion::catalog::ScanArgs::default()
-            .with_projection(projection.map(Vec::as_slice))
-            .with_filters(Some(filters))
-            .with_limit(limit);
+        let args = scan_args(projection, filters, limit);
         Ok(self.scan_with_args(state, args).await?.into_inner())
     }
 

@@ -221,10 +221,7 @@ impl TableProvider for AllFiles {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let args = ScanArgs::default()
-            .with_projection(projection.map(Vec::as_slice))
-            .with_filters(Some(filters))
-            .with_limit(limit);
+        let args = crate::catalog::scan_args(projection, filters, limit);
         Ok(self.scan_with_args(state, args).await?.into_inner())
     }
 
