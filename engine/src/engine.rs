@@ -1053,6 +1053,7 @@ impl Session {
             keys: self.engine.keys.clone(),
             applied: Mutex::new(Vec::new()),
             scanned: Mutex::new(Vec::new()),
+            workspace_reads: Mutex::new(Vec::new()),
             metrics: self.engine.metrics.clone(),
             interrupt: Arc::default(),
         }

@@ -209,6 +209,38 @@ async fn a_query_record_says_who_saw_what_through_which_policies() {
     assert_eq!(last.unwrap().entry.outcome, "cancelled");
 }
 
+/// A query over a workspace table names the table, its version and the
+/// sources its writes read, also when the read is refused.
+#[tokio::test]
+async fn a_workspace_read_names_the_table_and_its_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = demo(dir.path(), EngineOptions::default()).await;
+    let mut sally = engine.session("sally");
+    for sql in [
+        "CREATE PROJECT aud",
+        "ALTER PROJECT aud ADD DATA SOURCE hr.employees",
+        "ALTER PROJECT aud ADD MEMBER bob",
+    ] {
+        run(&mut sally, sql).await;
+    }
+    sally.use_project(Some("aud")).unwrap();
+    run(
+        &mut sally,
+        "CREATE TABLE workspace.raw AS SELECT employee_id, ssn FROM hr.employees",
+    )
+    .await;
+    let mut bob = engine.session("bob");
+    bob.use_project(Some("aud")).unwrap();
+    let expected = serde_json::json!([{"table": "raw", "version": 1, "parents": ["hr.employees"]}]);
+    for (s, outcome) in [(&mut sally, "ok"), (&mut bob, "error")] {
+        let added = recorded(&engine, s, "SELECT count(ssn) FROM workspace.raw").await;
+        assert_eq!(added.len(), 1);
+        assert_eq!(added[0].entry.outcome, outcome);
+        assert_eq!(added[0].entry.object, "workspace.raw");
+        assert_eq!(detail(&added[0])["workspace_tables"], expected);
+    }
+}
+
 #[tokio::test]
 async fn system_audit_is_for_auditors_and_filters_push_down() {
     let dir = tempfile::tempdir().unwrap();

@@ -29,6 +29,11 @@ pub fn applied_json(gctx: &GovernanceContext) -> (String, serde_json::Value) {
     let applied = gctx.applied.lock().map(|a| a.clone()).unwrap_or_default();
     let mut names: Vec<String> = applied.iter().map(|a| a.source.clone()).collect();
     names.dedup();
+    names.extend(
+        workspace_reads(gctx)
+            .iter()
+            .map(|(t, _, _)| format!("workspace.{t}")),
+    );
     let sources = applied
         .iter()
         .map(|a| {
@@ -49,6 +54,14 @@ pub fn applied_json(gctx: &GovernanceContext) -> (String, serde_json::Value) {
 
 /// `sql` as the audit keeps it: whole, unless it is over the parser's
 /// limit (then it was refused unparsed): its first bytes and its length.
+/// The workspace tables a statement read (see `GovernanceContext`).
+fn workspace_reads(gctx: &GovernanceContext) -> Vec<(String, u64, Vec<String>)> {
+    gctx.workspace_reads
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or_default()
+}
+
 fn bounded_text(sql: &str) -> String {
     let max = crate::sql_guard::MAX_SQL_BYTES;
     if sql.len() <= max {
@@ -110,6 +123,12 @@ impl QueryAudit {
             "purposes": purposes,
             "equalized": equalized,
             "sources": sources,
+            "workspace_tables": self.gctx.as_deref().map(workspace_reads).unwrap_or_default()
+                .into_iter()
+                .map(|(table, version, parents)| json!({
+                    "table": table, "version": version, "parents": parents,
+                }))
+                .collect::<Vec<_>>(),
             "rows": self.rows,
             "duration_ms": self.started.elapsed().as_secs_f64() * 1000.0,
             "error": error,

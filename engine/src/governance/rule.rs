@@ -58,6 +58,9 @@ pub struct GovernanceContext {
     /// told, location for the log): a read error while the statement runs
     /// names its table (`catalog::explain_read_error`).
     pub scanned: Mutex<Vec<(String, String)>>,
+    /// Workspace tables the statement reads, as (table, version, the
+    /// sources their writes read), for the audit record.
+    pub workspace_reads: Mutex<Vec<(String, u64, Vec<String>)>>,
     /// Where the analyzer's time is reported.
     pub metrics: crate::metrics::Metrics,
     /// Set when the statement's output is dropped (`interrupt.rs`).
@@ -320,6 +323,19 @@ impl GovernanceContext {
         let Some(w) = crate::workspace::lineage::workspace_table(scan) else {
             return Ok(());
         };
+        if let Ok(mut reads) = self.workspace_reads.lock() {
+            let t = &w.table;
+            if !reads
+                .iter()
+                .any(|(n, v, _)| *n == t.name && *v == t.version)
+            {
+                reads.push((
+                    t.name.clone(),
+                    t.version,
+                    t.parents.iter().cloned().collect(),
+                ));
+            }
+        }
         let who = self.principal.describe();
         let beyond = crate::policy::read_beyond(&self.principal, &self.snapshot, &w.table, who)?;
         if beyond.is_empty() {
