@@ -250,10 +250,10 @@ pub struct Restriction {
     pub mask_methods: BTreeMap<String, String>,
     /// Row policies in force.
     pub row_policies: BTreeSet<String>,
-    /// Each row policy's predicate as resolved for the principal
-    /// (`region IN ('US')` from `attribute_contains('region', region)`): one
-    /// policy filters differently for different principals. Absent in
-    /// lineage recorded before it was kept; then only names compare.
+    /// Each row policy's predicate with what its principal functions read
+    /// of the principal (`attribute_contains(region)=US`): one policy
+    /// filters differently for different principals. Absent in lineage
+    /// recorded before it was kept; then only names compare.
     #[serde(default)]
     pub row_predicates: BTreeMap<String, String>,
 }

@@ -210,8 +210,9 @@ pub fn restriction(
     })
 }
 
-/// Each row filter's predicate resolved for `p`, as text. A predicate that
-/// does not resolve over the source's schema is left out (a global policy
+/// Each row filter's predicate as resolved for `p`: its text and what its
+/// principal functions read of `p` (`principal_inputs`). A predicate that
+/// does not parse over the source's schema is left out (a global policy
 /// on a column the source lacks does not apply; any other such predicate
 /// fails every query that reads the source).
 fn resolved_predicates(
@@ -219,7 +220,7 @@ fn resolved_predicates(
     source: &DataSource,
     filters: &[RowFilter],
 ) -> std::collections::BTreeMap<String, String> {
-    use crate::governance::principal_fns::{parse_predicate, resolve};
+    use crate::governance::principal_fns::{parse_predicate, principal_inputs};
     let Ok(schema) = crate::catalog::source_schema(source) else {
         return Default::default();
     };
@@ -230,8 +231,8 @@ fn resolved_predicates(
         .iter()
         .filter_map(|rf| {
             let parsed = parse_predicate(&rf.predicate, &schema).ok()?;
-            let resolved = resolve(parsed, p, &schema).ok()?;
-            Some((rf.policy.clone(), resolved.to_string()))
+            let inputs = principal_inputs(&parsed, p);
+            Some((rf.policy.clone(), format!("{} | {inputs}", rf.predicate)))
         })
         .collect()
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{exec_err, plan_err, DFSchema, Result, ScalarValue};
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::{FunctionRegistry, SessionStateBuilder};
@@ -111,6 +111,42 @@ fn attribute_literals(values: &BTreeSet<String>, t: &DataType) -> Vec<Expr> {
         .filter_map(|v| ScalarValue::Utf8(Some(v.clone())).cast_to(t).ok())
         .map(lit)
         .collect()
+}
+
+/// What the principal functions in `expr` read of `p`, as text
+/// (`attribute_contains(region)=EU,US; has_group(hr)=false`): two
+/// principals with equal inputs resolve `expr` alike. Built from the
+/// policy's own calls and the principal's values, not from DataFusion's
+/// display of the resolved predicate, so it reads the same across
+/// DataFusion versions (it is stored with workspace tables and lineage).
+pub fn principal_inputs(expr: &Expr, p: &Principal) -> String {
+    let mut out = Vec::new();
+    let _ = expr.apply(|e| {
+        let Expr::ScalarFunction(f) = e else {
+            return Ok(TreeNodeRecursion::Continue);
+        };
+        let name = f.func.name();
+        if !NAMES.contains(&name) {
+            return Ok(TreeNodeRecursion::Continue);
+        }
+        let strs: Vec<Option<&str>> = f.args.iter().map(lit_str).collect();
+        let value = match (name, strs.as_slice()) {
+            ("current_user", []) => p.user.clone().unwrap_or_else(|| "NULL".into()),
+            ("has_group", [Some(g)]) => p.groups.contains(*g).to_string(),
+            ("has_attribute", [Some(k), Some(v)]) => p.has_attribute(k, v).to_string(),
+            ("has_purpose", [Some(x)]) => p.purposes.contains(*x).to_string(),
+            ("attribute_contains", [Some(k), _]) => p
+                .attributes
+                .get(*k)
+                .map(|vs| vs.iter().cloned().collect::<Vec<_>>().join(","))
+                .unwrap_or_default(),
+            _ => "?".into(),
+        };
+        let args: Vec<&str> = strs.iter().map(|s| s.unwrap_or("_")).collect();
+        out.push(format!("{name}({})={value}", args.join(",")));
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out.join("; ")
 }
 
 /// Replaces every principal function in `expr` by its value for `p`;
