@@ -193,3 +193,51 @@ pub fn resolve(expr: Expr, p: &Principal, schema: &DFSchema) -> Result<Expr> {
     })
     .map(|t| t.data)
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::datatypes::{Field, Schema};
+
+    use super::*;
+
+    fn principal(user: &str, regions: &[&str], groups: &[&str]) -> Principal {
+        Principal {
+            user: Some(user.into()),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            attributes: [(
+                "region".to_string(),
+                regions.iter().map(|r| r.to_string()).collect(),
+            )]
+            .into(),
+            purposes: Default::default(),
+        }
+    }
+
+    #[test]
+    fn principal_inputs_tell_principals_apart_by_what_the_predicate_reads() {
+        let schema = DFSchema::try_from(Schema::new(vec![Field::new(
+            "region",
+            DataType::Utf8,
+            false,
+        )]))
+        .unwrap();
+        let expr = parse_predicate(
+            "attribute_contains('region', region) OR has_group('hr')",
+            &schema,
+        )
+        .unwrap();
+        let inputs = |p: &Principal| principal_inputs(&expr, p);
+        let bob = principal("bob", &["US"], &["analysts"]);
+        // Another user, other groups the predicate does not ask about.
+        assert_eq!(
+            inputs(&bob),
+            inputs(&principal("erin", &["US"], &["staff"]))
+        );
+        assert_eq!(
+            inputs(&bob),
+            "attribute_contains(region,_)=US; has_group(hr)=false"
+        );
+        assert_ne!(inputs(&bob), inputs(&principal("bob", &["EU", "US"], &[])));
+        assert_ne!(inputs(&bob), inputs(&principal("bob", &["US"], &["hr"])));
+    }
+}
