@@ -266,6 +266,13 @@ async fn a_workspace_table_shows_no_member_more_than_their_access() {
         "SELECT e.employee_id FROM hr.employees e JOIN workspace.raw r ON e.employee_id = r.employee_id",
         "SELECT employee_id FROM hr.employees WHERE employee_id IN (SELECT employee_id FROM workspace.raw)",
         "CREATE TABLE workspace.stolen AS SELECT * FROM workspace.raw",
+        "WITH c AS (SELECT * FROM workspace.raw) SELECT count(*) FROM c",
+        "SELECT employee_id FROM hr.employees UNION ALL SELECT employee_id FROM workspace.raw",
+        "WITH RECURSIVE r(n) AS (SELECT employee_id FROM workspace.raw WHERE employee_id = 2 \
+         UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELECT * FROM r",
+        "SELECT (SELECT max(ssn) FROM workspace.raw) AS m",
+        "SELECT x.ssn FROM hr.employees e, LATERAL (SELECT ssn FROM workspace.raw r \
+         WHERE r.employee_id = e.employee_id) x",
     ] {
         let e = err(&mut bob, sql).await;
         assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{sql}: {e}");
