@@ -599,6 +599,45 @@ async fn data_read_under_a_purpose_stays_under_it() {
     );
 }
 
+/// Access is compared with the current catalog: once region is masked for
+/// bob, his own table, written when it was not, is refused to him too; with
+/// the policy gone he reads it again.
+#[tokio::test]
+async fn a_writer_whose_access_narrowed_no_longer_reads_their_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = demo(dir.path(), EngineOptions::default()).await;
+    project(&engine, "narrow", false).await;
+    let mut bob = engine.session("bob");
+    bob.use_project(Some("narrow")).unwrap();
+    run(
+        &mut bob,
+        "CREATE TABLE workspace.mine AS SELECT employee_id, region FROM hr.employees",
+    )
+    .await;
+    assert_eq!(
+        one(&mut bob, "SELECT count(*) FROM workspace.mine").await,
+        "311"
+    );
+    let mut admin = engine.session("admin");
+    run(
+        &mut admin,
+        "CREATE MASKING POLICY region_null ON hr.employees (region) USING NULL UNLESS has_group('hr')",
+    )
+    .await;
+    let e = err(&mut bob, "SELECT count(*) FROM workspace.mine").await;
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    assert!(
+        e.to_string()
+            .contains("bob wrote what they read of hr.employees, more than bob may see of it (column region is masked"),
+        "{e}"
+    );
+    run(&mut admin, "DROP POLICY region_null").await;
+    assert_eq!(
+        one(&mut bob, "SELECT count(*) FROM workspace.mine").await,
+        "311"
+    );
+}
+
 /// Which workspace columns are marked masked: whatever a masked column flows
 /// into, through expressions, aggregates, joins and unions.
 #[tokio::test]
