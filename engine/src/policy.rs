@@ -206,7 +206,7 @@ pub fn restriction(
             .filter_map(|m| Some((m.column.clone(), serde_json::to_string(&m.method).ok()?)))
             .collect(),
         row_policies: d.row_filters.iter().map(|r| r.policy.clone()).collect(),
-        row_predicates: resolved_predicates(p, source, &d.row_filters),
+        row_predicates: predicate_inputs(p, source, &d.row_filters),
     })
 }
 
@@ -215,7 +215,7 @@ pub fn restriction(
 /// does not parse over the source's schema is left out (a global policy
 /// on a column the source lacks does not apply; any other such predicate
 /// fails every query that reads the source).
-fn resolved_predicates(
+fn predicate_inputs(
     p: &Principal,
     source: &DataSource,
     filters: &[RowFilter],

@@ -52,8 +52,6 @@ pub fn applied_json(gctx: &GovernanceContext) -> (String, serde_json::Value) {
     (names.join(","), sources)
 }
 
-/// `sql` as the audit keeps it: whole, unless it is over the parser's
-/// limit (then it was refused unparsed): its first bytes and its length.
 /// The workspace tables a statement read (see `GovernanceContext`).
 fn workspace_reads(gctx: &GovernanceContext) -> Vec<(String, u64, Vec<String>)> {
     gctx.workspace_reads
@@ -62,6 +60,18 @@ fn workspace_reads(gctx: &GovernanceContext) -> Vec<(String, u64, Vec<String>)> 
         .unwrap_or_default()
 }
 
+/// The same as the query record's `workspace_tables`.
+fn workspace_reads_json(gctx: &GovernanceContext) -> serde_json::Value {
+    workspace_reads(gctx)
+        .into_iter()
+        .map(|(table, version, parents)| {
+            json!({"table": table, "version": version, "parents": parents})
+        })
+        .collect()
+}
+
+/// `sql` as the audit keeps it: whole, unless it is over the parser's
+/// limit (then it was refused unparsed): its first bytes and its length.
 fn bounded_text(sql: &str) -> String {
     let max = crate::sql_guard::MAX_SQL_BYTES;
     if sql.len() <= max {
@@ -123,12 +133,7 @@ impl QueryAudit {
             "purposes": purposes,
             "equalized": equalized,
             "sources": sources,
-            "workspace_tables": self.gctx.as_deref().map(workspace_reads).unwrap_or_default()
-                .into_iter()
-                .map(|(table, version, parents)| json!({
-                    "table": table, "version": version, "parents": parents,
-                }))
-                .collect::<Vec<_>>(),
+            "workspace_tables": self.gctx.as_deref().map_or(json!([]), workspace_reads_json),
             "rows": self.rows,
             "duration_ms": self.started.elapsed().as_secs_f64() * 1000.0,
             "error": error,

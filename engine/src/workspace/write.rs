@@ -660,17 +660,17 @@ impl<'a> Writer<'a> {
             parents: BTreeSet::new(),
             reads: BTreeMap::new(),
         };
+        let by = self.session.effective_user();
         for source in sources {
             let access = match snapshot.sources.get(&source) {
                 Some(s) => crate::policy::restriction(&self.gctx.principal, snapshot, s)?,
                 None => Default::default(),
             };
-            let by = self.session.effective_user().to_string();
-            add_reads(
-                &mut out.parents,
-                &mut out.reads,
-                &BTreeMap::from([(source, vec![ParentRead { by, access }])]),
-            );
+            out.parents.insert(source.clone());
+            out.reads.entry(source).or_default().push(ParentRead {
+                by: by.to_string(),
+                access,
+            });
         }
         for copied in copied_tables(plan) {
             out.parents.extend(copied.table.parents.iter().cloned());
