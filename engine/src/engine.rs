@@ -1108,11 +1108,10 @@ impl Session {
     /// statements and SET report empty schemas (they run when executed).
     /// A refused or failing statement leaves its audit record here.
     pub async fn prepare(&self, sql: &str) -> Result<(SchemaRef, SchemaRef)> {
-        let result = self.admitted(self.prepare_plan(sql)).await;
-        if let Err(e) = &result {
-            self.audit_prepare_error(sql, e).await;
+        match self.admitted(self.prepare_plan(sql)).await {
+            Err(e) => Err(self.audit_prepare_error(sql, e).await),
+            ok => ok,
         }
-        result
     }
 
     async fn prepare_plan(&self, sql: &str) -> Result<(SchemaRef, SchemaRef)> {
@@ -1180,11 +1179,10 @@ impl Session {
         sql: &str,
         params: Option<ParamValues>,
     ) -> Result<(SchemaRef, Option<String>)> {
-        let result = self.admitted(self.plan_ahead_inner(sql, params)).await;
-        if let Err(e) = &result {
-            self.audit_prepare_error(sql, e).await;
+        match self.admitted(self.plan_ahead_inner(sql, params)).await {
+            Err(e) => Err(self.audit_prepare_error(sql, e).await),
+            ok => ok,
         }
-        result
     }
 
     async fn plan_ahead_inner(
@@ -1233,13 +1231,12 @@ impl Session {
         }
     }
 
-    async fn audit_prepare_error(&self, sql: &str, e: &VeilError) {
-        self.engine.metrics.error(e.kind());
+    /// Records a statement that failed while being prepared or planned
+    /// ahead; returns the error for the client ([`QueryAudit::fail`]).
+    async fn audit_prepare_error(&self, sql: &str, e: VeilError) -> VeilError {
         let mut audit = self.query_audit(sql);
         audit.entry.action = "Prepare".into();
-        if let Err(audit_err) = audit.finish(Some(&e.to_string())).await {
-            tracing::error!("{audit_err}");
-        }
+        audit.fail(e).await
     }
 
     /// Runs one statement.
@@ -1310,19 +1307,18 @@ impl Session {
                 result
             }
         };
-        if let Err(e) = &result {
-            self.engine.metrics.error(e.kind());
-        }
-        if let Some(audit) = audit {
-            let error = result.as_ref().err().map(ToString::to_string);
-            let recorded = audit.finish(error.as_deref()).await;
-            if result.is_ok() {
-                recorded?;
-            } else if let Err(e) = recorded {
-                tracing::error!("{e}");
+        match (result, audit) {
+            (Err(e), Some(audit)) => Err(audit.fail(e).await),
+            (Err(e), None) => {
+                self.engine.metrics.error(e.kind());
+                Err(e.into_incident().0)
             }
+            (Ok(out), Some(audit)) => {
+                audit.finish(None).await?;
+                Ok(out)
+            }
+            (ok, None) => ok,
         }
-        result
     }
 
     /// A query's audit record, filled in as the statement runs.

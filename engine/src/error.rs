@@ -72,6 +72,28 @@ pub enum VeilError {
     /// Anything else unexpected.
     #[error("internal error: {0}")]
     Internal(String),
+    /// An internal error as its client gets it: only the incident id under
+    /// which its audit record and the server log keep the whole error (whose
+    /// text can hold a storage path, a panic's message or a value).
+    #[error(
+        "internal error, incident {0}: the server could not complete the request \
+         (the audit log and the server log have the details under this incident)"
+    )]
+    Incident(String),
+}
+
+impl VeilError {
+    /// The error for a client: an internal error becomes an [`VeilError::Incident`]
+    /// with a new id (returned too, with the whole error logged at ERROR
+    /// under it); any other error is returned as it is.
+    pub fn into_incident(self) -> (VeilError, Option<String>) {
+        if self.kind() != ErrorKind::Internal || matches!(self, VeilError::Incident(_)) {
+            return (self, None);
+        }
+        let id = hex::encode(rand::random::<[u8; 6]>());
+        tracing::error!(incident = %id, "internal error: {self}");
+        (VeilError::Incident(id.clone()), Some(id))
+    }
 }
 
 impl From<DataFusionError> for VeilError {
@@ -139,7 +161,9 @@ impl VeilError {
                 ErrorKind::ResourceExhausted
             }
             VeilError::DataFusion(e) => datafusion_kind(e),
-            VeilError::Store(_) | VeilError::Internal(_) => ErrorKind::Internal,
+            VeilError::Store(_) | VeilError::Internal(_) | VeilError::Incident(_) => {
+                ErrorKind::Internal
+            }
         }
     }
 }

@@ -24,6 +24,10 @@ pub fn to_status(e: VeilError) -> Status {
         ErrorKind::FailedPrecondition => Code::FailedPrecondition,
         ErrorKind::Aborted => Code::Aborted,
         ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+        // The engine recorded it under an incident id already.
+        ErrorKind::Internal if matches!(e, VeilError::Incident(_)) => {
+            return Status::internal(e.to_string());
+        }
         ErrorKind::Internal => return internal(e),
     };
     let mut message = e.to_string();

@@ -432,6 +432,33 @@ async fn a_storage_failure_names_an_incident_not_the_warehouse() {
     for hidden in [root.as_str(), "warehouse", "projects", "directory"] {
         assert!(!e.contains(hidden), "{hidden} in {e}");
     }
+    // An administrator finds the whole error in the audit log under the
+    // incident the client was given.
+    let incident = e
+        .split("internal error, incident ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .unwrap()
+        .to_string();
+    assert_eq!(incident.len(), 12, "{e}");
+    let mut admin = client(server.handle.addr, "admin", "admin-pw")
+        .await
+        .unwrap();
+    let record = run(
+        &mut admin,
+        &format!(
+            "SELECT actor, outcome, detail FROM system.audit \
+             WHERE detail LIKE '%\"incident\":\"{incident}\"%'"
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(record.len(), 1, "{record:?}");
+    assert_eq!(record[0][..2], ["bob", "error"]);
+    let detail: serde_json::Value = serde_json::from_str(&record[0][2]).unwrap();
+    let error = detail["error"].as_str().unwrap();
+    assert!(error.contains(root.as_str()), "{error}");
+    assert!(detail["sql"].as_str().unwrap().contains("workspace.next"));
     assert_eq!(count(&mut bob, "kept").await, "311");
     let e = run(&mut bob, "SELECT * FROM workspace.next")
         .await

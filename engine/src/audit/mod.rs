@@ -93,6 +93,8 @@ pub(crate) struct QueryAudit {
     pending: Option<writer::PendingRecord>,
     metrics: crate::metrics::Metrics,
     rows: u64,
+    /// The incident id of an internal error (see [`QueryAudit::fail`]).
+    incident: Option<String>,
     done: bool,
 }
 
@@ -115,6 +117,7 @@ impl QueryAudit {
             writer,
             metrics,
             rows: 0,
+            incident: None,
             done: false,
         }
     }
@@ -137,6 +140,7 @@ impl QueryAudit {
             "rows": self.rows,
             "duration_ms": self.started.elapsed().as_secs_f64() * 1000.0,
             "error": error,
+            "incident": self.incident,
         });
         AuditEntry {
             action: if self.entry.action.is_empty() {
@@ -196,6 +200,21 @@ impl QueryAudit {
         self.writer.record(entry, self.pending.take()).await
     }
 
+    /// Writes the record of a statement that failed with `e` and returns
+    /// the error its client gets: an internal error's whole text stays in
+    /// the record (and the server log) and the client gets only its
+    /// incident id, which the record keeps under `incident`.
+    pub(crate) async fn fail(mut self, e: crate::error::VeilError) -> crate::error::VeilError {
+        self.metrics.error(e.kind());
+        let text = e.to_string();
+        let (e, incident) = e.into_incident();
+        self.incident = incident;
+        if let Err(audit_err) = self.finish(Some(&text)).await {
+            tracing::error!("{audit_err}");
+        }
+        e
+    }
+
     /// Wraps a result so its record is written when the stream ends; the
     /// end of the stream is delivered only once the record is durable.
     pub(crate) fn wrap(self, out: QueryOutput) -> QueryOutput {
@@ -212,12 +231,7 @@ impl QueryAudit {
                         crate::error::VeilError::from(e),
                         audit.gctx.as_deref(),
                     );
-                    audit.metrics.error(e.kind());
-                    let msg = e.to_string();
-                    if let Err(audit_err) = audit.finish(Some(&msg)).await {
-                        tracing::error!("{audit_err}");
-                    }
-                    Some((Err(e.into()), None))
+                    Some((Err(audit.fail(e).await.into()), None))
                 }
                 None => match audit.finish(None).await {
                     Ok(()) => None,

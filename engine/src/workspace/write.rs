@@ -262,15 +262,14 @@ pub async fn ingest(
     mode: IngestMode,
     stream: SendableRecordBatchStream,
 ) -> Result<u64> {
-    let result = ingest_rows(session, table, mode, stream).await;
-    if let Err(e) = &result {
-        let mut audit = session.query_audit(&format!("ingest into {WORKSPACE_SCHEMA}.{table}"));
-        audit.entry.action = "Ingest".into();
-        if let Err(audit_err) = audit.finish(Some(&e.to_string())).await {
-            tracing::error!("{audit_err}");
+    match ingest_rows(session, table, mode, stream).await {
+        Err(e) => {
+            let mut audit = session.query_audit(&format!("ingest into {WORKSPACE_SCHEMA}.{table}"));
+            audit.entry.action = "Ingest".into();
+            Err(audit.fail(e).await)
         }
+        ok => ok,
     }
-    result
 }
 
 async fn ingest_rows(
