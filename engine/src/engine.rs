@@ -51,7 +51,9 @@ use crate::keys::MasterKey;
 use crate::model::{CatalogSnapshot, Permission, User};
 use crate::principal::Principal;
 use crate::statement;
-use crate::store::{AuditEntry, AuditVerification, CatalogStore, Change, SqliteStore};
+use crate::store::{
+    AuditEntry, AuditVerification, CatalogStore, Change, PostgresStore, SqliteStore,
+};
 use crate::workspace::write::WorkspaceOp;
 use crate::workspace::Warehouse;
 
@@ -186,6 +188,10 @@ pub struct EngineOptions {
     /// only a few statements run (at most 2 ms; zero, the default: never).
     /// Fewer commits, less CPU per query, more latency under moderate load.
     pub audit_commit_delay: std::time::Duration,
+    /// The PostgreSQL catalog shared by several servers (libpq parameters
+    /// or a `postgres://` URL); `None`: the embedded SQLite catalog,
+    /// `<data_dir>/catalog.sqlite`.
+    pub catalog: Option<String>,
 }
 
 impl Default for EngineOptions {
@@ -198,6 +204,7 @@ impl Default for EngineOptions {
             limits: crate::limits::Limits::default(),
             login: crate::login::ThrottlePolicy::default(),
             audit_commit_delay: std::time::Duration::ZERO,
+            catalog: None,
         }
     }
 }
@@ -216,6 +223,10 @@ impl EngineOptions {
         self
     }
 }
+
+/// What a shared catalog's start-up sweep leaves beyond the query timeout:
+/// a write's files are older than its statement by the time it commits.
+pub const SWEEP_MARGIN: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Default per-project workspace limit: 10 GiB.
 pub const DEFAULT_WORKSPACE_MAX_BYTES: u64 = 10 << 30;
@@ -303,6 +314,19 @@ pub fn hash_password(password: &str) -> Result<String> {
         .map_err(|e| VeilError::Internal(format!("password hashing failed: {e}")))
 }
 
+/// Held while a change is computed and applied (see
+/// [`Engine::write_guard`]); releases the store's write lock when dropped.
+pub(crate) struct WriteGuard<'a> {
+    store: &'a dyn CatalogStore,
+    _local: std::sync::MutexGuard<'a, ()>,
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        self.store.unlock_writes();
+    }
+}
+
 impl Engine {
     /// Opens the engine on a data directory: `catalog.sqlite`, `keys/`.
     /// Relative data-source locations resolve against `base_dir`.
@@ -323,13 +347,14 @@ impl Engine {
             ))
         })?;
         let keys = MasterKey::load_or_create(data_dir)?;
-        let store = SqliteStore::open(&data_dir.join("catalog.sqlite"), keys.audit_key())?;
-        Self::new(
-            Arc::new(store),
-            keys,
-            base_dir,
-            options.in_data_dir(data_dir),
-        )
+        let store: Arc<dyn CatalogStore> = match &options.catalog {
+            Some(params) => Arc::new(PostgresStore::connect(params, keys.audit_key())?),
+            None => Arc::new(SqliteStore::open(
+                &data_dir.join("catalog.sqlite"),
+                keys.audit_key(),
+            )?),
+        };
+        Self::new(store, keys, base_dir, options.in_data_dir(data_dir))
     }
 
     /// An engine over any store; `options.warehouse` must be set.
@@ -406,9 +431,18 @@ impl Engine {
     /// Removes workspace files no catalog entry lists (left by writes that
     /// failed or crashed before their commit). Run at start-up; returns how
     /// many files were removed.
+    ///
+    /// On a shared catalog, other servers may be writing: only files older
+    /// than the longest a statement may run (the query timeout) and
+    /// [`SWEEP_MARGIN`] go.
     pub async fn sweep_workspaces(&self) -> Result<usize> {
         let snapshot = self.snapshot()?;
-        self.warehouse.sweep(&snapshot).await
+        let min_age = self
+            .options
+            .catalog
+            .is_some()
+            .then(|| self.options.limits.query_timeout + SWEEP_MARGIN);
+        self.warehouse.sweep(&snapshot, min_age).await
     }
 
     /// Deletes files a committed change stopped listing, after
@@ -514,16 +548,30 @@ impl Engine {
         Ok(fresh)
     }
 
-    /// Serializes a read-check-write sequence of governance changes.
-    pub(crate) fn write_guard(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
-        self.write_lock
+    /// Serializes a read-check-write sequence of governance changes: this
+    /// server's statements, and (through the store's write lock) the
+    /// servers sharing its catalog.
+    pub(crate) fn write_guard(&self) -> Result<WriteGuard<'_>> {
+        let local = self
+            .write_lock
             .lock()
-            .map_err(|_| VeilError::Internal("write lock poisoned".into()))
+            .map_err(|_| VeilError::Internal("write lock poisoned".into()))?;
+        self.store.lock_writes()?;
+        Ok(WriteGuard {
+            store: self.store.as_ref(),
+            _local: local,
+        })
     }
 
-    /// Applies changes with their audit record; the caller holds [`Self::write_guard`].
-    pub(crate) fn apply_locked(&self, changes: &[Change], audit: &AuditEntry) -> Result<()> {
-        self.store.apply(changes, audit)?;
+    /// Applies changes computed from the snapshot at version `based_on`,
+    /// with their audit record; the caller holds [`Self::write_guard`].
+    pub(crate) fn apply_locked(
+        &self,
+        changes: &[Change],
+        audit: &AuditEntry,
+        based_on: u64,
+    ) -> Result<()> {
+        self.store.apply(changes, audit, based_on)?;
         Ok(())
     }
 
@@ -531,7 +579,8 @@ impl Engine {
     /// has no user. Returns the generated password when one was generated.
     pub fn bootstrap_admin(&self, password: Option<String>) -> Result<Option<String>> {
         let _guard = self.write_guard()?;
-        if !self.snapshot()?.users.is_empty() {
+        let snapshot = self.snapshot()?;
+        if !snapshot.users.is_empty() {
             return Ok(None);
         }
         let generated = password.is_none();
@@ -554,6 +603,7 @@ impl Engine {
                 outcome: "ok".into(),
                 ..Default::default()
             },
+            snapshot.version,
         )?;
         Ok(generated.then_some(password))
     }

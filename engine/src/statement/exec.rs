@@ -278,7 +278,7 @@ pub async fn execute(session: &mut Session, stmt: GovStatement) -> Result<(Query
     match plan(&c, stmt, inferred)? {
         Outcome::Rows(out) => Ok((out, false)),
         Outcome::Change(changes, audit, status) => {
-            engine.apply_locked(&changes, &audit)?;
+            engine.apply_locked(&changes, &audit, c.snapshot.version)?;
             // Workspace files the change stopped listing (a dropped project
             // or derived source) are released once no query can need them.
             let before = engine.warehouse().referenced(&c.snapshot);

@@ -4,13 +4,15 @@
 //! changes, bumps the policy version and appends the audit record in one
 //! transaction: either all of it is durable or none of it is.
 
+mod postgres;
 mod sqlite;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Result, VeilError};
 use crate::model::{CatalogSnapshot, DataSource, Policy, User};
 use crate::project::{Project, Purpose};
 
@@ -44,6 +46,166 @@ pub enum Change {
     PutWorkspaceTable(crate::workspace::WorkspaceTable, Expect),
     /// Remove a workspace table (project id, name), if it is as expected.
     DeleteWorkspaceTable(String, String, Expect),
+}
+
+impl Change {
+    /// The row the change writes: (table, key, new JSON body, or `None` to
+    /// delete). Every entity is stored the same way, one row of
+    /// `(name, body)` per entity.
+    pub(crate) fn row(&self) -> Result<(&'static str, String, Option<String>)> {
+        Ok(match self {
+            Change::PutUser(u) => ("users", u.name.clone(), Some(json(u)?)),
+            Change::DeleteUser(n) => ("users", n.clone(), None),
+            Change::PutSource(s) => ("data_sources", s.full_name(), Some(json(s)?)),
+            Change::DeleteSource(n) => ("data_sources", n.clone(), None),
+            Change::PutPolicy(p) => ("policies", p.name.clone(), Some(json(p)?)),
+            Change::DeletePolicy(n) => ("policies", n.clone(), None),
+            Change::PutPurpose(p) => ("purposes", p.name.clone(), Some(json(p)?)),
+            Change::DeletePurpose(n) => ("purposes", n.clone(), None),
+            Change::PutProject(p) => ("projects", p.name.clone(), Some(json(p)?)),
+            Change::DeleteProject(n) => ("projects", n.clone(), None),
+            Change::PutSettings(s) => ("settings", "server".to_string(), Some(json(s)?)),
+            Change::PutWorkspaceTable(t, _) => (
+                "workspace_tables",
+                workspace_key(&t.project_id, &t.name),
+                Some(json(t)?),
+            ),
+            Change::DeleteWorkspaceTable(p, n, _) => {
+                ("workspace_tables", workspace_key(p, n), None)
+            }
+        })
+    }
+
+    /// For a conditional change: (project id, table, what it expects).
+    pub(crate) fn expects(&self) -> Option<(&str, &str, Expect)> {
+        match self {
+            Change::PutWorkspaceTable(t, e) => Some((&t.project_id, &t.name, *e)),
+            Change::DeleteWorkspaceTable(p, n, e) => Some((p, n, *e)),
+            _ => None,
+        }
+    }
+}
+
+/// The tables an entity is stored in, one row of `(name, body)` each.
+pub(crate) const ENTITY_TABLES: [&str; 7] = [
+    "users",
+    "data_sources",
+    "policies",
+    "purposes",
+    "projects",
+    "settings",
+    "workspace_tables",
+];
+
+/// The key of a workspace table's row.
+pub(crate) fn workspace_key(project_id: &str, name: &str) -> String {
+    format!("{project_id}/{name}")
+}
+
+pub(crate) fn json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| VeilError::Internal(format!("serialize: {e}")))
+}
+
+pub(crate) fn unjson<T: serde::de::DeserializeOwned>(
+    table: &str,
+    name: &str,
+    s: &str,
+) -> Result<T> {
+    serde_json::from_str(s)
+        .map_err(|e| VeilError::Internal(format!("catalog row {table}.{name} is corrupt: {e}")))
+}
+
+/// Checks a conditional workspace change against the stored row's body
+/// (`None`: no row): a writer that committed first wins.
+pub(crate) fn expected(name: &str, expect: Expect, stored: Option<&str>) -> Result<()> {
+    let version = match stored {
+        None => None,
+        Some(body) => Some(
+            unjson::<crate::workspace::WorkspaceTable>("workspace_tables", name, body)?.version,
+        ),
+    };
+    match (expect, version) {
+        (Expect::Absent, None) => Ok(()),
+        (Expect::Version(v), Some(now)) if v == now => Ok(()),
+        (Expect::Absent, Some(_)) => Err(VeilError::AlreadyExists(format!(
+            "workspace table {name} already exists"
+        ))),
+        (Expect::Version(v), None) => Err(VeilError::Conflict(format!(
+            "workspace table {name} was dropped by another writer while this write ran \
+             (expected version {v}); nothing was written"
+        ))),
+        (Expect::Version(v), Some(now)) => Err(VeilError::Conflict(format!(
+            "workspace table {name} was changed by another writer (version {v} is now {now}); \
+             nothing was written, retry"
+        ))),
+    }
+}
+
+/// An anchor as the `meta` table keeps it: `id:mac-hex`.
+pub(crate) fn parse_anchor(key: &str, value: &str) -> Result<AuditAnchor> {
+    let bad = || VeilError::Internal(format!("catalog meta {key} is corrupt"));
+    let (id, mac) = value.split_once(':').ok_or_else(bad)?;
+    Ok(AuditAnchor {
+        id: id.parse().map_err(|_| bad())?,
+        mac: hex::decode(mac).map_err(|_| bad())?,
+    })
+}
+
+/// The `meta` text of an anchor (see [`parse_anchor`]).
+pub(crate) fn anchor_text(a: &AuditAnchor) -> String {
+    format!("{}:{}", a.id, hex::encode(&a.mac))
+}
+
+/// Refuses changes computed from a catalog that has moved on: `based_on`
+/// is the version of the snapshot they were computed from.
+pub(crate) fn check_version(based_on: u64, stored: u64) -> Result<()> {
+    if based_on == stored {
+        return Ok(());
+    }
+    Err(VeilError::Conflict(format!(
+        "the catalog changed while this statement ran (version {based_on} is now {stored}); \
+         nothing was written, retry"
+    )))
+}
+
+/// Puts one stored row into a snapshot being loaded.
+pub(crate) fn load_row(
+    snap: &mut CatalogSnapshot,
+    table: &str,
+    name: String,
+    body: &str,
+) -> Result<()> {
+    match table {
+        "users" => {
+            snap.users.insert(name.clone(), unjson(table, &name, body)?);
+        }
+        "data_sources" => {
+            snap.sources
+                .insert(name.clone(), unjson(table, &name, body)?);
+        }
+        "policies" => {
+            snap.policies
+                .insert(name.clone(), unjson(table, &name, body)?);
+        }
+        "purposes" => {
+            snap.purposes
+                .insert(name.clone(), unjson(table, &name, body)?);
+        }
+        "projects" => {
+            snap.projects
+                .insert(name.clone(), unjson(table, &name, body)?);
+        }
+        "settings" if name == "server" => snap.settings = unjson(table, &name, body)?,
+        "workspace_tables" => {
+            let t: crate::workspace::WorkspaceTable = unjson(table, &name, body)?;
+            snap.workspaces
+                .entry(t.project_id.clone())
+                .or_default()
+                .insert(t.name.clone(), t);
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// What a conditional change expects to find.
@@ -133,8 +295,21 @@ pub trait CatalogStore: Send + Sync + std::fmt::Debug {
     fn version(&self) -> Result<u64>;
     /// Loads the whole catalog.
     fn load(&self) -> Result<CatalogSnapshot>;
-    /// Applies changes and their audit record atomically; returns the new version.
-    fn apply(&self, changes: &[Change], audit: &AuditEntry) -> Result<u64>;
+    /// Applies changes and their audit record atomically, if the catalog is
+    /// still at version `based_on` (the snapshot the changes were computed
+    /// from; Conflict otherwise); returns the new version.
+    fn apply(&self, changes: &[Change], audit: &AuditEntry, based_on: u64) -> Result<u64>;
+    /// Takes the catalog's write lock: held from reading the snapshot a
+    /// change is computed from until the change is applied, so that servers
+    /// sharing the catalog make their changes one at a time. The embedded
+    /// store has one server, whose own lock suffices. Callers in one
+    /// process take it one at a time (the engine's write guard does): the
+    /// shared store's lock belongs to its connection, not to a thread.
+    fn lock_writes(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Releases what [`CatalogStore::lock_writes`] took.
+    fn unlock_writes(&self) {}
     /// Appends audit records that record no change (queries, logins) in
     /// one transaction (a group commit).
     fn audit_batch(&self, entries: &[AuditEntry]) -> Result<()>;

@@ -11,8 +11,9 @@ use subtle::ConstantTimeEq;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{
-    AuditAnchor, AuditEntry, AuditFilter, AuditRecord, AuditVerification, CatalogStore, Change,
-    Expect,
+    anchor_text, check_version, expected, load_row, parse_anchor, workspace_key, AuditAnchor,
+    AuditEntry, AuditFilter, AuditRecord, AuditVerification, CatalogStore, Change, Expect,
+    ENTITY_TABLES,
 };
 use crate::audit::chain::{self, Verifier};
 use crate::error::{Result, VeilError};
@@ -105,17 +106,12 @@ fn read_anchor(tx: &Connection, key: &str) -> Result<AuditAnchor> {
     let v: String = tx
         .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
         .query_row([key], |r| r.get(0))?;
-    let bad = || VeilError::Internal(format!("catalog meta {key} is corrupt"));
-    let (id, mac) = v.split_once(':').ok_or_else(bad)?;
-    Ok(AuditAnchor {
-        id: id.parse().map_err(|_| bad())?,
-        mac: hex::decode(mac).map_err(|_| bad())?,
-    })
+    parse_anchor(key, &v)
 }
 
 fn write_anchor(tx: &Connection, key: &str, a: &AuditAnchor) -> Result<()> {
     tx.prepare_cached("UPDATE meta SET value = ?2 WHERE key = ?1")?
-        .execute(params![key, format!("{}:{}", a.id, hex::encode(&a.mac))])?;
+        .execute(params![key, anchor_text(a)])?;
     Ok(())
 }
 
@@ -133,15 +129,6 @@ impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SqliteStore")
     }
-}
-
-fn json<T: serde::Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| VeilError::Internal(format!("serialize: {e}")))
-}
-
-fn unjson<T: serde::de::DeserializeOwned>(table: &str, name: &str, s: &str) -> Result<T> {
-    serde_json::from_str(s)
-        .map_err(|e| VeilError::Internal(format!("catalog row {table}.{name} is corrupt: {e}")))
 }
 
 impl SqliteStore {
@@ -238,10 +225,6 @@ impl SqliteStore {
     }
 }
 
-fn workspace_key(project_id: &str, name: &str) -> String {
-    format!("{project_id}/{name}")
-}
-
 /// Refuses a workspace change when another writer committed first.
 fn check_expected(tx: &Transaction<'_>, project: &str, name: &str, expect: Expect) -> Result<()> {
     let key = workspace_key(project, name);
@@ -252,27 +235,7 @@ fn check_expected(tx: &Transaction<'_>, project: &str, name: &str, expect: Expec
             |r| r.get(0),
         )
         .optional()?;
-    let version = match stored {
-        None => None,
-        Some(body) => Some(
-            unjson::<crate::workspace::WorkspaceTable>("workspace_tables", &key, &body)?.version,
-        ),
-    };
-    match (expect, version) {
-        (Expect::Absent, None) => Ok(()),
-        (Expect::Version(v), Some(now)) if v == now => Ok(()),
-        (Expect::Absent, Some(_)) => Err(VeilError::AlreadyExists(format!(
-            "workspace table {name} already exists"
-        ))),
-        (Expect::Version(v), None) => Err(VeilError::Conflict(format!(
-            "workspace table {name} was dropped by another writer while this write ran \
-             (expected version {v}); nothing was written"
-        ))),
-        (Expect::Version(v), Some(now)) => Err(VeilError::Conflict(format!(
-            "workspace table {name} was changed by another writer (version {v} is now {now}); \
-             nothing was written, retry"
-        ))),
-    }
+    expected(name, expect, stored.as_deref())
 }
 
 impl CatalogStore for SqliteStore {
@@ -302,71 +265,28 @@ impl CatalogStore for SqliteStore {
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         };
-        for (name, body) in rows("users")? {
-            snap.users
-                .insert(name.clone(), unjson("users", &name, &body)?);
-        }
-        for (name, body) in rows("data_sources")? {
-            snap.sources
-                .insert(name.clone(), unjson("data_sources", &name, &body)?);
-        }
-        for (name, body) in rows("policies")? {
-            snap.policies
-                .insert(name.clone(), unjson("policies", &name, &body)?);
-        }
-        for (name, body) in rows("purposes")? {
-            snap.purposes
-                .insert(name.clone(), unjson("purposes", &name, &body)?);
-        }
-        for (name, body) in rows("projects")? {
-            snap.projects
-                .insert(name.clone(), unjson("projects", &name, &body)?);
-        }
-        for (name, body) in rows("workspace_tables")? {
-            let t: crate::workspace::WorkspaceTable = unjson("workspace_tables", &name, &body)?;
-            snap.workspaces
-                .entry(t.project_id.clone())
-                .or_default()
-                .insert(t.name.clone(), t);
-        }
-        if let Some((name, body)) = rows("settings")?.into_iter().find(|(n, _)| n == "server") {
-            snap.settings = unjson("settings", &name, &body)?;
+        for table in ENTITY_TABLES {
+            for (name, body) in rows(table)? {
+                load_row(&mut snap, table, name, &body)?;
+            }
         }
         Ok(snap)
     }
 
-    fn apply(&self, changes: &[Change], audit: &AuditEntry) -> Result<u64> {
+    fn apply(&self, changes: &[Change], audit: &AuditEntry, based_on: u64) -> Result<u64> {
         let mut conn = self.lock()?;
         let tx = conn.transaction()?;
+        let stored: String = tx.query_row(
+            "SELECT value FROM meta WHERE key = 'policy_version'",
+            [],
+            |r| r.get(0),
+        )?;
+        check_version(based_on, stored.parse().unwrap_or(0))?;
         for change in changes {
-            if let Change::PutWorkspaceTable(t, expect) = change {
-                check_expected(&tx, &t.project_id, &t.name, *expect)?;
+            if let Some((project, name, expect)) = change.expects() {
+                check_expected(&tx, project, name, expect)?;
             }
-            if let Change::DeleteWorkspaceTable(project, name, expect) = change {
-                check_expected(&tx, project, name, *expect)?;
-            }
-            // (table, key, new body or None to delete): one shape for every entity.
-            let (table, name, body) = match change {
-                Change::PutUser(u) => ("users", u.name.clone(), Some(json(u)?)),
-                Change::DeleteUser(n) => ("users", n.clone(), None),
-                Change::PutSource(s) => ("data_sources", s.full_name(), Some(json(s)?)),
-                Change::DeleteSource(n) => ("data_sources", n.clone(), None),
-                Change::PutPolicy(p) => ("policies", p.name.clone(), Some(json(p)?)),
-                Change::DeletePolicy(n) => ("policies", n.clone(), None),
-                Change::PutPurpose(p) => ("purposes", p.name.clone(), Some(json(p)?)),
-                Change::DeletePurpose(n) => ("purposes", n.clone(), None),
-                Change::PutProject(p) => ("projects", p.name.clone(), Some(json(p)?)),
-                Change::DeleteProject(n) => ("projects", n.clone(), None),
-                Change::PutSettings(s) => ("settings", "server".to_string(), Some(json(s)?)),
-                Change::PutWorkspaceTable(t, _) => (
-                    "workspace_tables",
-                    workspace_key(&t.project_id, &t.name),
-                    Some(json(t)?),
-                ),
-                Change::DeleteWorkspaceTable(p, n, _) => {
-                    ("workspace_tables", workspace_key(p, n), None)
-                }
-            };
+            let (table, name, body) = change.row()?;
             match body {
                 Some(body) => tx.execute(
                     &format!("INSERT OR REPLACE INTO {table} (name, body) VALUES (?1, ?2)"),

@@ -242,13 +242,24 @@ impl Warehouse {
     /// Removes every object under `projects/` that no catalog entry lists
     /// (staged or promoted files of writes that never committed). Returns how
     /// many were removed. Run at start-up, before writes are accepted.
-    pub async fn sweep(&self, snapshot: &CatalogSnapshot) -> Result<usize> {
+    ///
+    /// With `min_age`, only what is older than that goes: servers sharing
+    /// the catalog and the warehouse may be writing (or committing) files
+    /// this server's snapshot does not list yet.
+    pub async fn sweep(
+        &self,
+        snapshot: &CatalogSnapshot,
+        min_age: Option<std::time::Duration>,
+    ) -> Result<usize> {
+        let cutoff = min_age.map(|age| std::time::SystemTime::now() - age);
+        let old_enough = |t: std::time::SystemTime| cutoff.is_none_or(|c| t < c);
         let keep = self.referenced(snapshot);
         let orphans: Vec<Path> = self
             .list(&self.child(&["projects"]))
             .await?
             .into_iter()
             .filter(|m| !keep.contains(m.location.as_ref()))
+            .filter(|m| old_enough(m.last_modified.into()))
             .map(|m| m.location)
             .collect();
         let mut n = orphans.len();
@@ -257,17 +268,27 @@ impl Warehouse {
         // never completed (`name#1`); remove staging directories outright,
         // then the directories left empty.
         if let Ok(root) = self.root.to_file_path() {
-            n += tidy_local(&root.join("projects"), true);
+            n += tidy_local(&root.join("projects"), true, &old_enough);
         }
         Ok(n)
     }
 }
 
 /// Removes `_staging` directories (counting their files) and empty
-/// directories under `dir`; returns the files removed.
-fn tidy_local(dir: &std::path::Path, top: bool) -> usize {
+/// directories under `dir` whose last change `old_enough` accepts; returns
+/// the files removed.
+fn tidy_local(
+    dir: &std::path::Path,
+    top: bool,
+    old_enough: &dyn Fn(std::time::SystemTime) -> bool,
+) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
+    };
+    let changed = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .is_ok_and(old_enough)
     };
     let mut removed = 0;
     for e in entries.flatten() {
@@ -276,13 +297,15 @@ fn tidy_local(dir: &std::path::Path, top: bool) -> usize {
             continue;
         }
         if p.file_name().is_some_and(|n| n == STAGING) {
-            removed += count_files(&p);
-            let _ = std::fs::remove_dir_all(&p);
+            if changed(&p) {
+                removed += count_files(&p);
+                let _ = std::fs::remove_dir_all(&p);
+            }
         } else {
-            removed += tidy_local(&p, false);
+            removed += tidy_local(&p, false, old_enough);
         }
     }
-    if !top {
+    if !top && changed(dir) {
         // Fails (and keeps it) unless empty.
         let _ = std::fs::remove_dir(dir);
     }

@@ -529,6 +529,7 @@ impl<'a> Writer<'a> {
                     name,
                     json!({"project": self.project, "table": name, "version": current.version}),
                 ),
+                fresh.version,
             )?;
             current.files.iter().map(|f| f.path.clone()).collect()
         };
@@ -788,6 +789,7 @@ impl<'a> Writer<'a> {
         engine.apply_locked(
             &[Change::PutWorkspaceTable(table, expect)],
             &self.audit("WorkspaceWrite", name, detail),
+            fresh.version,
         )?;
         Ok(replaced)
     }

@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, dead_code)]
 
+pub mod pg;
+
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};

@@ -45,8 +45,13 @@ impl CatalogStore for DropsQueryRecords {
     fn load(&self) -> veil_engine::Result<veil_engine::model::CatalogSnapshot> {
         self.0.load()
     }
-    fn apply(&self, changes: &[Change], audit: &AuditEntry) -> veil_engine::Result<u64> {
-        self.0.apply(changes, audit)
+    fn apply(
+        &self,
+        changes: &[Change],
+        audit: &AuditEntry,
+        based_on: u64,
+    ) -> veil_engine::Result<u64> {
+        self.0.apply(changes, audit, based_on)
     }
     fn audit_batch(&self, _entries: &[AuditEntry]) -> veil_engine::Result<()> {
         Ok(())
