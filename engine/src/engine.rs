@@ -188,10 +188,21 @@ pub struct EngineOptions {
     /// only a few statements run (at most 2 ms; zero, the default: never).
     /// Fewer commits, less CPU per query, more latency under moderate load.
     pub audit_commit_delay: std::time::Duration,
-    /// The PostgreSQL catalog shared by several servers (libpq parameters
-    /// or a `postgres://` URL); `None`: the embedded SQLite catalog,
-    /// `<data_dir>/catalog.sqlite`.
-    pub catalog: Option<String>,
+    /// The PostgreSQL catalog shared by several servers; `None`: the
+    /// embedded SQLite catalog, `<data_dir>/catalog.sqlite`.
+    pub catalog: Option<CatalogParams>,
+}
+
+/// Connection parameters of a PostgreSQL catalog: a `postgres://` URL or
+/// libpq `key=value` pairs. They may hold a password, so `Debug` shows
+/// none of them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CatalogParams(pub String);
+
+impl std::fmt::Debug for CatalogParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CatalogParams(<redacted>)")
+    }
 }
 
 impl Default for EngineOptions {
@@ -348,7 +359,7 @@ impl Engine {
         })?;
         let keys = MasterKey::load_or_create(data_dir)?;
         let store: Arc<dyn CatalogStore> = match &options.catalog {
-            Some(params) => Arc::new(PostgresStore::connect(params, keys.audit_key())?),
+            Some(params) => Arc::new(PostgresStore::connect(&params.0, keys.audit_key())?),
             None => Arc::new(SqliteStore::open(
                 &data_dir.join("catalog.sqlite"),
                 keys.audit_key(),

@@ -51,5 +51,5 @@ mod turns;
 pub mod workspace;
 mod yielding;
 
-pub use engine::{Engine, EngineOptions, QueryOutput, Session};
+pub use engine::{CatalogParams, Engine, EngineOptions, QueryOutput, Session};
 pub use error::{ErrorKind, Result, VeilError};

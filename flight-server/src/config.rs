@@ -21,6 +21,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// Workspace warehouse: object_store URL or directory.
     pub warehouse: Option<String>,
+    /// The shared PostgreSQL catalog (URL or libpq parameters).
+    pub catalog: Option<String>,
     /// Largest workspace per project, in bytes (0: no limit).
     pub workspace_max_bytes: Option<u64>,
     /// Address of the Prometheus `/metrics` endpoint (none by default).
@@ -128,6 +130,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--warehouse` / `VEIL_WAREHOUSE`.
     pub warehouse: Option<String>,
+    /// `--catalog` / `VEIL_CATALOG`.
+    pub catalog: Option<String>,
     /// `--workspace-max-bytes` / `VEIL_WORKSPACE_MAX_BYTES`.
     pub workspace_max_bytes: Option<u64>,
     /// `--metrics-listen` / `VEIL_METRICS_LISTEN`.
@@ -162,6 +166,7 @@ impl Config {
             listen,
             data_dir,
             warehouse,
+            catalog,
             workspace_max_bytes,
             metrics_listen,
             audit_commit_delay_ms,
@@ -186,6 +191,10 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         let mut engine = veil_engine::EngineOptions {
             warehouse: warehouse.or(file.warehouse),
+            catalog: catalog
+                .or(file.catalog)
+                .filter(|c| !c.trim().is_empty())
+                .map(veil_engine::CatalogParams),
             ..Default::default()
         };
         if let Some(max) = workspace_max_bytes.or(file.workspace_max_bytes) {

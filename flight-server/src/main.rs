@@ -38,6 +38,12 @@ struct Cli {
     /// such as s3://bucket/prefix (default: <data-dir>/warehouse).
     #[arg(long, global = true, env = "VEIL_WAREHOUSE")]
     warehouse: Option<String>,
+    /// The PostgreSQL catalog several servers share: a postgres:// URL or
+    /// libpq key=value parameters (default: <data-dir>/catalog.sqlite).
+    /// Servers sharing it need the same master key (VEIL_MASTER_KEY) and
+    /// the same warehouse.
+    #[arg(long, global = true, env = "VEIL_CATALOG", hide_env_values = true)]
+    catalog: Option<String>,
     /// Largest total size of one project's workspace, in bytes (0: no limit;
     /// default 10 GiB).
     #[arg(long, global = true, env = "VEIL_WORKSPACE_MAX_BYTES")]
@@ -367,6 +373,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         listen: None,
         data_dir: cli.data_dir,
         warehouse: cli.warehouse,
+        catalog: cli.catalog,
         workspace_max_bytes: cli.workspace_max_bytes,
         metrics_listen: None,
         ..Default::default()
