@@ -5,6 +5,8 @@
 
 #[path = "../../../testdata/slt/harness.rs"]
 pub mod harness;
+#[path = "../../../engine/tests/common/pg.rs"]
+pub mod pg;
 
 use std::net::SocketAddr;
 
@@ -33,7 +35,16 @@ pub async fn start_with(
     options: veil_engine::EngineOptions,
     tls: Option<tonic::transport::ServerTlsConfig>,
 ) -> Server {
-    let dir = tempfile::tempdir().unwrap();
+    start_in(tempfile::tempdir().unwrap(), options, tls).await
+}
+
+/// [`start_with`] on a given data directory (its keys, or a shared
+/// catalog's, may be there already).
+pub async fn start_in(
+    dir: tempfile::TempDir,
+    options: veil_engine::EngineOptions,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Server {
     let root = std::path::PathBuf::from(
         std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
     )
