@@ -330,3 +330,56 @@ fn an_unreachable_postgres_catalog_fails_at_start() {
     assert!(text.contains("catalog storage error"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
 }
+
+/// A CA and a server certificate for `127.0.0.1` it signed: (CA PEM,
+/// server chain PEM, server key PEM).
+fn certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca_cert.pem(), server.pem(), key.serialize_pem())
+}
+
+/// Over TCP the catalog connection uses TLS and verifies the server: with
+/// the CA it connects (`sslmode=require`), without it the certificate is
+/// refused, and `sslmode=disable` against a server that requires TLS is
+/// refused by the server.
+#[test]
+fn the_postgres_catalog_connects_over_verified_tls() {
+    let (ca, chain, key) = certificates();
+    let (pg, port) = PgCluster::start_tls(&chain, &key);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let tcp = format!("host=127.0.0.1 port={port} user=veil dbname=postgres");
+
+    let url = format!("{tcp} sslmode=require sslrootcert={}", ca_file.display());
+    let store = PostgresStore::connect(&url, KEY).unwrap();
+    store
+        .apply(
+            &[Change::PutUser(user("bob"))],
+            &entry("CreateUser", "bob"),
+            0,
+        )
+        .unwrap();
+    // The connection is TLS, as the server sees it.
+    let ssl = pg.psql(
+        &pg.url,
+        "SELECT bool_and(ssl) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+         WHERE client_addr IS NOT NULL",
+    );
+    assert_eq!(ssl.trim(), "t");
+
+    let e = PostgresStore::connect(&format!("{tcp} sslmode=require"), KEY).unwrap_err();
+    assert!(e.to_string().contains("certificate"), "{e}");
+    let e = PostgresStore::connect(&format!("{tcp} sslmode=disable"), KEY).unwrap_err();
+    assert!(e.to_string().contains("catalog storage error"), "{e}");
+}

@@ -16,11 +16,12 @@
 //! run inside the server's; each connection therefore lives on a thread of
 //! its own ([`Conn`]), and a broken connection is opened again at its next use.
 
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use postgres::error::SqlState;
-use postgres::{Client, IsolationLevel, NoTls, Transaction};
+use postgres::{Client, IsolationLevel, Transaction};
 use subtle::ConstantTimeEq;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     anchor_text, check_version, expected, load_row, parse_anchor, AuditAnchor, AuditEntry,
@@ -94,9 +95,88 @@ fn pg_err(e: postgres::Error) -> VeilError {
     VeilError::Internal(format!("catalog storage error: {e}"))
 }
 
+/// TLS for catalog connections over TCP: the server's certificate must
+/// chain to the system's roots or to the PEM certificates in
+/// `PGSSLROOTCERT` or `sslrootcert` (libpq's names) and name the host; rustls has no
+/// mode that skips this. `sslmode=require` refuses a server without TLS,
+/// the default `prefer` uses TLS when the server offers it, `disable`
+/// never (Unix sockets never use TLS).
+fn tls(root_cert: Option<&str>) -> Result<MakeRustlsConnect> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // A system certificate rustls cannot parse is one root fewer.
+        let _ = roots.add(cert);
+    }
+    let env = std::env::var_os("PGSSLROOTCERT").map(std::path::PathBuf::from);
+    for path in root_cert
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain(env)
+    {
+        use rustls::pki_types::pem::PemObject;
+        let bad = |e: String| {
+            VeilError::InvalidArgument(format!("catalog root certificates {}: {e}", path.display()))
+        };
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(&path)
+            .map_err(|e| bad(e.to_string()))?;
+        for cert in certs {
+            roots
+                .add(cert.map_err(|e| bad(e.to_string()))?)
+                .map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| VeilError::Internal(format!("catalog TLS: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// Takes libpq's `sslrootcert` out of connection parameters (the client
+/// library does not know it): (the other parameters, its value).
+fn split_root_cert(params: &str) -> Result<(String, Option<String>)> {
+    let bad = |e: String| VeilError::InvalidArgument(format!("catalog parameters: {e}"));
+    if params.starts_with("postgres://") || params.starts_with("postgresql://") {
+        let mut url = url::Url::parse(params).map_err(|e| bad(e.to_string()))?;
+        let mut root = None;
+        let rest: Vec<(String, String)> = url
+            .query_pairs()
+            .filter_map(|(k, v)| match k.as_ref() {
+                "sslrootcert" => {
+                    root = Some(v.into_owned());
+                    None
+                }
+                _ => Some((k.into_owned(), v.into_owned())),
+            })
+            .collect();
+        url.set_query(None);
+        if !rest.is_empty() {
+            url.query_pairs_mut().extend_pairs(rest);
+        }
+        return Ok((url.to_string(), root));
+    }
+    let pattern = regex::Regex::new(r"(?:^|\s)sslrootcert\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+        .map_err(|e| bad(e.to_string()))?;
+    let Some(found) = pattern.captures(params) else {
+        return Ok((params.to_string(), None));
+    };
+    let value = found.get(1).map_or("", |m| m.as_str());
+    let value = value
+        .strip_prefix('\'')
+        .and_then(|v| v.strip_suffix('\''))
+        .map_or_else(|| value.to_string(), |v| v.replace("\\'", "'"));
+    let whole = found.get(0).map_or(0..0, |m| m.range());
+    let rest = format!("{}{}", &params[..whole.start], &params[whole.end..]);
+    Ok((rest.trim().to_string(), Some(value)))
+}
+
 /// The state of a connection's thread.
 struct Worker {
     params: String,
+    root_cert: Option<String>,
     client: Option<Client>,
 }
 
@@ -105,7 +185,33 @@ impl Worker {
     fn client(&mut self) -> Result<&mut Client> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
-            self.client = Some(Client::connect(&self.params, NoTls).map_err(pg_err)?);
+            let config: postgres::Config = self
+                .params
+                .parse()
+                .map_err(|e| VeilError::InvalidArgument(format!("catalog parameters: {e}")))?;
+            // A Unix socket is local: no TLS (the client library would try
+            // to verify a certificate for an empty host name).
+            let local = config
+                .get_hosts()
+                .iter()
+                .all(|h| matches!(h, postgres::config::Host::Unix(_)));
+            let connected = if local {
+                config.connect(postgres::NoTls)
+            } else {
+                config.connect(tls(self.root_cert.as_deref())?)
+            };
+            let client = connected.map_err(|e| {
+                let err = pg_err(e);
+                let text = err.to_string();
+                if text.contains("certificate") || text.contains("TLS") {
+                    return VeilError::Internal(format!(
+                        "{text} (the catalog server's certificate must verify against the \
+                         system's roots or sslrootcert / PGSSLROOTCERT and name the host)"
+                    ));
+                }
+                err
+            })?;
+            self.client = Some(client);
         }
         self.client
             .as_mut()
@@ -125,8 +231,10 @@ impl Conn {
     /// password fails at start-up).
     fn open(params: &str, name: &str) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
+        let (params, root_cert) = split_root_cert(params)?;
         let mut worker = Worker {
-            params: params.to_string(),
+            params,
+            root_cert,
             client: None,
         };
         std::thread::Builder::new()
@@ -530,5 +638,29 @@ impl CatalogStore for PostgresStore {
             tx.commit().map_err(pg_err)?;
             Ok(usize::try_from(removed).unwrap_or(usize::MAX))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_root_cert;
+
+    #[test]
+    fn sslrootcert_is_taken_out_of_either_form() {
+        let (rest, root) =
+            split_root_cert("host=db sslmode=require sslrootcert=/etc/ca.pem user=veil").unwrap();
+        assert_eq!(rest, "host=db sslmode=require user=veil");
+        assert_eq!(root.as_deref(), Some("/etc/ca.pem"));
+        let (rest, root) = split_root_cert(r"sslrootcert='/my ca/it\'s.pem' host=db").unwrap();
+        assert_eq!(rest, "host=db");
+        assert_eq!(root.as_deref(), Some("/my ca/it's.pem"));
+        let (rest, root) = split_root_cert(
+            "postgres://veil:pw@db:5432/veil?sslmode=require&sslrootcert=%2Fetc%2Fca.pem",
+        )
+        .unwrap();
+        assert_eq!(rest, "postgres://veil:pw@db:5432/veil?sslmode=require");
+        assert_eq!(root.as_deref(), Some("/etc/ca.pem"));
+        let (rest, root) = split_root_cert("host=db user=veil").unwrap();
+        assert_eq!((rest.as_str(), root), ("host=db user=veil", None));
     }
 }

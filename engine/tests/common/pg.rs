@@ -70,6 +70,21 @@ impl PgCluster {
     /// Creates and starts a server; panics with what to install when the
     /// PostgreSQL server binaries are missing.
     pub fn start() -> Self {
+        Self::start_configured(None)
+    }
+
+    /// A server that also listens on `127.0.0.1:<port>` with TLS, serving
+    /// the PEM certificate chain and key given; (server, port).
+    pub fn start_tls(cert: &str, key: &str) -> (Self, u16) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        (Self::start_configured(Some((cert, key, port))), port)
+    }
+
+    fn start_configured(tls: Option<(&str, &str, u16)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         if is_root() {
             let chown = Command::new("chown")
@@ -98,27 +113,55 @@ impl PgCluster {
             "initdb failed: {}",
             String::from_utf8_lossy(&initdb.stderr)
         );
+        let mut settings = vec!["fsync=off".to_string(), "max_connections=60".to_string()];
+        match tls {
+            None => settings.push("listen_addresses=".into()),
+            Some((cert, key, port)) => {
+                // In the data directory: the postgres user owns it, and the
+                // key must be private to that user.
+                std::fs::write(data.join("server.crt"), cert).unwrap();
+                std::fs::write(data.join("server.key"), key).unwrap();
+                let fixed = Command::new("chmod")
+                    .arg("0600")
+                    .arg(data.join("server.key"))
+                    .status()
+                    .unwrap();
+                assert!(fixed.success());
+                if is_root() {
+                    let chown = Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(data.join("server.crt"))
+                        .arg(data.join("server.key"))
+                        .status()
+                        .unwrap();
+                    assert!(chown.success());
+                }
+                settings.extend([
+                    "listen_addresses=127.0.0.1".to_string(),
+                    format!("port={port}"),
+                    "ssl=on".into(),
+                ]);
+                std::fs::write(
+                    data.join("pg_hba.conf"),
+                    "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+                )
+                .unwrap();
+            }
+        }
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-        let child = command("postgres")
-            .arg("-D")
-            .arg(&data)
-            .arg("-k")
-            .arg(dir.path())
-            .args([
-                "-c",
-                "listen_addresses=",
-                "-c",
-                "fsync=off",
-                "-c",
-                "max_connections=60",
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut postgres = command("postgres");
+        postgres.arg("-D").arg(&data).arg("-k").arg(dir.path());
+        for setting in &settings {
+            postgres.arg("-c").arg(setting);
+        }
+        let child = postgres.stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        let port = tls.map_or(5432, |(_, _, port)| port);
         let cluster = Self {
             child,
-            url: format!("host={} user=veil dbname=postgres", dir.path().display()),
+            url: format!(
+                "host={} port={port} user=veil dbname=postgres",
+                dir.path().display()
+            ),
             dir,
         };
         cluster.wait_ready();
@@ -130,8 +173,8 @@ impl PgCluster {
         loop {
             let ready = Command::new(program("pg_isready"))
                 .arg("-q")
-                .arg("-h")
-                .arg(self.dir.path())
+                .arg("-d")
+                .arg(&self.url)
                 .status()
                 .is_ok_and(|s| s.success());
             if ready {
@@ -156,7 +199,8 @@ impl PgCluster {
             .status()
             .unwrap();
         assert!(status.success(), "CREATE DATABASE {name} failed");
-        format!("host={} user=veil dbname={name}", self.dir.path().display())
+        self.url
+            .replace("dbname=postgres", &format!("dbname={name}"))
     }
 
     /// Runs SQL with psql (what an operator, or an attacker with the
