@@ -61,6 +61,8 @@ const MIGRATIONS: &[&str] = &[r#"
 const MIGRATION_LOCK: i64 = 0x7665_696c_0001;
 /// Advisory lock held from a change's snapshot to its commit ("veil", 2).
 pub const WRITE_LOCK: i64 = 0x7665_696c_0002;
+/// How long a connection may sit unused before it is checked at its next use.
+const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a server waits for another one's change before giving up.
 const LOCK_TIMEOUT: &str = "30s";
 
@@ -178,11 +180,23 @@ struct Worker {
     params: String,
     root_cert: Option<String>,
     client: Option<Client>,
+    last_used: std::time::Instant,
 }
 
 impl Worker {
-    /// The connection, opened again when it broke.
+    /// The connection, opened again when it broke. One idle for a while is
+    /// checked first (the database may have restarted meanwhile, which the
+    /// client learns only when it next uses the connection: too late for a
+    /// write, which cannot be repeated).
     fn client(&mut self) -> Result<&mut Client> {
+        if self.last_used.elapsed() > IDLE_CHECK {
+            if let Some(c) = &mut self.client {
+                if c.is_valid(IDLE_CHECK).is_err() {
+                    self.client = None;
+                }
+            }
+        }
+        self.last_used = std::time::Instant::now();
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
             let config: postgres::Config = self
@@ -224,18 +238,21 @@ type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 /// One connection, driven on a thread of its own.
 struct Conn {
     jobs: Mutex<mpsc::Sender<Job>>,
+    /// Whether reads are repeated on a new connection (see [`Conn::run`]).
+    retry_reads: bool,
 }
 
 impl Conn {
     /// Starts the thread and opens the connection (so a bad address or
     /// password fails at start-up).
-    fn open(params: &str, name: &str) -> Result<Self> {
+    fn open(params: &str, name: &str, retry_reads: bool) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         let (params, root_cert) = split_root_cert(params)?;
         let mut worker = Worker {
             params,
             root_cert,
             client: None,
+            last_used: std::time::Instant::now(),
         };
         std::thread::Builder::new()
             .name(format!("veil-catalog-{name}"))
@@ -247,6 +264,7 @@ impl Conn {
             .map_err(|e| VeilError::Internal(format!("catalog connection thread: {e}")))?;
         let conn = Self {
             jobs: Mutex::new(tx),
+            retry_reads,
         };
         conn.run(|_| Ok(()))?;
         Ok(conn)
@@ -254,19 +272,29 @@ impl Conn {
 
     /// Runs `f` on the connection and waits for its answer. A panic inside
     /// `f` drops the connection (it may be mid-transaction) and is an error.
+    /// On the read connection, `f` runs once more, on a new connection,
+    /// when the first run found the connection closed (the database
+    /// restarted): reads can be repeated, a write whose commit went
+    /// unanswered cannot, so a write fails and its statement with it.
     fn run<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<R> + Send + 'static,
+        f: impl Fn(&mut Client) -> Result<R> + Send + 'static,
     ) -> Result<R> {
         let gone = || VeilError::Internal("the catalog connection's thread ended".into());
+        let retry = self.retry_reads;
         let (tx, rx) = mpsc::sync_channel(1);
         let job: Job = Box::new(move |w: &mut Worker| {
-            let result =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.client().and_then(f)))
+            let once = |w: &mut Worker| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.client().and_then(&f)))
                     .unwrap_or_else(|_| {
                         w.client = None;
                         Err(VeilError::Internal("a catalog operation panicked".into()))
-                    });
+                    })
+            };
+            let mut result = once(w);
+            if result.is_err() && retry && w.client.as_ref().is_some_and(Client::is_closed) {
+                result = once(w);
+            }
             let _ = tx.send(result);
         });
         self.jobs
@@ -417,9 +445,9 @@ impl PostgresStore {
     /// keys the audit hash chain: every server sharing the catalog needs
     /// the same master key.
     pub fn connect(params: &str, audit_key: [u8; 32]) -> Result<Self> {
-        let writer = Conn::open(params, "writer")?;
+        let writer = Conn::open(params, "writer", false)?;
         writer.run(migrate)?;
-        let reader = Conn::open(params, "reader")?;
+        let reader = Conn::open(params, "reader", true)?;
         Ok(Self {
             writer,
             reader,

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 /// A running server; `url` connects to its `postgres` database as `veil`.
 pub struct PgCluster {
     child: Child,
+    settings: Vec<String>,
     /// libpq connection parameters.
     pub url: String,
     dir: tempfile::TempDir,
@@ -66,7 +67,39 @@ fn command(name: &str) -> Command {
     }
 }
 
+/// Starts `postgres` on `<dir>/data`, its socket in `dir`.
+fn spawn(dir: &Path, settings: &[String]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .unwrap();
+    let mut postgres = command("postgres");
+    postgres.arg("-D").arg(dir.join("data")).arg("-k").arg(dir);
+    for setting in settings {
+        postgres.arg("-c").arg(setting);
+    }
+    postgres.stdout(Stdio::null()).stderr(log).spawn().unwrap()
+}
+
 impl PgCluster {
+    /// Stops the server at once (what a crash does to its clients'
+    /// connections) and starts it again on the same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn(self.dir.path(), &self.settings);
+        self.wait_ready();
+    }
+
+    fn stop(&mut self) {
+        // SIGQUIT: immediate shutdown.
+        let _ = Command::new("kill")
+            .arg("-QUIT")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+
     /// Creates and starts a server; panics with what to install when the
     /// PostgreSQL server binaries are missing.
     pub fn start() -> Self {
@@ -148,16 +181,11 @@ impl PgCluster {
                 .unwrap();
             }
         }
-        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-        let mut postgres = command("postgres");
-        postgres.arg("-D").arg(&data).arg("-k").arg(dir.path());
-        for setting in &settings {
-            postgres.arg("-c").arg(setting);
-        }
-        let child = postgres.stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        let child = spawn(dir.path(), &settings);
         let port = tls.map_or(5432, |(_, _, port)| port);
         let cluster = Self {
             child,
+            settings,
             url: format!(
                 "host={} port={port} user=veil dbname=postgres",
                 dir.path().display()
@@ -229,11 +257,6 @@ impl PgCluster {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        // SIGQUIT: immediate shutdown (the data is thrown away anyway).
-        let _ = Command::new("kill")
-            .arg("-QUIT")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
