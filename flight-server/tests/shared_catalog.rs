@@ -83,6 +83,25 @@ async fn two_flight_servers_share_one_governed_catalog() {
     let e = fetch(&mut carol_b, info).await.unwrap_err();
     assert!(e.contains("ticket"), "{e}");
     assert!(!e.contains("card_id"), "{e}");
+    // Revoking a login on A ends its sessions on B at their next call.
+    query(&mut admin_a, "ALTER USER bob SET PASSWORD 'new-pw'")
+        .await
+        .unwrap();
+    let e = query(&mut bob_b, count).await.unwrap_err();
+    assert!(
+        e.contains("Unauthenticated") || e.contains("authentication"),
+        "{e}"
+    );
+    assert!(client(b.handle.addr, "bob", "bob-pw").await.is_err());
+    let mut bob_b = client(b.handle.addr, "bob", "new-pw").await.unwrap();
+    assert_eq!(cell(&query(&mut bob_b, count).await.unwrap()), "0");
+    query(&mut admin_a, "DROP USER carol").await.unwrap();
+    let e = query(&mut carol_b, count).await.unwrap_err();
+    assert!(
+        e.contains("Unauthenticated") || e.contains("authentication"),
+        "{e}"
+    );
+
     // The audit log, read on B, holds A's changes, and verifies.
     let trail = query(
         &mut admin_a,
