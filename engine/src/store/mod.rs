@@ -168,6 +168,18 @@ pub(crate) fn check_version(based_on: u64, stored: u64) -> Result<()> {
     )))
 }
 
+/// How many of a store's `known` migrations a catalog says ran; refuses a
+/// catalog written by a newer server (it is not rewritten).
+pub(crate) fn check_schema(applied: i64, known: usize) -> Result<usize> {
+    let applied = usize::try_from(applied).unwrap_or(0);
+    if applied > known {
+        return Err(VeilError::FailedPrecondition(format!(
+            "catalog schema version {applied} is newer than this server ({known})"
+        )));
+    }
+    Ok(applied)
+}
+
 /// Puts one stored row into a snapshot being loaded.
 pub(crate) fn load_row(
     snap: &mut CatalogSnapshot,

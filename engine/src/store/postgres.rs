@@ -19,13 +19,13 @@
 use std::sync::{mpsc, Arc, Mutex};
 
 use postgres::error::SqlState;
-use postgres::{Client, IsolationLevel, Transaction};
+use postgres::{Client, GenericClient, IsolationLevel, Transaction};
 use subtle::ConstantTimeEq;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    anchor_text, check_version, expected, load_row, parse_anchor, AuditAnchor, AuditEntry,
-    AuditFilter, AuditRecord, AuditVerification, CatalogStore, Change, ENTITY_TABLES,
+    anchor_text, check_schema, check_version, expected, load_row, parse_anchor, AuditAnchor,
+    AuditEntry, AuditFilter, AuditRecord, AuditVerification, CatalogStore, Change, ENTITY_TABLES,
 };
 use crate::audit::chain::{self, Verifier};
 use crate::error::{Result, VeilError};
@@ -323,14 +323,19 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
-fn read_anchor(tx: &mut Transaction<'_>, key: &str, lock: bool) -> Result<AuditAnchor> {
+/// A value of the `meta` table; `lock` holds its row until the
+/// transaction ends.
+fn meta(c: &mut impl GenericClient, key: &str, lock: bool) -> Result<String> {
     let sql = if lock {
         "SELECT value FROM meta WHERE key = $1 FOR UPDATE"
     } else {
         "SELECT value FROM meta WHERE key = $1"
     };
-    let value: String = col(&tx.query_one(sql, &[&key]).map_err(pg_err)?, 0)?;
-    parse_anchor(key, &value)
+    col(&c.query_one(sql, &[&key]).map_err(pg_err)?, 0)
+}
+
+fn read_anchor(c: &mut impl GenericClient, key: &str, lock: bool) -> Result<AuditAnchor> {
+    parse_anchor(key, &meta(c, key, lock)?)
 }
 
 fn write_anchor(tx: &mut Transaction<'_>, key: &str, a: &AuditAnchor) -> Result<()> {
@@ -342,14 +347,9 @@ fn write_anchor(tx: &mut Transaction<'_>, key: &str, a: &AuditAnchor) -> Result<
     Ok(())
 }
 
-fn stored_version(tx: &mut Transaction<'_>, lock: bool) -> Result<u64> {
-    let sql = if lock {
-        "SELECT value FROM meta WHERE key = 'policy_version' FOR UPDATE"
-    } else {
-        "SELECT value FROM meta WHERE key = 'policy_version'"
-    };
-    let v: String = col(&tx.query_one(sql, &[]).map_err(pg_err)?, 0)?;
-    v.parse()
+fn stored_version(c: &mut impl GenericClient, lock: bool) -> Result<u64> {
+    meta(c, "policy_version", lock)?
+        .parse()
         .map_err(|_| VeilError::Internal("policy_version is not a number".into()))
 }
 
@@ -423,13 +423,7 @@ fn migrate(client: &mut Client) -> Result<()> {
             .map_err(pg_err)?,
         0,
     )?;
-    let applied = usize::try_from(applied).unwrap_or(0);
-    if applied > MIGRATIONS.len() {
-        return Err(VeilError::FailedPrecondition(format!(
-            "catalog schema version {applied} is newer than this server ({})",
-            MIGRATIONS.len()
-        )));
-    }
+    let applied = check_schema(applied, MIGRATIONS.len())?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
         tx.batch_execute(sql).map_err(pg_err)?;
         let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
@@ -458,14 +452,7 @@ impl PostgresStore {
 
 impl CatalogStore for PostgresStore {
     fn version(&self) -> Result<u64> {
-        self.reader.run(|c| {
-            let row = c
-                .query_one("SELECT value FROM meta WHERE key = 'policy_version'", &[])
-                .map_err(pg_err)?;
-            let v: String = col(&row, 0)?;
-            v.parse()
-                .map_err(|_| VeilError::Internal("policy_version is not a number".into()))
-        })
+        self.reader.run(|c| stored_version(c, false))
     }
 
     fn load(&self) -> Result<CatalogSnapshot> {
@@ -634,13 +621,7 @@ impl CatalogStore for PostgresStore {
     }
 
     fn audit_anchor(&self) -> Result<AuditAnchor> {
-        self.reader.run(|c| {
-            let row = c
-                .query_one("SELECT value FROM meta WHERE key = 'audit_anchor'", &[])
-                .map_err(pg_err)?;
-            let value: String = col(&row, 0)?;
-            parse_anchor("audit_anchor", &value)
-        })
+        self.reader.run(|c| read_anchor(c, "audit_anchor", false))
     }
 
     fn archive_audit(&self, anchor: &AuditAnchor) -> Result<usize> {

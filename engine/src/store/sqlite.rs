@@ -11,9 +11,9 @@ use subtle::ConstantTimeEq;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{
-    anchor_text, check_version, expected, load_row, parse_anchor, workspace_key, AuditAnchor,
-    AuditEntry, AuditFilter, AuditRecord, AuditVerification, CatalogStore, Change, Expect,
-    ENTITY_TABLES,
+    anchor_text, check_schema, check_version, expected, load_row, parse_anchor, workspace_key,
+    AuditAnchor, AuditEntry, AuditFilter, AuditRecord, AuditVerification, CatalogStore, Change,
+    Expect, ENTITY_TABLES,
 };
 use crate::audit::chain::{self, Verifier};
 use crate::error::{Result, VeilError};
@@ -160,13 +160,7 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let applied: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let applied = usize::try_from(applied).unwrap_or(0);
-        if applied > migrations.len() {
-            return Err(VeilError::FailedPrecondition(format!(
-                "catalog schema version {applied} is newer than this server ({})",
-                migrations.len()
-            )));
-        }
+        let applied = check_schema(applied, migrations.len())?;
         for (i, sql) in migrations.iter().enumerate().skip(applied) {
             let tx = conn.transaction()?;
             tx.execute_batch(sql)?;
