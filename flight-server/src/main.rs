@@ -369,6 +369,7 @@ async fn shutdown_signal() {
 
 async fn run(cli: Cli) -> Result<(), String> {
     let file = FileConfig::load(cli.config.as_deref())?;
+    let catalog = cli.catalog.clone();
     let overrides = Overrides {
         listen: None,
         data_dir: cli.data_dir,
@@ -403,7 +404,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::Bench { command } => bench(command).await.map_err(|e| e.to_string()),
+        Command::Bench { command } => bench(command, catalog.as_deref())
+            .await
+            .map_err(|e| e.to_string()),
         Command::Serve {
             listen,
             metrics_listen,
@@ -567,7 +570,8 @@ fn write_report<T: serde::Serialize>(report: &T, out: Option<&Path>) -> Result<(
     Ok(())
 }
 
-async fn bench(command: BenchCommand) -> Result<(), BenchError> {
+/// `catalog`: the global `--catalog`, which `bench flight` runs its server on.
+async fn bench(command: BenchCommand, catalog: Option<&str>) -> Result<(), BenchError> {
     match command {
         BenchCommand::Generate {
             scale,
@@ -636,7 +640,7 @@ async fn bench(command: BenchCommand) -> Result<(), BenchError> {
             points,
             out,
         } => {
-            let report = bench::flight::run(&data, runs, points).await?;
+            let report = bench::flight::run(&data, runs, points, catalog).await?;
             print!("{}", report.table());
             write_report(&report, out.as_deref())
         }

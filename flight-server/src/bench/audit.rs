@@ -312,7 +312,7 @@ async fn target(
     query_audit: bool,
     clients: usize,
 ) -> Result<Target, BenchError> {
-    let harness = Harness::with_store(data, |store| {
+    let harness = Harness::with_store(data, None, |store| {
         if query_audit {
             store
         } else {

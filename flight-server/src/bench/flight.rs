@@ -110,8 +110,15 @@ fn batch_bytes(batch: &RecordBatch) -> u64 {
 /// Streams lineitem once per principal untimed, then `runs` times each,
 /// interleaved (best run reported; none with 0), and times `points` point
 /// queries.
-pub async fn run(data: &Path, runs: usize, points: usize) -> Result<FlightReport, BenchError> {
-    let harness = Harness::new(data).await?;
+/// With `catalog`, the server's catalog is that PostgreSQL database (see
+/// [`Harness::with_store`]).
+pub async fn run(
+    data: &Path,
+    runs: usize,
+    points: usize,
+    catalog: Option<&str>,
+) -> Result<FlightReport, BenchError> {
+    let harness = Harness::with_store(data, catalog, |store| store).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| BenchError::io(Path::new("127.0.0.1:0"), e))?;

@@ -26,7 +26,7 @@ use veil_engine::group_reduction::ReduceGroupsByJoinKey;
 use veil_engine::keys::MasterKey;
 use veil_engine::semi_join::SemiJoinOnJoinKey;
 use veil_engine::shared_plan::SharingQueryPlanner;
-use veil_engine::store::{CatalogStore, SqliteStore};
+use veil_engine::store::{CatalogStore, PostgresStore, SqliteStore};
 use veil_engine::{Engine, EngineOptions, Session};
 
 use super::generate::{recorded_scale, TABLES};
@@ -142,12 +142,16 @@ impl Harness {
     /// Registers the eight tables of `data` both ways and applies the
     /// governance profile as admin.
     pub async fn new(data: &Path) -> Result<Self, BenchError> {
-        Self::with_store(data, |store| store).await
+        Self::with_store(data, None, |store| store).await
     }
 
-    /// [`Harness::new`], the engine's SQLite store wrapped by `wrap`.
+    /// [`Harness::new`], the engine's store wrapped by `wrap`: a SQLite
+    /// catalog in a temporary directory, or the PostgreSQL catalog at
+    /// `catalog` (a database of its own: the run registers its sources and
+    /// appends to its audit log).
     pub async fn with_store(
         data: &Path,
+        catalog: Option<&str>,
         wrap: impl FnOnce(Arc<dyn CatalogStore>) -> Arc<dyn CatalogStore>,
     ) -> Result<Self, BenchError> {
         let data = data.canonicalize().map_err(|e| BenchError::io(data, e))?;
@@ -160,9 +164,15 @@ impl Harness {
         check_data(&data)?;
         let dir = tempfile::tempdir().map_err(|e| BenchError::io(Path::new("tmp"), e))?;
         let keys = MasterKey::load_or_create(dir.path())?;
-        let store = SqliteStore::open(&dir.path().join("catalog.sqlite"), keys.audit_key())?;
+        let store: Arc<dyn CatalogStore> = match catalog {
+            Some(params) => Arc::new(PostgresStore::connect(params, keys.audit_key())?),
+            None => Arc::new(SqliteStore::open(
+                &dir.path().join("catalog.sqlite"),
+                keys.audit_key(),
+            )?),
+        };
         let options = EngineOptions::default().in_data_dir(dir.path());
-        let engine = Engine::new(wrap(Arc::new(store)), keys, &data, options)?;
+        let engine = Engine::new(wrap(store), keys, &data, options)?;
         engine.bootstrap_admin(Some(random_password()))?;
         let profile = PROFILE.replace("{data}", text);
         veil_engine::statement::apply_script(&mut engine.session("admin"), &profile).await?;
