@@ -468,3 +468,43 @@ async fn exports_hold_every_record_in_both_formats() {
         all.len()
     );
 }
+
+/// A statement that fails is recorded with its text and its error, which
+/// quotes it: a password in it (refused, mistyped, cut off, or a hash)
+/// reaches neither, and the records say where it was.
+#[tokio::test]
+async fn a_failed_statement_leaves_no_password_in_the_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = demo(dir.path(), EngineOptions::default()).await;
+    let mut bob = engine.session("bob");
+    let hash =
+        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGg";
+    let attempts = [
+        "CREATE USER eve PASSWORD 'Secret-One-1'".to_string(),
+        "ALTER USER bob SET PASSWORD 'Secret-Two-2' extra junk".to_string(),
+        "alter user bob set password 'Secret-Three-3".to_string(),
+        "CREATE USER eve PASSWORD 'it''s Secret-Four-4' GROUPS ('hr')".to_string(),
+        format!("CREATE USER eve PASSWORD HASH '{hash}'"),
+    ];
+    for sql in &attempts {
+        let added = recorded(&engine, &mut bob, sql).await;
+        assert_eq!(added.len(), 1, "{sql}");
+        let r = &added[0];
+        assert_eq!(r.entry.outcome, "error", "{sql}");
+        let text = format!("{} {}", r.entry.object, r.entry.detail);
+        for secret in ["Secret-", "s Secret", hash, "c2FsdHNhbHRz"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(
+            detail(r)["sql"].as_str().unwrap().contains("'<redacted>'"),
+            "{text}"
+        );
+    }
+    // The rest of the statement is kept.
+    let last = records(&engine);
+    let sql = detail(&last[last.len() - 2])["sql"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(sql, "CREATE USER eve PASSWORD '<redacted>' GROUPS ('hr')");
+}

@@ -71,14 +71,38 @@ fn workspace_reads_json(gctx: &GovernanceContext) -> serde_json::Value {
 }
 
 /// `sql` as the audit keeps it: whole, unless it is over the parser's
-/// limit (then it was refused unparsed): its first bytes and its length.
+/// limit (then it was refused unparsed): its first bytes and its length;
+/// passwords taken out ([`redact_passwords`]).
 fn bounded_text(sql: &str) -> String {
     let max = crate::sql_guard::MAX_SQL_BYTES;
     if sql.len() <= max {
-        return sql.to_string();
+        return redact_passwords(sql);
     }
     let end = sql.floor_char_boundary(max);
-    format!("{} ... ({} bytes in all)", &sql[..end], sql.len())
+    format!(
+        "{} ... ({} bytes in all)",
+        redact_passwords(&sql[..end]),
+        sql.len()
+    )
+}
+
+/// Text with the literal after every `PASSWORD` or `PASSWORD HASH`
+/// replaced by `'<redacted>'`, quoted or cut off: a statement that fails
+/// (refused, mistyped) is recorded with its text and its error, which
+/// quotes it, and neither may hand a password to whoever reads the audit.
+pub fn redact_passwords(text: &str) -> String {
+    static PASSWORD: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"(?i)\bPASSWORD(\s+HASH)?\s*'(?:[^']|'')*'?").ok()
+    });
+    match PASSWORD.as_ref() {
+        Some(re) => re
+            .replace_all(text, |c: &regex::Captures<'_>| {
+                format!("PASSWORD{} '<redacted>'", c.get(1).map_or("", |_| " HASH"))
+            })
+            .into_owned(),
+        // The pattern is fixed and compiles; were it not to, keep nothing.
+        None => "<statement not kept: it may hold a password>".into(),
+    }
 }
 
 /// One query's record, written when its result ends (or fails, or is
@@ -206,7 +230,7 @@ impl QueryAudit {
     /// incident id, which the record keeps under `incident`.
     pub(crate) async fn fail(mut self, e: crate::error::VeilError) -> crate::error::VeilError {
         self.metrics.error(e.kind());
-        let text = e.to_string();
+        let text = redact_passwords(&e.to_string());
         let (e, incident) = e.into_incident();
         self.incident = incident;
         if let Err(audit_err) = self.finish(Some(&text)).await {

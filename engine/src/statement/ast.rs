@@ -10,6 +10,8 @@ pub enum GovStatement {
     CreateUser {
         name: String,
         password: Option<String>,
+        /// `PASSWORD HASH '<argon2id PHC string>'` (what `veil export` writes).
+        password_hash: Option<String>,
         groups: Vec<String>,
         attributes: Vec<(String, Vec<String>)>,
     },
@@ -64,6 +66,10 @@ pub enum GovStatement {
         subscription: Subscription,
     },
     AddOwner {
+        source: String,
+        user: String,
+    },
+    RemoveOwner {
         source: String,
         user: String,
     },

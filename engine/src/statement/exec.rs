@@ -289,6 +289,19 @@ pub async fn execute(session: &mut Session, stmt: GovStatement) -> Result<(Query
     }
 }
 
+/// A stored password hash given by `PASSWORD HASH` (as `veil export`
+/// writes it): an argon2id PHC string, checked to parse, kept as given.
+fn argon2id_hash(text: &str) -> Result<String> {
+    match argon2::PasswordHash::new(text) {
+        Ok(h) if h.algorithm.as_str() == "argon2id" && h.hash.is_some() => Ok(text.to_string()),
+        _ => Err(VeilError::InvalidArgument(
+            "PASSWORD HASH takes an argon2id hash as `veil export` writes it \
+             ('$argon2id$v=19$m=...,t=...,p=...$salt$hash')"
+                .into(),
+        )),
+    }
+}
+
 fn plan(
     c: &Ctx<'_>,
     stmt: GovStatement,
@@ -299,6 +312,7 @@ fn plan(
         GovStatement::CreateUser {
             name,
             password,
+            password_hash,
             groups,
             attributes,
         } => {
@@ -310,7 +324,11 @@ fn plan(
             }
             let user = User {
                 name: name.clone(),
-                password_hash: password.as_deref().map(hash_password).transpose()?,
+                password_hash: match (password, password_hash) {
+                    (Some(p), _) => Some(hash_password(&p)?),
+                    (None, Some(h)) => Some(argon2id_hash(&h)?),
+                    (None, None) => None,
+                },
                 groups: groups.iter().cloned().collect(),
                 attributes: attributes
                     .into_iter()
@@ -532,6 +550,30 @@ fn plan(
                 },
             )
         }
+        GovStatement::RemoveOwner { source, user } => alter_source(
+            c,
+            &source,
+            Permission::Governance,
+            "remove owners of",
+            "RemoveOwner",
+            json!({"owner": user}),
+            |s| {
+                if !s.owners.contains(&user) {
+                    return Err(VeilError::NotFound(format!(
+                        "{user} is not an owner of {}",
+                        s.full_name()
+                    )));
+                }
+                if s.owners.len() == 1 {
+                    return Err(VeilError::FailedPrecondition(format!(
+                        "{user} is the last owner of {}; add another owner first",
+                        s.full_name()
+                    )));
+                }
+                s.owners.remove(&user);
+                Ok(())
+            },
+        ),
         GovStatement::DropDataSource { source } => {
             let s = c.source(&source)?;
             c.require_owner_or(s, Permission::Governance, "drop it")?;

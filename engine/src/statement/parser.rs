@@ -282,10 +282,13 @@ fn parse_with(dialect: &BoundedDialect, sql: &str) -> Result<Option<GovStatement
             p.words(&["CREATE", "USER"]);
             let name = p.ident()?;
             let mut password = None;
+            let mut password_hash = None;
             let mut groups = vec![];
             let mut attributes = vec![];
             loop {
-                if p.word("PASSWORD") {
+                if p.words(&["PASSWORD", "HASH"]) {
+                    password_hash = Some(p.string()?);
+                } else if p.word("PASSWORD") {
                     password = Some(p.string()?);
                 } else if p.word("GROUPS") {
                     groups = p.strings()?;
@@ -307,9 +310,13 @@ fn parse_with(dialect: &BoundedDialect, sql: &str) -> Result<Option<GovStatement
                     break;
                 }
             }
+            if password.is_some() && password_hash.is_some() {
+                return p.err("a user has a PASSWORD or a PASSWORD HASH, not both");
+            }
             GovStatement::CreateUser {
                 name,
                 password,
+                password_hash,
                 groups,
                 attributes,
             }
@@ -437,8 +444,15 @@ fn parse_with(dialect: &BoundedDialect, sql: &str) -> Result<Option<GovStatement
                     source,
                     user: p.ident()?,
                 }
+            } else if p.words(&["REMOVE", "OWNER"]) {
+                GovStatement::RemoveOwner {
+                    source,
+                    user: p.ident()?,
+                }
             } else {
-                return p.err("expected TAG COLUMN, UNTAG COLUMN, SET SUBSCRIPTION or ADD OWNER");
+                return p.err(
+                    "expected TAG COLUMN, UNTAG COLUMN, SET SUBSCRIPTION, ADD OWNER or REMOVE OWNER",
+                );
             }
         }
         ("CREATE", "MASKING") | ("CREATE", "ROW") => {
@@ -673,6 +687,7 @@ mod tests {
             GovStatement::CreateUser {
                 name: "alice".into(),
                 password: Some("s3cret".into()),
+                password_hash: None,
                 groups: vec!["hr".into(), "analysts".into()],
                 attributes: vec![
                     ("region".into(), vec!["EU".into(), "US".into()]),
