@@ -153,6 +153,13 @@ enum Command {
         /// The script.
         file: PathBuf,
     },
+    /// Write the governance state as a script `veil apply` replays on a new
+    /// catalog (users, permissions, purposes, sources, policies, projects).
+    Export {
+        /// Write the script here (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -503,6 +510,39 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("{}: {e}", script.display()))?;
             let (applied, skipped) = apply_script(&mut engine.session("admin"), &text).await?;
             println!("{applied} statements applied, {skipped} already present");
+            Ok(())
+        }
+        Command::Export { out } => {
+            let config = Config::resolve(file, overrides)?;
+            let engine = open_engine(&config, Path::new("."))?;
+            let snapshot = engine.snapshot().map_err(|e| e.to_string())?;
+            let script = veil_engine::statement::export::export_script(&snapshot);
+            // Who took the governance state (password hashes included).
+            engine
+                .store()
+                .audit(&veil_engine::store::AuditEntry {
+                    actor: "system".into(),
+                    action: "Export".into(),
+                    object: format!("catalog version {}", snapshot.version),
+                    detail:
+                        serde_json::json!({"out": out.as_ref().map(|p| p.display().to_string())})
+                            .to_string(),
+                    outcome: "ok".into(),
+                    ..Default::default()
+                })
+                .map_err(|e| e.to_string())?;
+            match out {
+                Some(path) => {
+                    // The script holds password hashes: private to its owner.
+                    write_secret(&path, &script).map_err(|e| format!("{}: {e}", path.display()))?;
+                    println!(
+                        "governance of catalog version {} written to {}",
+                        snapshot.version,
+                        path.display()
+                    );
+                }
+                None => print!("{script}"),
+            }
             Ok(())
         }
         Command::Audit {

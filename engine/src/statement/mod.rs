@@ -7,6 +7,7 @@
 
 pub mod ast;
 pub mod exec;
+pub mod export;
 pub mod parser;
 mod projects;
 mod sources;
@@ -55,36 +56,49 @@ pub async fn load_demo(
 }
 
 /// Splits a script into statements at top-level semicolons (string
-/// literals and comments respected); empty statements are dropped.
+/// literals and comments respected); empty statements are dropped. Each
+/// statement is the script's own text, from its first token to its last
+/// (re-rendering tokens would lose the escaping of quotes in literals).
 pub fn split_script(script: &str) -> crate::error::Result<Vec<String>> {
     use datafusion::sql::sqlparser::dialect::GenericDialect;
-    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
+    use datafusion::sql::sqlparser::tokenizer::{Location, Token, Tokenizer};
     let tokens = Tokenizer::new(&GenericDialect {}, script)
-        .tokenize()
+        .tokenize_with_location()
         .map_err(|e| crate::error::VeilError::InvalidArgument(format!("script: {e}")))?;
+    // Byte offset of each line's start; a location's column counts chars.
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(script.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let offset = |l: Location| -> usize {
+        let line_start = usize::try_from(l.line)
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|n| line_starts.get(n).copied())
+            .unwrap_or(script.len());
+        let col = usize::try_from(l.column).unwrap_or(1).saturating_sub(1);
+        script[line_start..]
+            .char_indices()
+            .nth(col)
+            .map_or(script.len(), |(i, _)| line_start + i)
+    };
     let mut out = Vec::new();
-    let mut current = String::new();
-    let mut meaningful = false;
+    let mut span: Option<(Location, Location)> = None;
     for t in tokens {
-        match t {
-            Token::SemiColon => {
-                if meaningful {
-                    out.push(current.trim().to_string());
+        match t.token {
+            Token::SemiColon | Token::EOF => {
+                if let Some((from, to)) = span.take() {
+                    out.push(script[offset(from)..offset(to)].trim().to_string());
                 }
-                current.clear();
-                meaningful = false;
             }
-            Token::Whitespace(Whitespace::SingleLineComment { .. })
-            | Token::Whitespace(Whitespace::MultiLineComment(_)) => current.push(' '),
-            Token::Whitespace(_) => current.push_str(&t.to_string()),
-            other => {
-                meaningful = true;
-                current.push_str(&other.to_string());
+            Token::Whitespace(_) => {}
+            _ => {
+                let from = span.map_or(t.span.start, |(from, _)| from);
+                span = Some((from, t.span.end));
             }
         }
     }
-    if meaningful {
-        out.push(current.trim().to_string());
+    if let Some((from, to)) = span {
+        out.push(script[offset(from)..offset(to)].trim().to_string());
     }
     Ok(out)
 }
@@ -136,7 +150,16 @@ mod tests {
     #[test]
     fn scripts_split_on_top_level_semicolons() {
         let s = split_script("CREATE USER a PASSWORD 'x;y'; -- c;\n;SHOW USERS").unwrap();
-        assert_eq!(s.len(), 2, "{s:?}");
-        assert!(s[0].ends_with("'x;y'"));
+        assert_eq!(s, ["CREATE USER a PASSWORD 'x;y'", "SHOW USERS"]);
+        // Statements are the script's text: quotes stay escaped, non-ASCII
+        // text and comments inside a statement stay where they were.
+        let s = split_script(
+            "CREATE PURPOSE 'it''s' DESCRIPTION 'é;ü' /* why */ ;\n\n  CREATE USER b; ",
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            ["CREATE PURPOSE 'it''s' DESCRIPTION 'é;ü'", "CREATE USER b"]
+        );
     }
 }
