@@ -111,3 +111,59 @@ def test_two_servers_share_one_catalog(tmp_path, postgres):
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "ok" in out.stdout, out.stdout
+
+
+def test_a_sqlite_catalog_moves_to_postgres_through_export(tmp_path, postgres):
+    """The demo catalog (SQLite) exported with `veil export` and replayed
+    with `veil apply` into a PostgreSQL catalog: the same users log in with
+    the same passwords and see the same data through a server on it."""
+    sqlite_dir = tmp_path / "sqlite"
+    proc, uri_old = start_server(str(sqlite_dir))
+    try:
+        with connect(uri_old, "sally") as sally:
+            rows(sally, "CREATE PROJECT moved DOCUMENTATION 'it''s moving'")
+            rows(sally, "ALTER PROJECT moved ADD MEMBER bob")
+            rows(sally, "ALTER PROJECT moved ADD DATA SOURCE sales.transactions")
+        queries = [
+            ("bob", "SELECT count(*), count(ssn), max(salary) FROM hr.employees"),
+            ("carol", "SELECT count(*) FROM sales.transactions"),
+            ("alice", "SELECT card_number FROM payments.cards ORDER BY card_id LIMIT 2"),
+        ]
+        before = {}
+        for user, sql in queries:
+            with connect(uri_old, user) as c:
+                before[(user, sql)] = rows(c, sql)
+    finally:
+        stop_server(proc)
+
+    env = {**os.environ, "VEIL_ADMIN_PASSWORD": "admin-pw"}
+    script = tmp_path / "governance.sql"
+    out = subprocess.run(
+        [str(_binary()), "--data-dir", str(sqlite_dir), "export", "--out", str(script)],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert oct(script.stat().st_mode & 0o777) == "0o600"
+    text = script.read_text()
+    assert "PASSWORD HASH '$argon2id$" in text and "bob-pw" not in text
+    assert "CREATE PROJECT moved DOCUMENTATION 'it''s moving'" in text
+
+    pg_dir = tmp_path / "pg"
+    pg_env = {**env, "VEIL_CATALOG": postgres}
+    out = subprocess.run(
+        [str(_binary()), "--data-dir", str(pg_dir), "apply", str(script)],
+        cwd=ROOT, env=pg_env, capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 already present" in out.stdout, out.stdout
+
+    proc, uri_new = start_server(str(pg_dir), env={"VEIL_CATALOG": postgres})
+    try:
+        for (user, sql), expected in before.items():
+            with connect(uri_new, user) as c:
+                assert rows(c, sql) == expected, (user, sql)
+        header = {"adbc.flight.sql.rpc.call_header.x-veil-project": "moved"}
+        with connect(uri_new, "bob", **header) as bob:
+            assert rows(bob, "SELECT count(*) FROM sales.transactions")[0][0] > 0
+    finally:
+        stop_server(proc)
