@@ -76,7 +76,6 @@ async fn an_exported_catalog_replays_to_the_same_governance() {
     assert_eq!(skipped, 0);
     let again = export_script(&fresh.snapshot().unwrap());
     assert_eq!(body(&again), body(&script));
-
     // Same people, same passwords, same views of the data.
     assert!(fresh.authenticate("bob", "bob-pw").is_ok());
     assert!(fresh.authenticate("quinn", "q's pw").is_ok());
@@ -141,4 +140,21 @@ async fn an_exported_catalog_replays_to_the_same_governance() {
     assert!(!snap.projects["fraud"].members.contains("admin"));
     assert!(!snap.projects["eq"].members.contains("admin"));
     assert!(!snap.sources["payments.cards"].owners.contains("admin"));
+    // Applied to a catalog that has governance already (the one it came
+    // from, changed since), it is refused before it changes anything: a
+    // replay would set back what changed after the export.
+    let mut admin = engine.session("admin");
+    run(
+        &mut admin,
+        "ALTER DATA SOURCE sales.transactions SET SUBSCRIPTION OWNERS ONLY",
+    )
+    .await;
+    let version = engine.snapshot().unwrap().version;
+    let e = apply_script(&mut admin, &script).await.unwrap_err();
+    assert!(e.to_string().contains("new catalog"), "{e}");
+    assert_eq!(engine.snapshot().unwrap().version, version);
+    assert_eq!(
+        engine.snapshot().unwrap().sources["sales.transactions"].subscription,
+        veil_engine::model::Subscription::OwnersOnly
+    );
 }

@@ -15,6 +15,10 @@ use std::fmt::Write;
 use crate::model::{quote, CatalogSnapshot, PolicyRule, SourceKind, Subscription, User};
 use crate::project::{Project, PurposeState};
 
+/// The first line of an export: `veil apply` replays such a script only
+/// onto a catalog with no governance yet (see [`super::apply_script`]).
+pub const NEW_CATALOG_ONLY: &str = "-- veil: new catalog only";
+
 /// The user a replay runs as.
 const REPLAYER: &str = "admin";
 
@@ -117,7 +121,8 @@ pub fn export_script(snapshot: &CatalogSnapshot) -> String {
 fn header(out: &mut String, snapshot: &CatalogSnapshot, derived: &BTreeSet<&str>) {
     let _ = writeln!(
         out,
-        "-- Veil governance export of catalog version {}.\n\
+        "{NEW_CATALOG_ONLY}\n\
+         -- Veil governance export of catalog version {}.\n\
          -- Replay with `veil apply FILE` on a new catalog; it runs as admin, whose own\n\
          -- user, password and permissions are the new catalog's.\n\
          -- Not in a script: workspace tables and derived data sources (data, not\n\

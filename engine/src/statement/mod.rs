@@ -22,6 +22,9 @@ pub async fn apply_script(
     session: &mut crate::Session,
     script: &str,
 ) -> crate::error::Result<(usize, usize)> {
+    if script.lines().any(|l| l.trim() == export::NEW_CATALOG_ONLY) {
+        refuse_unless_new(session.engine().snapshot()?.as_ref())?;
+    }
     let (mut applied, mut skipped) = (0, 0);
     for stmt in split_script(script)? {
         match session.execute(&stmt).await {
@@ -38,6 +41,34 @@ pub async fn apply_script(
         }
     }
     Ok((applied, skipped))
+}
+
+/// A `veil export` replays onto a catalog with no governance yet (its
+/// `admin` only): onto one that has some, it would set back whatever
+/// changed since the export, then stop at the first statement no longer
+/// allowed.
+fn refuse_unless_new(snapshot: &crate::model::CatalogSnapshot) -> crate::error::Result<()> {
+    let users = snapshot.users.keys().filter(|u| *u != "admin").count();
+    let found = [
+        ("users besides admin", users),
+        ("data sources", snapshot.sources.len()),
+        ("policies", snapshot.policies.len()),
+        ("purposes", snapshot.purposes.len()),
+        ("projects", snapshot.projects.len()),
+    ];
+    let held: Vec<String> = found
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(what, n)| format!("{n} {what}"))
+        .collect();
+    if held.is_empty() {
+        return Ok(());
+    }
+    Err(crate::VeilError::FailedPrecondition(format!(
+        "this script is a `veil export`, which replays onto a new catalog only; this \
+         catalog has {}; nothing was applied",
+        held.join(", ")
+    )))
 }
 
 /// The demo governance script, relative to the repository root.
