@@ -115,6 +115,14 @@ fn write_anchor(tx: &Connection, key: &str, a: &AuditAnchor) -> Result<()> {
     Ok(())
 }
 
+/// A write transaction that takes the database's write lock at its start
+/// (waiting up to the busy timeout): one that read first and wrote later
+/// would fail at once (SQLITE_BUSY) when another process, say `veil apply`
+/// or `veil export` beside a running server, wrote in between.
+fn write_transaction(conn: &mut Connection) -> Result<Transaction<'_>> {
+    Ok(conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?)
+}
+
 /// The embedded catalog store. Writes go through one connection; reads
 /// (the policy version checked at every statement, snapshots, the audit
 /// table) through a second one, so in WAL mode they never wait for a
@@ -269,7 +277,7 @@ impl CatalogStore for SqliteStore {
 
     fn apply(&self, changes: &[Change], audit: &AuditEntry, based_on: u64) -> Result<u64> {
         let mut conn = self.lock()?;
-        let tx = conn.transaction()?;
+        let tx = write_transaction(&mut conn)?;
         let stored: String = tx.query_row(
             "SELECT value FROM meta WHERE key = 'policy_version'",
             [],
@@ -309,7 +317,7 @@ impl CatalogStore for SqliteStore {
 
     fn audit_batch(&self, entries: &[AuditEntry]) -> Result<()> {
         let mut conn = self.lock()?;
-        let tx = conn.transaction()?;
+        let tx = write_transaction(&mut conn)?;
         self.append(&tx, entries)?;
         tx.commit()?;
         Ok(())
@@ -357,7 +365,7 @@ impl CatalogStore for SqliteStore {
 
     fn archive_audit(&self, anchor: &AuditAnchor) -> Result<usize> {
         let mut conn = self.lock()?;
-        let tx = conn.transaction()?;
+        let tx = write_transaction(&mut conn)?;
         let stored: Option<Vec<u8>> = tx
             .query_row("SELECT mac FROM audit WHERE id = ?1", [anchor.id], |r| {
                 r.get(0)
