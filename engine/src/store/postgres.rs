@@ -377,6 +377,15 @@ fn audit_row(r: &postgres::Row) -> Result<AuditRecord> {
     })
 }
 
+/// A read-only transaction that sees one committed state throughout.
+fn consistent_read(c: &mut Client) -> Result<Transaction<'_>> {
+    c.build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(pg_err)
+}
+
 /// Appends records to the chain inside `tx`, moving the head (locked until
 /// `tx` ends, so appends from every server chain one after another).
 fn append(key: &[u8; 32], tx: &mut Transaction<'_>, entries: &[AuditEntry]) -> Result<()> {
@@ -457,12 +466,7 @@ impl CatalogStore for PostgresStore {
 
     fn load(&self) -> Result<CatalogSnapshot> {
         self.reader.run(|c| {
-            let mut tx = c
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .map_err(pg_err)?;
+            let mut tx = consistent_read(c)?;
             let mut snap = CatalogSnapshot {
                 version: stored_version(&mut tx, false)?,
                 ..Default::default()
@@ -591,12 +595,7 @@ impl CatalogStore for PostgresStore {
         let key = self.audit_key;
         self.reader.run(move |c| {
             use postgres::fallible_iterator::FallibleIterator;
-            let mut tx = c
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .map_err(pg_err)?;
+            let mut tx = consistent_read(c)?;
             let anchor = read_anchor(&mut tx, "audit_anchor", false)?;
             let head = read_anchor(&mut tx, "audit_head", false)?;
             let mut verifier = Verifier::after(&key, &anchor);
