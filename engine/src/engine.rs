@@ -339,7 +339,8 @@ impl Drop for WriteGuard<'_> {
 }
 
 impl Engine {
-    /// Opens the engine on a data directory: `catalog.sqlite`, `keys/`.
+    /// Opens the engine on a data directory: `catalog.sqlite` (or the
+    /// PostgreSQL catalog of `options.catalog`), `keys/`.
     /// Relative data-source locations resolve against `base_dir`.
     pub fn open(data_dir: &Path, base_dir: &Path) -> Result<Arc<Self>> {
         Self::open_with(data_dir, base_dir, EngineOptions::default())

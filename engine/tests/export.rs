@@ -158,3 +158,47 @@ async fn an_exported_catalog_replays_to_the_same_governance() {
         veil_engine::model::Subscription::OwnersOnly
     );
 }
+
+/// `PASSWORD HASH` sets a stored hash as it is: only for USER_ADMIN, only
+/// an argon2id hash (not a plaintext password, not another algorithm), and
+/// never both a password and a hash.
+#[tokio::test]
+async fn a_password_hash_is_taken_only_from_user_admins_and_only_as_argon2id() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = demo(dir.path(), EngineOptions::default()).await;
+    let hash = engine.snapshot().unwrap().users["bob"]
+        .password_hash
+        .clone()
+        .unwrap();
+    let mut bob = engine.session("bob");
+    let e = common::err(&mut bob, &format!("CREATE USER eve PASSWORD HASH '{hash}'")).await;
+    assert_eq!(e.kind(), veil_engine::ErrorKind::PermissionDenied, "{e}");
+    let mut admin = engine.session("admin");
+    for bad in [
+        "CREATE USER eve PASSWORD HASH 'hunter2'".to_string(),
+        format!(
+            "CREATE USER eve PASSWORD HASH '{}'",
+            hash.replace("argon2id", "argon2i")
+        ),
+        format!("CREATE USER eve PASSWORD 'x' PASSWORD HASH '{hash}'"),
+    ] {
+        let e = common::err(&mut admin, &bad).await;
+        assert_eq!(
+            e.kind(),
+            veil_engine::ErrorKind::InvalidArgument,
+            "{bad}: {e}"
+        );
+        assert!(
+            !engine.snapshot().unwrap().users.contains_key("eve"),
+            "{bad}"
+        );
+    }
+    // bob's hash given to eve: eve logs in with bob's password, nothing else.
+    run(
+        &mut admin,
+        &format!("CREATE USER eve PASSWORD HASH '{hash}'"),
+    )
+    .await;
+    assert!(engine.authenticate("eve", "bob-pw").is_ok());
+    assert!(engine.authenticate("eve", "hunter2").is_err());
+}

@@ -53,6 +53,12 @@ impl CatalogStore for DropsQueryRecords {
     ) -> veil_engine::Result<u64> {
         self.0.apply(changes, audit, based_on)
     }
+    fn lock_writes(&self) -> veil_engine::Result<()> {
+        self.0.lock_writes()
+    }
+    fn unlock_writes(&self) {
+        self.0.unlock_writes()
+    }
     fn audit_batch(&self, _entries: &[AuditEntry]) -> veil_engine::Result<()> {
         Ok(())
     }
