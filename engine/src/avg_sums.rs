@@ -182,6 +182,8 @@ fn rewrite(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct AvgOfSum {
     signature: Signature,
+    /// The column's `(precision, scale)`.
+    input: (u8, i8),
     scale: i8,
     output: (u8, i8),
 }
@@ -195,9 +197,15 @@ impl AvgOfSum {
         );
         Self {
             signature: Signature::any(2, Volatility::Immutable),
+            input: (precision, scale),
             scale,
             output,
         }
+    }
+
+    /// The column's `(precision, scale)` (what [`AvgOfSum::new`] takes).
+    pub fn input(&self) -> (u8, i8) {
+        self.input
     }
 }
 

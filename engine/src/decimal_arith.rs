@@ -125,6 +125,8 @@ pub struct Shape {
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct DecimalArith {
     op: DecimalOp,
+    /// The operands' `(precision, scale)`.
+    operands: ((u8, i8), (u8, i8)),
     shape: Shape,
     signature: Signature,
 }
@@ -135,9 +137,18 @@ impl DecimalArith {
     pub fn new(op: DecimalOp, l: (u8, i8), r: (u8, i8)) -> Option<Self> {
         Some(Self {
             op,
+            operands: (l, r),
             shape: op.shape(l, r)?,
             signature: Signature::any(2, Volatility::Immutable),
         })
+    }
+}
+
+impl DecimalArith {
+    /// The operation and the operands' `(precision, scale)` it was made
+    /// for (what [`DecimalArith::new`] takes).
+    pub fn parts(&self) -> (DecimalOp, (u8, i8), (u8, i8)) {
+        (self.op, self.operands.0, self.operands.1)
     }
 }
 

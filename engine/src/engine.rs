@@ -79,7 +79,16 @@ const TIME_ZONE: &str = "datafusion.execution.time_zone";
 /// registering DataFusion's functions again cost more than the rest of a
 /// statement's context. Functions whose output an argument sizes are held
 /// to `query_memory` bytes per call (`bounded_fns.rs`).
-fn statement_state(runtime: Arc<RuntimeEnv>, query_memory: usize) -> Result<SessionState> {
+///
+/// With `distributed` (a server with a Ballista cluster), the physical
+/// rules whose operators and expressions are bound to this process (they
+/// wait on its joins, yield to its executor, measure its batches) are left
+/// out, so that plans can travel (`distributed/`); none is governance.
+fn statement_state(
+    runtime: Arc<RuntimeEnv>,
+    query_memory: usize,
+    distributed: bool,
+) -> Result<SessionState> {
     let mut config = SessionConfig::new()
         .with_information_schema(true)
         .with_create_default_catalog_and_schema(false)
@@ -92,6 +101,9 @@ fn statement_state(runtime: Arc<RuntimeEnv>, query_memory: usize) -> Result<Sess
     // Not governance: joins on up to 8Mi integer key values index their
     // build side (join_arrays.rs); `veil bench tpch`'s ungoverned run too.
     crate::join_arrays::configure(&mut config);
+    if distributed {
+        config = crate::distributed::restrict(config);
+    }
 
     let mut analyzer_rules = Analyzer::new().rules;
     let at = analyzer_rules
@@ -147,6 +159,9 @@ fn statement_state(runtime: Arc<RuntimeEnv>, query_memory: usize) -> Result<Sess
         Arc::new(crate::yielding::YieldingJoins),
     ];
     physical_rules.splice(at..at, last);
+    if distributed {
+        physical_rules.retain(|r| !LOCAL_ONLY_RULES.contains(&r.name()));
+    }
 
     let mut state = SessionStateBuilder::new()
         .with_config(config)
@@ -159,11 +174,23 @@ fn statement_state(runtime: Arc<RuntimeEnv>, query_memory: usize) -> Result<Sess
         .with_query_planner(Arc::new(GovernedQueryPlanner {
             input_limit: Some(query_memory),
             visible: Default::default(),
+            distributed,
         }))
         .build();
     crate::bounded_fns::bound_growing_functions(&mut state, query_memory)?;
     Ok(state)
 }
+
+/// Physical rules a plan for a Ballista cluster goes without: their
+/// operators and expressions belong to this process (they wait on its
+/// joins' dynamic filters, yield to its executor, order conjuncts by what
+/// they measured here).
+const LOCAL_ONLY_RULES: [&str; 4] = [
+    "veil_like_segments",
+    "veil_adaptive_conjuncts",
+    "veil_dynamic_scan_rows",
+    "veil_yielding_joins",
+];
 
 /// Engine settings beyond the data directory.
 #[derive(Debug, Clone)]
@@ -191,6 +218,9 @@ pub struct EngineOptions {
     /// The PostgreSQL catalog shared by several servers; `None`: the
     /// embedded SQLite catalog, `<data_dir>/catalog.sqlite`.
     pub catalog: Option<CatalogParams>,
+    /// The Ballista scheduler governed queries run on (`df://host:port`);
+    /// `None`: they run in this process.
+    pub cluster: Option<String>,
 }
 
 /// Connection parameters of a PostgreSQL catalog: a `postgres://` URL or
@@ -216,6 +246,7 @@ impl Default for EngineOptions {
             login: crate::login::ThrottlePolicy::default(),
             audit_commit_delay: std::time::Duration::ZERO,
             catalog: None,
+            cluster: None,
         }
     }
 }
@@ -264,6 +295,8 @@ pub struct Engine {
     statement_state: SessionState,
     /// Where statements execute (`executor.rs`).
     executor: Arc<crate::executor::Executor>,
+    /// The Ballista cluster queries over governed sources run on.
+    cluster: Option<crate::distributed::Cluster>,
 }
 
 /// A statement's result: its schema and a stream of batches.
@@ -391,6 +424,13 @@ impl Engine {
             .ok_or_else(|| VeilError::InvalidArgument("no warehouse location configured".into()))?;
         let warehouse = Warehouse::open(location, &runtime)?;
         let metrics = crate::metrics::Metrics::new()?;
+        let cluster = options
+            .cluster
+            .as_deref()
+            .map(|url| {
+                crate::distributed::Cluster::new(url, crate::distributed::cluster_key(&keys))
+            })
+            .transpose()?;
         let audit = AuditWriter::start(
             Arc::clone(&store),
             options.audit_commit_delay,
@@ -404,7 +444,9 @@ impl Engine {
             statement_state: statement_state(
                 Arc::clone(&runtime),
                 options.limits.query_memory.min(options.limits.memory),
+                cluster.is_some(),
             )?,
+            cluster,
             executor: Arc::new(crate::executor::Executor::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
                 crate::sql_guard::WORKER_STACK_BYTES,
@@ -1549,6 +1591,27 @@ impl Session {
             task = task.with_session_config(config);
         }
         let analyze = plan.downcast_ref::<AnalyzeExec>().is_some();
+        let mut plan = plan;
+        if let Some(cluster) = self.engine.cluster.as_ref().filter(|_| !analyze) {
+            let ran = match cluster.ship(&plan, task.session_config()) {
+                None => None,
+                Some(Ok(remote)) => {
+                    plan = remote;
+                    Some("cluster")
+                }
+                Some(Err(reason)) => {
+                    tracing::debug!(%reason, "the plan runs on the front end");
+                    Some("local")
+                }
+            };
+            if let Some(ran) = ran {
+                self.engine
+                    .metrics
+                    .cluster_queries
+                    .with_label_values(&[ran])
+                    .inc();
+            }
+        }
         let mut stream = self
             .engine
             .executor
@@ -1576,8 +1639,27 @@ mod tests {
     /// repartitioning or dynamic filter), the rest last before the sanity
     /// check.
     #[test]
+    fn plans_for_a_cluster_go_without_the_local_rules() {
+        let names = |distributed| {
+            let state =
+                statement_state(Arc::new(RuntimeEnv::default()), 1 << 20, distributed).unwrap();
+            state
+                .physical_optimizers()
+                .iter()
+                .map(|r| r.name().to_string())
+                .collect::<Vec<_>>()
+        };
+        let (here, there) = (names(false), names(true));
+        for rule in LOCAL_ONLY_RULES {
+            assert!(here.iter().any(|n| n == rule), "{rule} is not a rule");
+            assert!(!there.iter().any(|n| n == rule), "{rule}");
+        }
+        assert_eq!(there.len() + LOCAL_ONLY_RULES.len(), here.len());
+    }
+
+    #[test]
     fn physical_rules_run_in_their_documented_places() {
-        let state = statement_state(Arc::new(RuntimeEnv::default()), 1 << 20).unwrap();
+        let state = statement_state(Arc::new(RuntimeEnv::default()), 1 << 20, false).unwrap();
         let names: Vec<&str> = state
             .physical_optimizers()
             .iter()

@@ -27,6 +27,10 @@ pub struct Metrics {
     pub query_memory_bytes: IntGauge,
     /// The audit writer's group commits.
     pub audit_commits: AuditCommitMetrics,
+    /// Queries over governed sources on a server with a Ballista cluster,
+    /// by where they ran (`cluster`, or `local` when the plan holds an
+    /// operator or function that cannot travel).
+    pub cluster_queries: IntCounterVec,
 }
 
 /// What the audit writer counts: commits, the records they carried and how
@@ -114,6 +118,17 @@ impl Metrics {
                 IntGauge::new(
                     "query_memory_bytes",
                     "Bytes of the shared query memory pool in use",
+                )
+                .map_err(internal)?,
+            )?,
+            cluster_queries: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cluster_queries_total",
+                        "Queries of a server with a Ballista cluster, by where they ran",
+                    ),
+                    &["ran"],
                 )
                 .map_err(internal)?,
             )?,

@@ -21,6 +21,10 @@ impl ConstantMask {
 }
 
 impl ArrayMask for ConstantMask {
+    fn spec(&self) -> crate::MaskSpec {
+        crate::MaskSpec::Constant(self.text.clone())
+    }
+
     fn return_type(&self, _input: &DataType) -> Result<DataType> {
         Ok(DataType::Utf8)
     }

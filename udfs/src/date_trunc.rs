@@ -72,6 +72,10 @@ impl DateTruncMask {
 const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
 
 impl ArrayMask for DateTruncMask {
+    fn spec(&self) -> crate::MaskSpec {
+        crate::MaskSpec::DateTrunc(self.unit)
+    }
+
     fn return_type(&self, input: &DataType) -> Result<DataType> {
         match input {
             DataType::Date32 | DataType::Date64 | DataType::Timestamp(..) => Ok(input.clone()),

@@ -85,6 +85,10 @@ impl Hash for EncryptMask {
 }
 
 impl ArrayMask for EncryptMask {
+    fn spec(&self) -> crate::MaskSpec {
+        crate::MaskSpec::Encrypt(self.key.clone())
+    }
+
     const ONCE_PER_DISTINCT: bool = true;
 
     fn return_type(&self, _input: &DataType) -> Result<DataType> {

@@ -177,6 +177,10 @@ fn push_hex32(tag: &[u8; 32], out: &mut Vec<u8>) {
 }
 
 impl ArrayMask for HashMask {
+    fn spec(&self) -> crate::MaskSpec {
+        crate::MaskSpec::Hash(self.key.clone())
+    }
+
     const ONCE_PER_DISTINCT: bool = true;
 
     fn return_type(&self, input: &DataType) -> Result<DataType> {

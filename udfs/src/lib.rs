@@ -39,9 +39,11 @@ mod regex_replace;
 mod round;
 mod show;
 mod strings;
+mod wire;
 
 pub use date_trunc::TruncUnit;
 pub use encrypt::decrypt_token;
 pub use error::UdfError;
 pub use key::{KeyHandle, MaskKey};
 pub use mask::{is_costly_mask, is_injective_mask, mask_udf, MaskSpec};
+pub use wire::{decode_mask, encode_mask, ClusterKey};

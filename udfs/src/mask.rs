@@ -61,6 +61,8 @@ pub(crate) trait ArrayMask: Debug + Send + Sync + PartialEq + Eq + Hash + 'stati
     fn return_type(&self, input: &DataType) -> Result<DataType>;
     /// Masks every value of `input` (never a dictionary); NULL stays NULL.
     fn mask(&self, input: &ArrayRef) -> Result<ArrayRef>;
+    /// The method and parameters this mask was built from.
+    fn spec(&self) -> MaskSpec;
 }
 
 /// Builds the UDF for a mask. Parameters are checked here (regex syntax,
@@ -116,6 +118,23 @@ pub fn is_costly_mask(udf: &ScalarUDF) -> bool {
         || costly::<ConstantMask>(any)
         || costly::<RoundMask>(any)
         || costly::<DateTruncMask>(any)
+}
+
+/// The method and parameters `udf` masks with, when it is a mask built by
+/// [`mask_udf`] (for shipping it to another process, `wire.rs`).
+pub(crate) fn spec_of(udf: &ScalarUDF) -> Option<MaskSpec> {
+    fn of<M: ArrayMask>(any: &dyn std::any::Any) -> Option<MaskSpec> {
+        any.downcast_ref::<MaskUdf<M>>().map(|m| m.mask.spec())
+    }
+    let any: &dyn std::any::Any = udf.inner().as_ref();
+    of::<HashMask>(any)
+        .or_else(|| of::<EncryptMask>(any))
+        .or_else(|| of::<RegexMask>(any))
+        .or_else(|| of::<ShowMask>(any))
+        .or_else(|| of::<NullMask>(any))
+        .or_else(|| of::<ConstantMask>(any))
+        .or_else(|| of::<RoundMask>(any))
+        .or_else(|| of::<DateTruncMask>(any))
 }
 
 fn wrap<M: ArrayMask>(name: String, mask: M) -> ScalarUDF {

@@ -11,6 +11,10 @@ use crate::mask::ArrayMask;
 pub(crate) struct NullMask;
 
 impl ArrayMask for NullMask {
+    fn spec(&self) -> crate::MaskSpec {
+        crate::MaskSpec::Null
+    }
+
     fn return_type(&self, input: &DataType) -> Result<DataType> {
         Ok(input.clone())
     }

@@ -45,6 +45,13 @@ impl Hash for RegexMask {
 }
 
 impl ArrayMask for RegexMask {
+    fn spec(&self) -> crate::MaskSpec {
+        crate::MaskSpec::Regex {
+            pattern: self.pattern.clone(),
+            replacement: self.replacement.clone(),
+        }
+    }
+
     const ONCE_PER_DISTINCT: bool = true;
 
     fn return_type(&self, _input: &DataType) -> Result<DataType> {

@@ -54,6 +54,10 @@ impl Hash for RoundMask {
 }
 
 impl ArrayMask for RoundMask {
+    fn spec(&self) -> crate::MaskSpec {
+        crate::MaskSpec::Round(self.width)
+    }
+
     fn return_type(&self, input: &DataType) -> Result<DataType> {
         match input {
             t if t.is_integer() => {

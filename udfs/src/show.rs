@@ -48,6 +48,14 @@ pub(crate) fn show(s: &str, n: usize, from_start: bool, out: &mut String) {
 }
 
 impl ArrayMask for ShowMask {
+    fn spec(&self) -> crate::MaskSpec {
+        if self.from_start {
+            crate::MaskSpec::ShowFirst(self.n)
+        } else {
+            crate::MaskSpec::ShowLast(self.n)
+        }
+    }
+
     const ONCE_PER_DISTINCT: bool = true;
 
     fn return_type(&self, _input: &DataType) -> Result<DataType> {

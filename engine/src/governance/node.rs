@@ -173,7 +173,7 @@ impl UserDefinedLogicalNodeCore for GovernedScanNode {
 /// The physical barrier: runs a hidden, already optimized input and keeps
 /// only the rows the row predicate accepts.
 #[derive(Debug)]
-struct GovernedScanExec {
+pub(crate) struct GovernedScanExec {
     source: String,
     inner: Arc<dyn ExecutionPlan>,
     predicate: Option<Arc<dyn PhysicalExpr>>,
@@ -198,7 +198,7 @@ struct GovernedScanExec {
 }
 
 impl GovernedScanExec {
-    fn new(
+    pub(crate) fn new(
         source: String,
         inner: Arc<dyn ExecutionPlan>,
         predicate: Option<Arc<dyn PhysicalExpr>>,
@@ -228,6 +228,30 @@ impl GovernedScanExec {
             cache,
             metrics: ExecutionPlanMetricsSet::new(),
         })
+    }
+
+    /// What another process needs to run this barrier (`distributed/codec.rs`):
+    /// the source, the hidden input, the row predicate (over the input's
+    /// schema), the masked columns and the columns passed on. Dynamic
+    /// filters and visible-row statistics stay behind: they are this
+    /// process's (filled by its joins, used by its planning).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn parts(
+        &self,
+    ) -> (
+        &str,
+        &Arc<dyn ExecutionPlan>,
+        Option<&Arc<dyn PhysicalExpr>>,
+        &Arc<[String]>,
+        Option<&Arc<[usize]>>,
+    ) {
+        (
+            &self.source,
+            &self.inner,
+            self.predicate.as_ref(),
+            &self.masked,
+            self.output.as_ref(),
+        )
     }
 
     /// The same barrier also applying `dynamic` (over `inner`'s schema).
@@ -884,6 +908,10 @@ pub struct GovernedQueryPlanner {
     pub input_limit: Option<usize>,
     /// Statistics of visible rows, shared by the engine's statements.
     pub visible: Arc<VisibleStatsCache>,
+    /// Plans for a Ballista cluster: no join waits on this process's
+    /// interrupt, no aggregate is shared between consumers in memory, no
+    /// function is wrapped in this process's memory budget.
+    pub distributed: bool,
 }
 
 #[async_trait]
@@ -900,7 +928,8 @@ impl QueryPlanner for GovernedQueryPlanner {
             Arc::new(crate::shared_plan::SharedPlanner),
         ]);
         let mut plan = logical_plan.clone();
-        if let Some(limit) = self.input_limit {
+        // On a cluster, executors bound memory with their own pools.
+        if let Some(limit) = self.input_limit.filter(|_| !self.distributed) {
             let batch = session.config_options().execution.batch_size.get();
             plan = crate::bounded_inputs::bound_inputs(plan, limit, batch)?;
         }
@@ -909,11 +938,14 @@ impl QueryPlanner for GovernedQueryPlanner {
             .config_options()
             .extensions
             .get::<StatementGovernance>()
+            .filter(|_| !self.distributed)
         {
             plan = crate::interrupt::interruptible_joins(plan, &governance.0.interrupt)?;
         }
         // An aggregate the query repeats runs once (shared_plan.rs).
-        let plan = crate::shared_plan::share_repeated(plan)?;
+        if !self.distributed {
+            plan = crate::shared_plan::share_repeated(plan)?;
+        }
         // Decimal arithmetic that cannot overflow skips arrow's per-row
         // overflow check (decimal_arith.rs).
         let plan = crate::decimal_arith::unchecked_decimal_arith(plan)?;
