@@ -23,6 +23,8 @@ pub struct FileConfig {
     pub warehouse: Option<String>,
     /// The shared PostgreSQL catalog (URL or libpq parameters).
     pub catalog: Option<String>,
+    /// The Ballista scheduler queries over data sources run on (`df://host:port`).
+    pub cluster: Option<String>,
     /// Largest workspace per project, in bytes (0: no limit).
     pub workspace_max_bytes: Option<u64>,
     /// Address of the Prometheus `/metrics` endpoint (none by default).
@@ -132,6 +134,8 @@ pub struct Overrides {
     pub warehouse: Option<String>,
     /// `--catalog` / `VEIL_CATALOG`.
     pub catalog: Option<String>,
+    /// `--cluster` / `VEIL_CLUSTER`.
+    pub cluster: Option<String>,
     /// `--workspace-max-bytes` / `VEIL_WORKSPACE_MAX_BYTES`.
     pub workspace_max_bytes: Option<u64>,
     /// `--metrics-listen` / `VEIL_METRICS_LISTEN`.
@@ -167,6 +171,7 @@ impl Config {
             data_dir,
             warehouse,
             catalog,
+            cluster,
             workspace_max_bytes,
             metrics_listen,
             audit_commit_delay_ms,
@@ -195,6 +200,7 @@ impl Config {
                 .or(file.catalog)
                 .filter(|c| !c.trim().is_empty())
                 .map(veil_engine::CatalogParams),
+            cluster: cluster.or(file.cluster).filter(|c| !c.trim().is_empty()),
             ..Default::default()
         };
         if let Some(max) = workspace_max_bytes.or(file.workspace_max_bytes) {

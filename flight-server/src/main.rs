@@ -127,6 +127,11 @@ enum Command {
         /// Load the sample data and the demo users and policies.
         #[arg(long)]
         demo: bool,
+        /// Run queries over data sources on this Ballista scheduler
+        /// (`df://host:port`, started with `veil scheduler`); its executors
+        /// need this server's cluster key (`veil cluster-key`).
+        #[arg(long, env = "VEIL_CLUSTER")]
+        cluster: Option<String>,
         #[command(flatten)]
         tls: TlsArgs,
         #[command(flatten)]
@@ -164,6 +169,45 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Write the cluster key Ballista executors open mask keys with
+    /// (derived from this data directory's master key).
+    ClusterKey {
+        /// Write it here, readable by its owner only (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Run a Ballista scheduler for `veil serve --cluster` (holds no key).
+    Scheduler {
+        /// Address to listen on.
+        #[arg(long, env = "VEIL_SCHEDULER_LISTEN", default_value = "127.0.0.1:50050")]
+        listen: std::net::SocketAddr,
+    },
+    /// Run a Ballista executor of a `veil scheduler`.
+    Executor {
+        /// The scheduler (`df://host:port`).
+        #[arg(long, env = "VEIL_SCHEDULER", default_value = "df://127.0.0.1:50050")]
+        scheduler: String,
+        /// Address of its Flight service (stage outputs).
+        #[arg(long, env = "VEIL_EXECUTOR_LISTEN", default_value = "127.0.0.1:50061")]
+        listen: std::net::SocketAddr,
+        /// Port of its gRPC service (on the same host).
+        #[arg(long, default_value_t = 50062)]
+        grpc_port: u16,
+        /// Host name the scheduler and other executors reach it by
+        /// (default: the listen address).
+        #[arg(long)]
+        external_host: Option<String>,
+        /// Tasks it runs at once (default: one per core).
+        #[arg(long)]
+        concurrent_tasks: Option<usize>,
+        /// Directory for its shuffle files (default: a temporary directory).
+        #[arg(long)]
+        work_dir: Option<String>,
+        /// File holding the cluster key (`veil cluster-key --out`); or the
+        /// key itself in `VEIL_CLUSTER_KEY`.
+        #[arg(long)]
+        cluster_key_file: Option<PathBuf>,
     },
     /// Benchmarks: TPC-H sample data, governed TPC-H, Flight throughput, charts.
     Bench {
@@ -419,6 +463,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             metrics_listen,
             audit_commit_delay_ms,
             demo,
+            cluster,
             tls,
             limits,
         } => {
@@ -428,6 +473,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                     listen,
                     metrics_listen,
                     audit_commit_delay_ms,
+                    cluster,
                     tls: veil_flight_server::config::TlsSection {
                         cert: tls.tls_cert,
                         key: tls.tls_key,
@@ -486,6 +532,9 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             println!("listening on {}", handle.addr);
             println!("clients connect to {scheme}://{}", handle.addr);
+            if let Some(cluster) = &config.engine.cluster {
+                println!("queries over data sources run on the Ballista cluster at {cluster}");
+            }
             if demo {
                 println!(
                     "connect: python -c \"import adbc_driver_flightsql.dbapi as f; \
@@ -544,6 +593,79 @@ async fn run(cli: Cli) -> Result<(), String> {
                 None => print!("{script}"),
             }
             Ok(())
+        }
+        Command::ClusterKey { out } => {
+            let config = Config::resolve(file, overrides)?;
+            let engine = open_engine(&config, Path::new("."))?;
+            let key = veil_engine::distributed::cluster_key(engine.keys()).to_hex();
+            // Who took it: its holders can open the mask keys of plans.
+            engine
+                .store()
+                .audit(&veil_engine::store::AuditEntry {
+                    actor: "system".into(),
+                    action: "ClusterKey".into(),
+                    object: "cluster key".into(),
+                    detail:
+                        serde_json::json!({"out": out.as_ref().map(|p| p.display().to_string())})
+                            .to_string(),
+                    outcome: "ok".into(),
+                    ..Default::default()
+                })
+                .map_err(|e| e.to_string())?;
+            match out {
+                Some(path) => {
+                    write_secret(&path, &format!("{key}\n"))
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    println!("cluster key written to {}", path.display());
+                }
+                None => println!("{key}"),
+            }
+            Ok(())
+        }
+        Command::Scheduler { listen } => {
+            println!("Ballista scheduler listening on {listen}");
+            let _ = std::io::stdout().flush();
+            tokio::select! {
+                r = veil_engine::distributed::run_scheduler(listen) => r.map_err(|e| e.to_string()),
+                _ = shutdown_signal() => Ok(()),
+            }
+        }
+        Command::Executor {
+            scheduler,
+            listen,
+            grpc_port,
+            external_host,
+            concurrent_tasks,
+            work_dir,
+            cluster_key_file,
+        } => {
+            let text = match cluster_key_file {
+                Some(path) => std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+                None => std::env::var("VEIL_CLUSTER_KEY").map_err(|_| {
+                    "an executor needs the cluster key: --cluster-key-file or VEIL_CLUSTER_KEY \
+                     (veil cluster-key writes it)"
+                        .to_string()
+                })?,
+            };
+            let key = veil_udfs::ClusterKey::from_hex(&text).map_err(|e| e.to_string())?;
+            let options = veil_engine::distributed::ExecutorOptions {
+                scheduler,
+                bind: listen,
+                external_host,
+                grpc_port,
+                vcores: concurrent_tasks,
+                work_dir,
+            };
+            println!(
+                "Ballista executor on {listen}, scheduler {}",
+                options.scheduler
+            );
+            let _ = std::io::stdout().flush();
+            tokio::select! {
+                r = veil_engine::distributed::run_executor(options, key) => r.map_err(|e| e.to_string()),
+                _ = shutdown_signal() => Ok(()),
+            }
         }
         Command::Audit {
             command: AuditCommand::Verify,
