@@ -251,6 +251,10 @@ enum BenchCommand {
         /// selected queries instead of timing them.
         #[arg(long)]
         explain: bool,
+        /// Run the governed queries on a Ballista scheduler and executor
+        /// started in this process.
+        #[arg(long)]
+        cluster: bool,
     },
     /// Draw per-query bars of result files (Veil's and peers') as SVG.
     Plot {
@@ -276,6 +280,10 @@ enum BenchCommand {
         /// Write the report as JSON here.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Run the queries on a Ballista scheduler and executor started in
+        /// this process.
+        #[arg(long)]
+        cluster: bool,
     },
     /// What the audit log costs over Flight SQL: point queries from
     /// concurrent clients against a server recording every query and one
@@ -762,6 +770,7 @@ async fn bench(command: BenchCommand, catalog: Option<&str>) -> Result<(), Bench
             queries,
             out,
             explain,
+            cluster,
         } => {
             if explain {
                 print!("{}", bench::tpch::explain(&data, &queries).await?);
@@ -772,6 +781,7 @@ async fn bench(command: BenchCommand, catalog: Option<&str>) -> Result<(), Bench
                 scale,
                 iterations,
                 queries,
+                cluster,
             };
             let result = bench::tpch::run(&opts, |q| {
                 eprintln!(
@@ -801,8 +811,9 @@ async fn bench(command: BenchCommand, catalog: Option<&str>) -> Result<(), Bench
             runs,
             points,
             out,
+            cluster,
         } => {
-            let report = bench::flight::run(&data, runs, points, catalog).await?;
+            let report = bench::flight::run(&data, runs, points, catalog, cluster).await?;
             print!("{}", report.table());
             write_report(&report, out.as_deref())
         }

@@ -18,6 +18,7 @@ async fn the_equality_check_fails_a_run_whose_unrestricted_answer_differs() {
         scale: None,
         iterations: 1,
         queries: vec![1, 6],
+        cluster: false,
     };
     let harness = Harness::new(&data).await.unwrap();
     // As generated, the profile exempts bench_unrestricted: same answers.
@@ -76,6 +77,7 @@ async fn generate_writes_the_chosen_compression_and_the_queries_read_it() {
             scale: None,
             iterations: 1,
             queries: vec![6],
+            cluster: false,
         };
         let harness = Harness::new(&data).await.unwrap();
         let ok = run_on(&harness, 0.001, &opts, |_| {}).await.unwrap();
@@ -154,4 +156,40 @@ async fn veils_planner_rules_answer_the_22_queries_as_datafusion_alone() {
     let physical = q15.create_physical_plan().await.unwrap();
     let shown = displayable(physical.as_ref()).indent(true).to_string();
     assert_eq!(shown.matches("SharedExec").count(), 2, "{shown}");
+}
+
+/// Governed TPC-H on a Ballista cluster (an in-process scheduler and
+/// executor): the unrestricted principal's answers, computed there, equal
+/// DataFusion's here, for queries with decimal arithmetic and averages,
+/// outer joins, EXISTS and scalar subqueries; and every governed run went
+/// there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn governed_tpch_on_a_cluster_answers_as_datafusion_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("tpch");
+    generate(0.01, &data, PageCompression::Zstd, false).unwrap();
+    let queries = vec![1, 3, 9, 13, 15, 18, 21, 22];
+    let opts = TpchOptions {
+        data: data.clone(),
+        scale: None,
+        iterations: 1,
+        queries: queries.clone(),
+        cluster: true,
+    };
+    let harness = Harness::with_store(&data, None, true, |store| store)
+        .await
+        .unwrap();
+    let result = run_on(&harness, 0.01, &opts, |_| {}).await.unwrap();
+    assert_eq!(result.queries.len(), queries.len());
+    let ran = |place| {
+        harness
+            .engine
+            .metrics()
+            .cluster_queries
+            .with_label_values(&[place])
+            .get()
+    };
+    // A warm-up and a measured round, as two principals.
+    assert_eq!(ran("cluster"), 4 * queries.len() as u64);
+    assert_eq!(ran("local"), 0);
 }

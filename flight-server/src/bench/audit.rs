@@ -318,7 +318,7 @@ async fn target(
     query_audit: bool,
     clients: usize,
 ) -> Result<Target, BenchError> {
-    let harness = Harness::with_store(data, None, |store| {
+    let harness = Harness::with_store(data, None, false, |store| {
         if query_audit {
             store
         } else {

@@ -110,15 +110,17 @@ fn batch_bytes(batch: &RecordBatch) -> u64 {
 /// Streams lineitem once per principal untimed, then `runs` times each,
 /// interleaved (best run reported; none with 0), and times `points` point
 /// queries.
-/// With `catalog`, the server's catalog is that PostgreSQL database (see
+/// With `catalog`, the server's catalog is that PostgreSQL database; with
+/// `cluster`, queries run on an in-process Ballista cluster (see
 /// [`Harness::with_store`]).
 pub async fn run(
     data: &Path,
     runs: usize,
     points: usize,
     catalog: Option<&str>,
+    cluster: bool,
 ) -> Result<FlightReport, BenchError> {
-    let harness = Harness::with_store(data, catalog, |store| store).await?;
+    let harness = Harness::with_store(data, catalog, cluster, |store| store).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| BenchError::io(Path::new("127.0.0.1:0"), e))?;

@@ -64,6 +64,9 @@ pub struct TpchOptions {
     pub iterations: usize,
     /// Queries to run, 1-based; empty: all 22.
     pub queries: Vec<usize>,
+    /// Run the governed queries on a Ballista scheduler and executor
+    /// started in this process (what distribution costs on one machine).
+    pub cluster: bool,
 }
 
 /// The plans of the selected queries (all 22 when none is given),
@@ -142,16 +145,18 @@ impl Harness {
     /// Registers the eight tables of `data` both ways and applies the
     /// governance profile as admin.
     pub async fn new(data: &Path) -> Result<Self, BenchError> {
-        Self::with_store(data, None, |store| store).await
+        Self::with_store(data, None, false, |store| store).await
     }
 
     /// [`Harness::new`], the engine's store wrapped by `wrap`: a SQLite
     /// catalog in a temporary directory, or the PostgreSQL catalog at
     /// `catalog` (a database of its own: the run registers its sources and
-    /// appends to its audit log).
+    /// appends to its audit log). With `cluster`, the engine runs queries
+    /// on a Ballista scheduler and one executor started in this process.
     pub async fn with_store(
         data: &Path,
         catalog: Option<&str>,
+        cluster: bool,
         wrap: impl FnOnce(Arc<dyn CatalogStore>) -> Arc<dyn CatalogStore>,
     ) -> Result<Self, BenchError> {
         let data = data.canonicalize().map_err(|e| BenchError::io(data, e))?;
@@ -171,7 +176,12 @@ impl Harness {
                 keys.audit_key(),
             )?),
         };
-        let options = EngineOptions::default().in_data_dir(dir.path());
+        let mut options = EngineOptions::default().in_data_dir(dir.path());
+        if cluster {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let key = veil_engine::distributed::cluster_key(&keys);
+            options.cluster = Some(veil_engine::distributed::standalone(key, 1, cores).await?);
+        }
         let engine = Engine::new(wrap(store), keys, &data, options)?;
         engine.bootstrap_admin(Some(random_password()))?;
         let profile = PROFILE.replace("{data}", text);
@@ -294,8 +304,24 @@ pub async fn run(
             )))
         }
     };
-    let harness = Harness::new(&opts.data).await?;
-    run_on(&harness, scale, opts, each).await
+    let harness = Harness::with_store(&opts.data, None, opts.cluster, |store| store).await?;
+    let result = run_on(&harness, scale, opts, each).await?;
+    if opts.cluster {
+        let ran = |place| {
+            harness
+                .engine
+                .metrics()
+                .cluster_queries
+                .with_label_values(&[place])
+                .get()
+        };
+        eprintln!(
+            "governed runs on the cluster: {}, on the front end: {}",
+            ran("cluster"),
+            ran("local")
+        );
+    }
+    Ok(result)
 }
 
 /// [`run`] on a harness the caller prepared (tests change its governance).
