@@ -180,6 +180,15 @@ async fn executors_with_another_cluster_key_answer_nothing() {
     assert!(!text.contains("col:hr.employees"), "{text}");
     let names = rows(&mut local.session("alice"), "SELECT name FROM hr.employees").await;
     assert!(!names.iter().any(|n| text.contains(&n[0])), "{text}");
+    // The audit record names the Ballista job and keeps no executor text.
+    let recorded = rows(
+        &mut local.session("admin"),
+        "SELECT detail FROM system.audit WHERE detail LIKE '%distributed execution failed%'",
+    )
+    .await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert!(recorded[0][0].contains("Ballista job"), "{recorded:?}");
+    assert!(!recorded[0][0].contains("sealed"), "{recorded:?}");
     // Unkeyed masks run there: carol's salaries are rounded, her rows EU.
     let got = rows(
         &mut remote.session("carol"),

@@ -404,6 +404,27 @@ fn open_engine(config: &Config, base: &Path) -> Result<Arc<Engine>, String> {
     Ok(engine)
 }
 
+/// An audit record of something secret the CLI handed out (`action` on
+/// `object`), and where it was written (`None`: standard output).
+fn record_taken(
+    engine: &Engine,
+    action: &str,
+    object: String,
+    out: Option<&Path>,
+) -> Result<(), String> {
+    engine
+        .store()
+        .audit(&veil_engine::store::AuditEntry {
+            actor: "system".into(),
+            action: action.into(),
+            object,
+            detail: serde_json::json!({"out": out.map(|p| p.display().to_string())}).to_string(),
+            outcome: "ok".into(),
+            ..Default::default()
+        })
+        .map_err(|e| e.to_string())
+}
+
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
@@ -575,19 +596,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             let snapshot = engine.snapshot().map_err(|e| e.to_string())?;
             let script = veil_engine::statement::export::export_script(&snapshot);
             // Who took the governance state (password hashes included).
-            engine
-                .store()
-                .audit(&veil_engine::store::AuditEntry {
-                    actor: "system".into(),
-                    action: "Export".into(),
-                    object: format!("catalog version {}", snapshot.version),
-                    detail:
-                        serde_json::json!({"out": out.as_ref().map(|p| p.display().to_string())})
-                            .to_string(),
-                    outcome: "ok".into(),
-                    ..Default::default()
-                })
-                .map_err(|e| e.to_string())?;
+            record_taken(
+                &engine,
+                "Export",
+                format!("catalog version {}", snapshot.version),
+                out.as_deref(),
+            )?;
             match out {
                 Some(path) => {
                     // The script holds password hashes: private to its owner.
@@ -607,19 +621,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let engine = open_engine(&config, Path::new("."))?;
             let key = veil_engine::distributed::cluster_key(engine.keys()).to_hex();
             // Who took it: its holders can open the mask keys of plans.
-            engine
-                .store()
-                .audit(&veil_engine::store::AuditEntry {
-                    actor: "system".into(),
-                    action: "ClusterKey".into(),
-                    object: "cluster key".into(),
-                    detail:
-                        serde_json::json!({"out": out.as_ref().map(|p| p.display().to_string())})
-                            .to_string(),
-                    outcome: "ok".into(),
-                    ..Default::default()
-                })
-                .map_err(|e| e.to_string())?;
+            record_taken(&engine, "ClusterKey", "cluster key".into(), out.as_deref())?;
             match out {
                 Some(path) => {
                     write_secret(&path, &format!("{key}\n"))

@@ -24,16 +24,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir, args=(), env=None, serve_args=()):
-    """Starts `veil serve --demo` on `data_dir` (with extra global CLI `args`,
-    `serve_args` for the serve command and environment `env`); returns
-    (process, uri)."""
-    port = _free_port()
-    env = {**os.environ, "VEIL_ADMIN_PASSWORD": "admin-pw", "VEIL_LOG": "warn", **(env or {})}
+def start_veil(args, env=None, ready="listening on "):
+    """Starts `veil args...` (environment `env` over this one's, logs at
+    warn); returns the process once it printed a line starting with
+    `ready`."""
     proc = subprocess.Popen(
-        [str(_binary()), "--data-dir", data_dir, *args, "serve", "--demo", "--listen", f"127.0.0.1:{port}", *serve_args],
+        [str(_binary()), *args],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "VEIL_LOG": "warn", **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -47,11 +45,21 @@ def start_server(data_dir, args=(), env=None, serve_args=()):
                 raise RuntimeError("veil exited early:\n" + "".join(seen))
             continue
         seen.append(line)
-        if line.startswith("listening on "):
-            break
-    else:
-        proc.kill()
-        raise RuntimeError("veil did not start:\n" + "".join(seen))
+        if line.startswith(ready):
+            return proc
+    proc.kill()
+    raise RuntimeError("veil did not start:\n" + "".join(seen))
+
+
+def start_server(data_dir, args=(), env=None, serve_args=()):
+    """Starts `veil serve --demo` on `data_dir` (with extra global CLI `args`,
+    `serve_args` for the serve command and environment `env`); returns
+    (process, uri)."""
+    port = _free_port()
+    proc = start_veil(
+        ["--data-dir", data_dir, *args, "serve", "--demo", "--listen", f"127.0.0.1:{port}", *serve_args],
+        {"VEIL_ADMIN_PASSWORD": "admin-pw", **(env or {})},
+    )
     return proc, f"grpc://127.0.0.1:{port}"
 
 

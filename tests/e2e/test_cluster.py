@@ -11,7 +11,7 @@ import urllib.request
 import adbc_driver_manager
 import pytest
 
-from conftest import ROOT, _binary, _free_port, start_server, stop_server
+from conftest import ROOT, _binary, _free_port, start_server, start_veil, stop_server
 from helpers import connect, rows
 
 QUERIES = [
@@ -21,31 +21,6 @@ QUERIES = [
     "JOIN hr.employees e ON c.employee_id = e.employee_id GROUP BY e.region ORDER BY e.region",
     "SELECT c.card_number, e.name FROM payments.cards c JOIN hr.employees e ON c.employee_id = e.employee_id ORDER BY c.card_id LIMIT 10",
 ]
-
-
-def _started(args, env, ready):
-    """Starts `veil args...`; returns the process once it printed `ready`."""
-    proc = subprocess.Popen(
-        [str(_binary()), *args],
-        cwd=ROOT,
-        env={**os.environ, "VEIL_LOG": "warn", **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.time() + 60
-    seen = []
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                raise RuntimeError("veil exited early:\n" + "".join(seen))
-            continue
-        seen.append(line)
-        if line.startswith(ready):
-            return proc
-    proc.kill()
-    raise RuntimeError("veil did not start:\n" + "".join(seen))
 
 
 def _stopped(proc):
@@ -59,11 +34,11 @@ def cluster(tmp_path):
     the master key, a function that starts an executor with a key)."""
     env = {"VEIL_MASTER_KEY": os.urandom(32).hex()}
     port = _free_port()
-    scheduler = _started(["scheduler", "--listen", f"127.0.0.1:{port}"], env, "Ballista scheduler")
+    scheduler = start_veil(["scheduler", "--listen", f"127.0.0.1:{port}"], env, "Ballista scheduler")
     procs = [scheduler]
 
     def executor(key_args, key_env=None):
-        proc = _started(
+        proc = start_veil(
             [
                 "executor",
                 "--scheduler",

@@ -25,7 +25,8 @@
 //! statement-bound checks, its memory-bounded function wrappers) runs on the front
 //! end as without a cluster (`veil_cluster_queries_total{ran="local"}`).
 //! Errors of a distributed run reach the client as an incident id; the
-//! executor's text goes to the audit record only.
+//! audit record names the Ballista job, whose text only the executors'
+//! logs keep (see [`failed`]).
 
 pub mod codec;
 
@@ -210,11 +211,23 @@ impl DisplayAs for RemoteExec {
     }
 }
 
-/// An error of a distributed run, as the client's incident (the text may
-/// quote values an executor read; it goes to the audit record only).
+/// An error of a distributed run, as an incident. Its text is not kept:
+/// an executor reads files without this process's file-schema checks
+/// (`file_schema.rs`; DataFusion's plan format does not carry them), and
+/// arrow's cast errors quote the value they failed on, which could be a
+/// masked value or one of a hidden row. The record names the Ballista job,
+/// whose error the executors' own logs hold.
 fn failed(e: DataFusionError) -> DataFusionError {
+    let text = e.to_string();
+    let job = text
+        .split_once("Job ")
+        .and_then(|(_, rest)| rest.split_once(' '))
+        .map(|(id, _)| id)
+        .filter(|id| id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .map(|id| format!(" (Ballista job {id})"))
+        .unwrap_or_default();
     DataFusionError::External(Box::new(VeilError::Internal(format!(
-        "distributed execution failed: {e}"
+        "distributed execution failed{job}; the executors' logs have its error"
     ))))
 }
 
@@ -394,6 +407,22 @@ pub async fn standalone(key: ClusterKey, executors: usize, vcores: usize) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_job_keeps_its_id_and_none_of_its_text() {
+        let e = DataFusionError::Execution(
+            "Job 038JFNJW4J000 failed: Task failed: Cannot cast string '758-44-3250' to Int64"
+                .into(),
+        );
+        let text = failed(e).to_string();
+        assert!(text.contains("Ballista job 038JFNJW4J000"), "{text}");
+        assert!(!text.contains("758"), "{text}");
+        let text = failed(DataFusionError::Execution("connection refused".into())).to_string();
+        assert!(
+            text.ends_with("the executors' logs have its error"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn scheduler_addresses() {

@@ -142,6 +142,16 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// Statements of the engine that ran `place` (`cluster` or `local`)
+    /// with a cluster configured.
+    pub fn cluster_runs(&self, place: &str) -> u64 {
+        self.engine
+            .metrics()
+            .cluster_queries
+            .with_label_values(&[place])
+            .get()
+    }
+
     /// Registers the eight tables of `data` both ways and applies the
     /// governance profile as admin.
     pub async fn new(data: &Path) -> Result<Self, BenchError> {
@@ -307,18 +317,10 @@ pub async fn run(
     let harness = Harness::with_store(&opts.data, None, opts.cluster, |store| store).await?;
     let result = run_on(&harness, scale, opts, each).await?;
     if opts.cluster {
-        let ran = |place| {
-            harness
-                .engine
-                .metrics()
-                .cluster_queries
-                .with_label_values(&[place])
-                .get()
-        };
         eprintln!(
             "governed runs on the cluster: {}, on the front end: {}",
-            ran("cluster"),
-            ran("local")
+            harness.cluster_runs("cluster"),
+            harness.cluster_runs("local")
         );
     }
     Ok(result)
