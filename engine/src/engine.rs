@@ -1160,6 +1160,7 @@ impl Session {
             workspace_reads: Mutex::new(Vec::new()),
             metrics: self.engine.metrics.clone(),
             interrupt: Arc::default(),
+            on_cluster: Default::default(),
         }
     }
 
@@ -1597,6 +1598,8 @@ impl Session {
                 None => None,
                 Some(Ok(remote)) => {
                     plan = remote;
+                    gctx.on_cluster
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     Some("cluster")
                 }
                 Some(Err(reason)) => {

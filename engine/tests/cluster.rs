@@ -77,6 +77,13 @@ async fn governed_queries_answer_the_same_on_the_cluster() {
             assert!(!want.is_empty(), "{user}: {sql}");
         }
     }
+    // The audit records say where they ran.
+    let on_cluster = rows(
+        &mut local.session("admin"),
+        "SELECT count(*) FROM system.audit WHERE detail LIKE '%\"cluster\":true%'",
+    )
+    .await;
+    assert_eq!(on_cluster[0][0], (USERS.len() * QUERIES.len()).to_string());
     // They ran there: every one of them reads a data source.
     let queries = (USERS.len() * QUERIES.len()) as u64;
     assert_eq!(ran(&remote, "cluster"), queries);

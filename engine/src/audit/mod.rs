@@ -155,7 +155,7 @@ impl QueryAudit {
             Some(g) => (g.principal.purposes.clone(), g.principal.user.is_none()),
             None => (Default::default(), false),
         };
-        let detail = json!({
+        let mut detail = json!({
             "sql": self.sql,
             "purposes": purposes,
             "equalized": equalized,
@@ -166,6 +166,12 @@ impl QueryAudit {
             "error": error,
             "incident": self.incident,
         });
+        // Where it ran, on a server with a Ballista cluster.
+        if let Some(g) = self.gctx.as_deref() {
+            if g.on_cluster.load(std::sync::atomic::Ordering::Relaxed) {
+                detail["cluster"] = json!(true);
+            }
+        }
         AuditEntry {
             action: if self.entry.action.is_empty() {
                 "Query".into()

@@ -65,6 +65,9 @@ pub struct GovernanceContext {
     pub metrics: crate::metrics::Metrics,
     /// Set when the statement's output is dropped (`interrupt.rs`).
     pub interrupt: Arc<crate::interrupt::Interrupt>,
+    /// Set when the statement's plan was sent to a Ballista cluster
+    /// (`distributed/`), for its audit record.
+    pub on_cluster: std::sync::atomic::AtomicBool,
 }
 
 /// The analyzer rule. One instance serves every statement: each
