@@ -121,8 +121,8 @@ impl Cluster {
     }
 
     /// `plan` as a plan that runs it on the cluster: `None` when it reads
-    /// no data source (system tables, constants: it stays here), `Some(Err(reason))` when the
-    /// codec cannot carry all of it.
+    /// no data source (system tables, constants: it stays here),
+    /// `Some(Err(reason))` when the codec cannot carry all of it.
     pub(crate) fn ship(
         &self,
         plan: &Arc<dyn ExecutionPlan>,
