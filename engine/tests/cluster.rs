@@ -283,3 +283,27 @@ async fn masked_joins_in_a_project_match_on_the_cluster_and_nowhere_else() {
     }
     assert_eq!(ran(&remote, "cluster") - before, 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_scheduler_fails_the_statement_with_an_incident() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (local, remote) = engines(tmp.path(), &format!("df://127.0.0.1:{port}")).await;
+    let started = std::time::Instant::now();
+    let e = err(&mut remote.session("bob"), "SELECT count(*) FROM hr.employees").await;
+    assert_eq!(e.kind(), ErrorKind::Internal, "{e}");
+    assert!(e.to_string().contains("incident"), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    // The record says why: the client's own error, not a job's.
+    let recorded = rows(
+        &mut local.session("admin"),
+        "SELECT detail FROM system.audit WHERE detail LIKE '%distributed execution failed%'",
+    )
+    .await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert!(!recorded[0][0].contains("Ballista job"), "{recorded:?}");
+}

@@ -211,23 +211,26 @@ impl DisplayAs for RemoteExec {
     }
 }
 
-/// An error of a distributed run, as an incident. Its text is not kept:
-/// an executor reads files without this process's file-schema checks
-/// (`file_schema.rs`; DataFusion's plan format does not carry them), and
-/// arrow's cast errors quote the value they failed on, which could be a
-/// masked value or one of a hidden row. The record names the Ballista job,
-/// whose error the executors' own logs hold.
+/// An error of a distributed run, as an incident. A failed job's text is
+/// not kept: an executor reads files without this process's file-schema
+/// checks (`file_schema.rs`; DataFusion's plan format does not carry
+/// them), and arrow's cast errors quote the value they failed on, which
+/// could be a masked value or one of a hidden row. The record names the
+/// Ballista job, whose error the executors' own logs hold. Errors before
+/// or after a job (an unreachable scheduler, a lost executor) keep theirs.
 fn failed(e: DataFusionError) -> DataFusionError {
     let text = e.to_string();
     let job = text
         .split_once("Job ")
-        .and_then(|(_, rest)| rest.split_once(' '))
+        .and_then(|(_, rest)| rest.split_once(" failed"))
         .map(|(id, _)| id)
-        .filter(|id| id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
-        .map(|id| format!(" (Ballista job {id})"))
-        .unwrap_or_default();
+        .filter(|id| id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    let what = match job {
+        Some(id) => format!("Ballista job {id} failed; the executors' logs have its error"),
+        None => text,
+    };
     DataFusionError::External(Box::new(VeilError::Internal(format!(
-        "distributed execution failed{job}; the executors' logs have its error"
+        "distributed execution failed: {what}"
     ))))
 }
 
@@ -417,11 +420,16 @@ mod tests {
         let text = failed(e).to_string();
         assert!(text.contains("Ballista job 038JFNJW4J000"), "{text}");
         assert!(!text.contains("758"), "{text}");
-        let text = failed(DataFusionError::Execution("connection refused".into())).to_string();
         assert!(
             text.ends_with("the executors' logs have its error"),
             "{text}"
         );
+        // Before a job exists, the client's own error says what went wrong.
+        let text = failed(DataFusionError::Execution(
+            "scheduler unreachable: connection refused".into(),
+        ))
+        .to_string();
+        assert!(text.contains("connection refused"), "{text}");
     }
 
     #[test]
