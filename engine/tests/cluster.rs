@@ -294,7 +294,11 @@ async fn an_unreachable_scheduler_fails_the_statement_with_an_incident() {
         .port();
     let (local, remote) = engines(tmp.path(), &format!("df://127.0.0.1:{port}")).await;
     let started = std::time::Instant::now();
-    let e = err(&mut remote.session("bob"), "SELECT count(*) FROM hr.employees").await;
+    let e = err(
+        &mut remote.session("bob"),
+        "SELECT count(*) FROM hr.employees",
+    )
+    .await;
     assert_eq!(e.kind(), ErrorKind::Internal, "{e}");
     assert!(e.to_string().contains("incident"), "{e}");
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
