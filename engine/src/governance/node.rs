@@ -63,7 +63,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use super::rule::StatementGovernance;
 use super::visible_stats::{Visible, VisibleStatsCache};
@@ -703,6 +703,9 @@ impl ExecutionPlan for GovernedScanExec {
             baseline.record_output(out.num_rows());
             Ok(out)
         });
+        // No empty batches, as DataFusion's own filter: Ballista's shuffle
+        // files hold a compressed empty batch its reader cannot decode.
+        let stream = stream.try_filter(|b| std::future::ready(b.num_rows() > 0));
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 
@@ -844,8 +847,11 @@ fn optimize_hidden_input(
     // above one (HMAC per value) then run mostly on one core, so the
     // batches are dealt round-robin here, where the outer optimizer (which
     // only adds round-robin when there are fewer partitions than its
-    // target) cannot see the skew.
-    if spread && target > 1 {
+    // target) cannot see the skew. Not when round-robin is off (a plan for
+    // a Ballista cluster, `distributed/`): there each partition of the
+    // barrier runs in a task of its own, with a repartition of its own
+    // that reads the whole input and keeps what it deals to one partition.
+    if spread && target > 1 && config.optimizer.enable_round_robin_repartition {
         inner = Arc::new(RepartitionExec::try_new(
             inner,
             Partitioning::RoundRobinBatch(target),
@@ -996,6 +1002,15 @@ pub(super) mod tests {
     /// Plans `GovernedScan(region = 'US')`, with `masked` columns, over the
     /// demo employees file and returns the barrier's hidden input, printed.
     async fn hidden_input(pushdown_filters: bool, partitions: usize, masked: &[&str]) -> String {
+        hidden_input_with(pushdown_filters, partitions, masked, true).await
+    }
+
+    async fn hidden_input_with(
+        pushdown_filters: bool,
+        partitions: usize,
+        masked: &[&str],
+        round_robin: bool,
+    ) -> String {
         let mut state = governed_state();
         state
             .config_mut()
@@ -1007,6 +1022,7 @@ pub(super) mod tests {
         options.execution.target_partitions = partitions;
         // The demo file is small: split it anyway.
         options.optimizer.repartition_file_min_size = 0;
+        options.optimizer.enable_round_robin_repartition = round_robin;
         let ctx = SessionContext::new_with_state(state);
         let scan = employees_scan(&ctx, "employees").await.build().unwrap();
         let barrier = us_only(scan, masked.iter().map(|m| m.to_string()).collect());
@@ -1066,6 +1082,11 @@ pub(super) mod tests {
         // One partition: nothing to spread.
         let inner = hidden_input(false, 1, &["salary"]).await;
         assert!(!inner.contains("RepartitionExec"), "{inner}");
+        // Round-robin off (plans for a Ballista cluster, where each
+        // partition runs in a task of its own): nothing dealt either.
+        let inner = hidden_input_with(false, 2, &["salary"], false).await;
+        assert!(!inner.contains("RepartitionExec"), "{inner}");
+        assert!(inner.contains("file_groups={2 groups:"), "{inner}");
     }
 
     #[tokio::test]
