@@ -142,9 +142,7 @@ impl DecimalArith {
             signature: Signature::any(2, Volatility::Immutable),
         })
     }
-}
 
-impl DecimalArith {
     /// The operation and the operands' `(precision, scale)` it was made
     /// for (what [`DecimalArith::new`] takes).
     pub fn parts(&self) -> (DecimalOp, (u8, i8), (u8, i8)) {

@@ -349,6 +349,26 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_comes_from_the_file_and_the_flag_wins() {
+        let file = || toml::from_str::<FileConfig>("cluster = \"df://10.0.0.5:50050\"").unwrap();
+        let c = Config::resolve(file(), Overrides::default()).unwrap();
+        assert_eq!(c.engine.cluster.as_deref(), Some("df://10.0.0.5:50050"));
+        let flag = Overrides {
+            cluster: Some("df://h:1".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(file(), flag).unwrap();
+        assert_eq!(c.engine.cluster.as_deref(), Some("df://h:1"));
+        // An empty value (VEIL_CLUSTER=) means no cluster.
+        let blank = Overrides {
+            cluster: Some(" ".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(FileConfig::default(), blank).unwrap();
+        assert_eq!(c.engine.cluster, None);
+    }
+
+    #[test]
     fn the_audit_commit_delay_is_read_and_bounded() {
         let resolve = |text: &str| {
             let file: FileConfig = toml::from_str(text).unwrap();
