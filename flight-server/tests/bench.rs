@@ -160,9 +160,10 @@ async fn veils_planner_rules_answer_the_22_queries_as_datafusion_alone() {
 
 /// Governed TPC-H on a Ballista cluster (an in-process scheduler and
 /// executor): the unrestricted principal's answers, computed there, equal
-/// DataFusion's here, for queries with decimal arithmetic and averages,
-/// outer joins, EXISTS and scalar subqueries; and every governed run went
-/// there.
+/// DataFusion's here, and the restricted principal's equal its answers on
+/// an engine alone (`run_on` checks both), for queries with decimal
+/// arithmetic and averages, outer joins, EXISTS and scalar subqueries; and
+/// every governed run went there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn governed_tpch_on_a_cluster_answers_as_datafusion_does() {
     let dir = tempfile::tempdir().unwrap();

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use ballista_core::serde::BallistaPhysicalExtensionCodec;
-use datafusion::common::{internal_datafusion_err, plan_err, Result};
+use datafusion::common::{internal_datafusion_err, internal_err, plan_err, Result};
 use datafusion::execution::{SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
 use datafusion::physical_plan::ExecutionPlan;
@@ -153,14 +153,17 @@ impl PhysicalExtensionCodec for VeilCodec {
         };
         let node = VeilNode::decode(buf)
             .map_err(|e| internal_datafusion_err!("not a Veil operator: {e}"))?;
-        if node.kind != GOVERNED_SCAN || !inputs.is_empty() {
+        if node.kind != GOVERNED_SCAN {
             return plan_err!("unknown Veil operator {:?}", node.kind);
         }
+        // The front end nests the hidden input; a Ballista node passes it on
+        // as the (open) barrier's child.
         let decode = PhysicalPlanDecodeContext::new(ctx, self);
-        let inner = node
-            .inner
-            .ok_or_else(|| internal_datafusion_err!("a governed scan without its input"))?;
-        let inner = proto_converter.proto_to_execution_plan(&inner, &decode)?;
+        let inner = match (node.inner, inputs) {
+            (Some(inner), []) => proto_converter.proto_to_execution_plan(&inner, &decode)?,
+            (None, [inner]) => Arc::clone(inner),
+            _ => return internal_err!("a governed scan without its input"),
+        };
         let predicate = node
             .predicate
             .map(|p| proto_converter.proto_to_physical_expr(&p, &inner.schema(), &decode))
@@ -179,7 +182,9 @@ impl PhysicalExtensionCodec for VeilCodec {
             None,
             output,
         )?;
-        Ok(Arc::new(barrier))
+        // Open, so that Ballista's scheduler gives each task its own
+        // partitions of the hidden input (see `GovernedScanExec::opened`).
+        Ok(Arc::new(barrier.opened()))
     }
 
     fn try_encode(
@@ -196,9 +201,13 @@ impl PhysicalExtensionCodec for VeilCodec {
         let message = VeilNode {
             kind: GOVERNED_SCAN.into(),
             source: source.into(),
-            inner: Some(Box::new(
-                proto_converter.execution_plan_to_proto(inner, self)?,
-            )),
+            // An open barrier's input is its child, which DataFusion encodes.
+            inner: match barrier.is_open() {
+                true => None,
+                false => Some(Box::new(
+                    proto_converter.execution_plan_to_proto(inner, self)?,
+                )),
+            },
             predicate: predicate
                 .map(|p| proto_converter.physical_expr_to_proto(p, self))
                 .transpose()?,

@@ -193,6 +193,17 @@ pub(crate) struct GovernedScanExec {
     /// the barrier reads only once they are built (`dynamic_scan.rs`,
     /// [`awaiting_joins`]).
     awaited: Arc<HashSet<u64>>,
+    /// Whether the hidden input is shown as the child: only in a plan
+    /// decoded on a Ballista node (`distributed/codec.rs`), never here.
+    /// Ballista's scheduler restricts each task's plan to the task's
+    /// partitions by rewriting the scans it finds among a plan's children;
+    /// a barrier with no child and N partitions went to every task whole,
+    /// so each task read every partition (rows repeated) and wrote two of
+    /// them to one shuffle file (found at TPC-H SF1: shuffle reads failed).
+    /// Nothing can move into an open barrier: it takes no filter from
+    /// above (DataFusion's default), and on a cluster no rule but the
+    /// scheduler's stage cutting and partition restriction runs.
+    open: bool,
     cache: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -225,6 +236,7 @@ impl GovernedScanExec {
             output,
             dynamic: Arc::new([]),
             awaited: Arc::default(),
+            open: false,
             cache,
             metrics: ExecutionPlanMetricsSet::new(),
         })
@@ -252,6 +264,44 @@ impl GovernedScanExec {
             &self.masked,
             self.output.as_ref(),
         )
+    }
+
+    /// The same barrier showing its hidden input as its child (a plan on a
+    /// Ballista node; see the `open` field).
+    pub(crate) fn opened(mut self) -> Self {
+        self.open = true;
+        self
+    }
+
+    /// Whether the hidden input is the child (see [`GovernedScanExec::opened`]).
+    pub(crate) fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// This open barrier over `children`: the same input restricted (to a
+    /// task's partitions) or with its shuffle reads resolved. A closed
+    /// barrier has no children to replace.
+    fn over(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let input = match (self.open, <[_; 1]>::try_from(children)) {
+            (true, Ok([input])) => input,
+            (false, Err(none)) if none.is_empty() => return Ok(self),
+            _ => return internal_err!("GovernedScanExec has no replaceable children"),
+        };
+        if input.schema() != self.inner.schema() {
+            return internal_err!("a governed scan's input cannot change its schema");
+        }
+        let barrier = GovernedScanExec::new(
+            self.source.clone(),
+            input,
+            self.predicate.clone(),
+            Arc::clone(&self.masked),
+            None,
+            self.output.clone(),
+        )?;
+        Ok(Arc::new(barrier.opened()))
     }
 
     /// The same barrier also applying `dynamic` (over `inner`'s schema).
@@ -448,7 +498,11 @@ impl ExecutionPlan for GovernedScanExec {
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        // Deliberately opaque: nothing outside may inspect or rewrite the raw input.
+        // Deliberately opaque: nothing outside may inspect or rewrite the
+        // raw input (but the partitions Ballista gives a task; see `open`).
+        if self.open {
+            return vec![&self.inner];
+        }
         vec![]
     }
 
@@ -491,20 +545,14 @@ impl ExecutionPlan for GovernedScanExec {
         children: Vec<Arc<dyn ExecutionPlan>>,
         _options: ReplaceChildrenOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if !children.is_empty() {
-            return internal_err!("GovernedScanExec has no replaceable children");
-        }
-        Ok(self)
+        self.over(children)
     }
 
     fn with_new_children(
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if !children.is_empty() {
-            return internal_err!("GovernedScanExec has no replaceable children");
-        }
-        Ok(self)
+        self.over(children)
     }
 
     /// Join ordering needs sizes and distinct keys, so the barrier reports,

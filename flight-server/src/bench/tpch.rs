@@ -138,6 +138,10 @@ pub struct Harness {
     pub plain: SessionContext,
     /// Veil's engine on a temporary data directory.
     pub engine: Arc<Engine>,
+    /// With a cluster: an engine on the same catalog and keys that runs
+    /// every query itself, so the restricted principal's answers on the
+    /// cluster are checked against its answers here.
+    pub alone: Option<Arc<Engine>>,
     _dir: tempfile::TempDir,
 }
 
@@ -179,20 +183,26 @@ impl Harness {
         check_data(&data)?;
         let dir = tempfile::tempdir().map_err(|e| BenchError::io(Path::new("tmp"), e))?;
         let keys = MasterKey::load_or_create(dir.path())?;
-        let store: Arc<dyn CatalogStore> = match catalog {
-            Some(params) => Arc::new(PostgresStore::connect(params, keys.audit_key())?),
-            None => Arc::new(SqliteStore::open(
-                &dir.path().join("catalog.sqlite"),
-                keys.audit_key(),
-            )?),
+        let open = || -> Result<Arc<dyn CatalogStore>, BenchError> {
+            Ok(match catalog {
+                Some(params) => Arc::new(PostgresStore::connect(params, keys.audit_key())?),
+                None => Arc::new(SqliteStore::open(
+                    &dir.path().join("catalog.sqlite"),
+                    keys.audit_key(),
+                )?),
+            })
         };
-        let mut options = EngineOptions::default().in_data_dir(dir.path());
+        let options = EngineOptions::default().in_data_dir(dir.path());
+        let mut alone = None;
+        let mut remote = options.clone();
         if cluster {
             let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
             let key = veil_engine::distributed::cluster_key(&keys);
-            options.cluster = Some(veil_engine::distributed::standalone(key, 1, cores).await?);
+            remote.cluster = Some(veil_engine::distributed::standalone(key, 1, cores).await?);
+            let twin = MasterKey::load_or_create(dir.path())?;
+            alone = Some(Engine::new(open()?, twin, &data, options)?);
         }
-        let engine = Engine::new(wrap(store), keys, &data, options)?;
+        let engine = Engine::new(wrap(open()?), keys, &data, remote)?;
         engine.bootstrap_admin(Some(random_password()))?;
         let profile = PROFILE.replace("{data}", text);
         veil_engine::statement::apply_script(&mut engine.session("admin"), &profile).await?;
@@ -225,6 +235,7 @@ impl Harness {
         Ok(Self {
             plain,
             engine,
+            alone,
             _dir: dir,
         })
     }
@@ -282,6 +293,32 @@ pub fn canonical(batches: &[RecordBatch]) -> Result<Vec<String>, BenchError> {
     }
     lines.sort();
     Ok(lines)
+}
+
+/// The error saying how answer `got` (of `who`) differs from `want` (of
+/// `other`), if it does.
+fn mismatch(
+    query: &str,
+    (who, got): (&str, &[RecordBatch]),
+    (other, want): (&str, &[RecordBatch]),
+) -> Result<Option<BenchError>, BenchError> {
+    let (want, have) = (canonical(want)?, canonical(got)?);
+    if want == have {
+        return Ok(None);
+    }
+    let first = want
+        .iter()
+        .zip(&have)
+        .position(|(a, b)| a != b)
+        .unwrap_or(want.len().min(have.len()));
+    Ok(Some(BenchError::Mismatch(format!(
+        "{query}: {who} got {} rows, {other} {}; first difference at sorted row {first}: \
+         {:?} vs {:?}",
+        have.len(),
+        want.len(),
+        have.get(first),
+        want.get(first)
+    ))))
 }
 
 fn rows(batches: &[RecordBatch]) -> u64 {
@@ -351,25 +388,21 @@ pub async fn run_on(
         let got = governed(&mut unrestricted, &sql)
             .await
             .map_err(|e| failed(UNRESTRICTED, &e))?;
-        let (want, have) = (canonical(&expected)?, canonical(&got)?);
-        if want != have {
-            let first = want
-                .iter()
-                .zip(&have)
-                .position(|(a, b)| a != b)
-                .unwrap_or(want.len().min(have.len()));
-            return Err(BenchError::Mismatch(format!(
-                "{name}: {UNRESTRICTED} got {} rows, plain DataFusion {}; first difference at \
-                 sorted row {first}: {:?} vs {:?}",
-                have.len(),
-                want.len(),
-                have.get(first),
-                want.get(first)
-            )));
+        if let Some(e) = mismatch(&name, (UNRESTRICTED, &got), ("plain DataFusion", &expected))? {
+            return Err(e);
         }
         let limited = governed(&mut restricted, &sql)
             .await
             .map_err(|e| failed(RESTRICTED, &e))?;
+        if let Some(alone) = &harness.alone {
+            let here = governed(&mut alone.session(RESTRICTED), &sql)
+                .await
+                .map_err(|e| failed(RESTRICTED, &e))?;
+            let who = format!("{RESTRICTED} on the cluster");
+            if let Some(e) = mismatch(&name, (&who, &limited), ("the front end alone", &here))? {
+                return Err(e);
+            }
+        }
         let (mut a, mut b, mut c) = (vec![], vec![], vec![]);
         for round in 0..opts.iterations.max(1) {
             // Each round starts with the next variant, so none always
