@@ -429,6 +429,7 @@ impl Engine {
             .as_deref()
             .map(|url| {
                 crate::distributed::Cluster::new(url, crate::distributed::cluster_key(&keys))
+                    .map(|c| c.counting_cancels(metrics.cluster_jobs_cancelled.clone()))
             })
             .transpose()?;
         let audit = AuditWriter::start(

@@ -31,6 +31,9 @@ pub struct Metrics {
     /// by where they ran (`cluster`, or `local` when the plan holds an
     /// operator or function that cannot travel).
     pub cluster_queries: IntCounterVec,
+    /// Ballista jobs cancelled on the cluster because their statement
+    /// stopped early (timeout, `KILL`, a client gone).
+    pub cluster_jobs_cancelled: IntCounter,
 }
 
 /// What the audit writer counts: commits, the records they carried and how
@@ -129,6 +132,14 @@ impl Metrics {
                         "Queries of a server with a Ballista cluster, by where they ran",
                     ),
                     &["ran"],
+                )
+                .map_err(internal)?,
+            )?,
+            cluster_jobs_cancelled: registered(
+                &registry,
+                IntCounter::new(
+                    "cluster_jobs_cancelled_total",
+                    "Ballista jobs cancelled because their statement stopped early",
                 )
                 .map_err(internal)?,
             )?,

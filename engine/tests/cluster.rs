@@ -379,6 +379,45 @@ async fn masked_joins_in_a_project_match_on_the_cluster_and_nowhere_else() {
     assert_eq!(ran(&remote, "cluster") - before, 6);
 }
 
+/// A statement that stops early (here its timeout) cancels its job on the
+/// cluster: Ballista's own client left it running to its end, holding the
+/// executors' task slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_statement_that_times_out_cancels_its_job_on_the_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = cluster_key(&MasterKey::load_or_create(tmp.path()).unwrap());
+    let url = cluster(key).await;
+    let local = demo(tmp.path(), EngineOptions::default()).await;
+    let mut options = with_cluster(&url);
+    options.limits.query_timeout = std::time::Duration::from_secs(2);
+    let remote = Engine::open_with(tmp.path(), &root(), options).unwrap();
+    // About 2.7 * 10^10 triples: hours, not two seconds.
+    let endless = "SELECT count(*) FROM sales.transactions a, sales.transactions b, sales.transactions c WHERE a.amount + b.amount > c.amount";
+    let e = err(&mut remote.session("alice"), endless).await;
+    assert!(e.to_string().contains("query timeout"), "{e}");
+    assert_eq!(ran(&remote, "cluster"), 1);
+    let cancelled = || remote.metrics().cluster_jobs_cancelled.get();
+    let waited = std::time::Instant::now();
+    while cancelled() == 0 && waited.elapsed() < std::time::Duration::from_secs(60) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(cancelled(), 1);
+    // The cluster answers the next statement; a job that ends is not cancelled.
+    assert_eq!(
+        common::one(
+            &mut remote.session("alice"),
+            "SELECT count(*) FROM hr.employees"
+        )
+        .await,
+        common::one(
+            &mut local.session("alice"),
+            "SELECT count(*) FROM hr.employees"
+        )
+        .await
+    );
+    assert_eq!(cancelled(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unreachable_scheduler_fails_the_statement_with_an_incident() {
     let tmp = tempfile::tempdir().unwrap();

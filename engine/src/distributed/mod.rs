@@ -29,12 +29,12 @@
 //! logs keep (see [`failed`]).
 
 pub mod codec;
+mod job;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ballista_core::extension::SessionConfigExt;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result as DFResult};
 use datafusion::datasource::physical_plan::ParquetSource;
@@ -52,6 +52,8 @@ use datafusion::prelude::SessionConfig;
 use datafusion_proto::physical_plan::AsExecutionPlan;
 use datafusion_proto::protobuf::PhysicalPlanNode;
 use futures::{StreamExt, TryStreamExt};
+use prometheus::IntCounter;
+use prost::Message;
 use veil_udfs::ClusterKey;
 
 pub use codec::VeilCodec;
@@ -83,6 +85,8 @@ pub fn cluster_key(master: &MasterKey) -> ClusterKey {
 pub struct Cluster {
     scheduler: String,
     codec: Arc<VeilCodec>,
+    /// Counts the jobs cancelled because their statement stopped early.
+    cancelled: Option<IntCounter>,
 }
 
 impl fmt::Debug for Cluster {
@@ -117,7 +121,14 @@ impl Cluster {
         Ok(Self {
             scheduler: scheduler_url(url)?,
             codec: Arc::new(VeilCodec::with_key(key)),
+            cancelled: None,
         })
+    }
+
+    /// The same cluster counting in `counter` the jobs it cancels.
+    pub fn counting_cancels(mut self, counter: IntCounter) -> Self {
+        self.cancelled = Some(counter);
+        self
     }
 
     /// `plan` as a plan that runs it on the cluster: `None` when it reads
@@ -138,12 +149,13 @@ impl Cluster {
         };
         let encoded =
             PhysicalPlanNode::try_from_physical_plan(Arc::clone(&plan), self.codec.as_ref());
-        Some(encoded.map(|_| {
+        Some(encoded.map(|encoded| {
             Arc::new(RemoteExec::new(
                 plan,
+                encoded.encode_to_vec().into(),
                 self.scheduler.clone(),
-                Arc::clone(&self.codec),
                 config.clone(),
+                self.cancelled.clone(),
             )) as Arc<dyn ExecutionPlan>
         }))
     }
@@ -170,9 +182,11 @@ fn reads_sources(plan: &Arc<dyn ExecutionPlan>) -> bool {
 /// Runs its (hidden) plan on the cluster and streams the final stage.
 struct RemoteExec {
     plan: Arc<dyn ExecutionPlan>,
+    /// `plan` as `VeilCodec` encodes it.
+    encoded: Arc<[u8]>,
     scheduler: String,
-    codec: Arc<VeilCodec>,
     config: SessionConfig,
+    cancelled: Option<IntCounter>,
     cache: Arc<PlanProperties>,
 }
 
@@ -185,9 +199,10 @@ impl fmt::Debug for RemoteExec {
 impl RemoteExec {
     fn new(
         plan: Arc<dyn ExecutionPlan>,
+        encoded: Arc<[u8]>,
         scheduler: String,
-        codec: Arc<VeilCodec>,
         config: SessionConfig,
+        cancelled: Option<IntCounter>,
     ) -> Self {
         let cache = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(plan.schema()),
@@ -197,9 +212,10 @@ impl RemoteExec {
         ));
         Self {
             plan,
+            encoded,
             scheduler,
-            codec,
             config,
+            cancelled,
             cache,
         }
     }
@@ -274,24 +290,12 @@ impl ExecutionPlan for RemoteExec {
         if partition != 0 {
             return datafusion::common::internal_err!("RemoteExec has one partition");
         }
-        let plan = Arc::clone(&self.plan);
+        let encoded = self.encoded.to_vec();
         let scheduler = self.scheduler.clone();
-        let codec = Arc::clone(&self.codec);
         let config = self.config.clone();
-        let schema = plan.schema();
-        let started = async move {
-            let ballista = config.ballista_config();
-            let session = uuid::Uuid::new_v4().to_string();
-            ballista_core::execution_plans::execute_physical_plan::<PhysicalPlanNode>(
-                scheduler,
-                &ballista,
-                plan,
-                codec.as_ref(),
-                session,
-                config,
-            )
-            .await
-        };
+        let cancelled = self.cancelled.clone();
+        let schema = self.plan.schema();
+        let started = job::run(scheduler, encoded, config, cancelled);
         let stream = futures::stream::once(started)
             .try_flatten()
             .map(|batch| batch.map_err(failed));
