@@ -23,6 +23,9 @@ QUERIES = [
 ]
 
 
+PROJECT = "adbc.flight.sql.rpc.call_header.x-veil-project"
+
+
 def _stopped(proc):
     proc.terminate()
     assert proc.wait(timeout=30) == 0, "must shut down cleanly on SIGTERM"
@@ -37,7 +40,7 @@ def cluster(tmp_path):
     scheduler = start_veil(["scheduler", "--listen", f"127.0.0.1:{port}"], env, "Ballista scheduler")
     procs = [scheduler]
 
-    def executor(key_args, key_env=None):
+    def executor(key_args, key_env=None, extra_env=None):
         proc = start_veil(
             [
                 "executor",
@@ -51,7 +54,7 @@ def cluster(tmp_path):
                 "2",
                 *key_args,
             ],
-            key_env or {},
+            {**(key_env or {}), **(extra_env or {})},
             "Ballista executor",
         )
         procs.append(proc)
@@ -66,6 +69,20 @@ def cluster(tmp_path):
             _stopped(proc)
 
 
+def _cluster_key(tmp_path, env):
+    """`veil cluster-key --out` of the front end at tmp_path/front: the file."""
+    key_file = tmp_path / "cluster.key"
+    out = subprocess.run(
+        [str(_binary()), "--data-dir", str(tmp_path / "front"), "cluster-key", "--out", str(key_file)],
+        cwd=ROOT,
+        env={**os.environ, **env, "VEIL_ADMIN_PASSWORD": "admin-pw"},
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    return key_file
+
+
 def _ran_on_cluster(metrics_port):
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
     for line in text.splitlines():
@@ -76,15 +93,7 @@ def _ran_on_cluster(metrics_port):
 
 def test_a_cluster_answers_what_one_server_answers(tmp_path, cluster):
     url, env, executor = cluster
-    key_file = tmp_path / "cluster.key"
-    out = subprocess.run(
-        [str(_binary()), "--data-dir", str(tmp_path / "front"), "cluster-key", "--out", str(key_file)],
-        cwd=ROOT,
-        env={**os.environ, **env, "VEIL_ADMIN_PASSWORD": "admin-pw"},
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stderr
+    key_file = _cluster_key(tmp_path, env)
     assert oct(key_file.stat().st_mode & 0o777) == "0o600"
     executor(["--cluster-key-file", str(key_file)])
     metrics = _free_port()
@@ -126,3 +135,49 @@ def test_an_executor_without_the_key_computes_no_token(tmp_path, cluster):
             assert got and all(s % 10000 == 0 for (s,) in got)
     finally:
         stop_server(front)
+
+
+def test_workspace_tables_on_s3_are_read_by_the_executors(tmp_path, cluster):
+    """A warehouse on S3 (moto on loopback): executors open the bucket with
+    their own AWS_* settings and read workspace tables and derived sources
+    there; what the project member sees is what a server alone shows."""
+    from test_workspaces import _moto
+
+    url, env, executor = cluster
+    moto, aws, _s3 = _moto()
+    front = None
+    try:
+        key_file = _cluster_key(tmp_path, env)
+        executor(["--cluster-key-file", str(key_file)], extra_env=aws)
+        metrics = _free_port()
+        front, uri = start_server(
+            str(tmp_path / "front"),
+            env={**env, **aws},
+            args=["--warehouse", "s3://veil/warehouse"],
+            serve_args=("--cluster", url, "--metrics-listen", f"127.0.0.1:{metrics}"),
+        )
+        with connect(uri, "sally") as s:
+            for sql in [
+                "CREATE PROJECT lake",
+                "ALTER PROJECT lake ADD DATA SOURCE hr.employees",
+                "ALTER PROJECT lake ADD MEMBER bob",
+            ]:
+                rows(s, sql)
+        with connect(uri, "bob", **{PROJECT: "lake"}) as b:
+            with b.cursor() as cur:
+                cur.execute("CREATE TABLE workspace.emp AS SELECT employee_id, email, region FROM hr.employees")
+            before = _ran_on_cluster(metrics)
+            # What bob wrote: his US rows, e-mails hashed.
+            assert rows(b, "SELECT count(*), count(DISTINCT region), max(region) FROM workspace.emp") == [(311, 1, "US")]
+            assert rows(b, "SELECT count(*) FROM workspace.emp WHERE email LIKE '%@%'") == [(0,)]
+            assert _ran_on_cluster(metrics) == before + 2
+        with connect(uri, "sally", **{PROJECT: "lake"}) as s:
+            rows(s, "CREATE DERIVED DATA SOURCE analytics.lake_emp FROM WORKSPACE TABLE emp")
+        with connect(uri, "bob") as b:
+            assert rows(b, "SELECT count(*) FROM analytics.lake_emp") == [(311,)]
+        assert _ran_on_cluster(metrics) == before + 3
+    finally:
+        if front is not None:
+            stop_server(front)
+        moto.terminate()
+        moto.wait(timeout=30)

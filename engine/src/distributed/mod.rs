@@ -30,6 +30,7 @@
 
 pub mod codec;
 mod job;
+mod stores;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -316,6 +317,7 @@ pub async fn run_scheduler(bind: SocketAddr) -> Result<()> {
         bind_host: bind.ip().to_string(),
         bind_port: bind.port(),
         override_physical_codec: Some(Arc::new(VeilCodec::sealed())),
+        override_session_builder: Some(Arc::new(stores::scheduler_session)),
         ..Default::default()
     };
     let cluster = BallistaCluster::new_from_config(&config)
@@ -361,10 +363,13 @@ pub async fn run_executor(options: ExecutorOptions, key: ClusterKey) -> Result<(
         scheduler_host: host,
         scheduler_port: port,
         scheduler_connect_timeout_seconds: 30,
-        work_dir: options.work_dir,
+        work_dir: options.work_dir.clone(),
         override_physical_codec: Some(Arc::new(VeilCodec::with_key(key))),
         ..Default::default()
     };
+    // Ballista's default runtime, with `s3://` buckets opened on first use.
+    let spill = options.work_dir;
+    config.override_runtime_producer = Some(Arc::new(move |_| stores::runtime(spill.as_deref())));
     if let Some(vcores) = options.vcores {
         config.vcores = vcores.max(1);
     }
@@ -378,10 +383,10 @@ pub async fn run_executor(options: ExecutorOptions, key: ClusterKey) -> Result<(
 pub async fn standalone(key: ClusterKey, executors: usize, vcores: usize) -> Result<String> {
     use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
     use ballista_core::serde::{BallistaCodec, BallistaLogicalExtensionCodec};
-    use ballista_core::utils::{default_config_producer, default_session_builder};
+    use ballista_core::utils::default_config_producer;
     let logical = Arc::new(BallistaLogicalExtensionCodec::default());
     let addr = ballista_scheduler::standalone::new_standalone_scheduler_with_builder(
-        Arc::new(default_session_builder),
+        Arc::new(stores::scheduler_session),
         Arc::new(default_config_producer),
         BallistaCodec::new(logical.clone(), Arc::new(VeilCodec::sealed())),
     )
