@@ -381,9 +381,13 @@ pub async fn run_executor(options: ExecutorOptions, key: ClusterKey) -> Result<(
 /// An in-process scheduler and `executors` executors on loopback (for tests
 /// and single-machine trials): the scheduler's URL.
 pub async fn standalone(key: ClusterKey, executors: usize, vcores: usize) -> Result<String> {
+    use ballista_core::extension::{
+        ballista_aggregate_functions, ballista_scalar_functions, ballista_window_functions,
+    };
     use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
     use ballista_core::serde::{BallistaCodec, BallistaLogicalExtensionCodec};
     use ballista_core::utils::default_config_producer;
+    use datafusion::execution::SessionStateBuilder;
     let logical = Arc::new(BallistaLogicalExtensionCodec::default());
     let addr = ballista_scheduler::standalone::new_standalone_scheduler_with_builder(
         Arc::new(stores::scheduler_session),
@@ -404,11 +408,21 @@ pub async fn standalone(key: ClusterKey, executors: usize, vcores: usize) -> Res
             }
         }
     };
+    // Ballista's standalone executor, with the stores of `veil executor`.
+    let functions = SessionStateBuilder::new()
+        .with_default_features()
+        .with_scalar_functions(ballista_scalar_functions())
+        .with_aggregate_functions(ballista_aggregate_functions())
+        .with_window_functions(ballista_window_functions())
+        .build();
     for _ in 0..executors.max(1) {
-        ballista_executor::new_standalone_executor(
+        ballista_executor::new_standalone_executor_from_builder(
             scheduler.clone(),
             vcores.max(1),
+            Arc::new(default_config_producer),
+            Arc::new(|_| stores::runtime(None)),
             BallistaCodec::new(logical.clone(), Arc::new(VeilCodec::with_key(key.clone()))),
+            (&functions).into(),
         )
         .await
         .map_err(|e| ballista_error("cannot start an executor", e))?;
