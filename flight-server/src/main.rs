@@ -183,7 +183,8 @@ enum Command {
         #[arg(long, env = "VEIL_SCHEDULER_LISTEN", default_value = "127.0.0.1:50050")]
         listen: std::net::SocketAddr,
     },
-    /// Run a Ballista executor of a `veil scheduler`.
+    /// Run a Ballista executor of a `veil scheduler`. It reads an S3
+    /// warehouse with the `AWS_*` environment variables, as the front end.
     Executor {
         /// The scheduler (`df://host:port`).
         #[arg(long, env = "VEIL_SCHEDULER", default_value = "df://127.0.0.1:50050")]
