@@ -216,14 +216,12 @@ impl Fetch {
                 "a result partition without its executor",
             ));
         };
+        let executor_port = u16::try_from(executor.port)
+            .map_err(|_| execution("scheduler", "an executor port out of range"))?;
         let (host, port) = match &self.proxy {
             Some(FlightProxy::External(address)) => split(&format!("http://{address}"))?,
             Some(FlightProxy::Local(true)) => split(&self.url)?,
-            Some(FlightProxy::Local(false)) | None => {
-                let port = u16::try_from(executor.port)
-                    .map_err(|_| execution("scheduler", "an executor port out of range"))?;
-                (executor.host.clone(), port)
-            }
+            Some(FlightProxy::Local(false)) | None => (executor.host.clone(), executor_port),
         };
         let mut client = BallistaClient::try_new(
             &host,
@@ -239,8 +237,6 @@ impl Fetch {
         .await
         .map_err(|e| execution("cannot reach an executor", e))?;
         let id: PartitionId = partition.into();
-        let port = u16::try_from(executor.port)
-            .map_err(|_| execution("scheduler", "an executor port out of range"))?;
         client
             .fetch_partition_proxied(
                 &executor.id,
@@ -248,7 +244,7 @@ impl Fetch {
                 location.file_id,
                 layout,
                 &executor.host,
-                port,
+                executor_port,
                 true,
             )
             .await

@@ -152,7 +152,7 @@ impl Cluster {
             PhysicalPlanNode::try_from_physical_plan(Arc::clone(&plan), self.codec.as_ref());
         Some(encoded.map(|encoded| {
             Arc::new(RemoteExec::new(
-                plan,
+                plan.schema(),
                 encoded.encode_to_vec().into(),
                 self.scheduler.clone(),
                 config.clone(),
@@ -182,8 +182,7 @@ fn reads_sources(plan: &Arc<dyn ExecutionPlan>) -> bool {
 
 /// Runs its (hidden) plan on the cluster and streams the final stage.
 struct RemoteExec {
-    plan: Arc<dyn ExecutionPlan>,
-    /// `plan` as `VeilCodec` encodes it.
+    /// The plan as `VeilCodec` encodes it.
     encoded: Arc<[u8]>,
     scheduler: String,
     config: SessionConfig,
@@ -199,20 +198,19 @@ impl fmt::Debug for RemoteExec {
 
 impl RemoteExec {
     fn new(
-        plan: Arc<dyn ExecutionPlan>,
+        schema: datafusion::arrow::datatypes::SchemaRef,
         encoded: Arc<[u8]>,
         scheduler: String,
         config: SessionConfig,
         cancelled: Option<IntCounter>,
     ) -> Self {
         let cache = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(plan.schema()),
+            EquivalenceProperties::new(schema),
             Partitioning::UnknownPartitioning(1),
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
         Self {
-            plan,
             encoded,
             scheduler,
             config,
@@ -295,7 +293,7 @@ impl ExecutionPlan for RemoteExec {
         let scheduler = self.scheduler.clone();
         let config = self.config.clone();
         let cancelled = self.cancelled.clone();
-        let schema = self.plan.schema();
+        let schema = self.schema();
         let started = job::run(scheduler, encoded, config, cancelled);
         let stream = futures::stream::once(started)
             .try_flatten()
@@ -367,7 +365,8 @@ pub async fn run_executor(options: ExecutorOptions, key: ClusterKey) -> Result<(
         override_physical_codec: Some(Arc::new(VeilCodec::with_key(key))),
         ..Default::default()
     };
-    // Ballista's default runtime, with `s3://` buckets opened on first use.
+    // Ballista's default runtime, with `s3://` buckets opened on first use
+    // (spill files in the work directory, else the system's temporary one).
     let spill = options.work_dir;
     config.override_runtime_producer = Some(Arc::new(move |_| stores::runtime(spill.as_deref())));
     if let Some(vcores) = options.vcores {

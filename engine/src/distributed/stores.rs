@@ -45,8 +45,7 @@ impl ObjectStoreRegistry for EnvStores {
                 url.host_str().unwrap_or_default()
             )));
         }
-        let options = std::env::vars().filter(|(k, _)| k.starts_with("AWS_"));
-        let (store, _) = object_store::parse_url_opts(url, options).map_err(|e| {
+        let (store, _) = crate::workspace::storage::open_url(url).map_err(|e| {
             DataFusionError::Execution(format!("cannot open the object store of {url}: {e}"))
         })?;
         let store: Arc<dyn ObjectStore> = Arc::from(store);

@@ -201,8 +201,10 @@ pub(crate) struct GovernedScanExec {
     /// so each task read every partition (rows repeated) and wrote two of
     /// them to one shuffle file (found at TPC-H SF1: shuffle reads failed).
     /// Nothing can move into an open barrier: it takes no filter from
-    /// above (DataFusion's default), and on a cluster no rule but the
-    /// scheduler's stage cutting and partition restriction runs.
+    /// above (DataFusion's default), and the scheduler runs only its stage
+    /// cutting, partition restriction, distribution requirements, join
+    /// selection and aggregate statistics, none of which moves an operator
+    /// below another.
     open: bool,
     cache: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,

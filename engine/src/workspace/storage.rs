@@ -33,6 +33,14 @@ pub struct Warehouse {
     writes: Arc<Writes>,
 }
 
+/// The object store of `url` and the path in it, S3 settings from the
+/// `AWS_*` environment variables (also how executors open the warehouse,
+/// `distributed/stores.rs`).
+pub(crate) fn open_url(url: &Url) -> object_store::Result<(Box<dyn ObjectStore>, Path)> {
+    let options = std::env::vars().filter(|(k, _)| k.starts_with("AWS_"));
+    object_store::parse_url_opts(url, options)
+}
+
 fn storage_error(what: &str, e: impl std::fmt::Display) -> VeilError {
     VeilError::Internal(format!("workspace storage: {what}: {e}"))
 }
@@ -60,8 +68,7 @@ impl Warehouse {
         if !root.path().ends_with('/') {
             root.set_path(&format!("{}/", root.path()));
         }
-        let options = std::env::vars().filter(|(k, _)| k.starts_with("AWS_"));
-        let (store, prefix) = object_store::parse_url_opts(&root, options).map_err(|e| {
+        let (store, prefix) = open_url(&root).map_err(|e| {
             VeilError::InvalidArgument(format!("warehouse {location} cannot be opened: {e}"))
         })?;
         let writes = Arc::new(Writes::default());
