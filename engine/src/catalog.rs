@@ -19,6 +19,7 @@ use datafusion::datasource::listing::{
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::runtime_env::RuntimeEnv;
 
+use crate::decoder_panic::DecoderPanic;
 use crate::error::{Result, VeilError};
 use crate::file_schema::{FileSchemaCheck, FileSchemaMismatch};
 use crate::governance::{GovernanceContext, GovernedTable, StatementGovernance};
@@ -128,7 +129,11 @@ fn is_read_error(e: &DataFusionError) -> bool {
         | DataFusionError::ObjectStore(_)
         | DataFusionError::IoError(_) => true,
         DataFusionError::ArrowError(a, _) => matches!(a.as_ref(), ArrowError::ParquetError(_)),
-        DataFusionError::External(e) => e.is::<FileSchemaMismatch>(),
+        DataFusionError::External(e) => {
+            e.is::<FileSchemaMismatch>()
+                || e.is::<DecoderPanic>()
+                || crate::decoder_panic::mentions_decoder_panic(&e.to_string())
+        }
         _ => false,
     }
 }

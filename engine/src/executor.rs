@@ -49,6 +49,7 @@ pub(crate) struct Executor {
 impl Executor {
     /// A runtime of `threads` workers of `stack` bytes each.
     pub fn new(threads: usize, stack: usize) -> Result<Self> {
+        crate::decoder_panic::watch();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             // New statements (and tasks woken from the server's threads)
@@ -128,11 +129,10 @@ impl Executor {
             .catch_unwind()
             .await;
             if let Err(panic) = drained {
-                let error = DataFusionError::Internal(format!(
-                    "the statement failed: {}",
-                    panic_message(panic.as_ref())
-                ));
-                let _ = tx.send(Err(error)).await;
+                let error = panic_error(panic_message(panic.as_ref()));
+                let _ = tx
+                    .send(Err(DataFusionError::External(Box::new(error))))
+                    .await;
             }
         };
         let guard = (
@@ -172,10 +172,7 @@ impl Executor {
         };
         match task.join().await {
             Ok(Ok(result)) => result,
-            Ok(Err(panic)) => Err(VeilError::Internal(format!(
-                "the statement failed: {}",
-                panic_message(panic.as_ref())
-            ))),
+            Ok(Err(panic)) => Err(panic_error(panic_message(panic.as_ref()))),
             Err(e) => Err(VeilError::Internal(format!("the statement failed: {e}"))),
         }
     }
@@ -200,6 +197,19 @@ pub(crate) async fn unless_panic<F: Future>(work: F) -> std::result::Result<F::O
 }
 
 /// The text a panic carried, if any.
+/// The error of a statement that panicked with `message`: the Parquet
+/// decoder's on a damaged page (`decoder_panic.rs`), which
+/// `catalog::explain_read_error` tells as its table's unreadable data;
+/// else internal.
+fn panic_error(message: &str) -> VeilError {
+    if crate::decoder_panic::is_decoder_panic(message) {
+        let panic = crate::decoder_panic::DecoderPanic(message.to_string());
+        VeilError::DataFusion(Box::new(DataFusionError::External(Box::new(panic))))
+    } else {
+        VeilError::Internal(format!("the statement failed: {message}"))
+    }
+}
+
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()

@@ -18,6 +18,7 @@ mod checked;
 pub mod collect_build;
 pub mod condition;
 pub mod decimal_arith;
+mod decoder_panic;
 pub mod distributed;
 mod dynamic_rows;
 pub mod dynamic_scan;
