@@ -78,6 +78,12 @@ impl<'k> Verifier<'k> {
         self.next_id = r.id + 1;
     }
 
+    /// Notes that the records due next cannot be read (a damaged
+    /// archive): the chain is broken at the first of them, unless before.
+    pub fn unreadable(&mut self) {
+        self.first_broken.get_or_insert(self.next_id);
+    }
+
     /// Checks that the chain ends where the store says its head is: a
     /// removed tail shows as the first missing id.
     pub fn finish(&mut self, head: &AuditAnchor) {
