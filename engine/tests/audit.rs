@@ -316,6 +316,16 @@ fn catalog(dir: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open(dir.join("catalog.sqlite")).unwrap()
 }
 
+/// Archives every record so far into the data directory's archives;
+/// the file and how many records it holds.
+fn archive_all(engine: &Engine, data_dir: &Path) -> (std::path::PathBuf, usize) {
+    let cut = archive::parse_time(&chrono::Utc::now().to_rfc3339()).unwrap();
+    let archive_dir = data_dir.join("audit-archive");
+    archive::archive(engine.store().as_ref(), &cut, &archive_dir)
+        .unwrap()
+        .unwrap()
+}
+
 async fn verify(engine: &Arc<Engine>) -> Vec<String> {
     rows(&mut engine.session("admin"), "VERIFY AUDIT")
         .await
@@ -391,11 +401,7 @@ async fn the_chain_holds_across_restarts_and_archives() {
     let engine = Engine::open(dir.path(), &common::root()).unwrap();
     assert_eq!(verify(&engine).await, ["ok", &total.to_string(), "NULL"]);
     // Archive everything so far (the VERIFY above included).
-    let cut = archive::parse_time(&chrono::Utc::now().to_rfc3339()).unwrap();
-    let archive_dir = dir.path().join("audit-archive");
-    let (file, moved) = archive::archive(engine.store().as_ref(), &cut, &archive_dir)
-        .unwrap()
-        .unwrap();
+    let (file, moved) = archive_all(&engine, dir.path());
     assert_eq!(moved as i64, total + 1);
     assert!(file.exists());
     assert!(records(&engine).is_empty());
@@ -524,11 +530,7 @@ async fn a_damaged_archive_breaks_the_chain_and_never_hangs_verify() {
         "SELECT count(*) FROM hr.employees",
     )
     .await;
-    let cut = archive::parse_time(&chrono::Utc::now().to_rfc3339()).unwrap();
-    let archive_dir = dir.path().join("audit-archive");
-    let (file, moved) = archive::archive(engine.store().as_ref(), &cut, &archive_dir)
-        .unwrap()
-        .unwrap();
+    let (file, moved) = archive_all(&engine, dir.path());
     let first = 1;
     let original = std::fs::read(&file).unwrap();
     assert_eq!(verify(&engine).await[0], "ok");
