@@ -13,7 +13,10 @@
 //! or as a `JoinError`'s text. So a process-wide panic hook, chained before
 //! the previous one (which still prints it), keeps the messages of the last
 //! few panics raised in the parquet crate's sources; a caught panic, or an
-//! error's text, carrying one of them is the decoder's.
+//! error's text, carrying one of them is the decoder's. A panic raised
+//! elsewhere with the very text of a recent decoder panic (an overflow's
+//! generic message) would be taken for the decoder's; the server log has
+//! both, with where each was raised.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, Once};
