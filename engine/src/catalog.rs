@@ -118,16 +118,26 @@ pub(crate) fn unreadable_source(
     ))
 }
 
-/// Whether a query error comes from reading files (storage or Parquet
-/// decoding, a file that does not match the source's schema) rather than
-/// from the query itself. A page that fails to decode reaches DataFusion
+/// What an error that comes from reading a table's files went wrong in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadFailure {
+    /// Parquet decoding (a page arrow's reader could not decode, a panic of
+    /// the decoder) or a file that does not match the source's schema.
+    Decoding,
+    /// Storage: a file missing or cut short.
+    Storage,
+}
+
+/// Whether a query error comes from reading files rather than from the
+/// query itself, and how. A page that fails to decode reaches DataFusion
 /// through arrow's reader, as arrow's `ParquetError` ("dictionary index
 /// out of bounds", ...).
-fn is_read_error(e: &DataFusionError) -> bool {
-    match e.find_root() {
-        DataFusionError::ParquetError(_)
-        | DataFusionError::ObjectStore(_)
-        | DataFusionError::IoError(_) => true,
+fn read_failure(e: &DataFusionError) -> Option<ReadFailure> {
+    let decoding = match e.find_root() {
+        DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => {
+            return Some(ReadFailure::Storage)
+        }
+        DataFusionError::ParquetError(_) => true,
         DataFusionError::ArrowError(a, _) => matches!(a.as_ref(), ArrowError::ParquetError(_)),
         DataFusionError::External(e) => {
             e.is::<FileSchemaMismatch>()
@@ -135,34 +145,49 @@ fn is_read_error(e: &DataFusionError) -> bool {
                 || crate::decoder_panic::mentions_decoder_panic(&e.to_string())
         }
         _ => false,
-    }
+    };
+    decoding.then_some(ReadFailure::Decoding)
 }
 
 /// Rewrites an execution error that comes from reading a table's files
 /// into [`unreadable_source`]'s error for that table: the one whose
 /// location the cause mentions, else the only table the query scanned.
 pub(crate) fn explain_read_error(e: VeilError, gctx: Option<&GovernanceContext>) -> VeilError {
+    explain(e, gctx, false)
+}
+
+/// [`explain_read_error`] for a workspace write's error: a storage error
+/// is its inputs' only when it names one of their locations (else it may
+/// be the write's own, to the warehouse); a decoding error is its inputs'.
+pub(crate) fn explain_write_input_error(e: VeilError, gctx: &GovernanceContext) -> VeilError {
+    explain(e, Some(gctx), true)
+}
+
+fn explain(e: VeilError, gctx: Option<&GovernanceContext>, writing: bool) -> VeilError {
     let (VeilError::DataFusion(d), Some(gctx)) = (&e, gctx) else {
         return e;
     };
-    if !is_read_error(d) {
+    let Some(failure) = read_failure(d) else {
+        return e;
+    };
+    let named_only = writing && failure == ReadFailure::Storage;
+    let text = d.to_string();
+    // Under `<table>/_staging/`: the write's own files, not its input's.
+    if named_only && text.contains(&format!("/{}/", crate::workspace::fence::STAGING)) {
         return e;
     }
-    let text = d.to_string();
     let scanned = gctx.scanned.lock().map(|s| s.clone()).unwrap_or_default();
     let mentioned = |location: &str| mentions(&text, location);
-    let table =
-        scanned
-            .iter()
-            .find(|(_, location)| mentioned(location))
-            .or(if scanned.len() == 1 {
-                scanned.first()
-            } else {
-                None
-            });
+    let table = scanned.iter().find(|(_, location)| mentioned(location)).or(
+        if scanned.len() == 1 && !named_only {
+            scanned.first()
+        } else {
+            None
+        },
+    );
     match table {
         Some((what, location)) => unreadable_source(what, location, d),
-        None if scanned.is_empty() => e,
+        None if scanned.is_empty() || named_only => e,
         None => {
             let names: Vec<&str> = scanned.iter().map(|(what, _)| what.as_str()).collect();
             let what = format!("a table of this query ({})", names.join(", "));

@@ -907,7 +907,8 @@ async fn a_workspace_tables_lost_or_damaged_files_fail_it_alone() {
 
 /// Bytes damaged inside a workspace file's pages, its footer intact, fail
 /// the query as that table's unreadable data (parquet's text, a dictionary
-/// index or a page header, went to the user as InvalidArgument before).
+/// index or a page header, went to the user as InvalidArgument before),
+/// and a `CREATE TABLE ... AS` reading it too (Internal until 2026-12-07).
 #[tokio::test]
 async fn a_workspace_tables_damaged_pages_fail_naming_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -941,20 +942,26 @@ async fn a_workspace_tables_damaged_pages_fail_naming_it() {
             Err(e) => Err(e),
             Ok(out) => out.collect().await,
         };
-        match result {
-            Ok(_) => answered += 1,
-            Err(e) => {
-                let what = format!("bytes {damaged:?}: {e}");
-                assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{what}");
-                assert!(
-                    e.to_string()
-                        .contains("failed precondition: workspace table keep cannot be read:"),
-                    "{what}"
-                );
-                assert!(!e.to_string().contains("warehouse"), "{what}");
-                unreadable += 1;
-            }
+        let Err(e) = result else {
+            answered += 1;
+            continue;
+        };
+        unreadable += 1;
+        // A write reading it fails the same way (it was Internal), and
+        // leaves no table behind.
+        let copy = "CREATE TABLE workspace.copy AS SELECT * FROM workspace.keep";
+        for e in [e, err(&mut bob, copy).await] {
+            let what = format!("bytes {damaged:?}: {e}");
+            assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{what}");
+            assert!(
+                e.to_string()
+                    .contains("failed precondition: workspace table keep cannot be read:"),
+                "{what}"
+            );
+            assert!(!e.to_string().contains("warehouse"), "{what}");
         }
+        let tables = rows(&mut bob, "SHOW TABLES IN workspace").await;
+        assert!(!format!("{tables:?}").contains("copy"), "{tables:?}");
     }
     assert!(
         unreadable >= 5,

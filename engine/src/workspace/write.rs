@@ -614,6 +614,7 @@ impl<'a> Writer<'a> {
                 guard.warehouse = None;
                 let _ = warehouse.delete_dir(&staging).await;
                 discard_promoted(warehouse, &guard.table_dir, &write_id).await;
+                let e = crate::catalog::explain_write_input_error(e, self.gctx);
                 return Err(out_of_space(e, name));
             }
         };
