@@ -534,7 +534,8 @@ async fn a_damaged_archive_breaks_the_chain_and_never_hangs_verify() {
     let first = 1;
     let original = std::fs::read(&file).unwrap();
     assert_eq!(verify(&engine).await[0], "ok");
-    let (mut ok, mut broken) = (0, 0);
+    let name = file.file_name().unwrap().to_string_lossy().to_string();
+    let (mut ok, mut broken, mut unreadable) = (0, 0, 0);
     for at in 0..original.len() {
         let mut bytes = original.clone();
         bytes[at] = if bytes[at] == 40 { 41 } else { 40 };
@@ -555,8 +556,15 @@ async fn a_damaged_archive_breaks_the_chain_and_never_hangs_verify() {
                 broken += 1;
             }
         }
+        // What could not be read is named, for `veil audit verify`.
+        for u in &v.unreadable {
+            assert!(u.starts_with(&format!("{name}: ")), "byte {at}: {u}");
+            assert!(v.first_broken.is_some(), "byte {at}: {u}");
+        }
+        unreadable += usize::from(!v.unreadable.is_empty());
     }
     assert!(broken > original.len() / 2, "{broken} broken, {ok} ok");
+    assert!(unreadable > original.len() / 3, "{unreadable} unreadable");
     std::fs::write(&file, &original).unwrap();
     assert_eq!(verify(&engine).await[0], "ok");
 }

@@ -690,8 +690,12 @@ async fn run(cli: Cli) -> Result<(), String> {
                     Ok(())
                 }
                 Some(id) => Err(format!(
-                    "broken: record {id} of {} fails verification",
-                    v.records
+                    "broken: record {id} of {} fails verification{}",
+                    v.records,
+                    v.unreadable
+                        .iter()
+                        .map(|u| format!("; cannot read audit archive {u}"))
+                        .collect::<String>()
                 )),
             }
         }

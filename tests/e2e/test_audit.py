@@ -178,3 +178,27 @@ def test_audit_commands_metrics_and_json_logs(tmp_path):
         stop_server(proc)
     bad = _veil(data_dir, "audit", "export", "--format", "csv", "--out", out)
     assert bad.returncode != 0 and "unknown export format 'csv'" in bad.stderr
+    # A damaged archive: the chain is broken from its first record, the
+    # CLI names the file, and VERIFY AUDIT answers broken (it was an
+    # internal error).
+    archive_dir = os.path.join(data_dir, "audit-archive")
+    [name] = [f for f in os.listdir(archive_dir) if f.endswith(".parquet")]
+    path = os.path.join(archive_dir, name)
+    original = open(path, "rb").read()
+    damaged = bytearray(original)
+    damaged[4:4 + 64] = bytes(64)  # the first page's header
+    open(path, "wb").write(bytes(damaged))
+    verify = _veil(data_dir, "audit", "verify")
+    assert verify.returncode != 0, verify.stdout + verify.stderr
+    assert "broken: record 1 of" in verify.stderr, verify.stderr
+    assert f"cannot read audit archive {name}: " in verify.stderr, verify.stderr
+    proc, uri = start_server(data_dir)
+    try:
+        with connect(uri, "admin", "admin-pw") as a:
+            status, _, first_broken = rows(a, "VERIFY AUDIT")[0]
+            assert (status, first_broken) == ("broken", 1)
+    finally:
+        stop_server(proc)
+    open(path, "wb").write(original)
+    verify = _veil(data_dir, "audit", "verify")
+    assert verify.returncode == 0 and verify.stdout.startswith("ok:"), verify.stdout + verify.stderr

@@ -290,6 +290,7 @@ pub fn verify_all(
     dir: &Path,
 ) -> Result<AuditVerification> {
     let mut verifier = Verifier::after(key, &AuditAnchor::default());
+    let mut unreadable = vec![];
     for (_, path) in archive_files(dir)? {
         let bytes = Bytes::from(std::fs::read(&path).map_err(io(&path))?);
         // An archive is checked, not trusted: one that cannot be read
@@ -306,6 +307,8 @@ pub fn verify_all(
         };
         tracing::warn!(archive = %path.display(), "an audit archive cannot be read: {cause}");
         verifier.unreadable();
+        let file = path.file_name().unwrap_or_default().to_string_lossy();
+        unreadable.push(format!("{file}: {cause}"));
     }
     let anchor = store.audit_anchor()?;
     // The archives must end exactly where the live chain starts.
@@ -314,5 +317,6 @@ pub fn verify_all(
     Ok(AuditVerification {
         records: verifier.records + live.records,
         first_broken: verifier.first_broken.or(live.first_broken),
+        unreadable,
     })
 }

@@ -298,6 +298,8 @@ pub struct AuditVerification {
     pub records: i64,
     /// Id of the first record that is edited, missing or out of place.
     pub first_broken: Option<i64>,
+    /// The archives that could not be read, each as "<file>: <why>".
+    pub unreadable: Vec<String>,
 }
 
 /// Persistence of the catalog. Implementations must make every `apply` one

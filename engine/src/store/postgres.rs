@@ -615,6 +615,7 @@ impl CatalogStore for PostgresStore {
             Ok(AuditVerification {
                 records: verifier.records,
                 first_broken: verifier.first_broken,
+                unreadable: vec![],
             })
         })
     }

@@ -355,6 +355,7 @@ impl CatalogStore for SqliteStore {
         Ok(AuditVerification {
             records: verifier.records,
             first_broken: verifier.first_broken,
+            unreadable: vec![],
         })
     }
 
