@@ -515,3 +515,107 @@ async fn a_broader_members_overwrite_reaches_no_handle_of_another_member() {
     check("ticket", fetch(&mut bob, ticketed).await.unwrap_err());
     check("statement", run(&mut bob, sql).await.unwrap_err());
 }
+
+/// Sends `messages` as one DoPut and returns its status: the call's, or
+/// the first answer's.
+async fn put_status(c: &mut Client, messages: Vec<arrow_flight::FlightData>) -> tonic::Status {
+    use arrow_flight::error::FlightError;
+    let status = |e: FlightError| match e {
+        FlightError::Tonic(s) => *s,
+        other => panic!("not a status: {other}"),
+    };
+    match c.do_put(futures::stream::iter(messages)).await {
+        Err(e) => status(e),
+        Ok(mut answers) => match answers.next().await {
+            Some(Err(s)) => s,
+            other => panic!("the put was taken: {other:?}"),
+        },
+    }
+}
+
+/// `batch` as a DoPut's messages under `descriptor`, its record batch
+/// message damaged by `damage`.
+async fn damaged_put(
+    descriptor: arrow_flight::FlightDescriptor,
+    batch: RecordBatch,
+    damage: fn(&mut arrow_flight::FlightData),
+) -> Vec<arrow_flight::FlightData> {
+    use futures::TryStreamExt;
+    let mut messages: Vec<_> = arrow_flight::encode::FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(descriptor))
+        .build(futures::stream::iter([Ok(batch)]))
+        .try_collect()
+        .await
+        .unwrap();
+    damage(messages.last_mut().unwrap());
+    messages
+}
+
+/// Arrow IPC that does not decode, as ingested rows or as a prepared
+/// statement's parameters, is the client's mistake: InvalidArgument, and
+/// nothing is written. A record batch whose body is cut short made
+/// arrow's IPC reader panic (its buffers are sliced out of the body
+/// unchecked) and the client's stream was reset ("h2 protocol error",
+/// Cancelled); a garbage header came back as Internal.
+#[tokio::test]
+async fn data_that_does_not_decode_is_the_clients_mistake() {
+    use arrow_flight::sql::{
+        ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
+        CommandPreparedStatementQuery, ProstMessageExt,
+    };
+    use arrow_flight::{Action, FlightDescriptor};
+    use prost::Message;
+    let server = start().await;
+    let (_, mut bob) = setup(server.handle.addr, "bad").await;
+    ingest(
+        &mut bob,
+        ingest_cmd("t", N::Create, E::Fail),
+        vec![batch(0..5)],
+    )
+    .await
+    .unwrap();
+    // The body cut off (the header still names its buffers), or the
+    // header garbage.
+    let cut: fn(&mut arrow_flight::FlightData) = |m| m.data_body = Default::default();
+    let garbage: fn(&mut arrow_flight::FlightData) = |m| m.data_header = vec![7; 40].into();
+    // Rows to ingest.
+    let append = ingest_cmd("t", N::Fail, E::Append).as_any().encode_to_vec();
+    for damage in [cut, garbage] {
+        let descriptor = FlightDescriptor::new_cmd(append.clone());
+        let messages = damaged_put(descriptor, batch(5..10), damage).await;
+        let status = put_status(&mut bob, messages).await;
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("cannot be decoded"), "{status:?}");
+        assert_eq!(count(&mut bob, "t").await, "5");
+    }
+    // A prepared statement's parameters.
+    let request = ActionCreatePreparedStatementRequest {
+        query: "SELECT $1 + 1".into(),
+        transaction_id: None,
+    };
+    let action = Action::new("CreatePreparedStatement", request.as_any().encode_to_vec());
+    let mut answers = bob.do_action(action).await.unwrap();
+    let body = answers.next().await.unwrap().unwrap().body;
+    let created: ActionCreatePreparedStatementResult = arrow_flight::sql::Any::decode(body)
+        .unwrap()
+        .unpack()
+        .unwrap()
+        .unwrap();
+    let query = CommandPreparedStatementQuery {
+        prepared_statement_handle: created.prepared_statement_handle,
+    };
+    let params = RecordBatch::try_from_iter([(
+        "p",
+        Arc::new(Int64Array::from(vec![41])) as datafusion::arrow::array::ArrayRef,
+    )])
+    .unwrap();
+    for damage in [cut, garbage] {
+        let descriptor = FlightDescriptor::new_cmd(query.as_any().encode_to_vec());
+        let messages = damaged_put(descriptor, params.clone(), damage).await;
+        let status = put_status(&mut bob, messages).await;
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("cannot be decoded"), "{status:?}");
+    }
+    // The session goes on.
+    assert_eq!(count(&mut bob, "t").await, "5");
+}

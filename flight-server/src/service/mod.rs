@@ -7,6 +7,7 @@
 
 mod encode;
 mod metadata;
+mod put_data;
 pub mod session_options;
 mod statements;
 mod wire;

@@ -11,8 +11,6 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
-use arrow_flight::decode::FlightRecordBatchStream;
-use arrow_flight::error::FlightError;
 use arrow_flight::sql::server::PeekableFlightDataStream;
 use arrow_flight::sql::{CommandStatementIngest, ProstMessageExt, TicketStatementQuery};
 use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
@@ -33,6 +31,7 @@ use veil_engine::workspace::write::{IfExists, IngestMode};
 use veil_engine::workspace::WORKSPACE_SCHEMA;
 use veil_engine::{QueryOutput, Session, VeilError};
 
+use super::put_data::PutBatches;
 use super::{encode, wire, DoGetStream, VeilFlightSql};
 use crate::status::{internal, to_status};
 
@@ -133,17 +132,6 @@ fn decode_params(params: &Option<String>) -> Result<Option<ParamValues>, Status>
     }
 }
 
-/// The IPC messages of a DoPut, without the descriptor-only message some
-/// clients send first (the arrow-rs client's prepared update does).
-fn data_messages(
-    request: tonic::Request<PeekableFlightDataStream>,
-) -> impl futures::Stream<Item = Result<arrow_flight::FlightData, FlightError>> {
-    request
-        .into_inner()
-        .map_err(FlightError::from)
-        .try_filter(|m| std::future::ready(!(m.data_header.is_empty() && m.data_body.is_empty())))
-}
-
 /// The ingest mode of a `CommandStatementIngest`, checked against the
 /// session: only the current project's workspace can be written.
 pub(super) fn ingest_mode(
@@ -211,14 +199,12 @@ pub(super) fn ingest_mode(
 pub(super) async fn ingest_stream(
     request: tonic::Request<PeekableFlightDataStream>,
 ) -> Result<SendableRecordBatchStream, Status> {
-    let mut decoded = FlightRecordBatchStream::new_from_flight_data(data_messages(request));
+    let mut decoded = PutBatches::new(request);
     let first = decoded.next().await;
-    let schema = match (decoded.schema(), &first) {
-        (Some(s), _) => Arc::clone(s),
-        (None, Some(Ok(b))) => b.schema(),
-        (None, Some(Err(e))) => {
-            return Err(Status::invalid_argument(format!("ingest stream: {e}")))
-        }
+    let (schema, first) = match (decoded.schema(), first) {
+        (Some(s), first) => (Arc::clone(s), first),
+        (None, Some(Ok(b))) => (b.schema(), Some(Ok(b))),
+        (None, Some(Err(e))) => return Err(e),
         (None, None) => {
             return Err(Status::invalid_argument(
                 "ingest stream carried no schema and no rows",
@@ -228,7 +214,8 @@ pub(super) async fn ingest_stream(
     let rest = futures::stream::iter(first).chain(decoded).map(|r| {
         r.map_err(|e| {
             datafusion::error::DataFusionError::Execution(format!(
-                "ingest stream broke off: {e}; nothing was written"
+                "ingest stream broke off: {}; nothing was written",
+                e.message()
             ))
         })
     });
@@ -354,10 +341,10 @@ impl VeilFlightSql {
     pub(super) async fn read_batches(
         request: tonic::Request<PeekableFlightDataStream>,
     ) -> Result<(Option<SchemaRef>, Vec<RecordBatch>), Status> {
-        let mut decoded = FlightRecordBatchStream::new_from_flight_data(data_messages(request));
+        let mut decoded = PutBatches::new(request);
         let mut batches = vec![];
         while let Some(b) = decoded.next().await {
-            batches.push(b.map_err(Status::from)?);
+            batches.push(b?);
         }
         let schema = decoded
             .schema()
