@@ -9,20 +9,16 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::cast::{
     as_binary_array, as_int64_array, as_string_array, as_timestamp_microsecond_array,
 };
-use datafusion::parquet::arrow::push_decoder::ParquetPushDecoderBuilder;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
-use datafusion::parquet::errors::ParquetError;
-use datafusion::parquet::file::metadata::ParquetMetaDataPushDecoder;
 use datafusion::parquet::file::properties::WriterProperties;
-use datafusion::parquet::DecodeResult;
 
 use super::chain::Verifier;
 use super::table::records_batch;
@@ -202,38 +198,20 @@ fn archive_files(dir: &Path) -> Result<Vec<(i64, PathBuf)>> {
     Ok(files)
 }
 
-/// Reads an archive's records in order into `each`, with parquet's push
-/// decoder over the file's bytes (DataFusion's decoder): parquet 59's sync
-/// file reader loops for good on some page headers with one byte changed
-/// (seen on a dictionary page's header, where the push decoder errs).
+/// Reads an archive's records in order into `each`. parquet's Thrift
+/// skipper spends 2^31 iterations on a damaged header that claims a list
+/// of that many booleans (parquet 59, `skip_till_depth`); the push
+/// decoder shares it.
 fn read_archive(bytes: Bytes, mut each: impl FnMut(&AuditRecord)) -> Result<()> {
-    let len = bytes.len() as u64;
-    let slice = |r: &std::ops::Range<u64>| {
-        let fits = r.start <= r.end && r.end <= len;
-        fits.then(|| bytes.slice(r.start as usize..r.end as usize))
-            .ok_or_else(|| VeilError::InvalidArgument(format!("bytes {r:?} lie past its end")))
-    };
-    let bad = |e: ParquetError| VeilError::InvalidArgument(e.to_string());
-    let mut footer = ParquetMetaDataPushDecoder::try_new(len).map_err(bad)?;
-    footer.push_range(0..len, bytes.clone()).map_err(bad)?;
-    let DecodeResult::Data(metadata) = footer.try_decode().map_err(bad)? else {
-        return Err(VeilError::InvalidArgument(
-            "its footer is incomplete".into(),
-        ));
-    };
-    let mut decoder = ParquetPushDecoderBuilder::try_new_decoder(Arc::new(metadata))
+    let bad = |e: &dyn std::fmt::Display| VeilError::InvalidArgument(e.to_string());
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .and_then(|b| b.build())
-        .map_err(bad)?;
-    loop {
-        match decoder.try_decode().map_err(bad)? {
-            DecodeResult::NeedsData(ranges) => {
-                let data = ranges.iter().map(slice).collect::<Result<Vec<_>>>()?;
-                decoder.push_ranges(ranges, data).map_err(bad)?;
-            }
-            DecodeResult::Data(batch) => batch_records(&batch)?.iter().for_each(&mut each),
-            DecodeResult::Finished => return Ok(()),
-        }
+        .map_err(|e| bad(&e))?;
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(&e))?;
+        batch_records(&batch)?.iter().for_each(&mut each);
     }
+    Ok(())
 }
 
 fn batch_records(batch: &RecordBatch) -> Result<Vec<AuditRecord>> {
