@@ -524,9 +524,9 @@ async fn a_failed_statement_leaves_no_password_in_the_audit() {
 ///
 /// Not every byte in turn, as a first version did: a changed byte in a
 /// page header can lead parquet's Thrift skipper into the random MAC bytes
-/// that follow, where a list of booleans claiming 2^31 elements costs 2^31
-/// iterations (parquet 59, `skip_till_depth`), minutes in a debug build;
-/// one CI run met it.
+/// that follow, where a list claiming 2^31 elements whose skipping takes
+/// no input (booleans) costs 2^31 iterations (parquet 59,
+/// `skip_till_depth`), minutes in a debug build; one CI run met it.
 #[tokio::test]
 async fn a_damaged_archive_breaks_the_chain_and_names_it() {
     let dir = tempfile::tempdir().unwrap();

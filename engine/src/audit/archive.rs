@@ -199,9 +199,9 @@ fn archive_files(dir: &Path) -> Result<Vec<(i64, PathBuf)>> {
 }
 
 /// Reads an archive's records in order into `each`. parquet's Thrift
-/// skipper spends 2^31 iterations on a damaged header that claims a list
-/// of that many booleans (parquet 59, `skip_till_depth`); the push
-/// decoder shares it.
+/// skipper may spend 2^31 iterations on a damaged header that claims a
+/// list of that many elements whose skipping takes no input (booleans;
+/// parquet 59, `skip_till_depth`); the push decoder shares it.
 fn read_archive(bytes: Bytes, mut each: impl FnMut(&AuditRecord)) -> Result<()> {
     let bad = |e: &dyn std::fmt::Display| VeilError::InvalidArgument(e.to_string());
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
