@@ -316,6 +316,17 @@ fn catalog(dir: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open(dir.join("catalog.sqlite")).unwrap()
 }
 
+/// The demo engine in `dir`, after one query of bob's.
+async fn demo_after_a_query(dir: &Path) -> Arc<Engine> {
+    let engine = demo(dir, EngineOptions::default()).await;
+    run(
+        &mut engine.session("bob"),
+        "SELECT count(*) FROM hr.employees",
+    )
+    .await;
+    engine
+}
+
 /// Archives every record so far into the data directory's archives;
 /// the file and how many records it holds.
 fn archive_all(engine: &Engine, data_dir: &Path) -> (std::path::PathBuf, usize) {
@@ -389,12 +400,7 @@ async fn tampering_is_detected_and_names_the_first_bad_record() {
 #[tokio::test]
 async fn the_chain_holds_across_restarts_and_archives() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = demo(dir.path(), EngineOptions::default()).await;
-    run(
-        &mut engine.session("bob"),
-        "SELECT count(*) FROM hr.employees",
-    )
-    .await;
+    let engine = demo_after_a_query(dir.path()).await;
     let total = records(&engine).len() as i64;
     drop(engine);
 
@@ -530,12 +536,7 @@ async fn a_failed_statement_leaves_no_password_in_the_audit() {
 #[tokio::test]
 async fn a_damaged_archive_breaks_the_chain_and_names_it() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = demo(dir.path(), EngineOptions::default()).await;
-    run(
-        &mut engine.session("bob"),
-        "SELECT count(*) FROM hr.employees",
-    )
-    .await;
+    let engine = demo_after_a_query(dir.path()).await;
     let (file, _) = archive_all(&engine, dir.path());
     let original = std::fs::read(&file).unwrap();
     let name = file.file_name().unwrap().to_string_lossy().to_string();
