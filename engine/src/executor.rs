@@ -196,7 +196,6 @@ pub(crate) async fn unless_panic<F: Future>(work: F) -> std::result::Result<F::O
         .map_err(|panic| panic_message(panic.as_ref()).to_string())
 }
 
-/// The text a panic carried, if any.
 /// The error of a statement that panicked with `message`: the Parquet
 /// decoder's on a damaged page (`decoder_panic.rs`), which
 /// `catalog::explain_read_error` tells as its table's unreadable data;
@@ -210,7 +209,8 @@ fn panic_error(message: &str) -> VeilError {
     }
 }
 
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+/// The text a panic carried ("a panic" when it carried none).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
         .copied()

@@ -55,3 +55,4 @@ mod yielding;
 
 pub use engine::{CatalogParams, Engine, EngineOptions, QueryOutput, Session};
 pub use error::{ErrorKind, Result, VeilError};
+pub use executor::panic_message;

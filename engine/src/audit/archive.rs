@@ -10,7 +10,6 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::cast::{
     as_binary_array, as_int64_array, as_string_array, as_timestamp_microsecond_array,
@@ -202,9 +201,9 @@ fn archive_files(dir: &Path) -> Result<Vec<(i64, PathBuf)>> {
 /// skipper may spend 2^31 iterations on a damaged header that claims a
 /// list of that many elements whose skipping takes no input (booleans;
 /// parquet 59, `skip_till_depth`); the push decoder shares it.
-fn read_archive(bytes: Bytes, mut each: impl FnMut(&AuditRecord)) -> Result<()> {
+fn read_archive(file: File, mut each: impl FnMut(&AuditRecord)) -> Result<()> {
     let bad = |e: &dyn std::fmt::Display| VeilError::InvalidArgument(e.to_string());
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|b| b.build())
         .map_err(|e| bad(&e))?;
     for batch in reader {
@@ -270,13 +269,13 @@ pub fn verify_all(
     let mut verifier = Verifier::after(key, &AuditAnchor::default());
     let mut unreadable = vec![];
     for (_, path) in archive_files(dir)? {
-        let bytes = Bytes::from(std::fs::read(&path).map_err(io(&path))?);
+        let file = File::open(&path).map_err(io(&path))?;
         // An archive is checked, not trusted: one that cannot be read
         // (damaged, truncated, rewritten) breaks the chain at the first
         // record it no longer gives, and parquet's panics on bad pages
         // are caught.
         let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            read_archive(bytes, |r| verifier.check(r))
+            read_archive(file, |r| verifier.check(r))
         }));
         let cause = match read {
             Ok(Ok(())) => continue,

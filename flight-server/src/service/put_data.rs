@@ -69,14 +69,7 @@ impl Stream for PutBatches {
             // The transport's own error (the client went away, ...).
             Ok(Poll::Ready(Some(Err(FlightError::Tonic(status))))) => *status,
             Ok(Poll::Ready(Some(Err(e)))) => undecodable(&e.to_string()),
-            Err(panic) => {
-                let why = panic
-                    .downcast_ref::<&str>()
-                    .copied()
-                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("arrow's reader panicked");
-                undecodable(why)
-            }
+            Err(panic) => undecodable(veil_engine::panic_message(panic.as_ref())),
         };
         self.failed = true;
         Poll::Ready(Some(Err(error)))
