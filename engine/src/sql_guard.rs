@@ -29,7 +29,7 @@
 //! sqlparser calls at every expression prefix, infix operator and
 //! precedence decision. A statement may take [`STEPS_PER_BYTE`] steps per
 //! byte of text, between [`MIN_STEPS`] and [`MAX_STEPS`] (real statements
-//! take at most 2 per byte, see `engine/tests/sql_guard.rs`), and hold
+//! take at most 2 per byte, see `engine/tests/it/sql_guard.rs`), and hold
 //! [`MAX_OPERATORS`] operators; a prefix is refused when the stack is
 //! nearly used up. Past a limit every hook fails, so any speculation
 //! unwinds at once, and the statement is refused with InvalidArgument,
@@ -175,7 +175,7 @@ impl BoundedDialect {
 
 /// Forwards the generic dialect's own settings (sqlparser 0.62's
 /// `dialect/generic.rs`; every other method keeps the trait's default, as
-/// the generic dialect does). `engine/tests/sql_guard.rs` checks the list
+/// the generic dialect does). `engine/tests/it/sql_guard.rs` checks the list
 /// against every statement in the repository.
 macro_rules! forward_generic {
     ($($method:ident),* $(,)?) => {

@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use veil_engine::{Engine, EngineOptions, Session};
 
@@ -37,9 +38,14 @@ pub async fn rows(s: &mut Session, sql: &str) -> Vec<Vec<String>> {
         .collect()
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    cells(&batches)
+}
+
+/// Batches as text cells ("NULL" for nulls).
+pub fn cells(batches: &[RecordBatch]) -> Vec<Vec<String>> {
     let opts = FormatOptions::default().with_null("NULL");
     let mut out = vec![];
-    for b in &batches {
+    for b in batches {
         let fmts: Vec<_> = b
             .columns()
             .iter()
@@ -93,7 +99,7 @@ impl Write for Captured {
 
 /// Writes `batch` as the Parquet file `path`, atomically (a temporary file
 /// renamed over it), so a source listing `path` never sees half a file.
-pub fn write_parquet(path: &Path, batch: &datafusion::arrow::array::RecordBatch) {
+pub fn write_parquet(path: &Path, batch: &RecordBatch) {
     use datafusion::parquet::arrow::ArrowWriter;
     let tmp = path.with_extension("tmp");
     let file = std::fs::File::create(&tmp).unwrap();

@@ -2,44 +2,23 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use veil_engine::{Engine, ErrorKind, Session};
-
-fn repo_root() -> PathBuf {
-    std::path::PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
-    )
-    .join("..")
-}
 
 async fn demo() -> (tempfile::TempDir, Arc<Engine>) {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path(), &repo_root()).unwrap();
+    let engine = Engine::open(dir.path(), &common::root()).unwrap();
     engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
     veil_engine::statement::load_demo(&engine).await.unwrap();
     (dir, engine)
 }
 
 fn rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
-    let opts = FormatOptions::default().with_null("NULL");
-    let mut out = vec![];
-    for b in batches {
-        let fmts: Vec<_> = b
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
-            .collect();
-        for r in 0..b.num_rows() {
-            out.push(fmts.iter().map(|f| f.value(r).to_string()).collect());
-        }
-    }
-    out
+    common::cells(batches)
 }
 
 /// The text of `what` (`EXPLAIN` or `EXPLAIN ANALYZE`) of `sql`.
@@ -411,7 +390,8 @@ async fn a_garbage_parquet_footer_is_refused_as_a_source() {
 async fn damaged_pages_fail_as_the_sources_unreadable_data() {
     let (_d, engine) = demo().await;
     let mut admin = engine.session("admin");
-    let original = std::fs::read(repo_root().join("testdata/sales/transactions.parquet")).unwrap();
+    let original =
+        std::fs::read(common::root().join("testdata/sales/transactions.parquet")).unwrap();
     let files = tempfile::tempdir().unwrap();
     let (mut answered, mut unreadable) = (0, 0);
     let copies = common::damaged_copies(&original, 0x9e37_79b9_7f4a_7c15, 120);
@@ -569,7 +549,7 @@ async fn files_of_another_schema_fail_as_the_sources_unreadable_data() {
     let files = tempfile::tempdir().unwrap();
     let file = files.path().join("part-0.parquet");
     std::fs::copy(
-        repo_root().join("testdata/sales/transactions.parquet"),
+        common::root().join("testdata/sales/transactions.parquet"),
         &file,
     )
     .unwrap();
@@ -586,7 +566,7 @@ async fn files_of_another_schema_fail_as_the_sources_unreadable_data() {
     let before = q(&mut bob, "SELECT count(*) FROM drift.t WHERE txn_id > 0").await;
     assert_ne!(before, vec![vec!["0".to_string()]]);
 
-    std::fs::copy(repo_root().join("testdata/hr/employees.parquet"), &file).unwrap();
+    std::fs::copy(common::root().join("testdata/hr/employees.parquet"), &file).unwrap();
     tokio::time::sleep(veil_engine::engine::LISTING_TTL + std::time::Duration::from_millis(200))
         .await;
     for sql in [
@@ -1232,7 +1212,7 @@ async fn the_statement_governance_cannot_be_set_listed_or_left_out() {
 async fn a_file_added_to_a_source_directory_is_read_by_the_next_query() {
     let (_d, engine) = demo().await;
     let dir = tempfile::tempdir().unwrap();
-    let file = repo_root().join("testdata/sales/transactions.parquet");
+    let file = common::root().join("testdata/sales/transactions.parquet");
     std::fs::copy(&file, dir.path().join("a.parquet")).unwrap();
     let mut admin = engine.session("admin");
     for sql in [

@@ -14,7 +14,7 @@ use veil_engine::sql_guard::{
     WORKER_STACK_BYTES,
 };
 
-mod common;
+use crate::common;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::{client, fetch, harness, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::pg::PgCluster;
 use common::{client, fetch, query, rows, start_in, Server};

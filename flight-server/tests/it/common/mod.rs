@@ -3,9 +3,9 @@
 
 #![allow(clippy::unwrap_used, dead_code, missing_docs)]
 
-#[path = "../../../testdata/slt/harness.rs"]
+#[path = "../../../../testdata/slt/harness.rs"]
 pub mod harness;
-#[path = "../../../engine/tests/common/pg.rs"]
+#[path = "../../../../engine/tests/common/pg.rs"]
 pub mod pg;
 
 use std::net::SocketAddr;

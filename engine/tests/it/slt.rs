@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../testdata/slt/harness.rs"]
+#[path = "../../../testdata/slt/harness.rs"]
 mod harness;
 
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::{demo, one, root, rows, run};
 use veil_engine::statement::{apply_script, export::export_script};
