@@ -2,8 +2,6 @@
 //! `system.audit`, tamper detection, archives and exports, impersonation and
 //! `SHOW POLICY INFO` (which must agree with what queries return).
 
-#![allow(clippy::unwrap_used)]
-
 use crate::common;
 
 use std::path::Path;

@@ -3,8 +3,6 @@
 //! write to it at once: every change applied exactly once, one audit chain,
 //! tampering found, stale changes refused.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use crate::common;
 
 use std::collections::BTreeSet;

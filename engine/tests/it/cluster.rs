@@ -4,8 +4,6 @@
 //! loopback) and answers exactly what it answers alone; masks travel with
 //! their keys sealed; an executor without the cluster key runs nothing.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use crate::common;
 
 use std::path::Path;

@@ -2,8 +2,6 @@
 //! `veil apply` onto a new one, governs alike and exports to the same
 //! script again.
 
-#![allow(clippy::unwrap_used)]
-
 use crate::common;
 
 use common::{demo, one, root, rows, run};

@@ -2,8 +2,6 @@
 //! each must now fail cleanly, through the function the target calls and
 //! through a real session.
 
-#![allow(clippy::unwrap_used)]
-
 use crate::common;
 
 use veil_engine::{EngineOptions, ErrorKind};

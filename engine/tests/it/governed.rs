@@ -1,8 +1,7 @@
 //! In-process governed behaviour over the demo catalog and real Parquet.
 
-#![allow(clippy::unwrap_used)]
-
 use crate::common;
+use crate::common::cells as rows;
 
 use std::sync::Arc;
 
@@ -15,10 +14,6 @@ async fn demo() -> (tempfile::TempDir, Arc<Engine>) {
     engine.bootstrap_admin(Some("admin-pw".into())).unwrap();
     veil_engine::statement::load_demo(&engine).await.unwrap();
     (dir, engine)
-}
-
-fn rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
-    common::cells(batches)
 }
 
 /// The text of `what` (`EXPLAIN` or `EXPLAIN ANALYZE`) of `sql`.

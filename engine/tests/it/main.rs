@@ -3,7 +3,7 @@
 //! own: each installs a process-wide log subscriber to read what the engine
 //! logs, which would also capture every other test running beside it.
 
-#![allow(clippy::unwrap_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 #[path = "../common/mod.rs"]
 mod common;

@@ -2,8 +2,6 @@
 //! engine recorded it applied, for every demo persona and for generated
 //! principals (groups, regions, clearance).
 
-#![allow(clippy::unwrap_used)]
-
 use crate::common;
 
 use std::collections::{BTreeSet, HashMap, HashSet};

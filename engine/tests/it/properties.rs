@@ -2,8 +2,6 @@
 //! policy applies to sees exactly the ungoverned result; governed `SELECT c`
 //! equals ungoverned `mask(c)`; analyzing twice equals analyzing once.
 
-#![allow(clippy::unwrap_used)]
-
 use std::path::PathBuf;
 use std::sync::Arc;
 

@@ -3,8 +3,6 @@
 //! workspace table one writes the other reads, changes made at once on
 //! both land once each, and the audit log is one chain.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use crate::common;
 
 use std::path::Path;

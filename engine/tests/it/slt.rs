@@ -1,7 +1,5 @@
 //! Runs testdata/slt/*.slt in-process, one fresh demo catalog per file set.
 
-#![allow(clippy::unwrap_used)]
-
 #[path = "../../../testdata/slt/harness.rs"]
 mod harness;
 

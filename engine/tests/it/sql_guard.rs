@@ -3,8 +3,6 @@
 //! to exactly what the generic dialect gives, within a small fraction of
 //! its budget.
 
-#![allow(clippy::unwrap_used, missing_docs)]
-
 use std::path::{Path, PathBuf};
 
 use datafusion::sql::parser::DFParserBuilder;

@@ -2,8 +2,6 @@
 //! column lineage, concurrent appends, the size limit, orphan clean-up and
 //! file release.
 
-#![allow(clippy::unwrap_used)]
-
 use crate::common;
 
 use std::path::{Path, PathBuf};

@@ -1,8 +1,6 @@
 //! Over Flight SQL: the impersonation matrix and what the audit log shows
 //! of it, VERIFY AUDIT, and the Prometheus endpoint.
 
-#![allow(clippy::unwrap_used)]
-
 use crate::common;
 
 use common::{client, fetch, harness, start};

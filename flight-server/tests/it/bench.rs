@@ -2,8 +2,6 @@
 //! apply to the unrestricted principal, the equality check fails the run
 //! and names the query.
 
-#![allow(clippy::unwrap_used, missing_docs)]
-
 use veil_flight_server::bench::generate::{generate, PageCompression};
 use veil_flight_server::bench::tpch::{run_on, Harness, TpchOptions};
 use veil_flight_server::bench::BenchError;

@@ -1,8 +1,6 @@
 //! Flight SQL over a real socket with the Rust Flight SQL client: the .slt
 //! files through prepared statements, authentication, tickets, metadata.
 
-#![allow(clippy::unwrap_used)]
-
 use crate::common;
 
 use std::net::SocketAddr;

@@ -2,8 +2,6 @@
 //! generated certificates, memory / concurrency / time limits, session
 //! revocation and login back-off.
 
-#![allow(clippy::unwrap_used, missing_docs)]
-
 use crate::common;
 
 use std::time::Duration;

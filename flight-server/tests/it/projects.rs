@@ -3,8 +3,6 @@
 //! planned in and are re-checked when used; equalized members get identical
 //! rows.
 
-#![allow(clippy::unwrap_used)]
-
 use crate::common;
 
 use std::collections::HashMap;

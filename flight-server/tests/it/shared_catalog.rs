@@ -3,8 +3,6 @@
 //! one is governed by what a client of the other changed, and a token or
 //! ticket of one server is refused by the other (sessions are per server).
 
-#![allow(clippy::unwrap_used)]
-
 use crate::common;
 
 use common::pg::PgCluster;

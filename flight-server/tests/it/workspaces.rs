@@ -2,8 +2,6 @@
 //! writes through statement update and prepared statements, a stream cut
 //! off by the client, and derived-source lineage in SHOW DATA SOURCES.
 
-#![allow(clippy::unwrap_used)]
-
 use crate::common;
 
 use std::sync::Arc;
