@@ -30,9 +30,12 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::array::{
+    Array, AsArray, BooleanArray, BooleanBufferBuilder, RecordBatch, RecordBatchOptions,
+    UInt32Array,
+};
 use datafusion::arrow::compute::kernels::boolean::and;
-use datafusion::arrow::compute::prep_null_mask_filter;
+use datafusion::arrow::compute::{filter_record_batch, prep_null_mask_filter, FilterBuilder};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
@@ -155,35 +158,69 @@ impl AdaptiveAnd {
     }
 
     /// Evaluates the conjuncts in `order`, each on the rows the ones before
-    /// kept.
+    /// kept: on the whole batch while more than a fifth of its rows remain
+    /// (DataFusion's threshold for `AND`; copying rows costs more than a
+    /// cheap conjunct on every row), then on a copy of the rows left, which
+    /// each conjunct narrows further, with their row numbers. The mask is
+    /// rebuilt from those numbers once, at the end (DataFusion's
+    /// `evaluate_selection` copies from the whole batch for every conjunct
+    /// and scatters every result back to it bit by bit: 4 % of TPC-H q6's
+    /// CPU).
     fn ordered(&self, batch: &RecordBatch, order: &[usize]) -> Result<BooleanArray> {
         let rows = batch.num_rows();
+        let mut conjuncts = order.iter().map(|&i| match self.conjuncts.get(i) {
+            Some(c) => Ok(c),
+            None => internal_err!("conjunct {i} out of range"),
+        });
         let mut keep: Option<BooleanArray> = None;
-        for &i in order {
-            let Some(c) = self.conjuncts.get(i) else {
-                return internal_err!("conjunct {i} out of range");
-            };
-            let value = match &keep {
-                // At most a fifth of the rows left (DataFusion's threshold
-                // for `AND`): evaluate on a copy of those; above it,
-                // copying costs more than a cheap conjunct on every row.
-                Some(k) if k.true_count() * 5 <= rows => c.evaluate_selection(batch, k)?,
-                _ => c.evaluate(batch)?,
-            };
-            let mask = truth(value, rows)?;
+        for c in conjuncts.by_ref() {
+            let mask = truth(c?.evaluate(batch)?, rows)?;
             let next = match keep {
                 Some(k) => and(&k, &mask)?,
                 None => mask,
             };
-            if !next.has_true() {
-                return Ok(next);
-            }
+            let kept = next.true_count();
             keep = Some(next);
+            if kept == 0 || kept * 5 <= rows {
+                break;
+            }
         }
-        match keep {
-            Some(k) => Ok(k),
-            None => internal_err!("a conjunction without conjuncts"),
+        let Some(keep) = keep else {
+            return internal_err!("a conjunction without conjuncts");
+        };
+        let rest: Vec<_> = conjuncts.collect::<Result<_>>()?;
+        if rest.is_empty() || !keep.has_true() {
+            return Ok(keep);
         }
+        let mut positions =
+            UInt32Array::from_iter_values(keep.values().set_indices().map(|i| i as u32));
+        let mut left = filter_record_batch(batch, &keep)?;
+        for (j, c) in rest.iter().enumerate() {
+            let mask = truth(c.evaluate(&left)?, left.num_rows())?;
+            if mask.false_count() == 0 {
+                continue;
+            }
+            let predicate = FilterBuilder::new(&mask).optimize().build();
+            positions = predicate.filter(&positions)?.as_primitive().clone();
+            if positions.is_empty() {
+                break;
+            }
+            if j + 1 < rest.len() {
+                let columns = left
+                    .columns()
+                    .iter()
+                    .map(|a| predicate.filter(a))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                let options = RecordBatchOptions::new().with_row_count(Some(positions.len()));
+                left = RecordBatch::try_new_with_options(left.schema(), columns, &options)?;
+            }
+        }
+        let mut mask = BooleanBufferBuilder::new(rows);
+        mask.append_n(rows, false);
+        for &p in positions.values() {
+            mask.set_bit(p as usize, true);
+        }
+        Ok(BooleanArray::new(mask.finish(), None))
     }
 }
 
@@ -365,6 +402,46 @@ mod tests {
             kept: vec![100, 10, 90],
         };
         assert_eq!(rank(&sample), vec![2, 1, 0]);
+    }
+
+    #[test]
+    fn the_rows_left_narrow_conjunct_by_conjunct_and_land_on_their_own_rows() {
+        // First conjunct keeps 4 % (so the rest run on a copy of those
+        // rows), then one keeping every row, then ones keeping about half,
+        // a third, and (for some orders) nothing; NULLs in between.
+        let conjuncts = vec![
+            test(25, Operator::Eq, 7),
+            test(1, Operator::Eq, 0),
+            test(2, Operator::Eq, 1),
+            test(3, Operator::NotEq, 1),
+            test(1000, Operator::Lt, 400),
+            test(7, Operator::Eq, 9),
+        ];
+        let plain = |cs: &[Arc<dyn PhysicalExpr>]| {
+            cs.iter()
+                .cloned()
+                .reduce(|a, b| binary(a, Operator::And, b, &schema()).unwrap())
+                .unwrap()
+        };
+        for order in [
+            vec![0, 1, 2, 3, 4],
+            vec![0, 4, 3, 2, 1],
+            vec![0, 2, 5, 3],
+            vec![1, 2, 3, 4, 0],
+            vec![4, 0],
+            vec![0],
+        ] {
+            let chosen: Vec<_> = order.iter().map(|&i| Arc::clone(&conjuncts[i])).collect();
+            let adaptive = AdaptiveAnd::new(conjuncts.clone());
+            adaptive.order.set(order.clone()).unwrap();
+            let want_expr = plain(&chosen);
+            for b in [batch(0, 4096), batch(5000, 1000).slice(3, 977), batch(7, 0)] {
+                let got = truth(adaptive.evaluate(&b).unwrap(), b.num_rows()).unwrap();
+                let want = truth(want_expr.evaluate(&b).unwrap(), b.num_rows()).unwrap();
+                assert_eq!(got.len(), b.num_rows());
+                assert_eq!(got, want, "order {order:?}, {} rows", b.num_rows());
+            }
+        }
     }
 
     #[tokio::test]

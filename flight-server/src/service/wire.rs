@@ -98,9 +98,9 @@ pub(super) fn wire_batch(batch: &RecordBatch, to: &SchemaRef) -> Result<RecordBa
 /// slots are empty.
 ///
 /// The offsets come first, from the views' lengths; then every value is
-/// written at its offset into a buffer sized for all of them: an inline
-/// value (up to 12 bytes) by a fixed 12-byte copy whose tail the next value
-/// overwrites, a longer one from the data buffer its view points into.
+/// appended to a buffer reserved for all of them (not zeroed first): an
+/// inline value (up to 12 bytes) by a fixed 12-byte copy whose tail is cut
+/// off again, a longer one from the data buffer its view points into.
 fn view_values<T: ByteViewType + ?Sized>(
     a: &GenericByteViewArray<T>,
 ) -> Result<(OffsetBuffer<i32>, Buffer), ArrowError> {
@@ -130,15 +130,17 @@ fn view_values<T: ByteViewType + ?Sized>(
         )));
     }
     let buffers = a.data_buffers();
-    let mut values = vec![0u8; total + 12];
+    // Never zeroed: every byte up to `total` is written below, and the
+    // 12 spare bytes let an inline value be copied as a fixed 12 bytes.
+    let mut values: Vec<u8> = Vec::with_capacity(total + 12);
     for (i, (&view, ends)) in views.iter().zip(offsets.windows(2)).enumerate() {
-        let (start, end) = (ends[0] as usize, ends[1] as usize);
-        let len = end - start;
+        let len = (ends[1] - ends[0]) as usize;
         if len == 0 {
             continue;
         }
         if len <= 12 {
-            values[start..start + 12].copy_from_slice(&view.to_le_bytes()[4..16]);
+            values.extend_from_slice(&view.to_le_bytes()[4..16]);
+            values.truncate(values.len() - (12 - len));
         } else {
             // Long values: buffer index in bits 64..96, offset in 96..128.
             let (buffer, at) = ((view >> 64) as u32 as usize, (view >> 96) as usize);
@@ -150,10 +152,9 @@ fn view_values<T: ByteViewType + ?Sized>(
                         "view {i} points outside the array's data buffers"
                     ))
                 })?;
-            values[start..end].copy_from_slice(bytes);
+            values.extend_from_slice(bytes);
         }
     }
-    values.truncate(total);
     Ok((
         OffsetBuffer::new(ScalarBuffer::from(offsets)),
         Buffer::from_vec(values),
