@@ -11,8 +11,9 @@
 //! conjuncts an [`AdaptiveAnd`] predicate, which evaluates every conjunct
 //! on its first [`SAMPLE_ROWS`] rows, timing each and counting what it
 //! keeps, then orders them by cost per row over the share of rows they
-//! drop and evaluates each on the rows the ones before kept (on a copy of
-//! just those rows once at most a fifth remain, as DataFusion does).
+//! drop and evaluates each on the rows the ones before kept (once at most a
+//! fifth remain, as DataFusion's threshold has it, on a copy of just those
+//! rows that each later conjunct narrows further).
 //!
 //! It keeps exactly the rows the conjunction keeps (a row passes when
 //! every conjunct is true). What changes is which conjunct runs first,
@@ -364,6 +365,15 @@ mod tests {
         binary(modulo, op, lit(k), &s).unwrap()
     }
 
+    /// DataFusion's own `c1 AND c2 AND ..`.
+    fn plain_and(conjuncts: &[Arc<dyn PhysicalExpr>]) -> Arc<dyn PhysicalExpr> {
+        conjuncts
+            .iter()
+            .cloned()
+            .reduce(|a, b| binary(a, Operator::And, b, &schema()).unwrap())
+            .unwrap()
+    }
+
     #[test]
     fn keeps_what_and_keeps_and_learns_to_run_the_selective_conjunct_first() {
         // Keeps 99 %, 80 %, 4 % of the rows (of those not NULL).
@@ -373,11 +383,7 @@ mod tests {
             test(25, Operator::Eq, 7),
         ];
         let adaptive = AdaptiveAnd::new(conjuncts.clone());
-        let plain = conjuncts
-            .iter()
-            .cloned()
-            .reduce(|a, b| binary(a, Operator::And, b, &schema()).unwrap())
-            .unwrap();
+        let plain = plain_and(&conjuncts);
         let mut from = 0;
         while from < 3 * SAMPLE_ROWS as i64 {
             let b = batch(from, 4096);
@@ -417,12 +423,6 @@ mod tests {
             test(1000, Operator::Lt, 400),
             test(7, Operator::Eq, 9),
         ];
-        let plain = |cs: &[Arc<dyn PhysicalExpr>]| {
-            cs.iter()
-                .cloned()
-                .reduce(|a, b| binary(a, Operator::And, b, &schema()).unwrap())
-                .unwrap()
-        };
         for order in [
             vec![0, 1, 2, 3, 4],
             vec![0, 4, 3, 2, 1],
@@ -434,7 +434,7 @@ mod tests {
             let chosen: Vec<_> = order.iter().map(|&i| Arc::clone(&conjuncts[i])).collect();
             let adaptive = AdaptiveAnd::new(conjuncts.clone());
             adaptive.order.set(order.clone()).unwrap();
-            let want_expr = plain(&chosen);
+            let want_expr = plain_and(&chosen);
             for b in [batch(0, 4096), batch(5000, 1000).slice(3, 977), batch(7, 0)] {
                 let got = truth(adaptive.evaluate(&b).unwrap(), b.num_rows()).unwrap();
                 let want = truth(want_expr.evaluate(&b).unwrap(), b.num_rows()).unwrap();
