@@ -10,10 +10,11 @@
 //! range first. [`AdaptiveConjuncts`] gives every filter of two or more
 //! conjuncts an [`AdaptiveAnd`] predicate, which evaluates every conjunct
 //! on its first [`SAMPLE_ROWS`] rows, timing each and counting what it
-//! keeps, then orders them by cost per row over the share of rows they
-//! drop and evaluates each on the rows the ones before kept (once at most a
-//! fifth remain, as DataFusion's threshold has it, on a copy of just those
-//! rows that each later conjunct narrows further).
+//! keeps, then orders them by cost per row (in the cheapest batch) over
+//! the share of rows they drop and evaluates each on the rows the ones
+//! before kept (once at most a fifth remain, as DataFusion's threshold has
+//! it, on a copy of just those rows that each later conjunct narrows
+//! further).
 //!
 //! It keeps exactly the rows the conjunction keeps (a row passes when
 //! every conjunct is true). What changes is which conjunct runs first,
@@ -103,7 +104,11 @@ pub struct AdaptiveAnd {
 #[derive(Debug)]
 struct Sample {
     rows: usize,
-    nanos: Vec<u128>,
+    /// Nanoseconds a row in the cheapest batch: a batch whose thread lost
+    /// its core while timed (tests in parallel, a loaded server) reads
+    /// dearer than the conjunct is, and would decide the order alone in a
+    /// sum.
+    cheapest: Vec<f64>,
     kept: Vec<usize>,
 }
 
@@ -115,7 +120,7 @@ impl AdaptiveAnd {
             conjuncts,
             sample: Mutex::new(Sample {
                 rows: 0,
-                nanos: vec![0; n],
+                cheapest: vec![f64::INFINITY; n],
                 kept: vec![0; n],
             }),
             order: OnceLock::new(),
@@ -143,8 +148,11 @@ impl AdaptiveAnd {
             .lock()
             .map_err(|_| DataFusionError::Internal("filter sample lock poisoned".into()))?;
         sample.rows += batch.num_rows();
-        for (total, n) in sample.nanos.iter_mut().zip(nanos) {
-            *total += n;
+        if batch.num_rows() > 0 {
+            let rows = batch.num_rows() as f64;
+            for (best, n) in sample.cheapest.iter_mut().zip(nanos) {
+                *best = best.min(n as f64 / rows);
+            }
         }
         for (total, k) in sample.kept.iter_mut().zip(kept) {
             *total += k;
@@ -225,16 +233,16 @@ impl AdaptiveAnd {
     }
 }
 
-/// The order to evaluate conjuncts in: by cost per row over the share of
-/// rows dropped, lowest first (a conjunct that dropped nothing last); ties
-/// in the query's order.
+/// The order to evaluate conjuncts in: by cost per row (in the cheapest
+/// batch) over the share of rows dropped, lowest first (a conjunct that
+/// dropped nothing last); ties in the query's order.
 fn rank(sample: &Sample) -> Vec<usize> {
     let score = |i: usize| {
-        let nanos = sample.nanos.get(i).copied().unwrap_or(0);
+        let cost = sample.cheapest.get(i).copied().unwrap_or(f64::INFINITY);
         let kept = sample.kept.get(i).copied().unwrap_or(0);
-        score(nanos, kept, sample.rows)
+        priority(cost, kept, sample.rows)
     };
-    let mut order: Vec<usize> = (0..sample.nanos.len()).collect();
+    let mut order: Vec<usize> = (0..sample.cheapest.len()).collect();
     order.sort_by(|&a, &b| score(a).total_cmp(&score(b)).then(a.cmp(&b)));
     order
 }
@@ -243,9 +251,12 @@ fn rank(sample: &Sample) -> Vec<usize> {
 /// rows and kept `kept` of them: its cost per row over the share it drops,
 /// lower first; infinite when it dropped nothing.
 pub(crate) fn score(nanos: u128, kept: usize, rows: usize) -> f64 {
-    let rows = rows.max(1) as f64;
-    let cost = nanos as f64 / rows;
-    let dropped = 1.0 - kept as f64 / rows;
+    priority(nanos as f64 / rows.max(1) as f64, kept, rows)
+}
+
+/// [`score`] from a cost per row.
+fn priority(cost: f64, kept: usize, rows: usize) -> f64 {
+    let dropped = 1.0 - kept as f64 / rows.max(1) as f64;
     if dropped <= 0.0 {
         f64::INFINITY
     } else {
@@ -404,7 +415,7 @@ mod tests {
         // A conjunct that drops nothing goes last.
         let sample = Sample {
             rows: 100,
-            nanos: vec![1, 1_000, 10],
+            cheapest: vec![0.01, 10.0, 0.1],
             kept: vec![100, 10, 90],
         };
         assert_eq!(rank(&sample), vec![2, 1, 0]);
