@@ -34,7 +34,7 @@ use std::time::Instant;
 
 use datafusion::arrow::array::{
     Array, AsArray, BooleanArray, BooleanBufferBuilder, RecordBatch, RecordBatchOptions,
-    UInt32Array,
+    UInt64Array,
 };
 use datafusion::arrow::compute::kernels::boolean::and;
 use datafusion::arrow::compute::{filter_record_batch, prep_null_mask_filter, FilterBuilder};
@@ -202,7 +202,7 @@ impl AdaptiveAnd {
             return Ok(keep);
         }
         let mut positions =
-            UInt32Array::from_iter_values(keep.values().set_indices().map(|i| i as u32));
+            UInt64Array::from_iter_values(keep.values().set_indices().map(|i| i as u64));
         let mut left = filter_record_batch(batch, &keep)?;
         for (j, c) in rest.iter().enumerate() {
             let mask = truth(c.evaluate(&left)?, left.num_rows())?;
