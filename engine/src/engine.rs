@@ -159,6 +159,10 @@ fn statement_state(
         Arc::new(crate::yielding::YieldingJoins),
     ];
     physical_rules.splice(at..at, last);
+    // After everything, the sanity check included: plans that only pass a
+    // scan's columns on read its strings as `Utf8` (classic_strings.rs,
+    // not governance).
+    physical_rules.push(Arc::new(crate::classic_strings::ClassicStringScans));
     if distributed {
         physical_rules.retain(|r| !LOCAL_ONLY_RULES.contains(&r.name()));
     }
@@ -185,7 +189,8 @@ fn statement_state(
 /// operators and expressions belong to this process (they wait on its
 /// joins' dynamic filters, yield to its executor, order conjuncts by what
 /// they measured here).
-const LOCAL_ONLY_RULES: [&str; 4] = [
+const LOCAL_ONLY_RULES: [&str; 5] = [
+    "veil_classic_string_scans",
     "veil_like_segments",
     "veil_adaptive_conjuncts",
     "veil_dynamic_scan_rows",
@@ -1696,5 +1701,6 @@ mod tests {
             ]
         );
         assert!(at("FilterPushdown(Post)") < at("veil_dynamic_scan_rows"));
+        assert_eq!(names.last(), Some(&"veil_classic_string_scans"));
     }
 }

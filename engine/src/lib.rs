@@ -15,6 +15,7 @@ pub mod build_side;
 pub mod catalog;
 mod catalog_cache;
 mod checked;
+pub mod classic_strings;
 pub mod collect_build;
 pub mod condition;
 pub mod decimal_arith;
