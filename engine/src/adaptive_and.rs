@@ -247,15 +247,10 @@ fn rank(sample: &Sample) -> Vec<usize> {
     order
 }
 
-/// How early a filter should run that took `nanos` to evaluate on `rows`
-/// rows and kept `kept` of them: its cost per row over the share it drops,
-/// lower first; infinite when it dropped nothing.
-pub(crate) fn score(nanos: u128, kept: usize, rows: usize) -> f64 {
-    priority(nanos as f64 / rows.max(1) as f64, kept, rows)
-}
-
-/// [`score`] from a cost per row.
-fn priority(cost: f64, kept: usize, rows: usize) -> f64 {
+/// How early a filter should run that costs `cost` (nanoseconds) a row
+/// and kept `kept` of `rows` rows: its cost per row over the share it
+/// drops, lower first; infinite when it dropped nothing.
+pub(crate) fn priority(cost: f64, kept: usize, rows: usize) -> f64 {
     let dropped = 1.0 - kept as f64 / rows.max(1) as f64;
     if dropped <= 0.0 {
         f64::INFINITY

@@ -10,8 +10,10 @@
 //! - first every filled filter on every row of the first
 //!   [`DYNAMIC_SAMPLE_ROWS`], timed; a filter that kept more than nine rows
 //!   in ten is dropped (a join's hash lookup per row, done again by the
-//!   join, for nothing), the others are ordered by cost per row over the
-//!   share of rows they drop (`adaptive_and::score`, as for filters);
+//!   join, for nothing), the others are ordered by the cost per row of
+//!   their cheapest sampled batch over the share of rows they drop
+//!   (`adaptive_and::priority`, as for filters: a batch whose thread lost
+//!   its core while timed does not decide the order);
 //! - then each on the rows the ones before it kept (on a copy of those once
 //!   at most a fifth remain), and dropped once it has kept more than nine in
 //!   ten of the rows it was given (q9: the orders filter keeps 85 % of
@@ -43,7 +45,7 @@ use datafusion::physical_expr::expressions::{lit, DynamicFilterPhysicalExpr};
 use datafusion::physical_expr::{PhysicalExpr, PhysicalExprRef};
 use datafusion::physical_plan::joins::HashTableLookupExpr;
 
-use crate::adaptive_and::{score, truth};
+use crate::adaptive_and::{priority, truth};
 use crate::any_partition::any_partition;
 
 /// Rows a partition's dynamic filters are tried on before it judges them.
@@ -69,11 +71,9 @@ struct JudgedFilter {
     /// The filled expression last seen and what is evaluated for it
     /// (None: nothing, it is left to its join).
     relaxed: Option<(Arc<dyn PhysicalExpr>, Option<PhysicalExprRef>)>,
-    /// Rows it was evaluated on while sampling, how many it kept, and the
-    /// time that took.
+    /// Rows it was evaluated on while sampling and how many it kept.
     sampled: usize,
     sample_kept: usize,
-    nanos: u128,
     /// Its lowest cost per row over the sample's batches: a batch whose
     /// thread was descheduled while timed costs more than the filter did.
     best_per_row: f64,
@@ -97,7 +97,6 @@ impl JudgedFilter {
             relaxed: None,
             sampled: 0,
             sample_kept: 0,
-            nanos: 0,
             best_per_row: f64::INFINITY,
             ruled: 0,
             kept: 0,
@@ -193,7 +192,6 @@ impl DynamicRows {
             let mask = truth(value, rows)?;
             judged.sampled += rows;
             judged.sample_kept += mask.true_count();
-            judged.nanos += nanos;
             judged.best_per_row = judged.best_per_row.min(nanos as f64 / rows.max(1) as f64);
             keep = Some(match keep {
                 Some(k) => and(&k, &mask)?,
@@ -219,7 +217,7 @@ impl DynamicRows {
             .iter()
             .map(|f| match f.sampled {
                 0 => f64::INFINITY,
-                rows => score(f.nanos, f.sample_kept, rows),
+                rows => priority(f.best_per_row, f.sample_kept, rows),
             })
             .collect();
         let mut order: Vec<usize> = (0..priority.len()).collect();
@@ -455,12 +453,7 @@ mod tests {
             // Judged at `per_row` ns a row (set, not timed).
             let judged = &mut rows.filters[0];
             assert_eq!(judged.sampled, batch.num_rows());
-            let mean = judged.nanos as f64 / judged.sampled as f64;
-            assert!(
-                judged.best_per_row <= mean,
-                "{} > {mean}",
-                judged.best_per_row
-            );
+            assert!(judged.best_per_row.is_finite());
             judged.best_per_row = per_row as f64;
             rows.order = Some(rows.rank());
             // Cheap: the lookup stays; costly: only the bounds (0..=1000).
