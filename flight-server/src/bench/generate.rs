@@ -9,9 +9,11 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::error::ArrowError;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
@@ -256,7 +258,7 @@ fn write_part(
     let mut batches = batches(job.table, scale, job.part, job.parts).peekable();
     let path = staging_dir(out, job.table).join(format!("part-{}.parquet", job.part));
     let schema = match batches.peek() {
-        Some(Ok(b)) => b.schema(),
+        Some(Ok(b)) => classic_strings(b)?.schema(),
         Some(Err(_)) | None => {
             return match batches.next() {
                 Some(Err(e)) => Err(e.into()),
@@ -282,13 +284,35 @@ fn write_part(
     let mut writer = ArrowWriter::try_new(file, schema, Some(props))?;
     let mut rows = 0;
     for batch in batches {
-        let batch = batch?;
+        let batch = classic_strings(&batch?)?;
         rows += batch.num_rows() as u64;
         bar.inc(batch.num_rows() as u64);
         writer.write(&batch)?;
     }
     writer.close()?;
     Ok(rows)
+}
+
+/// `batch` with its `Utf8View` columns (how `tpchgen-arrow` builds strings)
+/// as `Utf8`, so the Arrow schema stored in the files says `Utf8`, as
+/// pyarrow's and most writers' do. The Parquet columns are the same either
+/// way; a reader planning views still reads views, and a plan that only
+/// passes columns on reads `Utf8` without a cast
+/// (`engine/src/classic_strings.rs`).
+fn classic_strings(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        if *field.data_type() == DataType::Utf8View {
+            fields.push(Field::clone(field).with_data_type(DataType::Utf8));
+            columns.push(cast(column, &DataType::Utf8)?);
+        } else {
+            fields.push(Field::clone(field));
+            columns.push(Arc::clone(column));
+        }
+    }
+    let schema = Schema::new_with_metadata(fields, batch.schema().metadata().clone());
+    RecordBatch::try_new(Arc::new(schema), columns)
 }
 
 /// Refuses a table directory that holds anything `generate` did not write.

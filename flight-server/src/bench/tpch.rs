@@ -451,7 +451,9 @@ pub async fn run_on(
 /// probe side is far larger (`collect_build.rs`) and, last before the sanity
 /// check as in the engine, segment `LIKE`s by substring search
 /// (`like_segments.rs`), the adaptive conjunct order (`adaptive_and.rs`)
-/// and join keys filtering scans' rows (`dynamic_scan.rs`).
+/// and join keys filtering scans' rows (`dynamic_scan.rs`); then, last as
+/// in the engine, classic strings for pass-through scans
+/// (`classic_strings.rs`; no TPC-H query is one).
 fn plain_physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     let mut rules = veil_engine::build_side::physical_rules(vec![]);
     let at = rules
@@ -464,5 +466,6 @@ fn plain_physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
         Arc::new(veil_engine::dynamic_scan::DynamicScanRows),
     ];
     rules.splice(at..at, last);
+    rules.push(Arc::new(veil_engine::classic_strings::ClassicStringScans));
     rules
 }

@@ -13,7 +13,9 @@
 //! so the types FlightInfo announces are the types that arrive.
 //!
 //! Top-level view columns are converted by [`view_values`] (each value
-//! copied once); nested ones go through arrow's cast.
+//! copied once); nested ones go through arrow's cast. A plan that only
+//! passes a scan's columns on arrives here as `Utf8` already: the engine
+//! reads its strings that way (`engine/src/classic_strings.rs`).
 //!
 //! The classic forms are also cheaper to send: the IPC writer sends every
 //! data buffer a view array references, for each slice of it, while an

@@ -85,6 +85,8 @@ async fn generate_writes_the_chosen_compression_and_the_queries_read_it() {
 
 #[test]
 fn generate_splits_tables_into_row_groups_every_core_can_read() {
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
     use veil_flight_server::bench::generate::ROW_GROUP_ROWS;
 
@@ -101,6 +103,16 @@ fn generate_splits_tables_into_row_groups_every_core_can_read() {
         "{sizes:?}"
     );
     assert!(sizes.iter().sum::<i64>() > 290_000, "{sizes:?}");
+    // Strings are stored with the Arrow type most writers give them
+    // (`tpchgen-arrow` builds views), so pass-through scans read `Utf8`.
+    let file = std::fs::File::open(data.join("lineitem").join("part-1.parquet")).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    let comment = reader
+        .schema()
+        .field_with_name("l_comment")
+        .unwrap()
+        .clone();
+    assert_eq!(*comment.data_type(), DataType::Utf8);
 }
 
 /// Veil's planner rules that are not governance (the semi join below a
