@@ -423,12 +423,6 @@ impl Engine {
             )
             .with_max_temp_directory_size(options.limits.spill as u64)
             .build_arc()?;
-        // Local data sources read without zeroing each range first
-        // (local_reads.rs); a local warehouse registers its own over it.
-        runtime.register_object_store(
-            datafusion::execution::object_store::ObjectStoreUrl::local_filesystem().as_ref(),
-            Arc::new(crate::local_reads::LocalReads::default()),
-        );
         let location = options
             .warehouse
             .as_deref()

@@ -34,7 +34,6 @@ pub mod join_arrays;
 pub mod keys;
 pub mod like_segments;
 pub mod limits;
-mod local_reads;
 pub mod login;
 pub mod metrics;
 pub mod model;

@@ -71,17 +71,10 @@ impl Warehouse {
         let (store, prefix) = open_url(&root).map_err(|e| {
             VeilError::InvalidArgument(format!("warehouse {location} cannot be opened: {e}"))
         })?;
-        // A local warehouse's store also reads the local data sources
-        // (one store per scheme): ranges without zeroing (local_reads.rs).
-        let store: Arc<dyn ObjectStore> = if root.scheme() == "file" {
-            Arc::new(crate::local_reads::LocalReads::default())
-        } else {
-            Arc::from(store)
-        };
         let writes = Arc::new(Writes::default());
         let projects = prefix.clone().join("projects");
         let store: Arc<dyn ObjectStore> =
-            Arc::new(Fenced::new(store, projects, Arc::clone(&writes)));
+            Arc::new(Fenced::new(Arc::from(store), projects, Arc::clone(&writes)));
         let base = ObjectStoreUrl::parse(&root[..url::Position::BeforePath])?;
         runtime.register_object_store(base.as_ref(), Arc::clone(&store));
         Ok(Self {
@@ -340,25 +333,4 @@ fn count_files(dir: &std::path::Path) -> usize {
             }
         })
         .sum()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-
-    /// A local warehouse's store, which also serves the local data
-    /// sources, is fenced and reads ranges without zeroing them.
-    #[test]
-    fn a_local_warehouse_reads_through_local_reads() {
-        let dir = tempfile::tempdir().unwrap();
-        let runtime = RuntimeEnvBuilder::new().build().unwrap();
-        let location = dir.path().join("warehouse");
-        Warehouse::open(location.to_str().unwrap(), &runtime).unwrap();
-        let store = runtime
-            .object_store(ObjectStoreUrl::local_filesystem())
-            .unwrap()
-            .to_string();
-        assert!(store.starts_with("Fenced(LocalReads("), "{store}");
-    }
 }
