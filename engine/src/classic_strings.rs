@@ -94,28 +94,31 @@ fn classic_scan(scan: &DataSourceExec) -> Result<Option<Arc<dyn ExecutionPlan>>>
         return Ok(None);
     };
     let table = source.table_schema();
-    let plain_projection = source
+    let Some(projection) = source
         .projection()
-        .is_some_and(|p| p.iter().all(|e| e.expr.downcast_ref::<Column>().is_some()));
-    if source.filter().is_some() || !plain_projection || !table.virtual_columns().is_empty() {
+        .filter(|p| p.iter().all(|e| e.expr.downcast_ref::<Column>().is_some()))
+    else {
+        return Ok(None);
+    };
+    if source.filter().is_some() || !table.virtual_columns().is_empty() {
         return Ok(None);
     }
     let file_schema = table.file_schema();
-    if !file_schema
-        .fields()
-        .iter()
-        .any(|f| classic_type(f.data_type()).is_some())
-    {
-        return Ok(None);
-    }
+    let mut changed = false;
     let fields: Vec<FieldRef> = file_schema
         .fields()
         .iter()
         .map(|f| match classic_type(f.data_type()) {
-            Some(t) => Arc::new(Field::clone(f).with_data_type(t)),
+            Some(t) => {
+                changed = true;
+                Arc::new(Field::clone(f).with_data_type(t))
+            }
             None => Arc::clone(f),
         })
         .collect();
+    if !changed {
+        return Ok(None);
+    }
     let file_schema = Schema::new_with_metadata(fields, file_schema.metadata().clone());
     let table = TableSchema::builder(Arc::new(file_schema))
         .with_table_partition_cols(table.table_partition_cols().clone())
@@ -129,9 +132,6 @@ fn classic_scan(scan: &DataSourceExec) -> Result<Option<Arc<dyn ExecutionPlan>>>
     if let Some(factory) = source.parquet_file_reader_factory() {
         classic = classic.with_parquet_file_reader_factory(Arc::clone(factory));
     }
-    let Some(projection) = source.projection() else {
-        return Ok(None);
-    };
     let Some(classic) = classic.try_pushdown_projection(projection)? else {
         return Ok(None);
     };

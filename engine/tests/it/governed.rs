@@ -39,6 +39,46 @@ async fn err(s: &mut Session, sql: &str) -> veil_engine::VeilError {
     }
 }
 
+/// A plan that only passes columns on reads classic strings
+/// (`classic_strings.rs`) only where no policy applies: alice's
+/// `SELECT *` arrives as `Utf8`, while bob's, under a governed scan, still
+/// has every mask and row filter applied.
+#[tokio::test]
+async fn pass_through_strings_never_skip_a_policy() {
+    use datafusion::arrow::datatypes::DataType;
+    let (_d, engine) = demo().await;
+    let mut alice = engine.session("alice");
+    let mut bob = engine.session("bob");
+    let sql = "SELECT * FROM hr.employees";
+    let out = alice.execute(sql).await.unwrap();
+    let email = out.schema.index_of("email").unwrap();
+    assert_eq!(*out.schema.field(email).data_type(), DataType::Utf8);
+    let raw = rows(&out.collect().await.unwrap());
+    assert_eq!(raw.len(), 1000);
+    assert!(raw.iter().all(|r| r[email].ends_with("@example.com")));
+
+    let out = bob.execute(sql).await.unwrap();
+    let (ssn, region) = (
+        out.schema.index_of("ssn").unwrap(),
+        out.schema.index_of("region").unwrap(),
+    );
+    let masked = rows(&out.collect().await.unwrap());
+    let us = q(
+        &mut alice,
+        "SELECT count(*) FROM hr.employees WHERE region = 'US'",
+    )
+    .await;
+    assert_eq!(masked.len().to_string(), us[0][0]);
+    for r in &masked {
+        assert_eq!(r[ssn], "NULL");
+        assert_eq!(r[email].len(), 32, "{r:?}");
+        assert!(r[email].chars().all(|c| c.is_ascii_hexdigit()), "{r:?}");
+        assert_eq!(r[region], "US");
+    }
+    let limited = q(&mut bob, "SELECT email FROM hr.employees LIMIT 3").await;
+    assert!(limited.iter().all(|r| !r[0].contains('@')), "{limited:?}");
+}
+
 #[tokio::test]
 async fn two_users_see_different_masked_and_filtered_rows() {
     let (_d, engine) = demo().await;
