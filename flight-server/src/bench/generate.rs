@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
@@ -258,7 +258,7 @@ fn write_part(
     let mut batches = batches(job.table, scale, job.part, job.parts).peekable();
     let path = staging_dir(out, job.table).join(format!("part-{}.parquet", job.part));
     let schema = match batches.peek() {
-        Some(Ok(b)) => classic_strings(b)?.schema(),
+        Some(Ok(b)) => classic_schema(&b.schema()),
         Some(Err(_)) | None => {
             return match batches.next() {
                 Some(Err(e)) => Err(e.into()),
@@ -300,19 +300,28 @@ fn write_part(
 /// passes columns on reads `Utf8` without a cast
 /// (`engine/src/classic_strings.rs`).
 fn classic_strings(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
-    let mut fields = Vec::with_capacity(batch.num_columns());
-    let mut columns = Vec::with_capacity(batch.num_columns());
-    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        if *field.data_type() == DataType::Utf8View {
-            fields.push(Field::clone(field).with_data_type(DataType::Utf8));
-            columns.push(cast(column, &DataType::Utf8)?);
-        } else {
-            fields.push(Field::clone(field));
-            columns.push(Arc::clone(column));
-        }
-    }
-    let schema = Schema::new_with_metadata(fields, batch.schema().metadata().clone());
-    RecordBatch::try_new(Arc::new(schema), columns)
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Utf8View => cast(c, &DataType::Utf8),
+            _ => Ok(Arc::clone(c)),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(classic_schema(batch.schema_ref()), columns)
+}
+
+/// `schema` with `Utf8View` fields as `Utf8` ([`classic_strings`]).
+fn classic_schema(schema: &SchemaRef) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8View => Field::clone(f).with_data_type(DataType::Utf8),
+            _ => Field::clone(f),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
 /// Refuses a table directory that holds anything `generate` did not write.
